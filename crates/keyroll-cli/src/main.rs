@@ -1,0 +1,495 @@
+//! The `keyroll` command: clap definitions and glue. Arguments are validated with the core's
+//! parsers before anything is sent, and every failure ends as one line on stderr and a non-zero
+//! exit code (1 for errors and rejected keys, 2 for usage errors).
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyroll_client::Client;
+use keyroll_core::{
+    ConsumerRef, Environment, VersionNumber, fingerprint, parse_duration, parse_key,
+};
+use keyroll_proto as proto;
+
+use crate::output::{Output, print_consumer, print_consumers, print_environments, print_new_key};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyroll",
+    version,
+    about = "Per-consumer API keys, graceful rotation, explained rejections."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The keyroll server.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYROLL_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    server: String,
+    /// Admin token (default: the admin-token file in ./keyroll-data, or $KEYROLL_DATA_DIR).
+    #[arg(long, global = true, env = "KEYROLL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// Human-readable.
+    Table,
+    /// The API's JSON, for scripts.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ServerFlags {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "KEYROLL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7878].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (SQLite database, first admin token) [default: ./keyroll-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database URL (sqlite://PATH).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Log format: auto (JSON unless a terminal), json, pretty.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve(ServerFlags),
+    /// Create the first admin token of a new installation and print it once.
+    Init(ServerFlags),
+    /// Environments (prod, staging, …).
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Consumers: one app or service in one environment.
+    #[command(subcommand)]
+    Consumer(ConsumerCmd),
+    /// Issue a new key version; older ones keep working for the grace window.
+    Rotate {
+        /// ENV/NAME.
+        consumer: String,
+        /// How long older versions keep working (humantime: 48h, 30d; 0 retires them now).
+        #[arg(long)]
+        grace: Option<String>,
+        /// Retire exactly at the deadline, whatever traffic says.
+        #[arg(long)]
+        enforce: bool,
+        /// Hard expiry of the new key, from now (e.g. 90d).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Retrying with the same key does not rotate twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Revoke a version at once (leaks). Never gated.
+    Revoke {
+        /// ENV/NAME.
+        consumer: String,
+        /// The version: v3 or 3.
+        version: String,
+        /// Why; recorded and told to callers of the key.
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a retiring version's grace window now.
+    Retire {
+        /// ENV/NAME.
+        consumer: String,
+        /// The version: v3 or 3.
+        version: String,
+    },
+    /// Ask the server whether a key is accepted; exits 0 only if it is.
+    Verify {
+        /// The key (or - to read it from stdin, which keeps it out of shell history).
+        key: String,
+        /// Required scope (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The environment the key must belong to.
+        #[arg(long = "env")]
+        environment: Option<String>,
+    },
+    /// Print a key's fingerprint, computed locally (the key never leaves this machine).
+    Fingerprint {
+        /// The key (or - for stdin).
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCmd {
+    /// Create an environment.
+    Create {
+        /// Name: [a-z][a-z0-9]{0,15}.
+        name: String,
+        /// Rotations here need confirmation.
+        #[arg(long)]
+        protected: bool,
+    },
+    /// List environments.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumerCmd {
+    /// Create a consumer and print its first key once.
+    Create {
+        /// ENV/NAME, e.g. prod/billing-app.
+        consumer: String,
+        /// Granted scope (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Owning team or person.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Hard expiry of the first key, from now (e.g. 90d).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List consumers.
+    List {
+        /// Only this environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+    },
+    /// Show a consumer and its versions.
+    Show {
+        /// ENV/NAME.
+        consumer: String,
+    },
+    /// Reject every key of a consumer.
+    Disable {
+        /// ENV/NAME.
+        consumer: String,
+    },
+    /// Undo disable.
+    Enable {
+        /// ENV/NAME.
+        consumer: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn consumer_ref(text: &str) -> anyhow::Result<ConsumerRef> {
+    Ok(ConsumerRef::parse(text)?)
+}
+
+fn check_duration(flag: &str, value: Option<&String>) -> anyhow::Result<()> {
+    if let Some(v) = value {
+        parse_duration(v).with_context(|| format!("--{flag}"))?;
+    }
+    Ok(())
+}
+
+fn version(text: &str) -> anyhow::Result<u32> {
+    VersionNumber::parse(text)
+        .map(|n| n.0)
+        .with_context(|| format!("invalid version {text:?}: expected v1, v2, … or 1, 2, …"))
+}
+
+fn read_key(arg: &str) -> anyhow::Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_owned());
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the key from stdin")?;
+    Ok(line.trim().to_owned())
+}
+
+fn token(global: &Global) -> Option<String> {
+    if let Some(t) = &global.token {
+        return Some(t.clone());
+    }
+    let dir = std::env::var_os("KEYROLL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("./keyroll-data"));
+    std::fs::read_to_string(dir.join(keyroll_server::ADMIN_TOKEN_FILE))
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
+fn client(global: &Global) -> anyhow::Result<Client> {
+    Ok(Client::new(&global.server, token(global))?)
+}
+
+fn server_config(flags: ServerFlags) -> anyhow::Result<keyroll_server::Config> {
+    let overrides = keyroll_server::Overrides {
+        listen: flags.listen,
+        data_dir: flags.data_dir,
+        database_url: flags.database_url,
+        log_format: flags.log_format,
+    };
+    Ok(keyroll_server::Config::load(
+        flags.config.as_deref(),
+        &overrides,
+    )?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = Output {
+        json: cli.global.output == Format::Json,
+    };
+    match cli.command {
+        Cmd::Serve(flags) => {
+            let config = server_config(flags)?;
+            keyroll_server::logging::init(config.log_format, &config.log_level);
+            let server = keyroll_server::Server::start(config).await?;
+            server.run().await?;
+        }
+        Cmd::Init(flags) => {
+            let config = server_config(flags)?;
+            let (token, path) = keyroll_server::init(&config).await?;
+            out.init(&token, path.as_deref());
+        }
+        Cmd::Env(EnvCmd::Create { name, protected }) => {
+            Environment::parse(&name)?;
+            let a = client(&cli.global)?
+                .create_environment(&proto::CreateEnvironment { name, protected })
+                .await?;
+            out.json_or(&a.json, || {
+                println!(
+                    "Created environment {}{}.",
+                    a.body.name,
+                    if a.body.protected { " (protected)" } else { "" }
+                )
+            });
+        }
+        Cmd::Env(EnvCmd::List) => {
+            let a = client(&cli.global)?.list_environments().await?;
+            out.json_or(&a.json, || print_environments(&a.body.items));
+        }
+        Cmd::Consumer(ConsumerCmd::Create {
+            consumer,
+            scopes,
+            owner,
+            expires_in,
+        }) => {
+            let r = consumer_ref(&consumer)?;
+            check_duration("expires-in", expires_in.as_ref())?;
+            for s in &scopes {
+                keyroll_core::Scope::parse(s)?;
+            }
+            let req = proto::CreateConsumer {
+                environment: r.environment.to_string(),
+                name: r.name.to_string(),
+                scopes,
+                owner,
+                expires_in,
+            };
+            let a = client(&cli.global)?.create_consumer(&req, None).await?;
+            out.json_or(&a.json, || {
+                let what = format!("Created consumer {r} (v1, kid {})", a.body.kid);
+                print_new_key(&what, a.body.key.as_deref());
+            });
+        }
+        Cmd::Consumer(ConsumerCmd::List { environment }) => {
+            if let Some(e) = &environment {
+                Environment::parse(e)?;
+            }
+            let a = client(&cli.global)?
+                .list_consumers(environment.as_deref())
+                .await?;
+            out.json_or(&a.json, || print_consumers(&a.body.items));
+        }
+        Cmd::Consumer(ConsumerCmd::Show { consumer }) => {
+            let r = consumer_ref(&consumer)?;
+            let a = client(&cli.global)?
+                .get_consumer(r.environment.as_str(), r.name.as_str())
+                .await?;
+            out.json_or(&a.json, || print_consumer(&a.body));
+        }
+        Cmd::Consumer(ConsumerCmd::Disable { consumer }) => {
+            let r = consumer_ref(&consumer)?;
+            let a = client(&cli.global)?
+                .disable(r.environment.as_str(), r.name.as_str())
+                .await?;
+            out.json_or(&a.json, || {
+                println!("Disabled {r}: every key of it is now rejected as consumer_disabled.")
+            });
+        }
+        Cmd::Consumer(ConsumerCmd::Enable { consumer }) => {
+            let r = consumer_ref(&consumer)?;
+            let a = client(&cli.global)?
+                .enable(r.environment.as_str(), r.name.as_str())
+                .await?;
+            out.json_or(&a.json, || println!("Enabled {r}."));
+        }
+        Cmd::Rotate {
+            consumer,
+            grace,
+            enforce,
+            expires_in,
+            idempotency_key,
+        } => {
+            let r = consumer_ref(&consumer)?;
+            check_duration("grace", grace.as_ref())?;
+            check_duration("expires-in", expires_in.as_ref())?;
+            let req = proto::RotateRequest {
+                grace,
+                enforce,
+                expires_in,
+            };
+            let a = client(&cli.global)?
+                .rotate(
+                    r.environment.as_str(),
+                    r.name.as_str(),
+                    &req,
+                    idempotency_key.as_deref(),
+                )
+                .await?;
+            out.json_or(&a.json, || {
+                let b = &a.body;
+                print_new_key(
+                    &format!("Rotated {r}: v{} is active (kid {})", b.version, b.kid),
+                    b.key.as_deref(),
+                );
+                for v in &b.retiring {
+                    println!(
+                        "v{} keeps working until {} (grace window), then retires.",
+                        v.version, v.deadline
+                    );
+                }
+                for v in &b.retired {
+                    println!("v{v} was retired at once (grace 0).");
+                }
+            });
+        }
+        Cmd::Revoke {
+            consumer,
+            version: v,
+            reason,
+        } => {
+            let r = consumer_ref(&consumer)?;
+            let n = version(&v)?;
+            let a = client(&cli.global)?
+                .revoke(
+                    r.environment.as_str(),
+                    r.name.as_str(),
+                    n,
+                    &proto::RevokeRequest { reason },
+                )
+                .await?;
+            out.json_or(&a.json, || {
+                println!(
+                    "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
+                    a.body.kid
+                )
+            });
+        }
+        Cmd::Retire {
+            consumer,
+            version: v,
+        } => {
+            let r = consumer_ref(&consumer)?;
+            let n = version(&v)?;
+            let a = client(&cli.global)?
+                .retire(r.environment.as_str(), r.name.as_str(), n)
+                .await?;
+            out.json_or(&a.json, || {
+                println!(
+                    "Retired {r} v{n} (kid {}): it is rejected as key_retired from now on.",
+                    a.body.kid
+                )
+            });
+        }
+        Cmd::Verify {
+            key,
+            scopes,
+            environment,
+        } => {
+            let key = read_key(&key)?;
+            if let Some(e) = &environment {
+                Environment::parse(e)?;
+            }
+            let a = client(&cli.global)?
+                .verify(&proto::VerifyRequest {
+                    key,
+                    scopes,
+                    environment,
+                })
+                .await?;
+            let b = &a.body;
+            out.json_or(&a.json, || {
+                let verdict = if b.allowed { "allowed" } else { "rejected" };
+                println!("{verdict}: {} — {}", b.code, b.detail);
+                if let Some(fp) = &b.fingerprint {
+                    println!("fingerprint {fp}, request {}", b.request_id);
+                }
+            });
+            if !b.allowed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Fingerprint { key } => {
+            let key = read_key(&key)?;
+            let fp = fingerprint(key.as_bytes());
+            let parsed = parse_key(key.as_bytes());
+            if out.json {
+                let v = serde_json::json!({
+                    "fingerprint": fp.to_string(),
+                    "kid": parsed.as_ref().ok().map(|p| p.kid().to_string()),
+                    "environment": parsed.as_ref().ok().map(|p| p.environment().to_owned()),
+                    "well_formed": parsed.is_ok(),
+                    "malformed": parsed.as_ref().err().map(ToString::to_string),
+                });
+                println!("{v}");
+            } else {
+                println!("{fp}");
+                match parsed {
+                    Ok(p) => eprintln!(
+                        "well-formed key: environment {}, kid {}",
+                        p.environment(),
+                        p.kid()
+                    ),
+                    Err(m) => eprintln!("not a well-formed keyroll key: {m}"),
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

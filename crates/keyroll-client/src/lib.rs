@@ -1,0 +1,327 @@
+//! A typed client for keyroll's HTTP API, used by the CLI and by Rust services.
+//!
+//! Errors keep what the server said: an API error carries the problem+json body (code, detail,
+//! request id), so a caller can print one precise line.
+
+use std::time::Duration;
+
+use keyroll_proto as proto;
+use serde::de::DeserializeOwned;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error(
+        "cannot reach the keyroll server at {url}: {reason} (is `keyroll serve` running? set --server or KEYROLL_SERVER)"
+    )]
+    Unreachable {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("{}", describe(.status, .problem))]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The problem body.
+        problem: proto::Problem,
+    },
+    /// The server answered something that is not what this client expects.
+    #[error("unexpected answer from the server (HTTP {status}): {reason}")]
+    Decode {
+        /// HTTP status.
+        status: u16,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// The request could not be built (bad server URL).
+    #[error("invalid request: {0}")]
+    Request(String),
+}
+
+fn describe(status: &u16, p: &proto::Problem) -> String {
+    format!(
+        "{} (HTTP {status}, code {}, request {})",
+        p.detail, p.code, p.request_id
+    )
+}
+
+/// A client for one keyroll server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// A successful answer and whether it replayed an earlier idempotent request.
+#[derive(Debug, Clone)]
+pub struct Answer<T> {
+    /// The body.
+    pub body: T,
+    /// The raw JSON (for `--output json`).
+    pub json: serde_json::Value,
+}
+
+impl Client {
+    /// A client for `base` (`http://127.0.0.1:7878`) with an optional admin token.
+    pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Request(e.to_string()))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(dyn erased::Json + Sync)>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer<T>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_json());
+        }
+        let response = req.send().await.map_err(|e| {
+            if e.is_builder() {
+                ClientError::Request(format!("{url}: {e}"))
+            } else {
+                ClientError::Unreachable {
+                    url: self.base.clone(),
+                    reason: root_cause(&e),
+                }
+            }
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: root_cause(&e),
+            })?;
+        if !(200..300).contains(&status) {
+            return match serde_json::from_slice::<proto::Problem>(&bytes) {
+                Ok(problem) => Err(ClientError::Api { status, problem }),
+                Err(_) => Err(ClientError::Decode {
+                    status,
+                    reason: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                }),
+            };
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                status,
+                reason: e.to_string(),
+            })?;
+        let body = serde_json::from_value(json.clone()).map_err(|e| ClientError::Decode {
+            status,
+            reason: e.to_string(),
+        })?;
+        Ok(Answer { body, json })
+    }
+
+    /// `POST /v1/environments`.
+    pub async fn create_environment(
+        &self,
+        req: &proto::CreateEnvironment,
+    ) -> Result<Answer<proto::Environment>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/environments", Some(req), None)
+            .await
+    }
+
+    /// `GET /v1/environments`.
+    pub async fn list_environments(
+        &self,
+    ) -> Result<Answer<proto::List<proto::Environment>>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/environments", None, None)
+            .await
+    }
+
+    /// `POST /v1/consumers`.
+    pub async fn create_consumer(
+        &self,
+        req: &proto::CreateConsumer,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer<proto::ConsumerCreated>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/consumers",
+            Some(req),
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// `GET /v1/consumers`.
+    pub async fn list_consumers(
+        &self,
+        environment: Option<&str>,
+    ) -> Result<Answer<proto::List<proto::Consumer>>, ClientError> {
+        let path = match environment {
+            Some(e) => format!("/v1/consumers?environment={}", urlencode(e)),
+            None => "/v1/consumers".into(),
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `GET /v1/consumers/{env}/{name}`.
+    pub async fn get_consumer(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Answer<proto::Consumer>, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &consumer_path(env, name, ""),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST …/rotate`.
+    pub async fn rotate(
+        &self,
+        env: &str,
+        name: &str,
+        req: &proto::RotateRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer<proto::Rotated>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, "/rotate"),
+            Some(req),
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// `POST …/versions/{n}/revoke`.
+    pub async fn revoke(
+        &self,
+        env: &str,
+        name: &str,
+        version: u32,
+        req: &proto::RevokeRequest,
+    ) -> Result<Answer<proto::KeyVersion>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, &format!("/versions/{version}/revoke")),
+            Some(req),
+            None,
+        )
+        .await
+    }
+
+    /// `POST …/versions/{n}/retire`.
+    pub async fn retire(
+        &self,
+        env: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Answer<proto::KeyVersion>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, &format!("/versions/{version}/retire")),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST …/disable`.
+    pub async fn disable(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Answer<proto::Consumer>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, "/disable"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST …/enable`.
+    pub async fn enable(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Answer<proto::Consumer>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, "/enable"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/verify`.
+    pub async fn verify(
+        &self,
+        req: &proto::VerifyRequest,
+    ) -> Result<Answer<proto::VerifyResponse>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/verify", Some(req), None)
+            .await
+    }
+}
+
+fn consumer_path(env: &str, name: &str, rest: &str) -> String {
+    format!("/v1/consumers/{}/{}{rest}", urlencode(env), urlencode(name))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Object-safe JSON serialization for request bodies.
+mod erased {
+    /// Anything serializable as a JSON body.
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}

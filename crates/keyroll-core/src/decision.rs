@@ -1,0 +1,295 @@
+//! Decisions (SPEC §4): the outcome of one verification, with a stable reason code.
+//!
+//! [`judge`] is the last step of the hot path: given what the index knows about the version a
+//! well-formed key names (its secret already compared), it decides at `now`. The codes are a
+//! public contract: never renamed once released.
+
+use crate::lifecycle::{State, StoredState, VersionNumber, effective_state};
+use crate::timestamp::Timestamp;
+
+/// Every reason a verification can end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DecisionCode {
+    /// Active version.
+    Valid,
+    /// Retiring version inside its grace window.
+    ValidDeprecated,
+    /// No key in the request.
+    MissingCredential,
+    /// Bad prefix, length, charset or checksum.
+    MalformedCredential,
+    /// A well-formed key for another environment.
+    WrongEnvironment,
+    /// Well-formed, kid not known.
+    UnknownKey,
+    /// Kid known, secret does not match.
+    InvalidSecret,
+    /// Grace window over.
+    KeyRetired,
+    /// Revoked.
+    KeyRevoked,
+    /// Past `expires_at`.
+    KeyExpired,
+    /// Consumer switched off.
+    ConsumerDisabled,
+    /// A required scope is not granted.
+    InsufficientScope,
+}
+
+impl DecisionCode {
+    /// All codes, in the order of the SPEC table.
+    pub const ALL: [DecisionCode; 12] = [
+        DecisionCode::Valid,
+        DecisionCode::ValidDeprecated,
+        DecisionCode::MissingCredential,
+        DecisionCode::MalformedCredential,
+        DecisionCode::WrongEnvironment,
+        DecisionCode::UnknownKey,
+        DecisionCode::InvalidSecret,
+        DecisionCode::KeyRetired,
+        DecisionCode::KeyRevoked,
+        DecisionCode::KeyExpired,
+        DecisionCode::ConsumerDisabled,
+        DecisionCode::InsufficientScope,
+    ];
+
+    /// The stable code, as logged.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DecisionCode::Valid => "valid",
+            DecisionCode::ValidDeprecated => "valid_deprecated",
+            DecisionCode::MissingCredential => "missing_credential",
+            DecisionCode::MalformedCredential => "malformed_credential",
+            DecisionCode::WrongEnvironment => "wrong_environment",
+            DecisionCode::UnknownKey => "unknown_key",
+            DecisionCode::InvalidSecret => "invalid_secret",
+            DecisionCode::KeyRetired => "key_retired",
+            DecisionCode::KeyRevoked => "key_revoked",
+            DecisionCode::KeyExpired => "key_expired",
+            DecisionCode::ConsumerDisabled => "consumer_disabled",
+            DecisionCode::InsufficientScope => "insufficient_scope",
+        }
+    }
+
+    /// Parses [`DecisionCode::as_str`] back.
+    pub fn parse(input: &str) -> Option<DecisionCode> {
+        DecisionCode::ALL.into_iter().find(|c| c.as_str() == input)
+    }
+
+    /// The code the caller is told: it never learns whether a kid exists, so `unknown_key` and
+    /// `invalid_secret` both become `invalid_key`.
+    pub fn public_code(&self) -> &'static str {
+        match self {
+            DecisionCode::UnknownKey | DecisionCode::InvalidSecret => "invalid_key",
+            other => other.as_str(),
+        }
+    }
+
+    /// Whether the request is let through.
+    pub fn allowed(&self) -> bool {
+        matches!(self, DecisionCode::Valid | DecisionCode::ValidDeprecated)
+    }
+
+    /// The HTTP status forward-auth answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            DecisionCode::Valid | DecisionCode::ValidDeprecated => 200,
+            DecisionCode::InsufficientScope => 403,
+            _ => 401,
+        }
+    }
+
+    /// The RFC 6750 `error` of the `WWW-Authenticate` challenge, if there is one.
+    pub fn bearer_error(&self) -> Option<&'static str> {
+        match self {
+            DecisionCode::Valid | DecisionCode::ValidDeprecated => None,
+            // RFC 6750 §3.1: a request with no credential gets a challenge without an error.
+            DecisionCode::MissingCredential => None,
+            DecisionCode::MalformedCredential => Some("invalid_request"),
+            DecisionCode::InsufficientScope => Some("insufficient_scope"),
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// A short human title for problem+json.
+    pub fn title(&self) -> &'static str {
+        match self {
+            DecisionCode::Valid => "Valid key",
+            DecisionCode::ValidDeprecated => "Valid key, retiring",
+            DecisionCode::MissingCredential => "Missing credential",
+            DecisionCode::MalformedCredential => "Malformed credential",
+            DecisionCode::WrongEnvironment => "Key for another environment",
+            DecisionCode::UnknownKey | DecisionCode::InvalidSecret => "Invalid key",
+            DecisionCode::KeyRetired => "Key retired",
+            DecisionCode::KeyRevoked => "Key revoked",
+            DecisionCode::KeyExpired => "Key expired",
+            DecisionCode::ConsumerDisabled => "Consumer disabled",
+            DecisionCode::InsufficientScope => "Insufficient scope",
+        }
+    }
+}
+
+/// What the index knows about the version a key names.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionFacts {
+    /// Its number.
+    pub version: VersionNumber,
+    /// Stored state.
+    pub state: StoredState,
+    /// While retiring: when it stops working.
+    pub deadline: Option<Timestamp>,
+    /// Hard expiry.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What the index knows about the consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerFacts<'a, S> {
+    /// Switched off.
+    pub disabled: bool,
+    /// Granted scopes.
+    pub scopes: &'a [S],
+}
+
+/// The outcome of judging a version whose secret matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The reason code.
+    pub code: DecisionCode,
+    /// The version's state at `now`.
+    pub state: State,
+    /// For `valid_deprecated`: when it stops working (the `Sunset` header).
+    pub sunset: Option<Timestamp>,
+    /// For `insufficient_scope`: the first required scope not granted (index into `required`).
+    pub missing_scope: Option<usize>,
+}
+
+/// Decides for a version whose secret matched. Order: the key's own state first (it is what the
+/// caller can fix), then the consumer switch, then scopes.
+#[inline]
+pub fn judge<S: AsRef<str>, R: AsRef<str>>(
+    version: &VersionFacts,
+    consumer: &ConsumerFacts<'_, S>,
+    required_scopes: &[R],
+    now: Timestamp,
+) -> Decision {
+    let state = effective_state(version.state, version.deadline, version.expires_at, now);
+    let reject = |code| Decision {
+        code,
+        state,
+        sunset: None,
+        missing_scope: None,
+    };
+    let code = match state {
+        State::Revoked => return reject(DecisionCode::KeyRevoked),
+        State::Expired => return reject(DecisionCode::KeyExpired),
+        State::Retired => return reject(DecisionCode::KeyRetired),
+        State::Active => DecisionCode::Valid,
+        State::Retiring => DecisionCode::ValidDeprecated,
+    };
+    if consumer.disabled {
+        return reject(DecisionCode::ConsumerDisabled);
+    }
+    if let Some(i) = required_scopes
+        .iter()
+        .position(|r| !consumer.scopes.iter().any(|g| g.as_ref() == r.as_ref()))
+    {
+        return Decision {
+            code: DecisionCode::InsufficientScope,
+            state,
+            sunset: None,
+            missing_scope: Some(i),
+        };
+    }
+    let sunset = (code == DecisionCode::ValidDeprecated)
+        .then_some(version.deadline)
+        .flatten();
+    Decision {
+        code,
+        state,
+        sunset,
+        missing_scope: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(state: StoredState, deadline: Option<i64>, expires: Option<i64>) -> VersionFacts {
+        VersionFacts {
+            version: VersionNumber(3),
+            state,
+            deadline: deadline.map(Timestamp::from_unix_millis),
+            expires_at: expires.map(Timestamp::from_unix_millis),
+        }
+    }
+
+    fn consumer(disabled: bool) -> ConsumerFacts<'static, &'static str> {
+        ConsumerFacts {
+            disabled,
+            scopes: &["invoices:read"],
+        }
+    }
+
+    const NONE: [&str; 0] = [];
+
+    #[test]
+    fn codes_round_trip_and_are_snake_case() {
+        for code in DecisionCode::ALL {
+            assert_eq!(DecisionCode::parse(code.as_str()), Some(code));
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+        }
+        assert_eq!(DecisionCode::UnknownKey.public_code(), "invalid_key");
+        assert_eq!(DecisionCode::InvalidSecret.public_code(), "invalid_key");
+        assert_eq!(DecisionCode::InsufficientScope.http_status(), 403);
+        assert_eq!(DecisionCode::KeyRetired.http_status(), 401);
+    }
+
+    #[test]
+    fn deadlines_pass_by_themselves() {
+        let now = Timestamp::from_unix_millis(1_000);
+        let retiring = facts(StoredState::Retiring, Some(1_000), None);
+        assert_eq!(
+            judge(&retiring, &consumer(false), &NONE, now).code,
+            DecisionCode::KeyRetired
+        );
+        let before = Timestamp::from_unix_millis(999);
+        let d = judge(&retiring, &consumer(false), &NONE, before);
+        assert_eq!(d.code, DecisionCode::ValidDeprecated);
+        assert_eq!(d.sunset, Some(Timestamp::from_unix_millis(1_000)));
+    }
+
+    #[test]
+    fn precedence_state_then_disabled_then_scope() {
+        let now = Timestamp::from_unix_millis(5);
+        let revoked = facts(StoredState::Revoked, None, Some(1));
+        assert_eq!(
+            judge(&revoked, &consumer(true), &["x"], now).code,
+            DecisionCode::KeyRevoked
+        );
+        let expired = facts(StoredState::Active, None, Some(5));
+        assert_eq!(
+            judge(&expired, &consumer(true), &["x"], now).code,
+            DecisionCode::KeyExpired
+        );
+        let active = facts(StoredState::Active, None, None);
+        assert_eq!(
+            judge(&active, &consumer(true), &["x"], now).code,
+            DecisionCode::ConsumerDisabled
+        );
+        let d = judge(&active, &consumer(false), &["invoices:read", "x"], now);
+        assert_eq!(
+            (d.code, d.missing_scope),
+            (DecisionCode::InsufficientScope, Some(1))
+        );
+        assert_eq!(
+            judge(&active, &consumer(false), &["invoices:read"], now).code,
+            DecisionCode::Valid
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! keyroll's pure core: the key format, names, decisions and the key-version lifecycle.
+//!
+//! Architecture invariant: nothing in this crate does IO, reads a clock, spawns, allocates a
+//! random number by itself or knows about JSON. Time comes in as a [`Timestamp`] argument and
+//! randomness through the [`Entropy`] trait, so every rule here is a plain function that tests
+//! can drive to any instant.
+
+pub mod base62;
+pub mod decision;
+pub mod duration;
+pub mod key;
+pub mod lifecycle;
+pub mod names;
+pub mod timestamp;
+
+pub use decision::{ConsumerFacts, Decision, DecisionCode, VersionFacts, judge};
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use key::{
+    Entropy, EntropyUnavailable, Fingerprint, IssuedKey, Kid, MalformedKey, ParsedKey, SecretHash,
+    fingerprint, issue_key, parse_key, random_base62,
+};
+pub use lifecycle::{
+    Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, State, StoredState,
+    Transition, VersionNumber, effective_state,
+};
+pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
+pub use timestamp::Timestamp;

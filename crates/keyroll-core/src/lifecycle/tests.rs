@@ -1,0 +1,309 @@
+//! Tests of the lifecycle state machine, driven by commands and `now` only.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::key::{Entropy, issue_key};
+
+struct Counter(u64);
+impl Entropy for Counter {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), crate::key::EntropyUnavailable> {
+        for b in dest {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (self.0 >> 33) as u8;
+        }
+        Ok(())
+    }
+}
+
+fn env() -> Environment {
+    Environment::parse("prod").unwrap()
+}
+
+fn new_version(seed: u64) -> NewVersion {
+    let key = issue_key(&env(), &mut Counter(seed)).unwrap();
+    NewVersion {
+        kid: key.kid,
+        secret_hash: key.secret_hash,
+        fingerprint: key.fingerprint,
+        expires_at: None,
+    }
+}
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_unix_millis(secs * 1000)
+}
+
+fn consumer() -> Consumer {
+    Consumer::create(
+        env(),
+        ConsumerName::parse("billing-app").unwrap(),
+        vec![
+            Scope::parse("b").unwrap(),
+            Scope::parse("a").unwrap(),
+            Scope::parse("a").unwrap(),
+        ],
+        Some("payments".into()),
+        new_version(1),
+        at(0),
+    )
+}
+
+fn rotate(grace_secs: u64, seed: u64) -> Command {
+    Command::Rotate {
+        grace: Duration::from_secs(grace_secs),
+        enforce: false,
+        new_version: new_version(seed),
+    }
+}
+
+#[test]
+fn create_sorts_scopes_and_starts_at_v1_active() {
+    let c = consumer();
+    assert_eq!(
+        c.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(c.active_version().map(|v| v.number), Some(VersionNumber(1)));
+}
+
+#[test]
+fn rotate_keeps_old_version_valid_for_the_grace_window() {
+    let t = consumer().apply(rotate(3600, 2), at(100)).unwrap();
+    let c = &t.consumer;
+    assert_eq!(
+        t.effects,
+        vec![
+            Effect::Retiring {
+                version: VersionNumber(1),
+                deadline: at(3700)
+            },
+            Effect::Issued(VersionNumber(2)),
+        ]
+    );
+    let v1 = c.version(VersionNumber(1)).unwrap();
+    assert_eq!(v1.state_at(at(3699)), State::Retiring);
+    assert_eq!(v1.state_at(at(3700)), State::Retired);
+    assert_eq!(v1.replaced_by, Some(VersionNumber(2)));
+    assert_eq!(c.active_version().unwrap().number, VersionNumber(2));
+}
+
+#[test]
+fn second_rotation_never_extends_an_earlier_deadline() {
+    let t1 = consumer().apply(rotate(3600, 2), at(0)).unwrap();
+    let t2 = t1.consumer.apply(rotate(7200, 3), at(10)).unwrap();
+    let c = t2.consumer;
+    assert_eq!(
+        c.version(VersionNumber(1)).unwrap().deadline,
+        Some(at(3600))
+    );
+    assert_eq!(
+        c.version(VersionNumber(2)).unwrap().deadline,
+        Some(at(7210))
+    );
+    assert_eq!(
+        c.version(VersionNumber(1)).unwrap().replaced_by,
+        Some(VersionNumber(3))
+    );
+}
+
+#[test]
+fn zero_grace_retires_at_once() {
+    let t = consumer().apply(rotate(0, 2), at(50)).unwrap();
+    assert_eq!(t.effects[0], Effect::Retired(VersionNumber(1)));
+    assert_eq!(
+        t.consumer
+            .version(VersionNumber(1))
+            .unwrap()
+            .state_at(at(50)),
+        State::Retired
+    );
+    assert!(t.consumer.has_valid_version(at(50)));
+}
+
+#[test]
+fn retire_ends_grace_but_refuses_the_active_version() {
+    let c = consumer().apply(rotate(3600, 2), at(0)).unwrap().consumer;
+    let err = c
+        .apply(
+            Command::Retire {
+                version: VersionNumber(2),
+            },
+            at(1),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LifecycleError::RetireActive { .. }), "{err}");
+    assert!(err.to_string().contains("rotate first"));
+    let t = c
+        .apply(
+            Command::Retire {
+                version: VersionNumber(1),
+            },
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(t.effects, vec![Effect::Retired(VersionNumber(1))]);
+    // Retrying is a no-op, not an error.
+    let again = t
+        .consumer
+        .apply(
+            Command::Retire {
+                version: VersionNumber(1),
+            },
+            at(2),
+        )
+        .unwrap();
+    assert!(again.effects.is_empty());
+    let missing = c
+        .apply(
+            Command::Retire {
+                version: VersionNumber(9),
+            },
+            at(1),
+        )
+        .unwrap_err();
+    assert_eq!(missing.to_string(), "prod/billing-app has no version v9");
+}
+
+#[test]
+fn revoke_is_immediate_needs_a_reason_and_keeps_the_first_one() {
+    let c = consumer();
+    assert_eq!(
+        c.apply(
+            Command::Revoke {
+                version: VersionNumber(1),
+                reason: "  ".into()
+            },
+            at(1)
+        )
+        .unwrap_err(),
+        LifecycleError::BadRevokeReason
+    );
+    let t = c
+        .apply(
+            Command::Revoke {
+                version: VersionNumber(1),
+                reason: "leaked in CI log".into(),
+            },
+            at(5),
+        )
+        .unwrap();
+    let v1 = t.consumer.version(VersionNumber(1)).unwrap();
+    assert_eq!(v1.state_at(at(5)), State::Revoked);
+    assert_eq!(v1.revoke_reason.as_deref(), Some("leaked in CI log"));
+    let t2 = t
+        .consumer
+        .apply(
+            Command::Revoke {
+                version: VersionNumber(1),
+                reason: "other".into(),
+            },
+            at(6),
+        )
+        .unwrap();
+    assert!(t2.effects.is_empty());
+    assert_eq!(
+        t2.consumer.version(VersionNumber(1)).unwrap().revoked_at,
+        Some(at(5))
+    );
+}
+
+#[test]
+fn a_deadline_that_passed_while_down_is_settled_on_the_next_command() {
+    let c = consumer().apply(rotate(60, 2), at(0)).unwrap().consumer;
+    let t = c.apply(Command::Settle, at(1_000)).unwrap();
+    assert_eq!(t.effects, vec![Effect::Retired(VersionNumber(1))]);
+    let v1 = t.consumer.version(VersionNumber(1)).unwrap();
+    assert_eq!(
+        (v1.state, v1.retired_at),
+        (StoredState::Retired, Some(at(60)))
+    );
+}
+
+#[test]
+fn disable_and_enable_are_idempotent() {
+    let t = consumer().apply(Command::Disable, at(1)).unwrap();
+    assert_eq!(t.effects, vec![Effect::Disabled]);
+    assert!(
+        t.consumer
+            .apply(Command::Disable, at(2))
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+    assert_eq!(
+        t.consumer.apply(Command::Enable, at(3)).unwrap().effects,
+        vec![Effect::Enabled]
+    );
+}
+
+#[test]
+fn version_numbers_parse() {
+    assert_eq!(VersionNumber::parse("v3"), Some(VersionNumber(3)));
+    assert_eq!(VersionNumber::parse("12"), Some(VersionNumber(12)));
+    for bad in ["v0", "v", "", "v-1", "vv1", "v99999999999"] {
+        assert_eq!(VersionNumber::parse(bad), None, "{bad}");
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Rotate(u64),
+    Retire(u32),
+    Revoke(u32),
+    Disable,
+    Enable,
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u64..5000).prop_map(Step::Rotate),
+        (1u32..6).prop_map(Step::Retire),
+        (1u32..6).prop_map(Step::Revoke),
+        Just(Step::Disable),
+        Just(Step::Enable),
+        (0u64..10_000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    /// SPEC §3 invariant: unless every version was revoked, some version is valid, at every
+    /// instant, after any sequence of commands. Revocation is the one command allowed to break it
+    /// (it is never gated), so sequences with a revoke only check that state never goes backwards.
+    #[test]
+    fn always_a_valid_version_unless_revoked(steps in proptest::collection::vec(step(), 1..40)) {
+        let mut c = consumer();
+        let mut now = at(0);
+        let mut revoked_any = false;
+        for (i, s) in steps.into_iter().enumerate() {
+            let cmd = match s {
+                Step::Wait(secs) => { now = now.saturating_add(Duration::from_secs(secs)); Command::Settle }
+                Step::Rotate(grace) => rotate(grace, i as u64 + 10),
+                Step::Retire(n) => Command::Retire { version: VersionNumber(n) },
+                Step::Revoke(n) => { Command::Revoke { version: VersionNumber(n), reason: "test".into() } }
+                Step::Disable => Command::Disable,
+                Step::Enable => Command::Enable,
+            };
+            let is_revoke = matches!(cmd, Command::Revoke { .. });
+            if let Ok(t) = c.apply(cmd, now) {
+                // Terminal states never come back.
+                for (before, after) in c.versions.iter().zip(t.consumer.versions.iter()) {
+                    if before.state == StoredState::Revoked { prop_assert_eq!(after.state, StoredState::Revoked); }
+                    if before.state_at(now) == State::Retired { prop_assert!(!after.state_at(now).is_valid()); }
+                }
+                prop_assert!(t.consumer.versions.iter().filter(|v| v.state == StoredState::Active).count() <= 1);
+                if is_revoke && !t.effects.is_empty() { revoked_any = true; }
+                c = t.consumer;
+            }
+            if !revoked_any {
+                prop_assert!(c.has_valid_version(now), "no valid version at {:?}: {:?}", now, c.versions);
+            }
+        }
+    }
+}

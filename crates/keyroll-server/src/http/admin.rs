@@ -1,0 +1,966 @@
+//! The admin API: environments, consumers, rotate, revoke, retire, disable/enable, and the
+//! health endpoints.
+//!
+//! Every change follows one path ([`commit`]): read the consumer, compute its next state with
+//! the pure lifecycle (`Consumer::apply`), write state + audit + idempotency record in one store
+//! transaction guarded by the consumer's revision, then update the in-memory index before
+//! answering. A concurrent change makes the write fail with a conflict and the whole step is
+//! recomputed from fresh state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use keyroll_core::{
+    Command, Consumer, ConsumerName, ConsumerRef, Effect, Environment, IssuedKey, KeyVersion,
+    LifecycleError, NewVersion, Scope, Timestamp, VersionNumber, issue_key, parse_duration,
+};
+use keyroll_proto as proto;
+use keyroll_store::{AuditRecord, ConsumerWrite, EnvironmentRecord, IdempotencyRecord, StoreError};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::http::auth::Admin;
+use crate::http::{ApiError, ApiJson, ApiPath, current_request_id};
+use crate::state::{AppState, OsEntropy};
+use crate::timefmt::{now, rfc3339};
+
+/// How often a change is recomputed after losing a race before giving up.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Who is asking, from where, and the idempotency key if any.
+#[derive(Debug)]
+struct Ctx {
+    actor: String,
+    request_id: String,
+    remote: String,
+    idempotency: Option<(String, String)>,
+}
+
+fn ctx(
+    admin: &Admin,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body_hash: &[u8; 32],
+) -> Result<Ctx, ApiError> {
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| {
+                    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            let mut h = Sha256::new();
+            h.update(method.as_str());
+            h.update(b" ");
+            h.update(uri.path());
+            h.update(b"\n");
+            h.update(body_hash);
+            Some((key.to_owned(), hex::encode(h.finalize())))
+        }
+    };
+    Ok(Ctx {
+        actor: admin.token_id.clone(),
+        request_id: current_request_id(),
+        remote: peer.to_string(),
+        idempotency,
+    })
+}
+
+impl Ctx {
+    fn audit(&self, at: Timestamp, action: &str, target: String, detail: Value) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            at,
+            actor: self.actor.clone(),
+            action: action.into(),
+            target,
+            detail: detail.to_string(),
+            request_id: Some(self.request_id.clone()),
+            remote_addr: Some(self.remote.clone()),
+        }
+    }
+
+    fn idempotency_record(
+        &self,
+        status: StatusCode,
+        public: &Value,
+        at: Timestamp,
+    ) -> Option<IdempotencyRecord> {
+        self.idempotency
+            .as_ref()
+            .map(|(key, hash)| IdempotencyRecord {
+                key: key.clone(),
+                request_hash: hash.clone(),
+                status: status.as_u16(),
+                response: public.to_string(),
+                created_at: at,
+            })
+    }
+
+    /// The earlier answer, if this request repeats one with the same `Idempotency-Key`.
+    async fn replay(&self, state: &AppState) -> Result<Option<Response>, ApiError> {
+        let Some((key, hash)) = &self.idempotency else {
+            return Ok(None);
+        };
+        let Some(record) = state.store.find_idempotency(key).await? else {
+            return Ok(None);
+        };
+        if &record.request_hash != hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!("Idempotency-Key {key:?} was used for a different request"),
+            ));
+        }
+        let mut body: Value = serde_json::from_str(&record.response).unwrap_or(Value::Null);
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("replayed".into(), Value::Bool(true));
+        }
+        let status = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
+        let mut response = (status, Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        Ok(Some(response))
+    }
+}
+
+/// The answer with the plaintext key, and the copy to remember without it.
+fn split_secret(mut answer: Value) -> (Value, Value) {
+    let public = {
+        let mut p = answer.clone();
+        if let Some(obj) = p.as_object_mut()
+            && obj.contains_key("key")
+        {
+            obj.insert("key".into(), Value::Null);
+        }
+        p
+    };
+    if let Some(obj) = answer.as_object_mut() {
+        obj.entry("replayed").or_insert(Value::Bool(false));
+    }
+    (answer, public)
+}
+
+fn lifecycle_error(e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::UnknownVersion { .. } => ApiError::not_found(e.to_string()),
+        LifecycleError::BadRevokeReason => ApiError::bad_request(e.to_string()),
+        LifecycleError::RetireActive { .. }
+        | LifecycleError::NotRetiring { .. }
+        | LifecycleError::VersionsExhausted { .. } => ApiError::conflict(e.to_string()),
+    }
+}
+
+fn name_error(e: keyroll_core::NameError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+fn consumer_ref(env: &str, name: &str) -> Result<ConsumerRef, ApiError> {
+    Ok(ConsumerRef {
+        environment: Environment::parse(env).map_err(name_error)?,
+        name: ConsumerName::parse(name).map_err(name_error)?,
+    })
+}
+
+fn duration(field: &str, value: &str) -> Result<Duration, ApiError> {
+    parse_duration(value).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+}
+
+fn scopes(list: &[String]) -> Result<Vec<Scope>, ApiError> {
+    list.iter()
+        .map(|s| Scope::parse(s).map_err(name_error))
+        .collect()
+}
+
+fn owner(value: Option<&str>) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(o) if o.is_empty() => Ok(None),
+        Some(o) if o.chars().count() <= 200 && !o.chars().any(char::is_control) => {
+            Ok(Some(o.into()))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "owner must be at most 200 characters without control characters",
+        )),
+    }
+}
+
+fn new_key(
+    environment: &Environment,
+    expires_at: Option<Timestamp>,
+) -> Result<(IssuedKey, NewVersion), ApiError> {
+    let key = issue_key(environment, &mut OsEntropy).map_err(|e| {
+        tracing::error!(event = "entropy.unavailable", error = %e, "cannot issue a key");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "entropy_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let v = NewVersion {
+        kid: key.kid,
+        secret_hash: key.secret_hash,
+        fingerprint: key.fingerprint,
+        expires_at,
+    };
+    Ok((key, v))
+}
+
+/// A version as the API shows it at `now`.
+pub fn version_json(v: &KeyVersion, now: Timestamp) -> proto::KeyVersion {
+    proto::KeyVersion {
+        version: v.number.0,
+        kid: v.kid.to_string(),
+        fingerprint: v.fingerprint.to_string(),
+        state: v.state_at(now).as_str().into(),
+        created_at: rfc3339(v.created_at),
+        deadline: v.retirement_time().map(rfc3339),
+        expires_at: v.expires_at.map(rfc3339),
+        revoked_at: v.revoked_at.map(rfc3339),
+        revoke_reason: v.revoke_reason.clone(),
+        replaced_by: v.replaced_by.map(|n| n.0),
+        last_used_at: None,
+    }
+}
+
+/// A consumer as the API shows it at `now`.
+pub fn consumer_json(c: &Consumer, now: Timestamp) -> proto::Consumer {
+    proto::Consumer {
+        environment: c.environment.to_string(),
+        name: c.name.to_string(),
+        scopes: c.scopes.iter().map(ToString::to_string).collect(),
+        owner: c.owner.clone(),
+        disabled: c.disabled,
+        created_at: rfc3339(c.created_at),
+        versions: c.versions.iter().map(|v| version_json(v, now)).collect(),
+    }
+}
+
+/// A planned change to a consumer, before it is written.
+struct Planned {
+    consumer: Consumer,
+    effects: Vec<Effect>,
+    action: &'static str,
+    params: Value,
+    issued: Option<IssuedKey>,
+}
+
+fn effect_audit(ctx: &Ctx, at: Timestamp, reference: &str, planned: &Planned) -> Vec<AuditRecord> {
+    let mut records: Vec<AuditRecord> = planned
+        .effects
+        .iter()
+        .map(|e| {
+            let (target, detail) = match e {
+                Effect::Issued(n) => {
+                    let kid = planned.consumer.version(*n).map(|v| v.kid.to_string());
+                    (format!("{reference} {n}"), json!({ "kid": kid }))
+                }
+                Effect::Retiring { version, deadline } => (
+                    format!("{reference} {version}"),
+                    json!({ "deadline": rfc3339(*deadline) }),
+                ),
+                Effect::Retired(n) | Effect::Revoked(n) => {
+                    let v = planned.consumer.version(*n);
+                    (
+                        format!("{reference} {n}"),
+                        json!({
+                            "kid": v.map(|v| v.kid.to_string()),
+                            "reason": v.and_then(|v| v.revoke_reason.clone()),
+                        }),
+                    )
+                }
+                Effect::Disabled | Effect::Enabled => (reference.to_owned(), json!({})),
+            };
+            ctx.audit(
+                at,
+                e.kind(),
+                target,
+                json!({ "command": planned.action, "params": planned.params, "effect": detail }),
+            )
+        })
+        .collect();
+    if records.is_empty() && planned.action == "consumer.update" {
+        records.push(ctx.audit(
+            at,
+            "consumer.updated",
+            reference.to_owned(),
+            planned.params.clone(),
+        ));
+    }
+    records
+}
+
+/// Reads, plans, writes and indexes one change to a consumer; answers with `respond`.
+async fn commit(
+    state: &AppState,
+    ctx: &Ctx,
+    r: &ConsumerRef,
+    status: StatusCode,
+    plan: impl Fn(&Consumer, Timestamp) -> Result<Planned, ApiError>,
+    respond: impl Fn(&Consumer, &Planned, Timestamp) -> Value,
+) -> Result<Response, ApiError> {
+    if let Some(replayed) = ctx.replay(state).await? {
+        return Ok(replayed);
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let stored = state
+            .store
+            .get_consumer(r)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?;
+        let at = now();
+        let planned = plan(&stored.consumer, at)?;
+        let answer = respond(&stored.consumer, &planned, at);
+        let (with_key, public) = split_secret(answer);
+        // Nothing changed (a retried retire, a second disable): answer without writing.
+        if planned.effects.is_empty() && planned.consumer == stored.consumer {
+            return Ok((StatusCode::OK, Json(with_key)).into_response());
+        }
+        let audit = effect_audit(ctx, at, &r.to_string(), &planned);
+        let idem = ctx.idempotency_record(status, &public, at);
+        let write = ConsumerWrite {
+            expected_revision: stored.revision,
+            id: stored.id,
+            consumer: &planned.consumer,
+            audit: &audit,
+            idempotency: idem.as_ref(),
+        };
+        match state.store.write_consumer(write).await {
+            Ok(written) => {
+                state
+                    .index
+                    .upsert(written.id, written.revision, &written.consumer);
+                for e in &planned.effects {
+                    tracing::info!(event = e.kind(), consumer = %r, actor = ctx.actor.as_str(), request_id = ctx.request_id.as_str(), "{} {r}", e.kind());
+                }
+                return Ok((status, Json(with_key)).into_response());
+            }
+            Err(StoreError::Conflict(_) | StoreError::KidCollision) => continue,
+            Err(StoreError::IdempotencyKeyUsed) => {
+                // A concurrent request with the same key won: answer what it answered.
+                if let Some(replayed) = ctx.replay(state).await? {
+                    return Ok(replayed);
+                }
+                return Err(StoreError::IdempotencyKeyUsed.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "{r} is being changed by other requests; retry"
+    )))
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "up")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the store answers and the index is loaded.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, body = proto::Health), (status = 503, body = proto::Health)))]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let loaded = state.ready.load(Ordering::Acquire);
+    let ping = state.store.ping().await;
+    let status = match (&ping, loaded) {
+        (Ok(()), true) => "ok".to_owned(),
+        (_, false) => "loading keys".to_owned(),
+        (Err(e), true) => format!("store unreachable: {e}"),
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = proto::Health {
+        status,
+        store: Some(state.store.backend().into()),
+        key_versions: Some(state.index.len()),
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `POST /v1/environments`.
+#[utoipa::path(post, path = "/v1/environments", tag = "environments", request_body = proto::CreateEnvironment,
+    responses((status = 201, body = proto::Environment), (status = 409, body = proto::Problem)),
+    security(("admin_token" = ["environments:write"])))]
+pub async fn create_environment(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: ApiJson<proto::CreateEnvironment>,
+) -> Result<Response, ApiError> {
+    admin.require("environments:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
+    let name = Environment::parse(&body.value.name).map_err(name_error)?;
+    let at = now();
+    let record = EnvironmentRecord {
+        name: name.clone(),
+        protected: body.value.protected,
+        created_at: at,
+    };
+    let audit = ctx.audit(
+        at,
+        "environment.created",
+        format!("environment {name}"),
+        json!({ "protected": record.protected }),
+    );
+    state.store.create_environment(&record, &audit).await?;
+    tracing::info!(event = "environment.created", environment = %name, actor = ctx.actor.as_str(), "environment {name} created");
+    let answer = proto::Environment {
+        name: name.to_string(),
+        protected: record.protected,
+        created_at: rfc3339(at),
+    };
+    let mut response = (StatusCode::CREATED, Json(answer)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/environments/{name}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/environments`.
+#[utoipa::path(get, path = "/v1/environments", tag = "environments",
+    responses((status = 200, body = proto::List<proto::Environment>)),
+    security(("admin_token" = ["consumers:read"])))]
+pub async fn list_environments(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+) -> Result<Json<proto::List<proto::Environment>>, ApiError> {
+    admin.require("consumers:read")?;
+    let items = state
+        .store
+        .list_environments()
+        .await?
+        .into_iter()
+        .map(|e| proto::Environment {
+            name: e.name.to_string(),
+            protected: e.protected,
+            created_at: rfc3339(e.created_at),
+        })
+        .collect();
+    Ok(Json(proto::List { items }))
+}
+
+/// `POST /v1/consumers`: creates a consumer and its first key (shown once).
+#[utoipa::path(post, path = "/v1/consumers", tag = "consumers", request_body = proto::CreateConsumer,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key does not create twice")),
+    responses((status = 201, body = proto::ConsumerCreated), (status = 404, body = proto::Problem), (status = 409, body = proto::Problem)),
+    security(("admin_token" = ["consumers:write"])))]
+pub async fn create_consumer(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: ApiJson<proto::CreateConsumer>,
+) -> Result<Response, ApiError> {
+    admin.require("consumers:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
+    let req = body.value;
+    let r = consumer_ref(&req.environment, &req.name)?;
+    let granted = scopes(&req.scopes)?;
+    let owner = owner(req.owner.as_deref())?;
+    let expires_in = req
+        .expires_in
+        .as_deref()
+        .map(|d| duration("expires_in", d))
+        .transpose()?;
+    if let Some(replayed) = ctx.replay(&state).await? {
+        return Ok(replayed);
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let at = now();
+        let (issued, first) = new_key(&r.environment, expires_in.map(|d| at.saturating_add(d)))?;
+        let consumer = Consumer::create(
+            r.environment.clone(),
+            r.name.clone(),
+            granted.clone(),
+            owner.clone(),
+            first,
+            at,
+        );
+        let answer = proto::ConsumerCreated {
+            consumer: consumer_json(&consumer, at),
+            key: Some(issued.reveal().to_owned()),
+            kid: issued.kid.to_string(),
+            version: 1,
+            replayed: false,
+        };
+        let (with_key, public) = split_secret(serde_json::to_value(&answer).unwrap_or(Value::Null));
+        let params = json!({ "scopes": req.scopes, "owner": owner, "expires_in": req.expires_in });
+        let audit = [
+            ctx.audit(at, "consumer.created", r.to_string(), params.clone()),
+            ctx.audit(
+                at,
+                "version.issued",
+                format!("{r} v1"),
+                json!({ "kid": issued.kid.to_string() }),
+            ),
+        ];
+        let idem = ctx.idempotency_record(StatusCode::CREATED, &public, at);
+        match state
+            .store
+            .create_consumer(&consumer, &audit, idem.as_ref())
+            .await
+        {
+            Ok(stored) => {
+                state
+                    .index
+                    .upsert(stored.id, stored.revision, &stored.consumer);
+                tracing::info!(event = "consumer.created", consumer = %r, kid = %issued.kid, actor = ctx.actor.as_str(), request_id = ctx.request_id.as_str(), "consumer {r} created with v1");
+                let mut response = (StatusCode::CREATED, Json(with_key)).into_response();
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("/v1/consumers/{}/{}", r.environment, r.name))
+                {
+                    response.headers_mut().insert(header::LOCATION, v);
+                }
+                return Ok(response);
+            }
+            Err(StoreError::KidCollision) => continue,
+            Err(StoreError::NotFound(_)) => {
+                return Err(ApiError::not_found(format!(
+                    "environment {} does not exist; create it first (keyroll env create {})",
+                    r.environment, r.environment
+                )));
+            }
+            Err(StoreError::AlreadyExists(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_exists",
+                    format!("consumer {r} already exists; rotate it to get a new key"),
+                ));
+            }
+            Err(StoreError::IdempotencyKeyUsed) => {
+                if let Some(replayed) = ctx.replay(&state).await? {
+                    return Ok(replayed);
+                }
+                return Err(StoreError::IdempotencyKeyUsed.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "retry",
+        "could not allocate a unique key id; retry",
+    ))
+}
+
+/// `GET /v1/consumers?environment=E`.
+#[utoipa::path(get, path = "/v1/consumers", tag = "consumers",
+    params(("environment" = Option<String>, Query, description = "only this environment")),
+    responses((status = 200, body = proto::List<proto::Consumer>)),
+    security(("admin_token" = ["consumers:read"])))]
+pub async fn list_consumers(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    uri: Uri,
+) -> Result<Json<proto::List<proto::Consumer>>, ApiError> {
+    admin.require("consumers:read")?;
+    let mut environment = None;
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "environment" => environment = Some(Environment::parse(&v).map_err(name_error)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    let at = now();
+    let items = state
+        .store
+        .list_consumers(environment.as_ref())
+        .await?
+        .iter()
+        .map(|s| consumer_json(&s.consumer, at))
+        .collect();
+    Ok(Json(proto::List { items }))
+}
+
+/// `GET /v1/consumers/{env}/{name}`.
+#[utoipa::path(get, path = "/v1/consumers/{env}/{name}", tag = "consumers",
+    params(("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem)),
+    security(("admin_token" = ["consumers:read"])))]
+pub async fn get_consumer(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    ApiPath((env, name)): ApiPath<(String, String)>,
+) -> Result<Json<proto::Consumer>, ApiError> {
+    admin.require("consumers:read")?;
+    let r = consumer_ref(&env, &name)?;
+    let stored = state
+        .store
+        .get_consumer(&r)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?;
+    Ok(Json(consumer_json(&stored.consumer, now())))
+}
+
+/// `PATCH /v1/consumers/{env}/{name}`: scopes, owner.
+#[utoipa::path(patch, path = "/v1/consumers/{env}/{name}", tag = "consumers", request_body = proto::UpdateConsumer,
+    params(("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem)),
+    security(("admin_token" = ["consumers:write"])))]
+#[allow(clippy::too_many_arguments)]
+pub async fn update_consumer(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiPath((env, name)): ApiPath<(String, String)>,
+    body: ApiJson<proto::UpdateConsumer>,
+) -> Result<Response, ApiError> {
+    admin.require("consumers:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
+    let r = consumer_ref(&env, &name)?;
+    let new_scopes = body.value.scopes.as_deref().map(scopes).transpose()?;
+    let new_owner = body
+        .value
+        .owner
+        .as_deref()
+        .map(|o| owner(Some(o)))
+        .transpose()?;
+    let params = serde_json::to_value(&body.value.scopes)
+        .map(|s| json!({ "scopes": s, "owner": body.value.owner }))
+        .unwrap_or(Value::Null);
+    commit(
+        &state,
+        &ctx,
+        &r,
+        StatusCode::OK,
+        |c, _at| {
+            let mut next = c.clone();
+            if let Some(s) = &new_scopes {
+                let mut s = s.clone();
+                s.sort();
+                s.dedup();
+                next.scopes = s;
+            }
+            if let Some(o) = &new_owner {
+                next.owner = o.clone();
+            }
+            Ok(Planned {
+                consumer: next,
+                effects: Vec::new(),
+                action: "consumer.update",
+                params: params.clone(),
+                issued: None,
+            })
+        },
+        |_, p, at| serde_json::to_value(consumer_json(&p.consumer, at)).unwrap_or(Value::Null),
+    )
+    .await
+}
+
+/// `POST /v1/consumers/{env}/{name}/rotate`: issues the next version; older ones retire after
+/// the grace window.
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/rotate", tag = "lifecycle", request_body = proto::RotateRequest,
+    params(("env" = String, Path), ("name" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key does not rotate twice")),
+    responses((status = 201, body = proto::Rotated), (status = 404, body = proto::Problem)),
+    security(("admin_token" = ["keys:write"])))]
+#[allow(clippy::too_many_arguments)]
+pub async fn rotate(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiPath((env, name)): ApiPath<(String, String)>,
+    body: ApiJson<proto::RotateRequest>,
+) -> Result<Response, ApiError> {
+    admin.require("keys:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
+    let r = consumer_ref(&env, &name)?;
+    let grace = match body.value.grace.as_deref() {
+        Some(g) => duration("grace", g)?,
+        None => state.config.default_grace,
+    };
+    let expires_in = body
+        .value
+        .expires_in
+        .as_deref()
+        .map(|d| duration("expires_in", d))
+        .transpose()?;
+    let enforce = body.value.enforce;
+    let params = json!({ "grace": keyroll_core::format_duration(grace), "enforce": enforce, "expires_in": body.value.expires_in });
+    commit(
+        &state,
+        &ctx,
+        &r,
+        StatusCode::CREATED,
+        |c, at| {
+            let (issued, new_version) =
+                new_key(&c.environment, expires_in.map(|d| at.saturating_add(d)))?;
+            let t = c
+                .apply(
+                    Command::Rotate {
+                        grace,
+                        enforce,
+                        new_version,
+                    },
+                    at,
+                )
+                .map_err(lifecycle_error)?;
+            Ok(Planned {
+                consumer: t.consumer,
+                effects: t.effects,
+                action: "rotate",
+                params: params.clone(),
+                issued: Some(issued),
+            })
+        },
+        |_, p, _at| {
+            let new = p.consumer.active_version();
+            let answer = proto::Rotated {
+                consumer: r.to_string(),
+                key: p.issued.as_ref().map(|k| k.reveal().to_owned()),
+                kid: new.map(|v| v.kid.to_string()).unwrap_or_default(),
+                version: new.map(|v| v.number.0).unwrap_or(0),
+                retiring: p
+                    .effects
+                    .iter()
+                    .filter_map(|e| match e {
+                        Effect::Retiring { version, deadline } => Some(proto::Retiring {
+                            version: version.0,
+                            deadline: rfc3339(*deadline),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+                retired: p
+                    .effects
+                    .iter()
+                    .filter_map(|e| match e {
+                        Effect::Retired(n) => Some(n.0),
+                        _ => None,
+                    })
+                    .collect(),
+                replayed: false,
+            };
+            serde_json::to_value(answer).unwrap_or(Value::Null)
+        },
+    )
+    .await
+}
+
+fn version_number(text: &str) -> Result<VersionNumber, ApiError> {
+    VersionNumber::parse(text).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid version {text:?}: expected v1, v2, … or 1, 2, …"
+        ))
+    })
+}
+
+/// `POST /v1/consumers/{env}/{name}/versions/{n}/revoke`: immediate, never gated.
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/revoke", tag = "lifecycle", request_body = proto::RevokeRequest,
+    params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
+    responses((status = 200, body = proto::KeyVersion), (status = 404, body = proto::Problem)),
+    security(("admin_token" = ["keys:write"])))]
+#[allow(clippy::too_many_arguments)]
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiPath((env, name, version)): ApiPath<(String, String, String)>,
+    body: ApiJson<proto::RevokeRequest>,
+) -> Result<Response, ApiError> {
+    admin.require("keys:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
+    let r = consumer_ref(&env, &name)?;
+    let n = version_number(&version)?;
+    let reason = body.value.reason.clone();
+    let params = json!({ "version": n.0, "reason": reason });
+    commit(
+        &state,
+        &ctx,
+        &r,
+        StatusCode::OK,
+        |c, at| {
+            let t = c
+                .apply(
+                    Command::Revoke {
+                        version: n,
+                        reason: reason.clone(),
+                    },
+                    at,
+                )
+                .map_err(lifecycle_error)?;
+            Ok(Planned {
+                consumer: t.consumer,
+                effects: t.effects,
+                action: "revoke",
+                params: params.clone(),
+                issued: None,
+            })
+        },
+        |_, p, at| version_answer(&p.consumer, n, at),
+    )
+    .await
+}
+
+fn version_answer(c: &Consumer, n: VersionNumber, at: Timestamp) -> Value {
+    c.version(n)
+        .map(|v| serde_json::to_value(version_json(v, at)).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null)
+}
+
+/// `POST /v1/consumers/{env}/{name}/versions/{n}/retire`: ends a grace window now.
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/retire", tag = "lifecycle",
+    params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
+    responses((status = 200, body = proto::KeyVersion), (status = 409, body = proto::Problem)),
+    security(("admin_token" = ["keys:write"])))]
+pub async fn retire(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiPath((env, name, version)): ApiPath<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    admin.require("keys:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &[0; 32])?;
+    let r = consumer_ref(&env, &name)?;
+    let n = version_number(&version)?;
+    commit(
+        &state,
+        &ctx,
+        &r,
+        StatusCode::OK,
+        |c, at| {
+            let t = c
+                .apply(Command::Retire { version: n }, at)
+                .map_err(lifecycle_error)?;
+            Ok(Planned {
+                consumer: t.consumer,
+                effects: t.effects,
+                action: "retire",
+                params: json!({ "version": n.0 }),
+                issued: None,
+            })
+        },
+        |_, p, at| version_answer(&p.consumer, n, at),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn switch(
+    state: Arc<AppState>,
+    admin: Admin,
+    peer: SocketAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    (env, name): (String, String),
+    command: Command,
+    action: &'static str,
+) -> Result<Response, ApiError> {
+    admin.require("consumers:write")?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &[0; 32])?;
+    let r = consumer_ref(&env, &name)?;
+    commit(
+        &state,
+        &ctx,
+        &r,
+        StatusCode::OK,
+        |c, at| {
+            let t = c.apply(command.clone(), at).map_err(lifecycle_error)?;
+            Ok(Planned {
+                consumer: t.consumer,
+                effects: t.effects,
+                action,
+                params: json!({}),
+                issued: None,
+            })
+        },
+        |_, p, at| serde_json::to_value(consumer_json(&p.consumer, at)).unwrap_or(Value::Null),
+    )
+    .await
+}
+
+/// `POST /v1/consumers/{env}/{name}/disable`: every key of the consumer is rejected.
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle",
+    params(("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = proto::Consumer)), security(("admin_token" = ["consumers:write"])))]
+pub async fn disable(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiPath(path): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    switch(
+        state,
+        admin,
+        peer,
+        method,
+        uri,
+        headers,
+        path,
+        Command::Disable,
+        "disable",
+    )
+    .await
+}
+
+/// `POST /v1/consumers/{env}/{name}/enable`.
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/enable", tag = "lifecycle",
+    params(("env" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = proto::Consumer)), security(("admin_token" = ["consumers:write"])))]
+pub async fn enable(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admin: Admin,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiPath(path): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    switch(
+        state,
+        admin,
+        peer,
+        method,
+        uri,
+        headers,
+        path,
+        Command::Enable,
+        "enable",
+    )
+    .await
+}

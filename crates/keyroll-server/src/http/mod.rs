@@ -1,0 +1,306 @@
+//! The HTTP interface: routes, request ids, problem+json errors and the JSON body extractor.
+//!
+//! Forward-auth and `/healthz` are routed without middleware: they are what the throughput
+//! budget of SPEC §12 compares. Admin routes run inside [`with_request_id`], which makes the
+//! request id available to every error response through a task-local.
+
+pub mod admin;
+pub mod auth;
+pub mod forward_auth;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::state::AppState;
+
+/// Largest accepted admin or verify request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The router of the whole API.
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route(
+            "/v1/environments",
+            post(admin::create_environment).get(admin::list_environments),
+        )
+        .route(
+            "/v1/consumers",
+            post(admin::create_consumer).get(admin::list_consumers),
+        )
+        .route(
+            "/v1/consumers/{env}/{name}",
+            get(admin::get_consumer).patch(admin::update_consumer),
+        )
+        .route("/v1/consumers/{env}/{name}/rotate", post(admin::rotate))
+        .route("/v1/consumers/{env}/{name}/disable", post(admin::disable))
+        .route("/v1/consumers/{env}/{name}/enable", post(admin::enable))
+        .route(
+            "/v1/consumers/{env}/{name}/versions/{version}/revoke",
+            post(admin::revoke),
+        )
+        .route(
+            "/v1/consumers/{env}/{name}/versions/{version}/retire",
+            post(admin::retire),
+        )
+        .route("/v1/verify", post(forward_auth::verify_json))
+        .route("/readyz", get(admin::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(with_request_id));
+    Router::new()
+        .route("/v1/forward-auth", any(forward_auth::forward_auth))
+        .route("/v1/forward-auth/", any(forward_auth::forward_auth))
+        .route("/v1/forward-auth/{*rest}", any(forward_auth::forward_auth))
+        .route("/healthz", get(admin::healthz))
+        .merge(admin)
+        .with_state(state)
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// A request id: the caller's `X-Request-Id` when it is sane (1–128 visible ASCII characters),
+/// else a new random one.
+pub fn request_id_from(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id")
+        && let Ok(s) = v.to_str()
+        && !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return s.to_owned();
+    }
+    new_request_id()
+}
+
+/// `rq_` and 16 random hex digits. Not a secret, so a fast generator is enough.
+pub fn new_request_id() -> String {
+    format!("rq_{:016x}", fastrand::u64(..))
+}
+
+/// The current request's id inside admin handlers.
+pub fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| new_request_id())
+}
+
+async fn with_request_id(req: Request, next: Next) -> Response {
+    let id = request_id_from(req.headers());
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// An API error, rendered as RFC 9457 problem+json with the request id.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine code.
+    pub code: &'static str,
+    /// What happened, in words.
+    pub detail: String,
+    /// Extra headers (`WWW-Authenticate`).
+    pub www_authenticate: Option<String>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            www_authenticate: None,
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+}
+
+impl From<keyroll_store::StoreError> for ApiError {
+    fn from(e: keyroll_store::StoreError) -> ApiError {
+        use keyroll_store::StoreError as E;
+        match e {
+            E::AlreadyExists(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!("{what} already exists"),
+            ),
+            E::NotFound(what) => ApiError::not_found(format!("{what} does not exist")),
+            E::Conflict(what) => {
+                ApiError::conflict(format!("{what} was changed by another request; retry"))
+            }
+            E::IdempotencyKeyUsed => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used",
+            ),
+            E::KidCollision => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "key id collision; retry",
+            ),
+            E::Unavailable(msg) => {
+                tracing::error!(event = "store.unavailable", error = %msg, "storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the store is unavailable; verification keeps working from memory, changes cannot be saved now",
+                )
+            }
+            E::Corrupt(msg) => {
+                tracing::error!(event = "store.corrupt", error = %msg, "corrupt stored data");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_corrupt",
+                    "stored data could not be read; see the server log",
+                )
+            }
+        }
+    }
+}
+
+/// Renders a problem+json response.
+pub fn problem(
+    status: StatusCode,
+    code: &str,
+    title: &str,
+    detail: &str,
+    kid: Option<String>,
+    request_id: &str,
+) -> Response {
+    let body = keyroll_proto::Problem {
+        type_uri: format!("https://keyroll.dev/problems/{code}"),
+        title: title.into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+        code: code.into(),
+        kid,
+        request_id: request_id.into(),
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(Body::from(json));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let mut response = problem(
+            self.status,
+            self.code,
+            title,
+            &self.detail,
+            None,
+            &current_request_id(),
+        );
+        if let Some(challenge) = self.www_authenticate
+            && let Ok(v) = HeaderValue::from_str(&challenge)
+        {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        response
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint; see /openapi.json",
+    )
+}
+
+/// A JSON body with a precise 4xx on every kind of bad input, and the SHA-256 of the raw body
+/// (for `Idempotency-Key` checks).
+#[derive(Debug)]
+pub struct ApiJson<T> {
+    /// The parsed body.
+    pub value: T,
+    /// SHA-256 of the raw bytes.
+    pub body_hash: [u8; 32],
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read request body: {e}"))
+            }
+        })?;
+        let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        Ok(ApiJson {
+            value,
+            body_hash: Sha256::digest(&bytes).into(),
+        })
+    }
+}
+
+/// Path parameters with a problem+json rejection.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::bad_request(format!("invalid path: {e}")))
+    }
+}

@@ -1,0 +1,219 @@
+//! Log output: one JSON object per line (`ts`, `level`, `event`, fields) for machines, or
+//! tracing's human format for terminals, and the `auth.decision` line of SPEC §5.
+//!
+//! The JSON layer is ours rather than tracing-subscriber's `json()` because SPEC §5 fixes the
+//! field names (`ts`, not `timestamp`) and flattens fields into the top-level object.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+use crate::timefmt;
+use crate::verify::Verification;
+
+/// Installs the global subscriber. Safe to call once; a second call is ignored.
+pub fn init(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry.with(JsonLines).try_init(),
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_writer(std::io::stdout),
+            )
+            .try_init(),
+    };
+}
+
+/// Writes each event as one JSON line on stdout.
+#[derive(Debug)]
+pub struct JsonLines;
+
+struct Fields(Map<String, Value>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+}
+
+impl<S: Subscriber> Layer<S> for JsonLines {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = Fields(Map::new());
+        fields
+            .0
+            .insert("ts".into(), Value::String(timefmt::rfc3339(timefmt::now())));
+        fields.0.insert(
+            "level".into(),
+            Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
+        );
+        event.record(&mut fields);
+        if !fields.0.contains_key("event") {
+            fields.0.insert("event".into(), Value::String("log".into()));
+            fields.0.insert(
+                "target".into(),
+                Value::String(event.metadata().target().into()),
+            );
+        }
+        let mut line = serde_json::to_vec(&Value::Object(fields.0)).unwrap_or_default();
+        line.push(b'\n');
+        // One write per line so concurrent lines never interleave; a closed stdout is not a
+        // reason to fail a request.
+        let _ = std::io::stdout().lock().write_all(&line);
+    }
+}
+
+/// Request facts a decision line carries besides the verification itself.
+#[derive(Debug, Clone)]
+pub struct RequestFacts<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The peer.
+    pub remote_addr: Option<SocketAddr>,
+    /// The (original) method.
+    pub method: &'a str,
+    /// The (original) URI, keys redacted.
+    pub uri: &'a str,
+    /// The user agent.
+    pub user_agent: &'a str,
+}
+
+/// Masks anything in `text` that looks like a keyroll key's secret, so a key pasted into a URL
+/// never reaches a log line.
+pub fn redact_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("kr_") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("kr_") {
+        out.push_str(&rest[..pos]);
+        let candidate = &rest[pos..];
+        // Keep `kr_<env>_<kid>_`, mask the run of base62 that follows.
+        let mut underscores = 0;
+        let mut keep = 0;
+        for (i, c) in candidate.char_indices() {
+            if c == '_' {
+                underscores += 1;
+                if underscores == 3 {
+                    keep = i + 1;
+                    break;
+                }
+            } else if !c.is_ascii_alphanumeric() {
+                break;
+            }
+        }
+        if keep == 0 {
+            out.push_str("kr_");
+            rest = &candidate[3..];
+            continue;
+        }
+        out.push_str(&candidate[..keep]);
+        let secret_len = candidate[keep..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count();
+        out.push_str("[redacted]");
+        rest = &candidate[keep + secret_len..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Emits the `auth.decision` line: rejections at WARN, allowed at DEBUG (or INFO).
+pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allowed_at_info: bool) {
+    let allowed = v.code.allowed();
+    let level = match (allowed, allowed_at_info) {
+        (false, _) => Level::WARN,
+        (true, true) => Level::INFO,
+        (true, false) => Level::DEBUG,
+    };
+    // Building the line costs more than the verification: only when someone listens.
+    let enabled = match level {
+        Level::WARN => tracing::enabled!(target: "keyroll::decision", Level::WARN),
+        Level::INFO => tracing::enabled!(target: "keyroll::decision", Level::INFO),
+        _ => tracing::enabled!(target: "keyroll::decision", Level::DEBUG),
+    };
+    if !enabled {
+        return;
+    }
+    let consumer = v.consumer();
+    let detail = v.detail();
+    let kid = v.kid.map(|k| k.to_string());
+    let fingerprint = v.fingerprint.map(|f| f.to_string());
+    let consumer_ref = consumer.map(|c| c.reference());
+    let environment = consumer
+        .map(|c| c.environment.to_string())
+        .or_else(|| v.key_environment.as_deref().map(str::to_owned));
+    let version = v.version().map(|n| n.to_string());
+    let state = v.state().map(|s| s.as_str());
+    let remote = req.remote_addr.map(|a| a.to_string());
+    let uri = redact_keys(req.uri);
+    let user_agent: String = req.user_agent.chars().take(256).collect();
+    macro_rules! emit {
+        ($lvl:expr) => {
+            tracing::event!(
+                target: "keyroll::decision",
+                $lvl,
+                event = "auth.decision",
+                decision = if allowed { "allowed" } else { "rejected" },
+                code = v.code.as_str(),
+                detail = detail.as_str(),
+                kid = kid.as_deref(),
+                fingerprint = fingerprint.as_deref(),
+                consumer = consumer_ref.as_deref(),
+                environment = environment.as_deref(),
+                version = version.as_deref(),
+                state = state,
+                request_id = req.request_id,
+                remote_addr = remote.as_deref(),
+                method = req.method,
+                uri = uri.as_ref(),
+                user_agent = user_agent.as_str(),
+                latency_us = latency_us,
+            )
+        };
+    }
+    match level {
+        Level::WARN => emit!(Level::WARN),
+        Level::INFO => emit!(Level::INFO),
+        _ => emit!(Level::DEBUG),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_key_secrets_in_text() {
+        let text = "/x?k=kr_prod_ABCDEFGHIJKL_SECRETSECRETSECRETSECRETSECRET123456&y=1";
+        let r = redact_keys(text);
+        assert_eq!(r, "/x?k=kr_prod_ABCDEFGHIJKL_[redacted]&y=1");
+        assert_eq!(redact_keys("/plain/path"), "/plain/path");
+        assert_eq!(redact_keys("kr_ kr_x"), "kr_ kr_x");
+    }
+}

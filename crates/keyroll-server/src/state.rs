@@ -1,0 +1,54 @@
+//! What every request handler shares: the index, the store, the configuration.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use keyroll_core::{Entropy, EntropyUnavailable};
+use keyroll_store::Store;
+
+use crate::config::Config;
+use crate::index::Index;
+
+/// Shared server state.
+#[derive(Debug)]
+pub struct AppState {
+    /// Every key version, in memory.
+    pub index: Index,
+    /// Persistent state.
+    pub store: Arc<dyn Store>,
+    /// Validated configuration.
+    pub config: Config,
+    /// Set once the index is loaded.
+    pub ready: AtomicBool,
+}
+
+/// The operating system's CSPRNG.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyUnavailable> {
+        getrandom::fill(dest).map_err(|e| EntropyUnavailable(e.to_string()))
+    }
+}
+
+impl AppState {
+    /// A shared state around a store whose index is loaded by [`AppState::load`].
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<AppState> {
+        Arc::new(AppState {
+            index: Index::new(),
+            store,
+            config,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Loads every key version from the store into the index.
+    pub async fn load(&self) -> Result<u64, keyroll_store::StoreError> {
+        let consumers = self.store.load_all().await?;
+        self.index
+            .load(consumers.iter().map(|c| (c.id, c.revision, &c.consumer)));
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        Ok(self.index.len())
+    }
+}

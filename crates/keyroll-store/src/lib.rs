@@ -1,0 +1,206 @@
+//! keyroll's persistent state: the [`Store`] trait and its backends.
+//!
+//! Architecture invariants:
+//! - The store is never on the verification hot path. The server reads everything once at start
+//!   ([`Store::load_all`]) and afterwards only writes through it.
+//! - Every lifecycle change is one transaction that writes the consumer's new state, its audit
+//!   entries and the idempotency record together, guarded by the consumer's `revision`
+//!   (optimistic concurrency: a concurrent writer gets [`StoreError::Conflict`] and retries).
+//! - No column holds a secret: only SHA-256 digests of key and admin-token secrets.
+//! - Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`); one
+//!   conformance suite (`tests/it/conformance.rs`) runs against every backend.
+
+mod rows;
+mod sqlite;
+
+use async_trait::async_trait;
+use keyroll_core::{Consumer, ConsumerRef, Environment, SecretHash, Timestamp};
+
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing to create exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A referenced thing does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The consumer changed since it was read (another request or node wrote it first).
+    #[error("{0} was changed concurrently; retry")]
+    Conflict(String),
+    /// A new kid collided with an existing one (astronomically rare; issue another key).
+    #[error("kid collision")]
+    KidCollision,
+    /// The `Idempotency-Key` was already used (by a request that may differ).
+    #[error("idempotency key already used")]
+    IdempotencyKeyUsed,
+    /// The database cannot be opened, reached or written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The database holds something this version cannot read (manual edits, newer schema).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// An environment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentRecord {
+    /// Its name.
+    pub name: Environment,
+    /// Rotations need explicit confirmation.
+    pub protected: bool,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A consumer with the store's bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConsumer {
+    /// Row id, stable for the consumer's life.
+    pub id: i64,
+    /// Incremented by every write; the optimistic-concurrency token.
+    pub revision: i64,
+    /// The consumer and its versions, oldest first.
+    pub consumer: Consumer,
+}
+
+/// One audit-log entry (SPEC §8). `detail` is JSON text made by the caller, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the log; ignored on append.
+    pub seq: i64,
+    /// When.
+    pub at: Timestamp,
+    /// Who: the admin token id, or `system`.
+    pub actor: String,
+    /// What: `consumer.created`, `version.issued`, …
+    pub action: String,
+    /// On what: `prod/billing-app`, `prod/billing-app v2`, `environment prod`.
+    pub target: String,
+    /// Before/after and parameters, as JSON text.
+    pub detail: String,
+    /// The request that caused it.
+    pub request_id: Option<String>,
+    /// From where.
+    pub remote_addr: Option<String>,
+}
+
+/// A response remembered under an `Idempotency-Key`, to be replayed on retry. The caller strips
+/// plaintext keys from `response` before storing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The header value.
+    pub key: String,
+    /// Hex SHA-256 of method, path and body: a retry must be the same request.
+    pub request_hash: String,
+    /// The HTTP status of the first answer.
+    pub status: u16,
+    /// The first answer's body (JSON text, without secrets).
+    pub response: String,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// An admin API token as stored: the id is public, only the secret's SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    /// Public id (appears in the audit log as the actor).
+    pub id: String,
+    /// SHA-256 of the secret part.
+    pub secret_hash: SecretHash,
+    /// A label for people.
+    pub name: String,
+    /// Granted admin scopes.
+    pub scopes: Vec<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// What one lifecycle write carries: all of it commits, or none.
+#[derive(Debug)]
+pub struct ConsumerWrite<'a> {
+    /// The revision read before computing `consumer`; the write fails with `Conflict` otherwise.
+    pub expected_revision: i64,
+    /// Row id.
+    pub id: i64,
+    /// The new state (from `Consumer::apply`).
+    pub consumer: &'a Consumer,
+    /// What to append to the audit log.
+    pub audit: &'a [AuditRecord],
+    /// The answer to remember, when the request had an `Idempotency-Key`.
+    pub idempotency: Option<&'a IdempotencyRecord>,
+}
+
+/// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] (and, for several
+/// nodes sharing state, a PostgreSQL store with the same conformance suite).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// `sqlite` or `postgres`, for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every consumer with every version: what the verification index is built from at start.
+    async fn load_all(&self) -> Result<Vec<StoredConsumer>, StoreError>;
+
+    /// Creates an environment. `AlreadyExists` if the name is taken.
+    async fn create_environment(
+        &self,
+        env: &EnvironmentRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// All environments, by name.
+    async fn list_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError>;
+
+    /// One environment.
+    async fn get_environment(
+        &self,
+        name: &Environment,
+    ) -> Result<Option<EnvironmentRecord>, StoreError>;
+
+    /// Creates a consumer with its first version. `NotFound` if the environment does not exist,
+    /// `AlreadyExists` if the consumer does, `KidCollision`, `IdempotencyKeyUsed`.
+    async fn create_consumer(
+        &self,
+        consumer: &Consumer,
+        audit: &[AuditRecord],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<StoredConsumer, StoreError>;
+
+    /// One consumer.
+    async fn get_consumer(&self, r: &ConsumerRef) -> Result<Option<StoredConsumer>, StoreError>;
+
+    /// Consumers, optionally of one environment, by environment then name.
+    async fn list_consumers(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<StoredConsumer>, StoreError>;
+
+    /// Writes a consumer's new state, its audit entries and idempotency record in one
+    /// transaction. `Conflict` if the revision moved, `KidCollision`, `IdempotencyKeyUsed`.
+    /// Returns the consumer as stored (with its new revision).
+    async fn write_consumer(&self, write: ConsumerWrite<'_>) -> Result<StoredConsumer, StoreError>;
+
+    /// The remembered answer for an `Idempotency-Key`, if any.
+    async fn find_idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Adds an admin token.
+    async fn create_admin_token(
+        &self,
+        token: &AdminTokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// An admin token by id.
+    async fn find_admin_token(&self, id: &str) -> Result<Option<AdminTokenRecord>, StoreError>;
+
+    /// How many admin tokens exist (zero means a fresh installation).
+    async fn count_admin_tokens(&self) -> Result<u64, StoreError>;
+
+    /// The newest audit entries, newest first.
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+}

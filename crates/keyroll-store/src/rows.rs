@@ -1,0 +1,215 @@
+//! Column values to core types and back, shared by every backend so that they store alike and
+//! reject the same damage alike.
+//!
+//! Reading validates: a row edited by hand (or by a newer keyroll) becomes a
+//! [`StoreError::Corrupt`] that names the row, the column and what is wrong with it, never a
+//! panic and never a core value that breaks its own invariants. `place` closures name the row;
+//! they only run when something is wrong, so the happy path of `load_all` formats nothing.
+
+use std::fmt;
+
+use keyroll_core::{
+    ConsumerName, Environment, Fingerprint, Kid, Scope, SecretHash, StoredState, VersionNumber,
+};
+
+use crate::StoreError;
+
+/// Names the row being read, e.g. `key_versions row (consumer_id 3, version 2)`.
+pub(crate) type Place<'a> = &'a dyn Fn() -> String;
+
+/// A `Corrupt` error for `column` of the row at `place`.
+pub(crate) fn corrupt(place: Place<'_>, column: &str, problem: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{}: column {column}: {problem}", place()))
+}
+
+/// Reads an environment name.
+pub(crate) fn environment(
+    value: &str,
+    column: &str,
+    place: Place<'_>,
+) -> Result<Environment, StoreError> {
+    Environment::parse(value).map_err(|e| corrupt(place, column, e))
+}
+
+/// Reads a consumer name.
+pub(crate) fn consumer_name(value: &str, place: Place<'_>) -> Result<ConsumerName, StoreError> {
+    ConsumerName::parse(value).map_err(|e| corrupt(place, "name", e))
+}
+
+/// Writes consumer scopes: space-separated (the scope grammar has no whitespace), in the
+/// consumer's order, which is sorted.
+pub(crate) fn join_scopes(scopes: &[Scope]) -> String {
+    let mut out = String::with_capacity(scopes.iter().map(|s| s.as_str().len() + 1).sum());
+    for scope in scopes {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(scope.as_str());
+    }
+    out
+}
+
+/// Reads consumer scopes, restoring `Consumer`'s invariant (sorted, no duplicates) should a
+/// manual edit have broken it.
+pub(crate) fn scopes(value: &str, place: Place<'_>) -> Result<Vec<Scope>, StoreError> {
+    let mut scopes = value
+        .split_ascii_whitespace()
+        .map(|s| Scope::parse(s).map_err(|e| corrupt(place, "scopes", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !scopes.is_sorted() {
+        scopes.sort();
+    }
+    scopes.dedup();
+    Ok(scopes)
+}
+
+/// Writes admin-token scopes. They are free-form strings, so one with whitespace (or an empty
+/// one) could not be read back from a space-separated column: refuse it rather than store
+/// something that reads back different.
+pub(crate) fn join_admin_scopes(token_id: &str, scopes: &[String]) -> Result<String, StoreError> {
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+    {
+        return Err(StoreError::Corrupt(format!(
+            "refusing to store admin token {token_id}: scope {bad:?} is empty or contains \
+             whitespace, which the space-separated scopes column cannot hold"
+        )));
+    }
+    Ok(scopes.join(" "))
+}
+
+/// Reads admin-token scopes.
+pub(crate) fn admin_scopes(value: &str) -> Vec<String> {
+    value.split_ascii_whitespace().map(str::to_owned).collect()
+}
+
+/// Reads a version number (`version`, `replaced_by`).
+pub(crate) fn version_number(
+    value: i64,
+    column: &str,
+    place: Place<'_>,
+) -> Result<VersionNumber, StoreError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|n| *n > 0)
+        .map(VersionNumber)
+        .ok_or_else(|| {
+            corrupt(
+                place,
+                column,
+                format_args!("{value} is not a version number (1 to 2^32-1)"),
+            )
+        })
+}
+
+/// Writes a version number.
+pub(crate) fn version_value(number: VersionNumber) -> i64 {
+    i64::from(number.0)
+}
+
+/// Reads a kid.
+pub(crate) fn kid(value: &str, place: Place<'_>) -> Result<Kid, StoreError> {
+    Kid::parse(value).ok_or_else(|| {
+        let shown: String = value.chars().take(40).collect();
+        corrupt(
+            place,
+            "kid",
+            format_args!("{shown:?} is not 12 base62 characters"),
+        )
+    })
+}
+
+/// Reads a SHA-256 digest.
+pub(crate) fn secret_hash(value: &[u8], place: Place<'_>) -> Result<SecretHash, StoreError> {
+    <[u8; 32]>::try_from(value).map(SecretHash).map_err(|_| {
+        corrupt(
+            place,
+            "secret_hash",
+            format_args!("{} bytes where a SHA-256 digest has 32", value.len()),
+        )
+    })
+}
+
+/// Reads a fingerprint.
+pub(crate) fn fingerprint(value: &[u8], place: Place<'_>) -> Result<Fingerprint, StoreError> {
+    <[u8; 8]>::try_from(value).map(Fingerprint).map_err(|_| {
+        corrupt(
+            place,
+            "fingerprint",
+            format_args!("{} bytes where a fingerprint has 8", value.len()),
+        )
+    })
+}
+
+/// Reads a stored state.
+pub(crate) fn stored_state(value: &str, place: Place<'_>) -> Result<StoredState, StoreError> {
+    StoredState::parse(value).ok_or_else(|| {
+        let shown: String = value.chars().take(40).collect();
+        corrupt(
+            place,
+            "state",
+            format_args!("{shown:?} is not one of active, retiring, retired, revoked"),
+        )
+    })
+}
+
+/// Reads an HTTP status.
+pub(crate) fn http_status(value: i64, place: Place<'_>) -> Result<u16, StoreError> {
+    u16::try_from(value).map_err(|_| {
+        corrupt(
+            place,
+            "status",
+            format_args!("{value} is not an HTTP status"),
+        )
+    })
+}
+
+/// Reads a row count.
+pub(crate) fn count(value: i64, place: Place<'_>) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| corrupt(place, "count(*)", format_args!("negative: {value}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn here() -> String {
+        "t row 1".to_owned()
+    }
+
+    #[test]
+    fn scopes_round_trip_and_are_normalised() {
+        let parsed = scopes("b:write a:read a:read", &here).unwrap();
+        let texts: Vec<&str> = parsed.iter().map(Scope::as_str).collect();
+        assert_eq!(texts, ["a:read", "b:write"]);
+        assert_eq!(join_scopes(&parsed), "a:read b:write");
+        assert!(scopes("", &here).unwrap().is_empty());
+        assert_eq!(join_scopes(&[]), "");
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let err = kid("short", &here).unwrap_err().to_string();
+        assert!(
+            err.contains("t row 1: column kid") && err.contains("\"short\""),
+            "{err}"
+        );
+        let err = secret_hash(&[0; 31], &here).unwrap_err().to_string();
+        assert!(err.contains("31 bytes"), "{err}");
+        let err = version_number(0, "version", &here).unwrap_err().to_string();
+        assert!(err.contains("column version: 0"), "{err}");
+        let err = stored_state("expired", &here).unwrap_err().to_string();
+        assert!(err.contains("\"expired\""), "{err}");
+        let err = scopes("ok bad\u{0}scope", &here).unwrap_err().to_string();
+        assert!(err.contains("column scopes"), "{err}");
+        assert!(join_admin_scopes("t1", &["a b".to_owned()]).is_err());
+        assert!(join_admin_scopes("t1", &[String::new()]).is_err());
+        assert_eq!(
+            join_admin_scopes("t1", &["a".into(), "b".into()]).unwrap(),
+            "a b"
+        );
+    }
+}

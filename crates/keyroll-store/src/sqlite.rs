@@ -1,0 +1,953 @@
+//! The SQLite [`Store`]: one file beside the config, zero setup, the default backend (SPEC §11).
+//!
+//! Settings and why:
+//! - WAL journal: readers (`load_all`, admin reads) never wait for the writer, and a commit is one
+//!   append to the log.
+//! - `synchronous = NORMAL`: with WAL, a commit survives a crash of the process; only a power
+//!   loss can lose the last commits, and never corrupts the file.
+//! - `busy_timeout` 5 s: several nodes never share a SQLite file, but several connections of the
+//!   pool do; a writer waits for another instead of failing at once.
+//! - Writes start with `BEGIN IMMEDIATE`, taking the write lock before the first read, so two
+//!   writers queue on the busy timeout instead of one of them failing with `SQLITE_BUSY` when it
+//!   tries to upgrade a read snapshot.
+//! - Reads of a consumer and its versions run in one (deferred) transaction: both queries see the
+//!   same snapshot, so a concurrent write can never pair a consumer row with versions of another
+//!   revision, nor show versions of a consumer created between the two queries.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use keyroll_core::{Consumer, ConsumerRef, Environment, KeyVersion, StoredState, Timestamp};
+use sqlx::error::DatabaseError;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite};
+
+use crate::rows::{self, Place};
+use crate::{
+    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, IdempotencyRecord, StoreError,
+    StoredConsumer,
+};
+
+/// The schema, embedded at build time (`build.rs` makes cargo rebuild when a file is added).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a connection waits for another's write lock before the operation fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an operation waits for a free pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite serialises writers anyway; a few connections let reads run beside a write.
+const MAX_CONNECTIONS: u32 = 4;
+
+// Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low
+// byte.
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_CONSTRAINT: i32 = 19;
+const SQLITE_NOTADB: i32 = 26;
+
+/// The [`Store`](crate::Store) on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// The database file, for error messages.
+    location: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and brings its schema up to date.
+    ///
+    /// The directory must exist. Errors name the path and the cause: `Unavailable` when the file
+    /// cannot be opened or written, `Corrupt` when it is not a keyroll SQLite database or was
+    /// migrated by a newer keyroll.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        // SQLite's own answer for a directory is a vague "unable to open database file" or, on
+        // some systems, a disk I/O error at the first read: say what it is.
+        if path.is_dir() {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open SQLite database {location}: it is a directory"
+            )));
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        Self::connect(options, location, Some(path)).await
+    }
+
+    /// Opens a database given as a `sqlite://PATH[?mode=ro|rw|rwc|memory]` URL (or
+    /// `sqlite::memory:`). Without a `mode`, the file is created if missing, as with
+    /// [`SqliteStore::open`].
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open SQLite database {url}: {e}"))
+        })?;
+        let has_mode = url
+            .split_once('?')
+            .is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("mode=")));
+        let options = if has_mode {
+            options
+        } else {
+            options.create_if_missing(true)
+        };
+        let path = options.get_filename().to_path_buf();
+        let location = path.display().to_string();
+        if path.is_dir() {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open SQLite database {location}: it is a directory"
+            )));
+        }
+        Self::connect(options, location, Some(&path)).await
+    }
+
+    async fn connect(
+        options: SqliteConnectOptions,
+        location: String,
+        path: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Normal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            // One connection always open and none retired: there is no server to drop idle
+            // connections, and an in-memory database lives only while a connection does.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(&location, path, e))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| migrate_error(&location, path, e))?;
+        tracing::debug!(database = %location, "opened SQLite store");
+        Ok(SqliteStore { pool, location })
+    }
+
+    /// A failed operation as a `StoreError`, naming the database and what was being done.
+    fn fail(&self, doing: &str, err: sqlx::Error) -> StoreError {
+        classify(&self.location, doing, err)
+    }
+
+    /// Starts a write transaction holding the write lock (see the module documentation).
+    async fn begin_write(
+        &self,
+        doing: &str,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.fail(doing, e))
+    }
+
+    /// Starts a read transaction: every query in it sees one snapshot.
+    async fn begin_read(
+        &self,
+        doing: &str,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(|e| self.fail(doing, e))
+    }
+
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'static, Sqlite>,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(|e| self.fail(doing, e))
+    }
+
+    /// Consumers matching `filter`, by environment then name, each with its versions.
+    async fn read_consumers(
+        &self,
+        filter: Filter<'_>,
+        doing: &str,
+    ) -> Result<Vec<StoredConsumer>, StoreError> {
+        let mut tx = self.begin_read(doing).await?;
+        let consumers = self.read_consumers_in(&mut tx, filter, doing).await?;
+        self.commit(tx, doing).await?;
+        Ok(consumers)
+    }
+
+    async fn read_consumers_in(
+        &self,
+        conn: &mut SqliteConnection,
+        filter: Filter<'_>,
+        doing: &str,
+    ) -> Result<Vec<StoredConsumer>, StoreError> {
+        let (consumers_sql, versions_sql) = filter.queries();
+
+        let mut consumers = Vec::new();
+        let mut position = HashMap::new();
+        {
+            let mut rows = filter.bind(sqlx::query(consumers_sql)).fetch(&mut *conn);
+            while let Some(row) = rows.try_next().await.map_err(|e| self.fail(doing, e))? {
+                let stored = consumer_from_row(&row)?;
+                position.insert(stored.id, consumers.len());
+                consumers.push(stored);
+            }
+        }
+
+        // Versions arrive grouped by consumer, so the map is consulted once per consumer, not
+        // once per version: this loop is what a start with a million versions spends its time in.
+        let mut rows = filter.bind(sqlx::query(versions_sql)).fetch(&mut *conn);
+        let mut current: Option<(i64, usize)> = None;
+        while let Some(row) = rows.try_next().await.map_err(|e| self.fail(doing, e))? {
+            let (consumer_id, version) = version_from_row(&row)?;
+            let index = match current {
+                Some((id, index)) if id == consumer_id => index,
+                _ => {
+                    let index = *position.get(&consumer_id).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "key_versions row (consumer_id {consumer_id}, version {}) belongs to \
+                             no consumer",
+                            version.number.0
+                        ))
+                    })?;
+                    current = Some((consumer_id, index));
+                    index
+                }
+            };
+            if let Some(slot) = consumers.get_mut(index) {
+                slot.consumer.versions.push(version);
+            }
+        }
+        Ok(consumers)
+    }
+
+    /// Inserts or updates every version of a consumer. Demoted versions go first so that the
+    /// one-active index holds after every statement (a unique index is checked per statement).
+    async fn upsert_versions(
+        &self,
+        conn: &mut SqliteConnection,
+        consumer_id: i64,
+        consumer: &Consumer,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        let demoted = consumer
+            .versions
+            .iter()
+            .filter(|v| v.state != StoredState::Active);
+        let active = consumer
+            .versions
+            .iter()
+            .filter(|v| v.state == StoredState::Active);
+        for v in demoted.chain(active) {
+            let result = sqlx::query(UPSERT_VERSION)
+                .bind(consumer_id)
+                .bind(rows::version_value(v.number))
+                .bind(v.kid.as_str())
+                .bind(v.secret_hash.0.as_slice())
+                .bind(v.fingerprint.0.as_slice())
+                .bind(v.state.as_str())
+                .bind(v.created_at.unix_millis())
+                .bind(v.deadline.map(Timestamp::unix_millis))
+                .bind(v.expires_at.map(Timestamp::unix_millis))
+                .bind(v.retired_at.map(Timestamp::unix_millis))
+                .bind(v.revoked_at.map(Timestamp::unix_millis))
+                .bind(v.revoke_reason.as_deref())
+                .bind(v.replaced_by.map(rows::version_value))
+                .bind(v.enforced)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| match violation(&e) {
+                    Some(Violation::Unique(target)) if target.contains("kid") => {
+                        StoreError::KidCollision
+                    }
+                    Some(Violation::Unique(_)) => StoreError::Corrupt(format!(
+                        "refusing to store {} with more than one active version",
+                        consumer.reference()
+                    )),
+                    _ => self.fail(doing, e),
+                })?;
+            // The upsert only updates a row whose key material is unchanged: a version's kid,
+            // hash and fingerprint are fixed at issue, and a write that changes them is a bug
+            // that would silently swap a consumer's key.
+            if result.rows_affected() == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "refusing to change the key material of {} {} (kid {})",
+                    consumer.reference(),
+                    v.number,
+                    v.kid
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn append_audit(
+        &self,
+        conn: &mut SqliteConnection,
+        entries: &[AuditRecord],
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        for entry in entries {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, target, detail, request_id, remote_addr) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(entry.at.unix_millis())
+            .bind(entry.actor.as_str())
+            .bind(entry.action.as_str())
+            .bind(entry.target.as_str())
+            .bind(entry.detail.as_str())
+            .bind(entry.request_id.as_deref())
+            .bind(entry.remote_addr.as_deref())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        }
+        Ok(())
+    }
+
+    async fn remember_idempotency(
+        &self,
+        conn: &mut SqliteConnection,
+        record: Option<&IdempotencyRecord>,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        let Some(record) = record else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, status, response, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(record.key.as_str())
+        .bind(record.request_hash.as_str())
+        .bind(i64::from(record.status))
+        .bind(record.response.as_str())
+        .bind(record.created_at.unix_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match violation(&e) {
+            Some(Violation::Unique(_)) => StoreError::IdempotencyKeyUsed,
+            _ => self.fail(doing, e),
+        })?;
+        Ok(())
+    }
+
+    /// Why an `UPDATE ... WHERE revision = ?` matched nothing.
+    async fn explain_missed_write(
+        &self,
+        conn: &mut SqliteConnection,
+        write: &ConsumerWrite<'_>,
+        doing: &str,
+    ) -> StoreError {
+        let reference = write.consumer.reference();
+        let row = sqlx::query("SELECT environment, name FROM consumers WHERE id = ?1")
+            .bind(write.id)
+            .fetch_optional(&mut *conn)
+            .await;
+        match row {
+            Err(e) => self.fail(doing, e),
+            Ok(None) => StoreError::NotFound(format!("consumer {reference} (id {})", write.id)),
+            Ok(Some(row)) => {
+                let env: Result<&str, _> = row.try_get(0);
+                let name: Result<&str, _> = row.try_get(1);
+                match (env, name) {
+                    (Ok(env), Ok(name))
+                        if env == write.consumer.environment.as_str()
+                            && name == write.consumer.name.as_str() =>
+                    {
+                        StoreError::Conflict(reference)
+                    }
+                    (Ok(env), Ok(name)) => StoreError::NotFound(format!(
+                        "consumer {reference} with id {} (that id is {env}/{name})",
+                        write.id
+                    )),
+                    (Err(e), _) | (_, Err(e)) => self.fail(doing, e),
+                }
+            }
+        }
+    }
+}
+
+/// Only rows whose key material is unchanged are updated (see `upsert_versions`).
+const UPSERT_VERSION: &str = "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, \
+     fingerprint, state, created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, \
+     replaced_by, enforced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+     ON CONFLICT (consumer_id, version) DO UPDATE SET state = excluded.state, \
+     deadline = excluded.deadline, expires_at = excluded.expires_at, \
+     retired_at = excluded.retired_at, revoked_at = excluded.revoked_at, \
+     revoke_reason = excluded.revoke_reason, replaced_by = excluded.replaced_by, \
+     enforced = excluded.enforced \
+     WHERE key_versions.kid = excluded.kid AND key_versions.secret_hash = excluded.secret_hash \
+     AND key_versions.fingerprint = excluded.fingerprint \
+     AND key_versions.created_at = excluded.created_at";
+
+/// Which consumers a read wants.
+#[derive(Clone, Copy)]
+enum Filter<'a> {
+    All,
+    Environment(&'a Environment),
+    One(&'a ConsumerRef),
+}
+
+impl<'a> Filter<'a> {
+    /// The consumers query and the versions query. Literal strings, so each is prepared once
+    /// per connection and cached.
+    fn queries(&self) -> (&'static str, &'static str) {
+        macro_rules! pair {
+            ($where_consumers:literal, $where_versions:literal) => {
+                (
+                    concat!(
+                        "SELECT id, environment, name, scopes, owner, disabled, revision, ",
+                        "created_at FROM consumers ",
+                        $where_consumers,
+                        " ORDER BY environment, name"
+                    ),
+                    concat!(
+                        "SELECT consumer_id, version, kid, secret_hash, fingerprint, state, ",
+                        "created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, ",
+                        "replaced_by, enforced FROM key_versions ",
+                        $where_versions,
+                        " ORDER BY consumer_id, version"
+                    ),
+                )
+            };
+        }
+        match self {
+            Filter::All => pair!("", ""),
+            Filter::Environment(_) => pair!(
+                "WHERE environment = ?1",
+                "WHERE consumer_id IN (SELECT id FROM consumers WHERE environment = ?1)"
+            ),
+            Filter::One(_) => pair!(
+                "WHERE environment = ?1 AND name = ?2",
+                "WHERE consumer_id IN (SELECT id FROM consumers WHERE environment = ?1 AND name = ?2)"
+            ),
+        }
+    }
+
+    fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>
+    where
+        'a: 'q,
+    {
+        match *self {
+            Filter::All => query,
+            Filter::Environment(env) => query.bind(env.as_str()),
+            Filter::One(r) => query.bind(r.environment.as_str()).bind(r.name.as_str()),
+        }
+    }
+}
+
+/// Reads column `index`, turning a type mismatch into `Corrupt` naming the column.
+fn get<'r, T>(row: &'r SqliteRow, index: usize, place: Place<'_>) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(index).map_err(|e| {
+        let column = row.columns().get(index).map_or("?", sqlx::Column::name);
+        rows::corrupt(place, column, e)
+    })
+}
+
+/// A consumer row (columns as in [`Filter::queries`]) with no versions yet.
+fn consumer_from_row(row: &SqliteRow) -> Result<StoredConsumer, StoreError> {
+    let table = || "consumers row".to_owned();
+    let id: i64 = get(row, 0, &table)?;
+    let place = || format!("consumers row (id {id})");
+    let place: Place<'_> = &place;
+    let environment = rows::environment(get(row, 1, place)?, "environment", place)?;
+    let name = rows::consumer_name(get(row, 2, place)?, place)?;
+    let scopes = rows::scopes(get(row, 3, place)?, place)?;
+    Ok(StoredConsumer {
+        id,
+        revision: get(row, 6, place)?,
+        consumer: Consumer {
+            environment,
+            name,
+            scopes,
+            owner: get(row, 4, place)?,
+            disabled: get(row, 5, place)?,
+            created_at: Timestamp::from_unix_millis(get(row, 7, place)?),
+            versions: Vec::new(),
+        },
+    })
+}
+
+/// A version row (columns as in [`Filter::queries`]) and the consumer it belongs to.
+fn version_from_row(row: &SqliteRow) -> Result<(i64, KeyVersion), StoreError> {
+    let table = || "key_versions row".to_owned();
+    let consumer_id: i64 = get(row, 0, &table)?;
+    let number: i64 = get(row, 1, &table)?;
+    let place = || format!("key_versions row (consumer_id {consumer_id}, version {number})");
+    let place: Place<'_> = &place;
+    let time = |index: usize| -> Result<Option<Timestamp>, StoreError> {
+        Ok(get::<Option<i64>>(row, index, place)?.map(Timestamp::from_unix_millis))
+    };
+    let version = KeyVersion {
+        number: rows::version_number(number, "version", place)?,
+        kid: rows::kid(get(row, 2, place)?, place)?,
+        secret_hash: rows::secret_hash(get(row, 3, place)?, place)?,
+        fingerprint: rows::fingerprint(get(row, 4, place)?, place)?,
+        state: rows::stored_state(get(row, 5, place)?, place)?,
+        created_at: Timestamp::from_unix_millis(get(row, 6, place)?),
+        deadline: time(7)?,
+        expires_at: time(8)?,
+        retired_at: time(9)?,
+        revoked_at: time(10)?,
+        revoke_reason: get(row, 11, place)?,
+        replaced_by: get::<Option<i64>>(row, 12, place)?
+            .map(|n| rows::version_number(n, "replaced_by", place))
+            .transpose()?,
+        enforced: get(row, 13, place)?,
+    };
+    Ok((consumer_id, version))
+}
+
+fn environment_from_row(row: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
+    let table = || "environments row".to_owned();
+    let name: &str = get(row, 0, &table)?;
+    let place = || format!("environments row ({name:?})");
+    let place: Place<'_> = &place;
+    Ok(EnvironmentRecord {
+        name: rows::environment(name, "name", place)?,
+        protected: get(row, 1, place)?,
+        created_at: Timestamp::from_unix_millis(get(row, 2, place)?),
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let table = || "audit_log row".to_owned();
+    let seq: i64 = get(row, 0, &table)?;
+    let place = || format!("audit_log row (seq {seq})");
+    let place: Place<'_> = &place;
+    Ok(AuditRecord {
+        seq,
+        at: Timestamp::from_unix_millis(get(row, 1, place)?),
+        actor: get(row, 2, place)?,
+        action: get(row, 3, place)?,
+        target: get(row, 4, place)?,
+        detail: get(row, 5, place)?,
+        request_id: get(row, 6, place)?,
+        remote_addr: get(row, 7, place)?,
+    })
+}
+
+/// What a constraint violation was about: the constraint's name where the database gives one,
+/// else its message (SQLite: `UNIQUE constraint failed: key_versions.kid`).
+enum Violation {
+    Unique(String),
+    ForeignKey,
+}
+
+fn violation(err: &sqlx::Error) -> Option<Violation> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    let target = || db.constraint().unwrap_or(db.message()).to_owned();
+    if db.is_unique_violation() {
+        Some(Violation::Unique(target()))
+    } else if db.is_foreign_key_violation() {
+        Some(Violation::ForeignKey)
+    } else {
+        None
+    }
+}
+
+/// SQLite's primary result code of a database error.
+fn primary_code(db: &dyn DatabaseError) -> Option<i32> {
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .map(|c| c & 0xff)
+}
+
+/// The words of an error without sqlx's "error returned from database: (code: 8)" wrapping.
+fn cause(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Maps a failure during operation: damage and rejected data are `Corrupt`, everything else
+/// (locked, read-only, disk full, I/O, pool exhausted) is `Unavailable`.
+fn classify(location: &str, doing: &str, err: sqlx::Error) -> StoreError {
+    let message = format!("SQLite database {location}: {doing}: {}", cause(&err));
+    match &err {
+        sqlx::Error::Database(db) => match primary_code(db.as_ref()) {
+            Some(SQLITE_CORRUPT | SQLITE_NOTADB) => StoreError::Corrupt(message),
+            // A CHECK, NOT NULL or trigger refusal: the caller handed over something the schema
+            // forbids; storing it anyway would make the data unreadable.
+            Some(SQLITE_CONSTRAINT) => {
+                StoreError::Corrupt(format!("{message} (refused by the schema)"))
+            }
+            _ => StoreError::Unavailable(message),
+        },
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(message),
+        _ => StoreError::Unavailable(message),
+    }
+}
+
+/// Maps a failure to open, naming the path and, where the file system tells more than SQLite's
+/// "unable to open database file", the actual cause.
+fn open_error(location: &str, path: Option<&Path>, err: sqlx::Error) -> StoreError {
+    let mut why = cause(&err);
+    let code = match &err {
+        sqlx::Error::Database(db) => primary_code(db.as_ref()),
+        _ => None,
+    };
+    if let Some(diagnosis) = path.and_then(diagnose_path) {
+        why = format!("{diagnosis} ({why})");
+    } else if code == Some(SQLITE_CANTOPEN) {
+        why = format!("{why}; check that its directory exists and is writable by this user");
+    }
+    let message = format!("cannot open SQLite database {location}: {why}");
+    match code {
+        Some(SQLITE_CORRUPT | SQLITE_NOTADB) => StoreError::Corrupt(message),
+        _ => StoreError::Unavailable(message),
+    }
+}
+
+/// What is wrong with the place a database file should be, if the file system can tell.
+fn diagnose_path(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        return Some("it is a directory".to_owned());
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some(format!("{} is not a directory", parent.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The parent may itself sit under a regular file: name the component that is one.
+            let file = parent.ancestors().skip(1).find(|a| a.is_file());
+            Some(match file {
+                Some(file) => format!("{} is a file, not a directory", file.display()),
+                None => format!("directory {} does not exist", parent.display()),
+            })
+        }
+        Err(e) => Some(format!("{}: {e}", parent.display())),
+    }
+}
+
+fn migrate_error(location: &str, path: Option<&Path>, err: MigrateError) -> StoreError {
+    match err {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => {
+            let damaged = matches!(
+                &e,
+                sqlx::Error::Database(db)
+                    if matches!(primary_code(db.as_ref()), Some(SQLITE_CORRUPT | SQLITE_NOTADB))
+            );
+            let message = format!("cannot migrate SQLite database {location}: {}", cause(&e));
+            if damaged {
+                StoreError::Corrupt(message)
+            } else if let Some(d) = path.and_then(diagnose_path) {
+                StoreError::Unavailable(format!("{message} ({d})"))
+            } else {
+                StoreError::Unavailable(message)
+            }
+        }
+        MigrateError::VersionMissing(v) => StoreError::Corrupt(format!(
+            "SQLite database {location} has schema migration {v}, which this version of keyroll \
+             does not know: it was written by a newer keyroll"
+        )),
+        MigrateError::VersionMismatch(v) => StoreError::Corrupt(format!(
+            "SQLite database {location}: schema migration {v} differs from the one this version \
+             of keyroll ships"
+        )),
+        MigrateError::Dirty(v) => StoreError::Corrupt(format!(
+            "SQLite database {location}: schema migration {v} was only partly applied"
+        )),
+        other => StoreError::Corrupt(format!(
+            "cannot migrate SQLite database {location}: {other}"
+        )),
+    }
+}
+
+#[async_trait]
+impl crate::Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.fail("ping", e))?;
+        Ok(())
+    }
+
+    async fn load_all(&self) -> Result<Vec<StoredConsumer>, StoreError> {
+        self.read_consumers(Filter::All, "loading all consumers")
+            .await
+    }
+
+    async fn create_environment(
+        &self,
+        env: &EnvironmentRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let doing = format!("creating environment {}", env.name);
+        let mut tx = self.begin_write(&doing).await?;
+        sqlx::query("INSERT INTO environments (name, protected, created_at) VALUES (?1, ?2, ?3)")
+            .bind(env.name.as_str())
+            .bind(env.protected)
+            .bind(env.created_at.unix_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match violation(&e) {
+                Some(Violation::Unique(_)) => {
+                    StoreError::AlreadyExists(format!("environment {}", env.name))
+                }
+                _ => self.fail(&doing, e),
+            })?;
+        self.append_audit(&mut tx, std::slice::from_ref(audit), &doing)
+            .await?;
+        self.commit(tx, &doing).await
+    }
+
+    async fn list_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, protected, created_at FROM environments ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.fail("listing environments", e))?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
+    async fn get_environment(
+        &self,
+        name: &Environment,
+    ) -> Result<Option<EnvironmentRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT name, protected, created_at FROM environments WHERE name = ?1")
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.fail(&format!("reading environment {name}"), e))?;
+        row.as_ref().map(environment_from_row).transpose()
+    }
+
+    async fn create_consumer(
+        &self,
+        consumer: &Consumer,
+        audit: &[AuditRecord],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<StoredConsumer, StoreError> {
+        let reference = consumer.reference();
+        let doing = format!("creating consumer {reference}");
+        let mut tx = self.begin_write(&doing).await?;
+        let created_at = consumer.created_at.unix_millis();
+        let inserted = sqlx::query(
+            "INSERT INTO consumers (environment, name, scopes, owner, disabled, revision, \
+             created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
+        )
+        .bind(consumer.environment.as_str())
+        .bind(consumer.name.as_str())
+        .bind(rows::join_scopes(&consumer.scopes))
+        .bind(consumer.owner.as_deref())
+        .bind(consumer.disabled)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match violation(&e) {
+            Some(Violation::Unique(_)) => {
+                StoreError::AlreadyExists(format!("consumer {reference}"))
+            }
+            Some(Violation::ForeignKey) => {
+                StoreError::NotFound(format!("environment {}", consumer.environment))
+            }
+            None => self.fail(&doing, e),
+        })?;
+        let id = inserted.last_insert_rowid();
+        self.upsert_versions(&mut tx, id, consumer, &doing).await?;
+        self.append_audit(&mut tx, audit, &doing).await?;
+        self.remember_idempotency(&mut tx, idempotency, &doing)
+            .await?;
+        self.commit(tx, &doing).await?;
+        Ok(StoredConsumer {
+            id,
+            revision: 1,
+            consumer: consumer.clone(),
+        })
+    }
+
+    async fn get_consumer(&self, r: &ConsumerRef) -> Result<Option<StoredConsumer>, StoreError> {
+        let doing = format!("reading consumer {r}");
+        let mut found = self.read_consumers(Filter::One(r), &doing).await?;
+        Ok(found.pop())
+    }
+
+    async fn list_consumers(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<StoredConsumer>, StoreError> {
+        match environment {
+            Some(env) => {
+                let doing = format!("listing consumers of {env}");
+                self.read_consumers(Filter::Environment(env), &doing).await
+            }
+            None => self.read_consumers(Filter::All, "listing consumers").await,
+        }
+    }
+
+    async fn write_consumer(&self, write: ConsumerWrite<'_>) -> Result<StoredConsumer, StoreError> {
+        let consumer = write.consumer;
+        let doing = format!("writing consumer {}", consumer.reference());
+        let mut tx = self.begin_write(&doing).await?;
+        // `updated_at` is the time of the latest audited change this write carries; a write
+        // without audit entries leaves it as it was rather than reading a clock here.
+        let updated_at = write.audit.iter().map(|a| a.at.unix_millis()).max();
+        let updated = sqlx::query(
+            "UPDATE consumers SET scopes = ?1, owner = ?2, disabled = ?3, \
+             revision = revision + 1, updated_at = COALESCE(?4, updated_at) \
+             WHERE id = ?5 AND environment = ?6 AND name = ?7 AND revision = ?8",
+        )
+        .bind(rows::join_scopes(&consumer.scopes))
+        .bind(consumer.owner.as_deref())
+        .bind(consumer.disabled)
+        .bind(updated_at)
+        .bind(write.id)
+        .bind(consumer.environment.as_str())
+        .bind(consumer.name.as_str())
+        .bind(write.expected_revision)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.fail(&doing, e))?;
+        if updated.rows_affected() == 0 {
+            return Err(self.explain_missed_write(&mut tx, &write, &doing).await);
+        }
+        self.upsert_versions(&mut tx, write.id, consumer, &doing)
+            .await?;
+        // Versions are never deleted: a write that lacks some was computed from a partial read.
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM key_versions WHERE consumer_id = ?1")
+                .bind(write.id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.fail(&doing, e))?;
+        if usize::try_from(stored).ok() != Some(consumer.versions.len()) {
+            return Err(StoreError::Corrupt(format!(
+                "refusing to write {}: it has {stored} stored versions but the write carries {}; \
+                 versions are never deleted",
+                consumer.reference(),
+                consumer.versions.len()
+            )));
+        }
+        self.append_audit(&mut tx, write.audit, &doing).await?;
+        self.remember_idempotency(&mut tx, write.idempotency, &doing)
+            .await?;
+        self.commit(tx, &doing).await?;
+        Ok(StoredConsumer {
+            id: write.id,
+            revision: write.expected_revision + 1,
+            consumer: consumer.clone(),
+        })
+    }
+
+    async fn find_idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT key, request_hash, status, response, created_at FROM idempotency_keys \
+             WHERE key = ?1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.fail("reading an idempotency key", e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let place = || format!("idempotency_keys row ({key:?})");
+        let place: Place<'_> = &place;
+        Ok(Some(IdempotencyRecord {
+            key: get(&row, 0, place)?,
+            request_hash: get(&row, 1, place)?,
+            status: rows::http_status(get(&row, 2, place)?, place)?,
+            response: get(&row, 3, place)?,
+            created_at: Timestamp::from_unix_millis(get(&row, 4, place)?),
+        }))
+    }
+
+    async fn create_admin_token(
+        &self,
+        token: &AdminTokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let scopes = rows::join_admin_scopes(&token.id, &token.scopes)?;
+        let doing = format!("creating admin token {}", token.id);
+        let mut tx = self.begin_write(&doing).await?;
+        sqlx::query(
+            "INSERT INTO admin_tokens (id, secret_hash, name, scopes, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(token.id.as_str())
+        .bind(token.secret_hash.0.as_slice())
+        .bind(token.name.as_str())
+        .bind(scopes)
+        .bind(token.created_at.unix_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match violation(&e) {
+            Some(Violation::Unique(_)) => {
+                StoreError::AlreadyExists(format!("admin token {}", token.id))
+            }
+            _ => self.fail(&doing, e),
+        })?;
+        self.append_audit(&mut tx, std::slice::from_ref(audit), &doing)
+            .await?;
+        self.commit(tx, &doing).await
+    }
+
+    async fn find_admin_token(&self, id: &str) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, name, scopes, created_at FROM admin_tokens WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.fail("reading an admin token", e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let place = || format!("admin_tokens row ({id:?})");
+        let place: Place<'_> = &place;
+        Ok(Some(AdminTokenRecord {
+            id: get(&row, 0, place)?,
+            secret_hash: rows::secret_hash(get(&row, 1, place)?, place)?,
+            name: get(&row, 2, place)?,
+            scopes: rows::admin_scopes(get(&row, 3, place)?),
+            created_at: Timestamp::from_unix_millis(get(&row, 4, place)?),
+        }))
+    }
+
+    async fn count_admin_tokens(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.fail("counting admin tokens", e))?;
+        rows::count(n, &|| "admin_tokens".to_owned())
+    }
+
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, target, detail, request_id, remote_addr \
+             FROM audit_log ORDER BY seq DESC LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail("reading the audit log", e))?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}

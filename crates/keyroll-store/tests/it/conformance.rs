@@ -1,0 +1,968 @@
+//! The `Store` conformance suite: what every backend must do, written once against `&dyn Store`.
+//!
+//! A backend runs it with `conformance_suite!(fresh)`, where `fresh().await` returns a
+//! [`Backend`] on an empty database; the macro makes one `#[tokio::test]` per function below.
+//! A function missing from the macro's list is dead code, which the lints turn into an error, so
+//! the list cannot silently fall behind.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyroll_core::{
+    Command, Consumer, ConsumerName, ConsumerRef, Entropy, EntropyUnavailable, Environment,
+    IssuedKey, NewVersion, Scope, SecretHash, StoredState, Timestamp, VersionNumber, issue_key,
+};
+use keyroll_store::{
+    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, IdempotencyRecord, Store,
+    StoreError, StoredConsumer,
+};
+
+/// One test's database, however the backend provides it.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The store under test.
+    fn store(&self) -> &dyn Store;
+    /// Every cell of every table as raw bytes (text as UTF-8, numbers as their decimal text),
+    /// read behind the store's back.
+    async fn dump_cells(&self) -> Vec<Cell>;
+}
+
+/// One cell of a table.
+#[derive(Debug)]
+pub struct Cell {
+    pub table: String,
+    pub column: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Generates one `#[tokio::test]` per conformance function for a backend.
+macro_rules! conformance_suite {
+    ($fresh:path) => {
+        $crate::conformance::conformance_suite!(@store $fresh;
+            ping_and_backend,
+            environments_create_list_get_duplicate,
+            consumers_create_get_list,
+            consumer_duplicate_and_unknown_environment,
+            write_round_trips_every_version_field,
+            stale_write_conflicts,
+            concurrent_writers_one_wins,
+            kid_collision_on_create_and_on_rotate,
+            idempotency_key_reuse,
+            write_guards_refuse_bad_writes,
+            admin_tokens,
+            audit_in_order_newest_first,
+            load_all_returns_everything,
+        );
+        $crate::conformance::conformance_suite!(@backend $fresh;
+            no_secret_in_any_column,
+        );
+    };
+    (@store $fresh:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let backend = $fresh().await;
+                $crate::conformance::$name($crate::conformance::Backend::store(&backend)).await;
+            }
+        )*
+    };
+    (@backend $fresh:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let backend = $fresh().await;
+                $crate::conformance::$name(&backend).await;
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A deterministic random source (xorshift64); keyroll-core's own is private to its tests.
+pub struct TestEntropy(pub u64);
+
+impl Entropy for TestEntropy {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyUnavailable> {
+        for b in dest {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = (self.0 >> 24) as u8;
+        }
+        Ok(())
+    }
+}
+
+/// A key for `environment` from a seeded source.
+pub fn issue(environment: &Environment, entropy: &mut TestEntropy) -> IssuedKey {
+    issue_key(environment, entropy).unwrap()
+}
+
+pub fn env(name: &str) -> Environment {
+    Environment::parse(name).unwrap()
+}
+
+pub fn consumer_ref(env_name: &str, name: &str) -> ConsumerRef {
+    ConsumerRef {
+        environment: env(env_name),
+        name: ConsumerName::parse(name).unwrap(),
+    }
+}
+
+pub fn at(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(ms)
+}
+
+pub fn audit(when: i64, action: &str, target: &str) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        at: at(when),
+        actor: "tok_test".to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail: format!("{{\"action\":\"{action}\"}}"),
+        request_id: Some(format!("req-{when}")),
+        remote_addr: None,
+    }
+}
+
+fn new_version(
+    environment: &Environment,
+    entropy: &mut TestEntropy,
+    expires_at: Option<i64>,
+) -> (NewVersion, IssuedKey) {
+    let key = issue(environment, entropy);
+    let version = NewVersion {
+        kid: key.kid,
+        secret_hash: key.secret_hash,
+        fingerprint: key.fingerprint,
+        expires_at: expires_at.map(at),
+    };
+    (version, key)
+}
+
+/// The plaintext secret part of a key: `kr_<env>_<kid>_<secret><check>`.
+fn secret_part(key: &IssuedKey) -> &str {
+    let s = key.reveal();
+    &s[s.len() - 6 - 32..s.len() - 6]
+}
+
+async fn make_env(store: &dyn Store, name: &str, protected: bool) {
+    let record = EnvironmentRecord {
+        name: env(name),
+        protected,
+        created_at: at(1_000),
+    };
+    store
+        .create_environment(
+            &record,
+            &audit(1_000, "environment.created", &format!("environment {name}")),
+        )
+        .await
+        .unwrap();
+}
+
+/// A consumer with `v1`, not yet stored.
+fn draft(env_name: &str, name: &str, seed: u64, now: i64) -> (Consumer, IssuedKey) {
+    let mut entropy = TestEntropy(seed);
+    let environment = env(env_name);
+    let (first, key) = new_version(&environment, &mut entropy, Some(now + 90 * 86_400_000));
+    let consumer = Consumer::create(
+        environment,
+        ConsumerName::parse(name).unwrap(),
+        vec![
+            Scope::parse("invoices:write").unwrap(),
+            Scope::parse("invoices:read").unwrap(),
+        ],
+        Some("team-billing@example.com".to_owned()),
+        first,
+        at(now),
+    );
+    (consumer, key)
+}
+
+async fn create(store: &dyn Store, env_name: &str, name: &str, seed: u64) -> StoredConsumer {
+    let (consumer, _) = draft(env_name, name, seed, 2_000);
+    let target = consumer.reference();
+    store
+        .create_consumer(
+            &consumer,
+            &[audit(2_000, "consumer.created", &target)],
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+/// Applies `command` at `now` and writes the result with one audit entry per effect.
+async fn apply(
+    store: &dyn Store,
+    current: &StoredConsumer,
+    command: Command,
+    now: i64,
+) -> Result<StoredConsumer, StoreError> {
+    let transition = current.consumer.apply(command, at(now)).unwrap();
+    let target = current.consumer.reference();
+    let entries: Vec<AuditRecord> = transition
+        .effects
+        .iter()
+        .map(|e| audit(now, e.kind(), &target))
+        .collect();
+    store
+        .write_consumer(ConsumerWrite {
+            expected_revision: current.revision,
+            id: current.id,
+            consumer: &transition.consumer,
+            audit: &entries,
+            idempotency: None,
+        })
+        .await
+}
+
+fn rotate(environment: &Environment, seed: u64, grace: Duration, enforce: bool) -> Command {
+    let (new_version, _) = new_version(environment, &mut TestEntropy(seed), None);
+    Command::Rotate {
+        grace,
+        enforce,
+        new_version,
+    }
+}
+
+async fn audit_len(store: &dyn Store) -> usize {
+    store.list_audit(u32::MAX).await.unwrap().len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+
+pub async fn ping_and_backend(store: &dyn Store) {
+    store.ping().await.unwrap();
+    assert!(["sqlite", "postgres"].contains(&store.backend()));
+}
+
+pub async fn environments_create_list_get_duplicate(store: &dyn Store) {
+    assert!(store.list_environments().await.unwrap().is_empty());
+    make_env(store, "staging", false).await;
+    make_env(store, "prod", true).await;
+
+    let listed = store.list_environments().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["prod", "staging"], "listed by name");
+    assert_eq!(
+        store.get_environment(&env("prod")).await.unwrap(),
+        Some(EnvironmentRecord {
+            name: env("prod"),
+            protected: true,
+            created_at: at(1_000)
+        })
+    );
+    assert!(
+        !store
+            .get_environment(&env("staging"))
+            .await
+            .unwrap()
+            .unwrap()
+            .protected
+    );
+    assert_eq!(store.get_environment(&env("nope")).await.unwrap(), None);
+
+    let again = EnvironmentRecord {
+        name: env("prod"),
+        protected: false,
+        created_at: at(5),
+    };
+    let err = store
+        .create_environment(&again, &audit(5, "environment.created", "environment prod"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists(what) if what == "environment prod"),
+        "{err:?}"
+    );
+    assert!(
+        store
+            .get_environment(&env("prod"))
+            .await
+            .unwrap()
+            .unwrap()
+            .protected,
+        "duplicate changed nothing"
+    );
+    assert_eq!(
+        audit_len(store).await,
+        2,
+        "a refused create leaves no audit entry"
+    );
+}
+
+pub async fn consumers_create_get_list(store: &dyn Store) {
+    make_env(store, "prod", true).await;
+    make_env(store, "staging", false).await;
+    let (billing, _) = draft("prod", "billing-app", 1, 2_000);
+    let created = store
+        .create_consumer(
+            &billing,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.consumer, billing);
+    let other = create(store, "staging", "billing-app", 2).await;
+    let alpha = create(store, "prod", "alpha", 3).await;
+    assert!(
+        created.id != other.id && other.id != alpha.id && created.id != alpha.id,
+        "ids are distinct"
+    );
+
+    let got = store
+        .get_consumer(&consumer_ref("prod", "billing-app"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got, created,
+        "get returns what create returned, revision included"
+    );
+    assert_eq!(got.consumer.versions.len(), 1);
+    assert_eq!(got.consumer.versions[0].state, StoredState::Active);
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "nobody"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("nowhere", "billing-app"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let all = store.list_consumers(None).await.unwrap();
+    let refs: Vec<String> = all.iter().map(|c| c.consumer.reference()).collect();
+    assert_eq!(
+        refs,
+        ["prod/alpha", "prod/billing-app", "staging/billing-app"],
+        "by environment then name"
+    );
+    let prod = store.list_consumers(Some(&env("prod"))).await.unwrap();
+    assert_eq!(prod, vec![alpha, created]);
+    assert!(
+        store
+            .list_consumers(Some(&env("nowhere")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn consumer_duplicate_and_unknown_environment(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let first = create(store, "prod", "billing-app", 1).await;
+    let before = audit_len(store).await;
+
+    let (dup, _) = draft("prod", "billing-app", 2, 3_000);
+    let err = store
+        .create_consumer(
+            &dup,
+            &[audit(3_000, "consumer.created", "prod/billing-app")],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists(what) if what == "consumer prod/billing-app"),
+        "{err:?}"
+    );
+
+    let (lost, _) = draft("nowhere", "billing-app", 3, 3_000);
+    let err = store
+        .create_consumer(
+            &lost,
+            &[audit(3_000, "consumer.created", "nowhere/billing-app")],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(what) if what == "environment nowhere"),
+        "{err:?}"
+    );
+
+    assert_eq!(
+        audit_len(store).await,
+        before,
+        "refused creates leave no audit entry"
+    );
+    assert_eq!(store.list_consumers(None).await.unwrap(), vec![first]);
+}
+
+pub async fn write_round_trips_every_version_field(store: &dyn Store) {
+    make_env(store, "prod", true).await;
+    let environment = env("prod");
+    let mut current = create(store, "prod", "billing-app", 1).await;
+    let reference = consumer_ref("prod", "billing-app");
+    let hour = Duration::from_secs(3_600);
+
+    let steps = [
+        (rotate(&environment, 10, hour, true), 10_000),
+        (rotate(&environment, 11, Duration::ZERO, false), 20_000),
+        (
+            Command::Revoke {
+                version: VersionNumber(1),
+                reason: "leaked in CI logs".to_owned(),
+            },
+            30_000,
+        ),
+        (rotate(&environment, 12, hour, false), 40_000),
+        (
+            Command::Retire {
+                version: VersionNumber(3),
+            },
+            50_000,
+        ),
+        (Command::Disable, 60_000),
+        (Command::Enable, 70_000),
+        (Command::Disable, 80_000),
+    ];
+    for (command, now) in steps {
+        let written = apply(store, &current, command.clone(), now).await.unwrap();
+        assert_eq!(written.id, current.id);
+        assert_eq!(
+            written.revision,
+            current.revision + 1,
+            "every write moves the revision"
+        );
+        let read = store.get_consumer(&reference).await.unwrap().unwrap();
+        assert_eq!(read, written, "after {command:?}");
+        current = read;
+    }
+
+    // The sequence above leaves v1 with every optional field set, so all of them went through
+    // the database and came back equal.
+    let v1 = &current.consumer.versions[0];
+    assert_eq!(v1.state, StoredState::Revoked);
+    assert!(v1.deadline.is_some() && v1.expires_at.is_some() && v1.retired_at.is_some());
+    assert!(v1.revoked_at.is_some() && v1.revoke_reason.is_some());
+    assert_eq!(v1.replaced_by, Some(VersionNumber(2)));
+    assert!(v1.enforced);
+    let states: Vec<StoredState> = current.consumer.versions.iter().map(|v| v.state).collect();
+    assert_eq!(
+        states,
+        [
+            StoredState::Revoked,
+            StoredState::Retired,
+            StoredState::Retired,
+            StoredState::Active
+        ]
+    );
+    assert!(current.consumer.disabled);
+    assert_eq!(store.load_all().await.unwrap(), vec![current]);
+}
+
+pub async fn stale_write_conflicts(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let stale = create(store, "prod", "billing-app", 1).await;
+    let fresh = apply(store, &stale, Command::Disable, 10_000)
+        .await
+        .unwrap();
+    let before = audit_len(store).await;
+
+    let err = apply(
+        store,
+        &stale,
+        rotate(&env("prod"), 5, Duration::from_secs(60), false),
+        11_000,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(what) if what == "prod/billing-app"),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "billing-app"))
+            .await
+            .unwrap()
+            .unwrap(),
+        fresh,
+        "nothing written"
+    );
+    assert_eq!(audit_len(store).await, before, "nor audited");
+
+    // Reading again and retrying is the documented way out.
+    let retried = apply(
+        store,
+        &fresh,
+        rotate(&env("prod"), 5, Duration::from_secs(60), false),
+        11_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(retried.revision, fresh.revision + 1);
+    assert_eq!(retried.consumer.versions.len(), 2);
+}
+
+pub async fn concurrent_writers_one_wins(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let base = create(store, "prod", "billing-app", 1).await;
+    let environment = env("prod");
+    let (a, b) = tokio::join!(
+        apply(
+            store,
+            &base,
+            rotate(&environment, 21, Duration::from_secs(60), false),
+            10_000
+        ),
+        apply(
+            store,
+            &base,
+            rotate(&environment, 22, Duration::from_secs(60), false),
+            10_000
+        ),
+    );
+    let (won, lost) = match (a, b) {
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+        other => panic!("exactly one writer must win: {other:?}"),
+    };
+    assert!(matches!(lost, StoreError::Conflict(_)), "{lost:?}");
+    let read = store
+        .get_consumer(&consumer_ref("prod", "billing-app"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, won);
+    assert_eq!(read.consumer.versions.len(), 2);
+}
+
+pub async fn kid_collision_on_create_and_on_rotate(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let taken = create(store, "prod", "first", 1).await;
+    let other = create(store, "prod", "second", 2).await;
+    let taken_kid = taken.consumer.versions[0].kid;
+    let before = audit_len(store).await;
+
+    // A new consumer whose v1 has a kid already in use.
+    let (mut clash, _) = draft("prod", "third", 3, 3_000);
+    clash.versions[0].kid = taken_kid;
+    let err = store
+        .create_consumer(
+            &clash,
+            &[audit(3_000, "consumer.created", "prod/third")],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::KidCollision), "{err:?}");
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "third"))
+            .await
+            .unwrap(),
+        None,
+        "the whole create rolled back"
+    );
+
+    // A rotation whose new version has a kid already in use.
+    let (mut new_version, _) = new_version(&env("prod"), &mut TestEntropy(4), None);
+    new_version.kid = taken_kid;
+    let command = Command::Rotate {
+        grace: Duration::from_secs(60),
+        enforce: false,
+        new_version,
+    };
+    let err = apply(store, &other, command, 4_000).await.unwrap_err();
+    assert!(matches!(err, StoreError::KidCollision), "{err:?}");
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "second"))
+            .await
+            .unwrap()
+            .unwrap(),
+        other,
+        "the whole write rolled back"
+    );
+    assert_eq!(audit_len(store).await, before);
+}
+
+pub async fn idempotency_key_reuse(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let record = IdempotencyRecord {
+        key: "8c2a6e1f-retry-me".to_owned(),
+        request_hash: "ab".repeat(32),
+        status: 201,
+        response: "{\"consumer\":\"prod/billing-app\",\"key\":null}".to_owned(),
+        created_at: at(2_000),
+    };
+    assert_eq!(store.find_idempotency(&record.key).await.unwrap(), None);
+    let (consumer, _) = draft("prod", "billing-app", 1, 2_000);
+    let created = store
+        .create_consumer(
+            &consumer,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            Some(&record),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_idempotency(&record.key).await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(store.find_idempotency("another-key").await.unwrap(), None);
+    let before = audit_len(store).await;
+
+    // Reused by a lifecycle write: nothing of the write happens.
+    let transition = created.consumer.apply(Command::Disable, at(3_000)).unwrap();
+    let reused = IdempotencyRecord {
+        status: 200,
+        created_at: at(3_000),
+        ..record.clone()
+    };
+    let err = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: created.revision,
+            id: created.id,
+            consumer: &transition.consumer,
+            audit: &[audit(3_000, "consumer.disabled", "prod/billing-app")],
+            idempotency: Some(&reused),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdempotencyKeyUsed), "{err:?}");
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "billing-app"))
+            .await
+            .unwrap()
+            .unwrap(),
+        created
+    );
+    assert_eq!(audit_len(store).await, before);
+
+    // Reused by a create: the consumer is not created.
+    let (second, _) = draft("prod", "other-app", 2, 3_000);
+    let err = store
+        .create_consumer(
+            &second,
+            &[audit(3_000, "consumer.created", "prod/other-app")],
+            Some(&reused),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdempotencyKeyUsed), "{err:?}");
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "other-app"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.find_idempotency(&record.key).await.unwrap(),
+        Some(record),
+        "the first answer stays"
+    );
+}
+
+pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let stored = create(store, "prod", "billing-app", 1).await;
+    let other = create(store, "prod", "other-app", 2).await;
+    let write = |consumer: &Consumer, id: i64| {
+        let consumer = consumer.clone();
+        async move {
+            store
+                .write_consumer(ConsumerWrite {
+                    expected_revision: 1,
+                    id,
+                    consumer: &consumer,
+                    audit: &[audit(5_000, "consumer.disabled", "prod/billing-app")],
+                    idempotency: None,
+                })
+                .await
+        }
+    };
+
+    // An id that does not exist, or that belongs to another consumer.
+    let err = write(&stored.consumer, stored.id + other.id + 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = write(&stored.consumer, other.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    // Two active versions.
+    let mut two_active = stored.consumer.clone();
+    let mut extra = two_active.versions[0].clone();
+    extra.number = VersionNumber(2);
+    extra.kid = issue(&env("prod"), &mut TestEntropy(99)).kid;
+    two_active.versions.push(extra);
+    let err = write(&two_active, stored.id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+    // Changed key material of an existing version.
+    let mut swapped = stored.consumer.clone();
+    swapped.versions[0].secret_hash = SecretHash::of(b"another secret");
+    let err = write(&swapped, stored.id).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("key material")),
+        "{err:?}"
+    );
+
+    // A dropped version.
+    let rotated = apply(
+        store,
+        &stored,
+        rotate(&env("prod"), 7, Duration::from_secs(60), false),
+        6_000,
+    )
+    .await
+    .unwrap();
+    let mut dropped = rotated.consumer.clone();
+    dropped.versions.remove(0);
+    let err = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: rotated.revision,
+            id: rotated.id,
+            consumer: &dropped,
+            audit: &[],
+            idempotency: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("never deleted")),
+        "{err:?}"
+    );
+
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "billing-app"))
+            .await
+            .unwrap()
+            .unwrap(),
+        rotated,
+        "nothing written"
+    );
+    assert_eq!(
+        store
+            .get_consumer(&consumer_ref("prod", "other-app"))
+            .await
+            .unwrap()
+            .unwrap(),
+        other
+    );
+}
+
+pub async fn admin_tokens(store: &dyn Store) {
+    assert_eq!(store.count_admin_tokens().await.unwrap(), 0);
+    assert_eq!(store.find_admin_token("tok_first").await.unwrap(), None);
+    let token = AdminTokenRecord {
+        id: "tok_first".to_owned(),
+        secret_hash: SecretHash::of(b"admin secret"),
+        name: "bootstrap".to_owned(),
+        scopes: vec!["admin".to_owned(), "consumers:write".to_owned()],
+        created_at: at(1_000),
+    };
+    store
+        .create_admin_token(
+            &token,
+            &audit(1_000, "admin_token.created", "admin token tok_first"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_admin_token("tok_first").await.unwrap(),
+        Some(token.clone())
+    );
+    assert_eq!(store.count_admin_tokens().await.unwrap(), 1);
+
+    let err = store
+        .create_admin_token(
+            &token,
+            &audit(2_000, "admin_token.created", "admin token tok_first"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists(what) if what == "admin token tok_first"),
+        "{err:?}"
+    );
+
+    let scopeless = AdminTokenRecord {
+        id: "tok_second".to_owned(),
+        scopes: Vec::new(),
+        ..token.clone()
+    };
+    store
+        .create_admin_token(
+            &scopeless,
+            &audit(3_000, "admin_token.created", "admin token tok_second"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_admin_token("tok_second").await.unwrap(),
+        Some(scopeless)
+    );
+    assert_eq!(store.count_admin_tokens().await.unwrap(), 2);
+    assert_eq!(audit_len(store).await, 2);
+}
+
+pub async fn audit_in_order_newest_first(store: &dyn Store) {
+    assert!(store.list_audit(10).await.unwrap().is_empty());
+    make_env(store, "prod", false).await;
+    let (consumer, _) = draft("prod", "billing-app", 1, 2_000);
+    let entries = [
+        audit(2_000, "consumer.created", "prod/billing-app"),
+        AuditRecord {
+            remote_addr: Some("192.0.2.7:51234".to_owned()),
+            request_id: None,
+            ..audit(2_000, "version.issued", "prod/billing-app v1")
+        },
+    ];
+    let created = store
+        .create_consumer(&consumer, &entries, None)
+        .await
+        .unwrap();
+    apply(store, &created, Command::Disable, 3_000)
+        .await
+        .unwrap();
+
+    let newest_first = store.list_audit(100).await.unwrap();
+    let actions: Vec<&str> = newest_first.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "consumer.disabled",
+            "version.issued",
+            "consumer.created",
+            "environment.created"
+        ]
+    );
+    assert!(
+        newest_first.windows(2).all(|w| w[0].seq > w[1].seq),
+        "seq grows with every append"
+    );
+    for (got, sent) in newest_first[1..3].iter().zip(entries.iter().rev()) {
+        assert_eq!(
+            got,
+            &AuditRecord {
+                seq: got.seq,
+                ..sent.clone()
+            },
+            "every field round-trips"
+        );
+    }
+    assert_eq!(store.list_audit(2).await.unwrap(), newest_first[..2]);
+    assert!(store.list_audit(0).await.unwrap().is_empty());
+}
+
+pub async fn load_all_returns_everything(store: &dyn Store) {
+    assert!(store.load_all().await.unwrap().is_empty());
+    make_env(store, "prod", false).await;
+    make_env(store, "dev", false).await;
+    let mut expected = Vec::new();
+    for i in 0..30u64 {
+        let env_name = if i % 3 == 0 { "dev" } else { "prod" };
+        let mut current = create(store, env_name, &format!("app-{i:02}"), 100 + i).await;
+        // Between 1 and 4 versions, so consumers' versions interleave in the versions table.
+        for r in 0..(i % 4) {
+            let command = rotate(
+                &env(env_name),
+                1_000 + i * 10 + r,
+                Duration::from_secs(600),
+                false,
+            );
+            current = apply(store, &current, command, 10_000 + i64::try_from(r).unwrap())
+                .await
+                .unwrap();
+        }
+        expected.push(current);
+    }
+    expected.sort_by(|a, b| a.consumer.reference().cmp(&b.consumer.reference()));
+    let mut loaded = store.load_all().await.unwrap();
+    loaded.sort_by(|a, b| a.consumer.reference().cmp(&b.consumer.reference()));
+    assert_eq!(loaded, expected);
+    let versions: usize = loaded.iter().map(|c| c.consumer.versions.len()).sum();
+    assert_eq!(versions, 30 + (0..30).map(|i| i % 4).sum::<usize>());
+}
+
+pub async fn no_secret_in_any_column(backend: &dyn Backend) {
+    let store = backend.store();
+    make_env(store, "prod", false).await;
+    let (consumer, first_key) = draft("prod", "billing-app", 42, 2_000);
+    let idempotency = IdempotencyRecord {
+        key: "create-billing".to_owned(),
+        request_hash: "cd".repeat(32),
+        status: 201,
+        response: "{\"kid\":\"stripped\"}".to_owned(),
+        created_at: at(2_000),
+    };
+    let created = store
+        .create_consumer(
+            &consumer,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            Some(&idempotency),
+        )
+        .await
+        .unwrap();
+    let (next, second_key) = new_version(&env("prod"), &mut TestEntropy(43), None);
+    let command = Command::Rotate {
+        grace: Duration::from_secs(60),
+        enforce: false,
+        new_version: next,
+    };
+    apply(store, &created, command, 3_000).await.unwrap();
+    let admin_secret = "adminsecretQ7rT2kLm9ZpX4vB8nW3cY6";
+    let token = AdminTokenRecord {
+        id: "tok_admin".to_owned(),
+        secret_hash: SecretHash::of(admin_secret.as_bytes()),
+        name: "ops".to_owned(),
+        scopes: vec!["admin".to_owned()],
+        created_at: at(4_000),
+    };
+    store
+        .create_admin_token(
+            &token,
+            &audit(4_000, "admin_token.created", "admin token tok_admin"),
+        )
+        .await
+        .unwrap();
+
+    let cells = backend.dump_cells().await;
+    // The dump must see the data, or the check below proves nothing.
+    for key in [&first_key, &second_key] {
+        assert!(
+            cells
+                .iter()
+                .any(|c| c.table == "key_versions" && c.bytes == key.kid.as_str().as_bytes()),
+            "the dump does not show kid {}",
+            key.kid
+        );
+    }
+    let secrets: [&[u8]; 5] = [
+        secret_part(&first_key).as_bytes(),
+        secret_part(&second_key).as_bytes(),
+        first_key.reveal().as_bytes(),
+        second_key.reveal().as_bytes(),
+        admin_secret.as_bytes(),
+    ];
+    for cell in &cells {
+        for secret in secrets {
+            assert!(
+                !cell.bytes.windows(secret.len()).any(|w| w == secret),
+                "{}.{} holds a plaintext secret",
+                cell.table,
+                cell.column
+            );
+        }
+    }
+}
