@@ -290,6 +290,16 @@ pub fn parse_key(presented: &[u8]) -> Result<ParsedKey<'_>, MalformedKey> {
     })
 }
 
+/// Assembles a key string from its parts, computing the checksum. For tools and tests that need
+/// a well-formed key with chosen parts (e.g. a known kid with a wrong secret); the parts are not
+/// validated here, [`parse_key`] does that.
+pub fn assemble_key(environment: &str, kid: &str, secret: &str) -> String {
+    let mut s = format!("{PREFIX}{environment}_{kid}_{secret}");
+    let check = crc_symbols(s.as_bytes());
+    s.extend(check.iter().map(|&b| char::from(b)));
+    s
+}
+
 /// A freshly issued key: the only value that ever holds the plaintext.
 pub struct IssuedKey {
     plaintext: String,

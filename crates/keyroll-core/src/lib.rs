@@ -17,7 +17,7 @@ pub use decision::{ConsumerFacts, Decision, DecisionCode, VersionFacts, judge};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use key::{
     Entropy, EntropyUnavailable, Fingerprint, IssuedKey, Kid, MalformedKey, ParsedKey, SecretHash,
-    fingerprint, issue_key, parse_key, random_base62,
+    assemble_key, fingerprint, issue_key, parse_key, random_base62,
 };
 pub use lifecycle::{
     Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, State, StoredState,

@@ -187,11 +187,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(
-            Env::prefixed("KEYROLL_")
-                .split("__")
-                .filter(|k| ENV_KEYS.iter().any(|known| k.as_str().starts_with(known))),
-        );
+        figment = figment.merge(Env::prefixed("KEYROLL_").split("__").filter(|k| {
+            // `k` keeps the variable's case (`LOG__LEVEL`); settings are lowercase.
+            let k = k.as_str().to_ascii_lowercase();
+            ENV_KEYS.iter().any(|known| k.starts_with(known))
+        }));
         if let Some(v) = &overrides.listen {
             figment = figment.merge(("listen", v));
         }

@@ -43,6 +43,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an operation waits for a free pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows the connection's worker thread may run ahead of the reader (sqlx's default is 50).
+const ROW_BUFFER: usize = 4096;
 /// SQLite serialises writers anyway; a few connections let reads run beside a write.
 const MAX_CONNECTIONS: u32 = 4;
 
@@ -116,7 +118,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            .row_buffer_size(ROW_BUFFER);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // One connection always open and none retired: there is no server to drop idle
@@ -628,7 +631,12 @@ fn diagnose_path(path: &Path) -> Option<String> {
     match std::fs::metadata(parent) {
         Ok(meta) if meta.is_dir() => None,
         Ok(_) => Some(format!("{} is not a directory", parent.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             // The parent may itself sit under a regular file: name the component that is one.
             let file = parent.ancestors().skip(1).find(|a| a.is_file());
             Some(match file {

@@ -450,7 +450,11 @@ pub async fn write_round_trips_every_version_field(store: &dyn Store) {
     assert_eq!(v1.state, StoredState::Revoked);
     assert!(v1.deadline.is_some() && v1.expires_at.is_some() && v1.retired_at.is_some());
     assert!(v1.revoked_at.is_some() && v1.revoke_reason.is_some());
-    assert_eq!(v1.replaced_by, Some(VersionNumber(2)));
+    assert_eq!(
+        v1.replaced_by,
+        Some(VersionNumber(3)),
+        "the latest rotation that demoted it"
+    );
     assert!(v1.enforced);
     let states: Vec<StoredState> = current.consumer.versions.iter().map(|v| v.state).collect();
     assert_eq!(
