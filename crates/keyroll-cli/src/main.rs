@@ -1,3 +1,4 @@
+#![allow(clippy::print_stdout)] // The CLI's job is printing to stdout.
 //! The `keyroll` command: clap definitions and glue. Arguments are validated with the core's
 //! parsers before anything is sent, and every failure ends as one line on stderr and a non-zero
 //! exit code (1 for errors and rejected keys, 2 for usage errors).

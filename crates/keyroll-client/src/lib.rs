@@ -26,8 +26,8 @@ pub enum ClientError {
     Api {
         /// HTTP status.
         status: u16,
-        /// The problem body.
-        problem: proto::Problem,
+        /// The problem body (boxed: it is large next to the other variants).
+        problem: Box<proto::Problem>,
     },
     /// The server answered something that is not what this client expects.
     #[error("unexpected answer from the server (HTTP {status}): {reason}")]
@@ -121,7 +121,10 @@ impl Client {
             })?;
         if !(200..300).contains(&status) {
             return match serde_json::from_slice::<proto::Problem>(&bytes) {
-                Ok(problem) => Err(ClientError::Api { status, problem }),
+                Ok(problem) => Err(ClientError::Api {
+                    status,
+                    problem: Box::new(problem),
+                }),
                 Err(_) => Err(ClientError::Decode {
                     status,
                     reason: String::from_utf8_lossy(&bytes).chars().take(200).collect(),

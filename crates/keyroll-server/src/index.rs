@@ -10,7 +10,7 @@
 //!   a `HashMap` keyed by hash costs ≈ 220 B/key at 1M, a vector plus an index table ≈ 80).
 //!   Consumer data is shared by all its versions through one `Arc`.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -156,9 +156,7 @@ impl Index {
     }
 
     fn hash(&self, kid: &Kid) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        kid.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(kid)
     }
 
     fn shard_of(hash: u64) -> usize {
@@ -303,11 +301,7 @@ impl Index {
                     let p = u32::try_from(records.len()).unwrap_or(u32::MAX);
                     records.push(record);
                     let hasher = &self.hasher;
-                    positions.insert_unique(hash, p, |&q| {
-                        let mut h = hasher.build_hasher();
-                        records[q as usize].kid.hash(&mut h);
-                        h.finish()
-                    });
+                    positions.insert_unique(hash, p, |&q| hasher.hash_one(records[q as usize].kid));
                     self.versions.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -24,6 +24,7 @@ fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn every_decision_code_is_explained_in_headers_body_and_log() {
     let s = harness::start();
     s.cli(&["env", "create", "prod"]);

@@ -191,7 +191,7 @@ fn scopes(list: &[String]) -> Result<Vec<Scope>, ApiError> {
 fn owner(value: Option<&str>) -> Result<Option<String>, ApiError> {
     match value {
         None => Ok(None),
-        Some(o) if o.is_empty() => Ok(None),
+        Some("") => Ok(None),
         Some(o) if o.chars().count() <= 200 && !o.chars().any(char::is_control) => {
             Ok(Some(o.into()))
         }

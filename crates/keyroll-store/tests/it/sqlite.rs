@@ -532,7 +532,35 @@ async fn scratch_transfer_only() {
         .unwrap();
     sqlx::query("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) INSERT INTO consumers (id, environment, name, scopes, owner, disabled, revision, created_at, updated_at) SELECT i, 'prod', 'c' || i, 'invoices:read', NULL, 0, 4, 0, 0 FROM n").bind(consumers).execute(&mut conn).await.unwrap();
     sqlx::query("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) INSERT INTO key_versions (consumer_id, version, kid, secret_hash, fingerprint, state, created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, replaced_by, enforced) SELECT i / 4 + 1, i % 4 + 1, printf('%012d', i), randomblob(32), randomblob(8), CASE WHEN i % 4 = 3 THEN 'active' ELSE 'retired' END, i, CASE WHEN i % 4 = 3 THEN NULL ELSE i + 1 END, NULL, CASE WHEN i % 4 = 3 THEN NULL ELSE i + 1 END, NULL, NULL, CASE WHEN i % 4 = 3 THEN NULL ELSE i % 4 + 2 END, 0 FROM n").bind(consumers * 4).execute(&mut conn).await.unwrap();
-    for buf in [50usize, 4096] {
+    {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(SqliteConnectOptions::new().filename(&backend.path))
+            .await
+            .unwrap();
+        for (label, sql) in [
+            (
+                "packed4",
+                "SELECT printf('%d %d %s %s %d %s %s %s %s %s %d', consumer_id, version, kid, state, created_at, ifnull(deadline, '-'), ifnull(expires_at, '-'), ifnull(retired_at, '-'), ifnull(revoked_at, '-'), ifnull(replaced_by, '-'), enforced), secret_hash, fingerprint, revoke_reason FROM key_versions ORDER BY consumer_id, version",
+            ),
+            (
+                "packed3",
+                "SELECT printf('%d %d %s %s %d %s %s %s %s %s %d', consumer_id, version, kid, state, created_at, ifnull(deadline, '-'), ifnull(expires_at, '-'), ifnull(retired_at, '-'), ifnull(revoked_at, '-'), ifnull(replaced_by, '-'), enforced), unhex(hex(secret_hash) || hex(fingerprint)), revoke_reason FROM key_versions ORDER BY consumer_id, version",
+            ),
+            (
+                "plain4",
+                "SELECT consumer_id, kid, secret_hash, fingerprint FROM key_versions ORDER BY consumer_id, version",
+            ),
+        ] {
+            let started = Instant::now();
+            let mut rows = sqlx::query(sql).fetch(&pool);
+            let mut n = 0u64;
+            while let Some(_row) = rows.try_next().await.unwrap() {
+                n += 1;
+            }
+            eprintln!("{label}: {n} in {:?}", started.elapsed());
+        }
+    }
+    for buf in [50usize] {
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .connect_with(
                 SqliteConnectOptions::new()
