@@ -50,7 +50,7 @@ upstream bench_plain { server 127.0.0.1:$UP; keepalive 32; }
 server { listen 127.0.0.1:$PLAIN; access_log off;
   location / { proxy_pass http://bench_plain; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 CONF
-  sed -e "s#@PREFIX@#$WORK#g" -e "s#@INCLUDE@#$WORK/keyroll.conf;\n    include $WORK/extra.conf#g" \
+  sed -e "s#include @INCLUDE@;#include $WORK/keyroll.conf; include $WORK/extra.conf;#" -e "s#@PREFIX@#$WORK#g" \
       -e "s#access_log .*;#access_log off;#" -e "s#error_log .*;#error_log $WORK/error.log warn;#" \
       examples/nginx/test-wrapper.conf > "$WORK/nginx.conf"
   # Same worker count as cores, as a production nginx would run.

@@ -26,14 +26,11 @@ const SHARDS: usize = 64;
 /// What all versions of one consumer share.
 #[derive(Debug)]
 pub struct ConsumerEntry {
-    /// Store row id.
-    pub id: i64,
     /// Store revision this entry was built from.
     pub revision: i64,
-    /// Environment name (shared among the environment's consumers).
-    pub environment: Arc<str>,
-    /// Consumer name.
-    pub name: Box<str>,
+    /// `ENV/NAME`, kept whole: it is what responses and log lines carry, so the hot path
+    /// never formats it, and one string costs less memory than two.
+    reference: Box<str>,
     /// Granted scopes.
     pub scopes: Box<[Box<str>]>,
     /// Switched off.
@@ -42,8 +39,13 @@ pub struct ConsumerEntry {
 
 impl ConsumerEntry {
     /// `ENV/NAME`.
-    pub fn reference(&self) -> String {
-        format!("{}/{}", self.environment, self.name)
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// The environment.
+    pub fn environment(&self) -> &str {
+        self.reference.split_once('/').map_or("", |(env, _)| env)
     }
 }
 
@@ -62,7 +64,6 @@ struct Record {
     expires_at: i64,
     /// Retiring: since when (the replacing version's issue time); revoked: when.
     changed_at: i64,
-    revoke_reason: Option<Box<str>>,
     consumer: Arc<ConsumerEntry>,
 }
 
@@ -70,6 +71,8 @@ struct Record {
 struct Shard {
     records: Vec<Record>,
     positions: HashTable<u32>,
+    /// Revocation reasons by record position: rare, so kept out of every record.
+    revoke_reasons: hashbrown::HashMap<u32, Box<str>>,
 }
 
 /// What a lookup found for a kid whose secret matched: enough to decide, log and answer.
@@ -108,7 +111,7 @@ pub enum Lookup {
         version: VersionNumber,
     },
     /// Judged.
-    Found(Box<Found>),
+    Found(Found),
 }
 
 /// All key versions of the installation, in memory.
@@ -199,7 +202,11 @@ impl Index {
             scopes: &r.consumer.scopes,
         };
         let decision = judge(&facts, &consumer, required_scopes, now);
-        Lookup::Found(Box::new(Found {
+        let revoke_reason = match r.state {
+            StoredState::Revoked => shard.revoke_reasons.get(&pos).cloned(),
+            _ => None,
+        };
+        Lookup::Found(Found {
             decision,
             version: facts.version,
             fingerprint: r.fingerprint,
@@ -208,13 +215,13 @@ impl Index {
             deadline: facts.deadline,
             expires_at: facts.expires_at,
             changed_at: opt_ts(r.changed_at),
-            revoke_reason: r.revoke_reason.clone(),
-        }))
+            revoke_reason,
+        })
     }
 
     /// Puts a consumer's current state (after a committed write) into the index. Ignored when
     /// the index already holds a newer revision of it.
-    pub fn upsert(&self, id: i64, revision: i64, consumer: &Consumer) {
+    pub fn upsert(&self, revision: i64, consumer: &Consumer) {
         let _writer = self.write_lock.lock();
         if let Some(first) = consumer.versions.first() {
             let current = self.consumer_revision(&first.kid);
@@ -222,27 +229,23 @@ impl Index {
                 return;
             }
         }
-        self.upsert_unlocked(id, revision, consumer, None);
+        self.upsert_unlocked(revision, consumer);
     }
 
     /// Loads many consumers at start (one writer, no revision checks: the index is empty).
-    pub fn load<'a>(&self, consumers: impl IntoIterator<Item = (i64, i64, &'a Consumer)>) {
+    pub fn load<'a>(&self, consumers: impl IntoIterator<Item = (i64, &'a Consumer)>) {
         let _writer = self.write_lock.lock();
-        let mut environments: Vec<Arc<str>> = Vec::new();
-        for (id, revision, consumer) in consumers {
-            let env = consumer.environment.as_str();
-            let shared = match environments.iter().find(|e| &***e == env) {
-                Some(e) => Arc::clone(e),
-                None => {
-                    let e: Arc<str> = Arc::from(env);
-                    environments.push(Arc::clone(&e));
-                    e
-                }
-            };
-            self.upsert_unlocked(id, revision, consumer, Some(shared));
+        for (revision, consumer) in consumers {
+            self.upsert_unlocked(revision, consumer);
         }
+        let hasher = &self.hasher;
         for shard in self.shards.iter() {
-            shard.write().records.shrink_to_fit();
+            let mut shard = shard.write();
+            let Shard {
+                records, positions, ..
+            } = &mut *shard;
+            records.shrink_to_fit();
+            positions.shrink_to_fit(|&q| hasher.hash_one(records[q as usize].kid));
         }
     }
 
@@ -255,18 +258,10 @@ impl Index {
             .map(|&p| shard.records[p as usize].consumer.revision)
     }
 
-    fn upsert_unlocked(
-        &self,
-        id: i64,
-        revision: i64,
-        consumer: &Consumer,
-        environment: Option<Arc<str>>,
-    ) {
+    fn upsert_unlocked(&self, revision: i64, consumer: &Consumer) {
         let entry = Arc::new(ConsumerEntry {
-            id,
             revision,
-            environment: environment.unwrap_or_else(|| Arc::from(consumer.environment.as_str())),
-            name: consumer.name.as_str().into(),
+            reference: consumer.reference().into_boxed_str(),
             scopes: consumer.scopes.iter().map(|s| s.as_str().into()).collect(),
             disabled: consumer.disabled,
         });
@@ -289,21 +284,31 @@ impl Index {
                 deadline: ms(v.retirement_time()),
                 expires_at: ms(v.expires_at),
                 changed_at: ms(changed_at),
-                revoke_reason: v.revoke_reason.as_deref().map(Into::into),
                 consumer: Arc::clone(&entry),
             };
             let hash = self.hash(&v.kid);
             let mut shard = self.shards[Self::shard_of(hash)].write();
-            let Shard { records, positions } = &mut *shard;
-            match positions.find(hash, |&p| records[p as usize].kid == v.kid) {
-                Some(&p) => records[p as usize] = record,
+            let Shard {
+                records,
+                positions,
+                revoke_reasons,
+            } = &mut *shard;
+            let p = match positions.find(hash, |&p| records[p as usize].kid == v.kid) {
+                Some(&p) => {
+                    records[p as usize] = record;
+                    p
+                }
                 None => {
                     let p = u32::try_from(records.len()).unwrap_or(u32::MAX);
                     records.push(record);
                     let hasher = &self.hasher;
                     positions.insert_unique(hash, p, |&q| hasher.hash_one(records[q as usize].kid));
                     self.versions.fetch_add(1, Ordering::Relaxed);
+                    p
                 }
+            };
+            if let Some(reason) = &v.revoke_reason {
+                revoke_reasons.insert(p, reason.as_str().into());
             }
         }
     }

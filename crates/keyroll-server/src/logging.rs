@@ -14,6 +14,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use keyroll_core::DecisionCode;
+
 use crate::config::LogFormat;
 use crate::timefmt;
 use crate::verify::Verification;
@@ -143,21 +145,29 @@ pub fn redact_keys(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Emits the `auth.decision` line: rejections at WARN, allowed at DEBUG (or INFO).
-pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allowed_at_info: bool) {
-    let allowed = v.code.allowed();
-    let level = match (allowed, allowed_at_info) {
+fn decision_level(code: DecisionCode, allowed_at_info: bool) -> Level {
+    match (code.allowed(), allowed_at_info) {
         (false, _) => Level::WARN,
         (true, true) => Level::INFO,
         (true, false) => Level::DEBUG,
-    };
-    // Building the line costs more than the verification: only when someone listens.
-    let enabled = match level {
+    }
+}
+
+/// Whether the decision line for `code` would be written. Building the line (and the request
+/// facts it needs) costs more than the verification, so callers ask first.
+pub fn decision_enabled(code: DecisionCode, allowed_at_info: bool) -> bool {
+    match decision_level(code, allowed_at_info) {
         Level::WARN => tracing::enabled!(target: "keyroll::decision", Level::WARN),
         Level::INFO => tracing::enabled!(target: "keyroll::decision", Level::INFO),
         _ => tracing::enabled!(target: "keyroll::decision", Level::DEBUG),
-    };
-    if !enabled {
+    }
+}
+
+/// Emits the `auth.decision` line: rejections at WARN, allowed at DEBUG (or INFO).
+pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allowed_at_info: bool) {
+    let allowed = v.code.allowed();
+    let level = decision_level(v.code, allowed_at_info);
+    if !decision_enabled(v.code, allowed_at_info) {
         return;
     }
     let consumer = v.consumer();
@@ -165,9 +175,7 @@ pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allow
     let kid = v.kid.map(|k| k.to_string());
     let fingerprint = v.fingerprint.map(|f| f.to_string());
     let consumer_ref = consumer.map(|c| c.reference());
-    let environment = consumer
-        .map(|c| c.environment.to_string())
-        .or_else(|| v.key_environment.as_deref().map(str::to_owned));
+    let environment = v.environment();
     let version = v.version().map(|n| n.to_string());
     let state = v.state().map(|s| s.as_str());
     let remote = req.remote_addr.map(|a| a.to_string());
@@ -184,8 +192,8 @@ pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allow
                 detail = detail.as_str(),
                 kid = kid.as_deref(),
                 fingerprint = fingerprint.as_deref(),
-                consumer = consumer_ref.as_deref(),
-                environment = environment.as_deref(),
+                consumer = consumer_ref,
+                environment = environment,
                 version = version.as_deref(),
                 state = state,
                 request_id = req.request_id,

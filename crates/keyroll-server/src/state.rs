@@ -47,7 +47,7 @@ impl AppState {
     pub async fn load(&self) -> Result<u64, keyroll_store::StoreError> {
         let consumers = self.store.load_all().await?;
         self.index
-            .load(consumers.iter().map(|c| (c.id, c.revision, &c.consumer)));
+            .load(consumers.iter().map(|c| (c.revision, &c.consumer)));
         self.ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(self.index.len())
     }

@@ -61,6 +61,30 @@ pub enum Facts {
     Looked(Lookup),
 }
 
+/// An environment name of at most 16 bytes, held without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct InlineEnv {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl InlineEnv {
+    fn new(name: &str) -> InlineEnv {
+        let mut bytes = [0u8; 16];
+        let len = name.len().min(16);
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        InlineEnv {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
 /// The outcome of one verification, everything a response or a log line needs.
 #[derive(Debug, Clone)]
 pub struct Verification {
@@ -70,8 +94,8 @@ pub struct Verification {
     pub kid: Option<Kid>,
     /// The fingerprint of what was presented.
     pub fingerprint: Option<Fingerprint>,
-    /// The environment in the key prefix, when well-formed.
-    pub key_environment: Option<Box<str>>,
+    /// The environment in the key prefix, when well-formed (inline: no allocation).
+    pub key_environment: Option<InlineEnv>,
     /// What was found out.
     pub facts: Facts,
     /// The scopes required (for `insufficient_scope` messages).
@@ -85,6 +109,14 @@ impl Verification {
             Facts::Looked(Lookup::Found(f)) => Some(&f.consumer),
             Facts::Looked(Lookup::SecretMismatch { consumer, .. }) => Some(consumer),
             _ => None,
+        }
+    }
+
+    /// The key's environment, when the key was well-formed.
+    pub fn environment(&self) -> Option<&str> {
+        match self.consumer() {
+            Some(c) => Some(c.environment()),
+            None => self.key_environment.as_ref().map(InlineEnv::as_str),
         }
     }
 
@@ -258,7 +290,7 @@ pub fn verify<R: AsRef<str>>(
             code: DecisionCode::WrongEnvironment,
             kid: Some(kid),
             fingerprint: Some(fingerprint(raw)),
-            key_environment: Some(parsed.environment().into()),
+            key_environment: Some(InlineEnv::new(parsed.environment())),
             facts: Facts::WrongEnvironment {
                 presented: parsed.environment().into(),
                 expected: expected.into(),
@@ -286,7 +318,7 @@ pub fn verify<R: AsRef<str>>(
         code,
         kid: Some(kid),
         fingerprint: Some(fp),
-        key_environment: Some(parsed.environment().into()),
+        key_environment: Some(InlineEnv::new(parsed.environment())),
         facts: Facts::Looked(lookup),
         missing_scope,
     }

@@ -6,13 +6,166 @@
 //! panic and never a core value that breaks its own invariants. `place` closures name the row;
 //! they only run when something is wrong, so the happy path of `load_all` formats nothing.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use keyroll_core::{
-    ConsumerName, Environment, Fingerprint, Kid, Scope, SecretHash, StoredState, VersionNumber,
+    Consumer, ConsumerName, Environment, Fingerprint, KeyVersion, Kid, Scope, SecretHash,
+    StoredState, Timestamp, VersionNumber,
 };
 
-use crate::StoreError;
+use crate::{StoreError, StoredConsumer};
+
+/// The columns of a consumer, in the order [`ConsumerColumns`] is read from.
+macro_rules! consumer_columns {
+    () => {
+        "id, environment, name, scopes, owner, disabled, revision, created_at"
+    };
+}
+pub(crate) use consumer_columns;
+
+/// The columns of a key version, in the order [`VersionColumns`] is read from.
+macro_rules! version_columns {
+    () => {
+        "consumer_id, version, kid, secret_hash, fingerprint, state, created_at, deadline, \
+         expires_at, retired_at, revoked_at, revoke_reason, replaced_by, enforced"
+    };
+}
+pub(crate) use version_columns;
+
+/// A `consumers` row as a driver hands it over, before validation.
+pub(crate) struct ConsumerColumns<'r> {
+    pub id: i64,
+    pub environment: &'r str,
+    pub name: &'r str,
+    pub scopes: &'r str,
+    pub owner: Option<&'r str>,
+    pub disabled: bool,
+    pub revision: i64,
+    pub created_at: i64,
+}
+
+/// Names a consumers row in `Corrupt` messages.
+pub(crate) fn consumer_place(id: i64) -> impl Fn() -> String {
+    move || format!("consumers row (id {id})")
+}
+
+impl ConsumerColumns<'_> {
+    /// Validates the row into a consumer without versions.
+    pub(crate) fn validate(self, place: Place<'_>) -> Result<StoredConsumer, StoreError> {
+        Ok(StoredConsumer {
+            id: self.id,
+            revision: self.revision,
+            consumer: Consumer {
+                environment: environment(self.environment, "environment", place)?,
+                name: consumer_name(self.name, place)?,
+                scopes: scopes(self.scopes, place)?,
+                owner: self.owner.map(str::to_owned),
+                disabled: self.disabled,
+                created_at: Timestamp::from_unix_millis(self.created_at),
+                versions: Vec::new(),
+            },
+        })
+    }
+}
+
+/// A `key_versions` row as a driver hands it over, before validation.
+pub(crate) struct VersionColumns<'r> {
+    pub consumer_id: i64,
+    pub version: i64,
+    pub kid: &'r str,
+    pub secret_hash: &'r [u8],
+    pub fingerprint: &'r [u8],
+    pub state: &'r str,
+    pub created_at: i64,
+    pub deadline: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoke_reason: Option<&'r str>,
+    pub replaced_by: Option<i64>,
+    pub enforced: bool,
+}
+
+/// Names a key_versions row in `Corrupt` messages.
+pub(crate) fn version_place(consumer_id: i64, version: i64) -> impl Fn() -> String {
+    move || format!("key_versions row (consumer_id {consumer_id}, version {version})")
+}
+
+impl VersionColumns<'_> {
+    /// Validates the row into a version and the id of its consumer.
+    pub(crate) fn validate(self, place: Place<'_>) -> Result<(i64, KeyVersion), StoreError> {
+        let time = |ms: Option<i64>| ms.map(Timestamp::from_unix_millis);
+        let version = KeyVersion {
+            number: version_number(self.version, "version", place)?,
+            kid: kid(self.kid, place)?,
+            secret_hash: secret_hash(self.secret_hash, place)?,
+            fingerprint: fingerprint(self.fingerprint, place)?,
+            state: stored_state(self.state, place)?,
+            created_at: Timestamp::from_unix_millis(self.created_at),
+            deadline: time(self.deadline),
+            expires_at: time(self.expires_at),
+            retired_at: time(self.retired_at),
+            revoked_at: time(self.revoked_at),
+            revoke_reason: self.revoke_reason.map(str::to_owned),
+            replaced_by: self
+                .replaced_by
+                .map(|n| version_number(n, "replaced_by", place))
+                .transpose()?,
+            enforced: self.enforced,
+        };
+        Ok((self.consumer_id, version))
+    }
+}
+
+/// Puts versions into their consumers. Consumers come first; versions then arrive grouped by
+/// consumer (`ORDER BY consumer_id, version`), so the id map is consulted once per consumer,
+/// not once per version: with a million versions at start, this is the loop that matters.
+#[derive(Default)]
+pub(crate) struct Assembly {
+    consumers: Vec<StoredConsumer>,
+    position: HashMap<i64, usize>,
+    current: Option<(i64, usize)>,
+}
+
+impl Assembly {
+    /// Adds a consumer, in the order they are to be returned.
+    pub(crate) fn consumer(&mut self, consumer: StoredConsumer) {
+        self.position.insert(consumer.id, self.consumers.len());
+        self.consumers.push(consumer);
+    }
+
+    /// Adds a version to its consumer; `Corrupt` if no consumer was added with that id.
+    pub(crate) fn version(
+        &mut self,
+        consumer_id: i64,
+        version: KeyVersion,
+    ) -> Result<(), StoreError> {
+        let index = match self.current {
+            Some((id, index)) if id == consumer_id => index,
+            _ => {
+                let index = *self.position.get(&consumer_id).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "key_versions row (consumer_id {consumer_id}, version {}) belongs to no \
+                         consumer",
+                        version.number.0
+                    ))
+                })?;
+                self.current = Some((consumer_id, index));
+                index
+            }
+        };
+        if let Some(slot) = self.consumers.get_mut(index) {
+            slot.consumer.versions.push(version);
+        }
+        Ok(())
+    }
+
+    /// The consumers with their versions.
+    pub(crate) fn finish(self) -> Vec<StoredConsumer> {
+        self.consumers
+    }
+}
 
 /// Names the row being read, e.g. `key_versions row (consumer_id 3, version 2)`.
 pub(crate) type Place<'a> = &'a dyn Fn() -> String;

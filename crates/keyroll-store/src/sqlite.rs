@@ -13,9 +13,11 @@
 //! - Reads of a consumer and its versions run in one (deferred) transaction: both queries see the
 //!   same snapshot, so a concurrent write can never pair a consumer row with versions of another
 //!   revision, nor show versions of a consumer created between the two queries.
+//! - `load_all` of a database file reads through rusqlite on a blocking thread (see [`load`]).
 
-use std::collections::HashMap;
-use std::path::Path;
+mod load;
+
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,6 +38,9 @@ use crate::{
     StoredConsumer,
 };
 
+/// What `load_all` does, in error messages.
+const LOADING_ALL: &str = "loading all consumers";
+
 /// The schema, embedded at build time (`build.rs` makes cargo rebuild when a file is added).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -43,8 +48,6 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an operation waits for a free pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Rows the connection's worker thread may run ahead of the reader (sqlx's default is 50).
-const ROW_BUFFER: usize = 4096;
 /// SQLite serialises writers anyway; a few connections let reads run beside a write.
 const MAX_CONNECTIONS: u32 = 4;
 
@@ -59,8 +62,11 @@ const SQLITE_NOTADB: i32 = 26;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The database file, for error messages.
+    /// The database, for error messages.
     location: String,
+    /// The database file, for the bulk read of `load_all`; `None` for an in-memory database,
+    /// which only the pool's connections can see.
+    file: Option<PathBuf>,
 }
 
 impl SqliteStore {
@@ -81,13 +87,19 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true);
-        Self::connect(options, location, Some(path)).await
+        Self::connect(options, location, Some(path.to_path_buf())).await
     }
 
     /// Opens a database given as a `sqlite://PATH[?mode=ro|rw|rwc|memory]` URL (or
     /// `sqlite::memory:`). Without a `mode`, the file is created if missing, as with
     /// [`SqliteStore::open`].
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        // sqlx would take anything else for a file name (`postgres://db` as a file `postgres:`).
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open SQLite database {url}: not a sqlite: URL"
+            )));
+        }
         let options = SqliteConnectOptions::from_str(url).map_err(|e| {
             StoreError::Unavailable(format!("cannot open SQLite database {url}: {e}"))
         })?;
@@ -106,20 +118,21 @@ impl SqliteStore {
                 "cannot open SQLite database {location}: it is a directory"
             )));
         }
-        Self::connect(options, location, Some(&path)).await
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::connect(options, location, (!in_memory).then_some(path)).await
     }
 
     async fn connect(
         options: SqliteConnectOptions,
         location: String,
-        path: Option<&Path>,
+        file: Option<PathBuf>,
     ) -> Result<Self, StoreError> {
+        let path = file.as_deref();
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(SqliteSynchronous::Normal)
-            .row_buffer_size(ROW_BUFFER);
+            .synchronous(SqliteSynchronous::Normal);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // One connection always open and none retired: there is no server to drop idle
@@ -136,7 +149,11 @@ impl SqliteStore {
             .await
             .map_err(|e| migrate_error(&location, path, e))?;
         tracing::debug!(database = %location, "opened SQLite store");
-        Ok(SqliteStore { pool, location })
+        Ok(SqliteStore {
+            pool,
+            location,
+            file,
+        })
     }
 
     /// A failed operation as a `StoreError`, naming the database and what was being done.
@@ -190,43 +207,19 @@ impl SqliteStore {
         doing: &str,
     ) -> Result<Vec<StoredConsumer>, StoreError> {
         let (consumers_sql, versions_sql) = filter.queries();
-
-        let mut consumers = Vec::new();
-        let mut position = HashMap::new();
+        let mut assembly = rows::Assembly::default();
         {
             let mut rows = filter.bind(sqlx::query(consumers_sql)).fetch(&mut *conn);
             while let Some(row) = rows.try_next().await.map_err(|e| self.fail(doing, e))? {
-                let stored = consumer_from_row(&row)?;
-                position.insert(stored.id, consumers.len());
-                consumers.push(stored);
+                assembly.consumer(consumer_from_row(&row)?);
             }
         }
-
-        // Versions arrive grouped by consumer, so the map is consulted once per consumer, not
-        // once per version: this loop is what a start with a million versions spends its time in.
         let mut rows = filter.bind(sqlx::query(versions_sql)).fetch(&mut *conn);
-        let mut current: Option<(i64, usize)> = None;
         while let Some(row) = rows.try_next().await.map_err(|e| self.fail(doing, e))? {
             let (consumer_id, version) = version_from_row(&row)?;
-            let index = match current {
-                Some((id, index)) if id == consumer_id => index,
-                _ => {
-                    let index = *position.get(&consumer_id).ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "key_versions row (consumer_id {consumer_id}, version {}) belongs to \
-                             no consumer",
-                            version.number.0
-                        ))
-                    })?;
-                    current = Some((consumer_id, index));
-                    index
-                }
-            };
-            if let Some(slot) = consumers.get_mut(index) {
-                slot.consumer.versions.push(version);
-            }
+            assembly.version(consumer_id, version)?;
         }
-        Ok(consumers)
+        Ok(assembly.finish())
     }
 
     /// Inserts or updates every version of a consumer. Demoted versions go first so that the
@@ -406,15 +399,16 @@ impl<'a> Filter<'a> {
             ($where_consumers:literal, $where_versions:literal) => {
                 (
                     concat!(
-                        "SELECT id, environment, name, scopes, owner, disabled, revision, ",
-                        "created_at FROM consumers ",
+                        "SELECT ",
+                        rows::consumer_columns!(),
+                        " FROM consumers ",
                         $where_consumers,
                         " ORDER BY environment, name"
                     ),
                     concat!(
-                        "SELECT consumer_id, version, kid, secret_hash, fingerprint, state, ",
-                        "created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, ",
-                        "replaced_by, enforced FROM key_versions ",
+                        "SELECT ",
+                        rows::version_columns!(),
+                        " FROM key_versions ",
                         $where_versions,
                         " ORDER BY consumer_id, version"
                     ),
@@ -462,56 +456,46 @@ where
 
 /// A consumer row (columns as in [`Filter::queries`]) with no versions yet.
 fn consumer_from_row(row: &SqliteRow) -> Result<StoredConsumer, StoreError> {
-    let table = || "consumers row".to_owned();
-    let id: i64 = get(row, 0, &table)?;
-    let place = || format!("consumers row (id {id})");
+    let id: i64 = get(row, 0, &|| "consumers row".to_owned())?;
+    let place = rows::consumer_place(id);
     let place: Place<'_> = &place;
-    let environment = rows::environment(get(row, 1, place)?, "environment", place)?;
-    let name = rows::consumer_name(get(row, 2, place)?, place)?;
-    let scopes = rows::scopes(get(row, 3, place)?, place)?;
-    Ok(StoredConsumer {
+    let columns = rows::ConsumerColumns {
         id,
+        environment: get(row, 1, place)?,
+        name: get(row, 2, place)?,
+        scopes: get(row, 3, place)?,
+        owner: get(row, 4, place)?,
+        disabled: get(row, 5, place)?,
         revision: get(row, 6, place)?,
-        consumer: Consumer {
-            environment,
-            name,
-            scopes,
-            owner: get(row, 4, place)?,
-            disabled: get(row, 5, place)?,
-            created_at: Timestamp::from_unix_millis(get(row, 7, place)?),
-            versions: Vec::new(),
-        },
-    })
+        created_at: get(row, 7, place)?,
+    };
+    columns.validate(place)
 }
 
 /// A version row (columns as in [`Filter::queries`]) and the consumer it belongs to.
 fn version_from_row(row: &SqliteRow) -> Result<(i64, KeyVersion), StoreError> {
     let table = || "key_versions row".to_owned();
     let consumer_id: i64 = get(row, 0, &table)?;
-    let number: i64 = get(row, 1, &table)?;
-    let place = || format!("key_versions row (consumer_id {consumer_id}, version {number})");
+    let version: i64 = get(row, 1, &table)?;
+    let place = rows::version_place(consumer_id, version);
     let place: Place<'_> = &place;
-    let time = |index: usize| -> Result<Option<Timestamp>, StoreError> {
-        Ok(get::<Option<i64>>(row, index, place)?.map(Timestamp::from_unix_millis))
-    };
-    let version = KeyVersion {
-        number: rows::version_number(number, "version", place)?,
-        kid: rows::kid(get(row, 2, place)?, place)?,
-        secret_hash: rows::secret_hash(get(row, 3, place)?, place)?,
-        fingerprint: rows::fingerprint(get(row, 4, place)?, place)?,
-        state: rows::stored_state(get(row, 5, place)?, place)?,
-        created_at: Timestamp::from_unix_millis(get(row, 6, place)?),
-        deadline: time(7)?,
-        expires_at: time(8)?,
-        retired_at: time(9)?,
-        revoked_at: time(10)?,
+    let columns = rows::VersionColumns {
+        consumer_id,
+        version,
+        kid: get(row, 2, place)?,
+        secret_hash: get(row, 3, place)?,
+        fingerprint: get(row, 4, place)?,
+        state: get(row, 5, place)?,
+        created_at: get(row, 6, place)?,
+        deadline: get(row, 7, place)?,
+        expires_at: get(row, 8, place)?,
+        retired_at: get(row, 9, place)?,
+        revoked_at: get(row, 10, place)?,
         revoke_reason: get(row, 11, place)?,
-        replaced_by: get::<Option<i64>>(row, 12, place)?
-            .map(|n| rows::version_number(n, "replaced_by", place))
-            .transpose()?,
+        replaced_by: get(row, 12, place)?,
         enforced: get(row, 13, place)?,
     };
-    Ok((consumer_id, version))
+    columns.validate(place)
 }
 
 fn environment_from_row(row: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
@@ -613,7 +597,11 @@ fn open_error(location: &str, path: Option<&Path>, err: sqlx::Error) -> StoreErr
     if let Some(diagnosis) = path.and_then(diagnose_path) {
         why = format!("{diagnosis} ({why})");
     } else if code == Some(SQLITE_CANTOPEN) {
-        why = format!("{why}; check that its directory exists and is writable by this user");
+        match path {
+            // A URL with `mode=ro` or `mode=rw` does not create the file.
+            Some(p) if !p.exists() => why = format!("{why}: the file does not exist"),
+            _ => why = format!("{why}; check that it and its directory are writable by this user"),
+        }
     }
     let message = format!("cannot open SQLite database {location}: {why}");
     match code {
@@ -697,8 +685,18 @@ impl crate::Store for SqliteStore {
     }
 
     async fn load_all(&self) -> Result<Vec<StoredConsumer>, StoreError> {
-        self.read_consumers(Filter::All, "loading all consumers")
+        let Some(file) = self.file.clone() else {
+            return self.read_consumers(Filter::All, LOADING_ALL).await;
+        };
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || load::load_all(&file, &location))
             .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "SQLite database {}: {LOADING_ALL}: the reading task failed: {e}",
+                    self.location
+                ))
+            })?
     }
 
     async fn create_environment(

@@ -343,9 +343,7 @@ async fn commit(
         };
         match state.store.write_consumer(write).await {
             Ok(written) => {
-                state
-                    .index
-                    .upsert(written.id, written.revision, &written.consumer);
+                state.index.upsert(written.revision, &written.consumer);
                 for e in &planned.effects {
                     tracing::info!(event = e.kind(), consumer = %r, actor = ctx.actor.as_str(), request_id = ctx.request_id.as_str(), "{} {r}", e.kind());
                 }
@@ -526,9 +524,7 @@ pub async fn create_consumer(
             .await
         {
             Ok(stored) => {
-                state
-                    .index
-                    .upsert(stored.id, stored.revision, &stored.consumer);
+                state.index.upsert(stored.revision, &stored.consumer);
                 tracing::info!(event = "consumer.created", consumer = %r, kid = %issued.kid, actor = ctx.actor.as_str(), request_id = ctx.request_id.as_str(), "consumer {r} created with v1");
                 let mut response = (StatusCode::CREATED, Json(with_key)).into_response();
                 if let Ok(v) =

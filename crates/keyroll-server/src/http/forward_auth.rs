@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 
@@ -139,17 +139,18 @@ fn origin<'a>(method: &'a Method, uri: &Uri, headers: &'a HeaderMap) -> Origin<'
         (status = 403, description = "insufficient scope", body = keyroll_proto::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn forward_auth(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // The whole request, not the `HeaderMap`/`Uri` extractors: those clone what they extract,
+    // which showed up as a measurable share of this endpoint's cost.
     let started = Instant::now();
+    let (headers, uri, method) = (request.headers(), request.uri(), request.method());
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let now = crate::timefmt::now();
-    let request_id = request_id_from(&headers);
-    let mut p = params(&uri);
+    let request_id = request_id_from(headers);
+    let mut p = params(uri);
     if let Some(h) = headers
         .get("x-keyroll-scopes")
         .and_then(|v| v.to_str().ok())
@@ -169,25 +170,27 @@ pub async fn forward_auth(
         .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
     let v = verify(
         &state.index,
-        presented(&headers),
+        presented(headers),
         environment,
         &p.scopes,
         now,
     );
     let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let o = origin(&method, &uri, &headers);
-    logging::decision(
-        &v,
-        &RequestFacts {
-            request_id: &request_id,
-            remote_addr: Some(peer),
-            method: o.method,
-            uri: &o.uri,
-            user_agent: o.user_agent,
-        },
-        latency,
-        state.config.log_allowed_at_info,
-    );
+    if logging::decision_enabled(v.code, state.config.log_allowed_at_info) {
+        let o = origin(method, uri, headers);
+        logging::decision(
+            &v,
+            &RequestFacts {
+                request_id: &request_id,
+                remote_addr: peer,
+                method: o.method,
+                uri: &o.uri,
+                user_agent: o.user_agent,
+            },
+            latency,
+            state.config.log_allowed_at_info,
+        );
+    }
     respond(&v, &request_id, state.config.explain, p.bodyless)
 }
 
@@ -198,8 +201,8 @@ fn respond(v: &Verification, request_id: &str, explain: Explain, bodyless: bool)
         let mut response = Response::new(Body::empty());
         let h = response.headers_mut();
         if let Some(c) = v.consumer() {
-            insert(h, X_CONSUMER, &c.reference());
-            insert(h, X_ENVIRONMENT, &c.environment);
+            insert(h, X_CONSUMER, c.reference());
+            insert(h, X_ENVIRONMENT, c.environment());
         }
         if let Some(kid) = v.kid {
             insert(h, X_KID, kid.as_str());
@@ -328,8 +331,8 @@ pub async fn verify_json(
         code: v.code.public_code().into(),
         detail,
         kid: v.kid.map(|k| k.to_string()),
-        consumer: consumer.map(|c| c.reference()),
-        environment: consumer.map(|c| c.environment.to_string()),
+        consumer: consumer.map(|c| c.reference().to_owned()),
+        environment: consumer.map(|c| c.environment().to_owned()),
         version: if show_owner {
             v.version().map(|n| n.0)
         } else {

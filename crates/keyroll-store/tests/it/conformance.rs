@@ -891,9 +891,9 @@ pub async fn load_all_returns_everything(store: &dyn Store) {
         }
         expected.push(current);
     }
-    expected.sort_by(|a, b| a.consumer.reference().cmp(&b.consumer.reference()));
+    expected.sort_by_key(|c| c.consumer.reference());
     let mut loaded = store.load_all().await.unwrap();
-    loaded.sort_by(|a, b| a.consumer.reference().cmp(&b.consumer.reference()));
+    loaded.sort_by_key(|c| c.consumer.reference());
     assert_eq!(loaded, expected);
     let versions: usize = loaded.iter().map(|c| c.consumer.versions.len()).sum();
     assert_eq!(versions, 30 + (0..30).map(|i| i % 4).sum::<usize>());
