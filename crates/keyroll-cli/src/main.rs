@@ -3,7 +3,10 @@
 //! parsers before anything is sent, and every failure ends as one line on stderr and a non-zero
 //! exit code (1 for errors and rejected keys, 2 for usage errors).
 
+mod decisions;
 mod output;
+mod scan;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +136,35 @@ enum Cmd {
         #[arg(long = "env")]
         environment: Option<String>,
     },
+    /// Who uses which key version, with a verdict per consumer.
+    Status {
+        /// ENV or ENV/NAME (default: everything).
+        target: Option<String>,
+        /// Refresh every interval (e.g. 2s) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "2s")]
+        watch: Option<String>,
+    },
+    /// Lifecycle events (rotations, retirements, stalls, revocations, unused versions).
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Pre-deploy check: find keyroll keys in files and fail if any would stop working soon.
+    /// Only key ids are sent to the server, never keys.
+    Scan {
+        /// Files and directories to scan (.git/, binary files and symlinks inside are skipped).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Fail when a key stops working within this window (humantime: 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        min_remaining: String,
+    },
+    /// The server's last decisions (allowed and rejected), by kid, consumer, code or fingerprint.
+    Decisions(decisions::DecisionsArgs),
     /// Print a key's fingerprint, computed locally (the key never leaves this machine).
     Fingerprint {
         /// The key (or - for stdin).
@@ -169,6 +201,24 @@ enum ConsumerCmd {
         /// Hard expiry of the first key, from now (e.g. 90d).
         #[arg(long)]
         expires_in: Option<String>,
+        #[command(flatten)]
+        policy: PolicyFlags,
+    },
+    /// Change a consumer's scopes, owner or retirement policy.
+    Set {
+        /// ENV/NAME.
+        consumer: String,
+        /// Replace the granted scopes (repeatable; give none of them to keep them).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Remove every scope.
+        #[arg(long, conflicts_with = "scopes")]
+        clear_scopes: bool,
+        /// New owner.
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        policy: PolicyFlags,
     },
     /// List consumers.
     List {
@@ -191,6 +241,36 @@ enum ConsumerCmd {
         /// ENV/NAME.
         consumer: String,
     },
+}
+
+/// How a consumer's old versions are retired (SPEC §3).
+#[derive(Debug, Args)]
+struct PolicyFlags {
+    /// `when-idle` (retire early once the new version is used and the old one is quiet) or
+    /// `at-deadline`.
+    #[arg(long)]
+    retire: Option<String>,
+    /// How long a version must go unseen to count as idle (default 1h).
+    #[arg(long)]
+    idle: Option<String>,
+    /// At the deadline of a version still in use: `extend` (once, default) or `retire`.
+    #[arg(long)]
+    on_stall: Option<String>,
+}
+
+impl PolicyFlags {
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(r) = &self.retire {
+            keyroll_core::RetirePolicy::parse(r)
+                .with_context(|| format!("--retire {r:?}: expected when-idle or at-deadline"))?;
+        }
+        check_duration("idle", self.idle.as_ref())?;
+        if let Some(o) = &self.on_stall {
+            keyroll_core::OnStall::parse(o)
+                .with_context(|| format!("--on-stall {o:?}: expected extend or retire"))?;
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
@@ -309,9 +389,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scopes,
             owner,
             expires_in,
+            policy,
         }) => {
             let r = consumer_ref(&consumer)?;
             check_duration("expires-in", expires_in.as_ref())?;
+            policy.check()?;
             for s in &scopes {
                 keyroll_core::Scope::parse(s)?;
             }
@@ -321,12 +403,58 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scopes,
                 owner,
                 expires_in,
+                retire: policy.retire,
+                idle: policy.idle,
+                on_stall: policy.on_stall,
             };
             let a = client(&cli.global)?.create_consumer(&req, None).await?;
             out.json_or(&a.json, || {
                 let what = format!("Created consumer {r} (v1, kid {})", a.body.kid);
                 print_new_key(&what, a.body.key.as_deref());
             });
+        }
+        Cmd::Consumer(ConsumerCmd::Set {
+            consumer,
+            scopes,
+            clear_scopes,
+            owner,
+            policy,
+        }) => {
+            let r = consumer_ref(&consumer)?;
+            policy.check()?;
+            for s in &scopes {
+                keyroll_core::Scope::parse(s)?;
+            }
+            let scopes = if clear_scopes {
+                Some(Vec::new())
+            } else if scopes.is_empty() {
+                None
+            } else {
+                Some(scopes)
+            };
+            let req = proto::UpdateConsumer {
+                scopes,
+                owner,
+                retire: policy.retire,
+                idle: policy.idle,
+                on_stall: policy.on_stall,
+            };
+            let a = client(&cli.global)?
+                .update_consumer(r.environment.as_str(), r.name.as_str(), &req)
+                .await?;
+            out.json_or(&a.json, || print_consumer(&a.body));
+        }
+        Cmd::Status { target, watch } => {
+            let every = watch
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .context("--watch")?;
+            status::run(&client(&cli.global)?, target.as_deref(), out.json, every).await?;
+        }
+        Cmd::Events { after, limit } => {
+            let a = client(&cli.global)?.events(after, limit).await?;
+            out.json_or(&a.json, || status::print_events(&a.body.items));
         }
         Cmd::Consumer(ConsumerCmd::List { environment }) => {
             if let Some(e) = &environment {
@@ -466,6 +594,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Cmd::Scan {
+            paths,
+            min_remaining,
+        } => {
+            return scan::run(&client(&cli.global)?, paths, &min_remaining, out.json).await;
+        }
+        Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());

@@ -53,7 +53,7 @@ pub fn print_new_key(what: &str, key: Option<&str>) {
     }
 }
 
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, cell) in r.iter().enumerate() {
@@ -148,6 +148,10 @@ pub fn print_consumer(c: &proto::Consumer) {
             c.scopes.join(", ")
         }
     );
+    println!(
+        "  retire: {} (idle {}, on stall: {})",
+        c.retire, c.idle, c.on_stall
+    );
     println!();
     let rows: Vec<Vec<String>> = c
         .versions
@@ -165,6 +169,7 @@ pub fn print_consumer(c: &proto::Consumer) {
                 v.created_at.clone(),
                 dash(&v.deadline),
                 dash(&v.expires_at),
+                dash(&v.last_used_at),
                 v.fingerprint.clone(),
                 note,
             ]
@@ -178,6 +183,7 @@ pub fn print_consumer(c: &proto::Consumer) {
             "CREATED",
             "DEADLINE",
             "EXPIRES",
+            "LAST USED",
             "FINGERPRINT",
             "NOTE",
         ],

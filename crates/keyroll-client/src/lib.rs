@@ -282,6 +282,17 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/keys/{kid}`: a key version by its kid alone (the key itself is never sent).
+    pub async fn get_key(&self, kid: &str) -> Result<Answer<proto::KeyInfo>, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/keys/{}", urlencode(kid)),
+            None,
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/verify`.
     pub async fn verify(
         &self,
@@ -326,5 +337,89 @@ mod erased {
         fn to_json(&self) -> Vec<u8> {
             serde_json::to_vec(self).unwrap_or_default()
         }
+    }
+}
+
+/// Lifecycle status and events.
+impl Client {
+    /// `GET /v1/status`, optionally for one environment or one consumer (`ENV/NAME`).
+    pub async fn status(
+        &self,
+        environment: Option<&str>,
+        consumer: Option<&str>,
+    ) -> Result<Answer<proto::List<proto::ConsumerStatus>>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(e) = environment {
+            query.push(format!("environment={}", urlencode(e)));
+        }
+        if let Some(c) = consumer {
+            query.push(format!("consumer={}", urlencode(c)));
+        }
+        let path = if query.is_empty() {
+            "/v1/status".to_owned()
+        } else {
+            format!("/v1/status?{}", query.join("&"))
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `GET /v1/events`.
+    pub async fn events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Answer<proto::List<proto::Event>>, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/events?after={after}&limit={limit}"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/consumers/{env}/{name}`.
+    pub async fn update_consumer(
+        &self,
+        env: &str,
+        name: &str,
+        req: &proto::UpdateConsumer,
+    ) -> Result<Answer<proto::Consumer>, ClientError> {
+        self.call(
+            reqwest::Method::PATCH,
+            &consumer_path(env, name, ""),
+            Some(req),
+            None,
+        )
+        .await
+    }
+}
+
+/// The decision history.
+impl Client {
+    /// `GET /v1/decisions`: the server's last decisions matching `q`, newest first.
+    pub async fn decisions(
+        &self,
+        q: &proto::DecisionQuery,
+    ) -> Result<Answer<proto::DecisionList>, ClientError> {
+        let limit = q.limit.map(|n| n.to_string());
+        let params = [
+            ("kid", q.kid.as_deref()),
+            ("consumer", q.consumer.as_deref()),
+            ("code", q.code.as_deref()),
+            ("fingerprint", q.fingerprint.as_deref()),
+            ("since", q.since.as_deref()),
+            ("limit", limit.as_deref()),
+        ];
+        let query: Vec<String> = params
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(v))))
+            .collect();
+        let path = if query.is_empty() {
+            "/v1/decisions".to_owned()
+        } else {
+            format!("/v1/decisions?{}", query.join("&"))
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
     }
 }

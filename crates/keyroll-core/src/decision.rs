@@ -4,7 +4,7 @@
 //! well-formed key names (its secret already compared), it decides at `now`. The codes are a
 //! public contract: never renamed once released.
 
-use crate::lifecycle::{State, StoredState, VersionNumber, effective_state};
+use crate::lifecycle::{Policy, State, VersionView, effective_deadline, effective_state};
 use crate::timestamp::Timestamp;
 
 /// Every reason a verification can end with.
@@ -129,19 +129,6 @@ impl DecisionCode {
     }
 }
 
-/// What the index knows about the version a key names.
-#[derive(Debug, Clone, Copy)]
-pub struct VersionFacts {
-    /// Its number.
-    pub version: VersionNumber,
-    /// Stored state.
-    pub state: StoredState,
-    /// While retiring: when it stops working.
-    pub deadline: Option<Timestamp>,
-    /// Hard expiry.
-    pub expires_at: Option<Timestamp>,
-}
-
 /// What the index knows about the consumer.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerFacts<'a, S> {
@@ -149,6 +136,8 @@ pub struct ConsumerFacts<'a, S> {
     pub disabled: bool,
     /// Granted scopes.
     pub scopes: &'a [S],
+    /// Its retirement settings (the stall rule needs `idle` and `on_stall`).
+    pub policy: Policy,
 }
 
 /// The outcome of judging a version whose secret matched.
@@ -158,7 +147,7 @@ pub struct Decision {
     pub code: DecisionCode,
     /// The version's state at `now`.
     pub state: State,
-    /// For `valid_deprecated`: when it stops working (the `Sunset` header).
+    /// For `valid_deprecated`: when it stops working, stall extension included (`Sunset`).
     pub sunset: Option<Timestamp>,
     /// For `insufficient_scope`: the first required scope not granted (index into `required`).
     pub missing_scope: Option<usize>,
@@ -168,12 +157,12 @@ pub struct Decision {
 /// caller can fix), then the consumer switch, then scopes.
 #[inline]
 pub fn judge<S: AsRef<str>, R: AsRef<str>>(
-    version: &VersionFacts,
+    version: &VersionView,
     consumer: &ConsumerFacts<'_, S>,
     required_scopes: &[R],
     now: Timestamp,
 ) -> Decision {
-    let state = effective_state(version.state, version.deadline, version.expires_at, now);
+    let state = effective_state(version, &consumer.policy, now);
     let reject = |code| Decision {
         code,
         state,
@@ -202,7 +191,7 @@ pub fn judge<S: AsRef<str>, R: AsRef<str>>(
         };
     }
     let sunset = (code == DecisionCode::ValidDeprecated)
-        .then_some(version.deadline)
+        .then(|| effective_deadline(version, &consumer.policy))
         .flatten();
     Decision {
         code,
@@ -216,12 +205,18 @@ pub fn judge<S: AsRef<str>, R: AsRef<str>>(
 mod tests {
     use super::*;
 
-    fn facts(state: StoredState, deadline: Option<i64>, expires: Option<i64>) -> VersionFacts {
-        VersionFacts {
-            version: VersionNumber(3),
+    use crate::lifecycle::StoredState;
+    use std::time::Duration;
+
+    fn facts(state: StoredState, deadline: Option<i64>, expires: Option<i64>) -> VersionView {
+        VersionView {
             state,
             deadline: deadline.map(Timestamp::from_unix_millis),
             expires_at: expires.map(Timestamp::from_unix_millis),
+            grace: Duration::from_secs(10),
+            extended: false,
+            enforced: false,
+            last_used: None,
         }
     }
 
@@ -229,7 +224,51 @@ mod tests {
         ConsumerFacts {
             disabled,
             scopes: &["invoices:read"],
+            policy: Policy::default(),
         }
+    }
+
+    #[test]
+    fn a_version_in_use_at_its_deadline_stalls_once() {
+        let at = Timestamp::from_unix_millis;
+        let mut v = facts(StoredState::Retiring, Some(100_000), None);
+        v.last_used = Some(at(99_000));
+        // Still valid past the deadline, until deadline + grace, with the extended sunset.
+        let d = judge(&v, &consumer(false), &NONE, at(105_000));
+        assert_eq!(
+            (d.code, d.sunset),
+            (DecisionCode::ValidDeprecated, Some(at(110_000)))
+        );
+        assert_eq!(
+            judge(&v, &consumer(false), &NONE, at(110_000)).code,
+            DecisionCode::KeyRetired
+        );
+        // Enforced, already extended, or on_stall = retire: the exact deadline.
+        let mut enforced = v;
+        enforced.enforced = true;
+        assert_eq!(
+            judge(&enforced, &consumer(false), &NONE, at(100_000)).code,
+            DecisionCode::KeyRetired
+        );
+        let mut extended = v;
+        extended.extended = true;
+        assert_eq!(
+            judge(&extended, &consumer(false), &NONE, at(100_000)).code,
+            DecisionCode::KeyRetired
+        );
+        let mut strict = consumer(false);
+        strict.policy.on_stall = crate::lifecycle::OnStall::Retire;
+        assert_eq!(
+            judge(&v, &strict, &NONE, at(100_000)).code,
+            DecisionCode::KeyRetired
+        );
+        // Last seen before the idle window: retired at the deadline.
+        let mut quiet = v;
+        quiet.last_used = Some(at(100_000 - 3_600_000 - 1));
+        assert_eq!(
+            judge(&quiet, &consumer(false), &NONE, at(100_000)).code,
+            DecisionCode::KeyRetired
+        );
     }
 
     const NONE: [&str; 0] = [];

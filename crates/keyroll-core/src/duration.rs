@@ -27,6 +27,12 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         input: input.chars().take(64).collect(),
         reason: e.to_string(),
     })?;
+    if parsed.subsec_nanos() % 1_000_000 != 0 {
+        return Err(DurationError {
+            input: input.chars().take(64).collect(),
+            reason: "finer than a millisecond".into(),
+        });
+    }
     if parsed > MAX_DURATION {
         return Err(DurationError {
             input: input.chars().take(64).collect(),
@@ -61,6 +67,8 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-5h").is_err());
         assert!(parse_duration("1000000d").is_err());
+        assert!(parse_duration("1500us").is_err());
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]

@@ -13,15 +13,16 @@ pub mod lifecycle;
 pub mod names;
 pub mod timestamp;
 
-pub use decision::{ConsumerFacts, Decision, DecisionCode, VersionFacts, judge};
+pub use decision::{ConsumerFacts, Decision, DecisionCode, judge};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use key::{
     Entropy, EntropyUnavailable, Fingerprint, IssuedKey, Kid, MalformedKey, ParsedKey, SecretHash,
     assemble_key, fingerprint, issue_key, parse_key, random_base62,
 };
 pub use lifecycle::{
-    Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, State, StoredState,
-    Transition, VersionNumber, effective_state,
+    Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, OnStall, Policy,
+    RetirePolicy, RetireReason, State, StoredState, Transition, Usage, VersionNumber, VersionView,
+    effective_deadline, effective_state, is_stalled,
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
 pub use timestamp::Timestamp;

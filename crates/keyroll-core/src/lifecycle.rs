@@ -10,9 +10,12 @@
 //! pass by themselves on the hot path and a deadline that passed while the server was down is
 //! applied the moment it starts. [`Command::Settle`] only makes the stored state catch up.
 //!
-//! Where usage-gated retirement (SPEC §3 `when-idle`, stalls) slots in: `effective_state` gains
-//! the version's usage facts as an input, and `Settle` the stall extension; `KeyVersion::enforced`
-//! already records which retiring versions must go at their exact deadline.
+//! Usage-gated retirement (SPEC §3): traffic facts (when each version was last seen) are an input,
+//! never a side effect. At its deadline a retiring version that was still seen within the
+//! consumer's `idle` window is *stalled*: it keeps working until `deadline + grace`, once. This
+//! rule is a pure function of the stored deadline, the grace, `idle` and the last use, so the hot
+//! path ([`effective_state`]) and the sweeper ([`Command::Settle`], which writes the extension and
+//! the early `when-idle` retirements down) always agree, whichever runs first.
 
 use std::fmt;
 use std::time::Duration;
@@ -112,27 +115,173 @@ impl State {
     }
 }
 
-/// The state of a version at `now`, from what is stored. Revocation wins over expiry (it is the
-/// more useful thing to tell someone handling a leak), expiry over retirement.
+/// How a consumer's old versions are retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetirePolicy {
+    /// Retire early once the newer version is seen and the old one has been idle for `idle`.
+    WhenIdle,
+    /// No early retirement: retiring versions work until their deadline.
+    AtDeadline,
+}
+
+impl RetirePolicy {
+    /// `when-idle` / `at-deadline`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RetirePolicy::WhenIdle => "when-idle",
+            RetirePolicy::AtDeadline => "at-deadline",
+        }
+    }
+
+    /// Parses [`RetirePolicy::as_str`].
+    pub fn parse(input: &str) -> Option<RetirePolicy> {
+        match input {
+            "when-idle" => Some(RetirePolicy::WhenIdle),
+            "at-deadline" => Some(RetirePolicy::AtDeadline),
+            _ => None,
+        }
+    }
+}
+
+/// What happens at the deadline of a version that is still in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnStall {
+    /// Extend the deadline once by the grace window, and say so loudly.
+    Extend,
+    /// Retire anyway.
+    Retire,
+}
+
+impl OnStall {
+    /// `extend` / `retire`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnStall::Extend => "extend",
+            OnStall::Retire => "retire",
+        }
+    }
+
+    /// Parses [`OnStall::as_str`].
+    pub fn parse(input: &str) -> Option<OnStall> {
+        match input {
+            "extend" => Some(OnStall::Extend),
+            "retire" => Some(OnStall::Retire),
+            _ => None,
+        }
+    }
+}
+
+/// A consumer's retirement settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Policy {
+    /// Early retirement or not.
+    pub retire: RetirePolicy,
+    /// How long a version must go unseen to count as idle (default 1h).
+    pub idle: Duration,
+    /// What a deadline does to a version still in use.
+    pub on_stall: OnStall,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            retire: RetirePolicy::WhenIdle,
+            idle: Duration::from_secs(3600),
+            on_stall: OnStall::Extend,
+        }
+    }
+}
+
+/// What deciding a version's state needs: the stored facts and its last use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionView {
+    /// Stored state.
+    pub state: StoredState,
+    /// While retiring: the stored deadline.
+    pub deadline: Option<Timestamp>,
+    /// Hard expiry.
+    pub expires_at: Option<Timestamp>,
+    /// The grace window of the rotation that made it retiring (the stall extension).
+    pub grace: Duration,
+    /// Its deadline was already extended once.
+    pub extended: bool,
+    /// Retire exactly at the deadline (`rotate --enforce`).
+    pub enforced: bool,
+    /// When it was last seen in allowed traffic.
+    pub last_used: Option<Timestamp>,
+}
+
+/// Whether a retiring version is stalled: at its deadline it was still seen within `idle`, and
+/// nothing forbids the one extension.
+pub fn is_stalled(v: &VersionView, policy: &Policy) -> bool {
+    let (Some(deadline), Some(last)) = (v.deadline, v.last_used) else {
+        return false;
+    };
+    v.state == StoredState::Retiring
+        && !v.extended
+        && !v.enforced
+        && policy.on_stall == OnStall::Extend
+        && !v.grace.is_zero()
+        && last >= deadline.saturating_sub(policy.idle)
+}
+
+/// When a retiring version stops working: its deadline, or `deadline + grace` when stalled.
+pub fn effective_deadline(v: &VersionView, policy: &Policy) -> Option<Timestamp> {
+    let deadline = v.deadline?;
+    Some(if is_stalled(v, policy) {
+        deadline.saturating_add(v.grace)
+    } else {
+        deadline
+    })
+}
+
+/// The state of a version at `now`. Revocation wins over expiry (it is the more useful thing to
+/// tell someone handling a leak), expiry over retirement; a retiring version past its
+/// (effective) deadline is retired whether or not anything wrote that down yet.
 #[inline]
-pub fn effective_state(
-    stored: StoredState,
-    deadline: Option<Timestamp>,
-    expires_at: Option<Timestamp>,
-    now: Timestamp,
-) -> State {
-    if stored == StoredState::Revoked {
+pub fn effective_state(v: &VersionView, policy: &Policy, now: Timestamp) -> State {
+    if v.state == StoredState::Revoked {
         return State::Revoked;
     }
-    if expires_at.is_some_and(|at| now >= at) {
+    if v.expires_at.is_some_and(|at| now >= at) {
         return State::Expired;
     }
-    match stored {
+    match v.state {
         StoredState::Active => State::Active,
-        StoredState::Retiring if deadline.is_some_and(|d| now >= d) => State::Retired,
-        StoredState::Retiring => State::Retiring,
+        StoredState::Retiring => match v.deadline {
+            Some(d) if now >= d => match effective_deadline(v, policy) {
+                Some(extended) if now < extended => State::Retiring,
+                _ => State::Retired,
+            },
+            _ => State::Retiring,
+        },
         StoredState::Retired => State::Retired,
         StoredState::Revoked => State::Revoked,
+    }
+}
+
+/// When each version was last seen in allowed traffic: the usage facts commands decide with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage<'a> {
+    last_seen: &'a [(VersionNumber, Timestamp)],
+}
+
+impl<'a> Usage<'a> {
+    /// No usage known (every version unseen).
+    pub const NONE: Usage<'static> = Usage { last_seen: &[] };
+
+    /// Usage from `(version, last seen)` pairs.
+    pub fn new(last_seen: &'a [(VersionNumber, Timestamp)]) -> Usage<'a> {
+        Usage { last_seen }
+    }
+
+    /// When `version` was last seen.
+    pub fn last_seen(&self, version: VersionNumber) -> Option<Timestamp> {
+        self.last_seen
+            .iter()
+            .filter(|(n, _)| *n == version)
+            .map(|(_, t)| *t)
+            .max()
     }
 }
 
@@ -165,12 +314,44 @@ pub struct KeyVersion {
     pub replaced_by: Option<VersionNumber>,
     /// Retire exactly at the deadline, whatever the traffic says (`rotate --enforce`).
     pub enforced: bool,
+    /// The grace window of the rotation that made it retiring: the stall extension.
+    pub grace: Duration,
+    /// The deadline was extended once because the version was still in use (stalled).
+    pub extended: bool,
+    /// A `version.unused` event was recorded for it (nobody used it 24h after issue).
+    pub unused_reported: bool,
 }
 
+/// How long after its issue an unused active version is reported.
+pub const UNUSED_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 impl KeyVersion {
-    /// The state at `now`.
+    /// The facts [`effective_state`] decides from.
+    pub fn view(&self, last_used: Option<Timestamp>) -> VersionView {
+        VersionView {
+            state: self.state,
+            deadline: self.deadline,
+            expires_at: self.expires_at,
+            grace: self.grace,
+            extended: self.extended,
+            enforced: self.enforced,
+            last_used,
+        }
+    }
+
+    /// The state at `now`, given its last use and the consumer's policy.
+    pub fn state_with(
+        &self,
+        policy: &Policy,
+        last_used: Option<Timestamp>,
+        now: Timestamp,
+    ) -> State {
+        effective_state(&self.view(last_used), policy, now)
+    }
+
+    /// The state at `now` when nothing is known of its use (no stall possible).
     pub fn state_at(&self, now: Timestamp) -> State {
-        effective_state(self.state, self.deadline, self.expires_at, now)
+        self.state_with(&Policy::default(), None, now)
     }
 
     /// When it stopped (or stops) being valid because of retirement: the stored retirement time,
@@ -208,6 +389,8 @@ pub struct Consumer {
     pub disabled: bool,
     /// When it was created.
     pub created_at: Timestamp,
+    /// How its old versions are retired.
+    pub policy: Policy,
     /// Versions in issue order.
     pub versions: Vec<KeyVersion>,
 }
@@ -257,7 +440,23 @@ pub enum Effect {
         deadline: Timestamp,
     },
     /// A version was retired.
-    Retired(VersionNumber),
+    Retired {
+        /// Which.
+        version: VersionNumber,
+        /// Why.
+        reason: RetireReason,
+    },
+    /// A retiring version was still in use at its deadline: extended once.
+    Stalled {
+        /// Which.
+        version: VersionNumber,
+        /// The deadline it had.
+        deadline: Timestamp,
+        /// The new deadline (`deadline + grace`), after which it is retired regardless.
+        until: Timestamp,
+    },
+    /// An active version nobody has used 24h after it was issued.
+    Unused(VersionNumber),
     /// A version was revoked.
     Revoked(VersionNumber),
     /// The consumer was disabled.
@@ -272,10 +471,37 @@ impl Effect {
         match self {
             Effect::Issued(_) => "version.issued",
             Effect::Retiring { .. } => "version.retiring",
-            Effect::Retired(_) => "version.retired",
+            Effect::Retired { .. } => "version.retired",
+            Effect::Stalled { .. } => "rotation.stalled",
+            Effect::Unused(_) => "version.unused",
             Effect::Revoked(_) => "version.revoked",
             Effect::Disabled => "consumer.disabled",
             Effect::Enabled => "consumer.enabled",
+        }
+    }
+}
+
+/// Why a version was retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireReason {
+    /// Its (possibly extended) deadline passed.
+    Deadline,
+    /// `when-idle`: the newer version is in use and this one went quiet.
+    Idle,
+    /// An operator ended its grace window (`retire`).
+    Operator,
+    /// Rotated with grace `0`.
+    Rotation,
+}
+
+impl RetireReason {
+    /// A stable name for events and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RetireReason::Deadline => "deadline",
+            RetireReason::Idle => "idle",
+            RetireReason::Operator => "operator",
+            RetireReason::Rotation => "rotation",
         }
     }
 }
@@ -350,6 +576,7 @@ impl Consumer {
             owner,
             disabled: false,
             created_at: now,
+            policy: Policy::default(),
             versions: vec![KeyVersion {
                 number: VersionNumber(1),
                 kid: first.kid,
@@ -364,6 +591,9 @@ impl Consumer {
                 revoke_reason: None,
                 replaced_by: None,
                 enforced: false,
+                grace: Duration::ZERO,
+                extended: false,
+                unused_reported: false,
             }],
         }
     }
@@ -386,18 +616,26 @@ impl Consumer {
         self.versions.iter().find(|v| v.number == number)
     }
 
-    /// Whether any version is accepted at `now`.
-    pub fn has_valid_version(&self, now: Timestamp) -> bool {
-        self.versions.iter().any(|v| v.state_at(now).is_valid())
+    /// Whether any version is accepted at `now`, given what is known of their use.
+    pub fn has_valid_version(&self, usage: &Usage<'_>, now: Timestamp) -> bool {
+        self.versions.iter().any(|v| {
+            v.state_with(&self.policy, usage.last_seen(v.number), now)
+                .is_valid()
+        })
     }
 
-    /// Applies a command at `now`.
-    pub fn apply(&self, command: Command, now: Timestamp) -> Result<Transition, LifecycleError> {
+    /// Applies a command at `now`, knowing when each version was last seen.
+    pub fn apply(
+        &self,
+        command: Command,
+        usage: &Usage<'_>,
+        now: Timestamp,
+    ) -> Result<Transition, LifecycleError> {
         let mut next = self.clone();
         let mut effects = Vec::new();
         // Every command starts from a settled state, so effects never mix "what time did" with
         // "what the command did" out of order.
-        next.settle(now, &mut effects);
+        next.settle(usage, now, &mut effects);
         match command {
             Command::Settle => {}
             Command::Disable => {
@@ -419,7 +657,7 @@ impl Consumer {
             } => {
                 next.rotate(grace, enforce, new_version, now, &mut effects)?;
             }
-            Command::Retire { version } => next.retire(version, now, &mut effects)?,
+            Command::Retire { version } => next.retire(version, usage, now, &mut effects)?,
             Command::Revoke { version, reason } => {
                 next.revoke(version, reason, now, &mut effects)?
             }
@@ -430,13 +668,71 @@ impl Consumer {
         })
     }
 
-    fn settle(&mut self, now: Timestamp, effects: &mut Vec<Effect>) {
-        for v in &mut self.versions {
-            if v.state == StoredState::Retiring && v.deadline.is_some_and(|d| now >= d) {
+    fn settle(&mut self, usage: &Usage<'_>, now: Timestamp, effects: &mut Vec<Effect>) {
+        let policy = self.policy;
+        let active = self.active_version().map(|v| v.number);
+        for i in 0..self.versions.len() {
+            let v = &self.versions[i];
+            if v.state != StoredState::Retiring {
+                continue;
+            }
+            let Some(deadline) = v.deadline else { continue };
+            let view = v.view(usage.last_seen(v.number));
+            let number = v.number;
+            if now >= deadline {
+                if is_stalled(&view, &policy) {
+                    let until = deadline.saturating_add(view.grace);
+                    let v = &mut self.versions[i];
+                    v.deadline = Some(until);
+                    v.extended = true;
+                    effects.push(Effect::Stalled {
+                        version: number,
+                        deadline,
+                        until,
+                    });
+                    if now < until {
+                        continue;
+                    }
+                }
+                let v = &mut self.versions[i];
                 v.state = StoredState::Retired;
                 v.retired_at = v.deadline;
-                effects.push(Effect::Retired(v.number));
+                effects.push(Effect::Retired {
+                    version: number,
+                    reason: RetireReason::Deadline,
+                });
+                continue;
             }
+            // `when-idle`: retire early once a newer version is in use and this one went quiet.
+            let newer_seen = self
+                .versions
+                .iter()
+                .any(|n| n.number > number && usage.last_seen(n.number).is_some());
+            let quiet_since = view.last_used.unwrap_or(v.created_at);
+            if policy.retire == RetirePolicy::WhenIdle
+                && !view.enforced
+                && newer_seen
+                && now.duration_since(quiet_since) >= policy.idle
+            {
+                let v = &mut self.versions[i];
+                v.state = StoredState::Retired;
+                v.retired_at = Some(now);
+                v.deadline = Some(now);
+                effects.push(Effect::Retired {
+                    version: number,
+                    reason: RetireReason::Idle,
+                });
+            }
+        }
+        // An active version nobody adopted a day after it was issued: say so once.
+        if let Some(n) = active
+            && let Some(v) = self.versions.iter_mut().find(|v| v.number == n)
+            && !v.unused_reported
+            && usage.last_seen(n).is_none()
+            && now.duration_since(v.created_at) >= UNUSED_AFTER
+        {
+            v.unused_reported = true;
+            effects.push(Effect::Unused(n));
         }
     }
 
@@ -465,8 +761,15 @@ impl Consumer {
                 v.state = StoredState::Retired;
                 v.retired_at = Some(now);
                 v.deadline = Some(v.deadline.map_or(now, |d| d.min(now)));
-                effects.push(Effect::Retired(v.number));
+                effects.push(Effect::Retired {
+                    version: v.number,
+                    reason: RetireReason::Rotation,
+                });
             } else {
+                // The extension a stall gets is the grace of the rotation that started it.
+                if v.state == StoredState::Active {
+                    v.grace = grace;
+                }
                 // A second rotation never extends an earlier deadline.
                 let d = v.deadline.map_or(deadline, |d| d.min(deadline));
                 v.state = StoredState::Retiring;
@@ -491,6 +794,9 @@ impl Consumer {
             revoke_reason: None,
             replaced_by: None,
             enforced: false,
+            grace: Duration::ZERO,
+            extended: false,
+            unused_reported: false,
         });
         effects.push(Effect::Issued(number));
         Ok(())
@@ -509,17 +815,22 @@ impl Consumer {
     fn retire(
         &mut self,
         number: VersionNumber,
+        usage: &Usage<'_>,
         now: Timestamp,
         effects: &mut Vec<Effect>,
     ) -> Result<(), LifecycleError> {
         let consumer = self.reference();
+        let policy = self.policy;
         let v = self.version_mut(number)?;
-        match v.state_at(now) {
+        match v.state_with(&policy, usage.last_seen(number), now) {
             State::Retiring => {
                 v.state = StoredState::Retired;
                 v.retired_at = Some(now);
                 v.deadline = Some(now);
-                effects.push(Effect::Retired(number));
+                effects.push(Effect::Retired {
+                    version: number,
+                    reason: RetireReason::Operator,
+                });
                 Ok(())
             }
             // Retiring what is already retired is a no-op, so retries are harmless.

@@ -108,6 +108,15 @@ pub struct CreateConsumer {
     /// Hard expiry of the first key, as a duration from now (`90d`).
     #[serde(default)]
     pub expires_in: Option<String>,
+    /// Retire policy: `when-idle` (default) or `at-deadline`.
+    #[serde(default)]
+    pub retire: Option<String>,
+    /// Idle window (default `1h`).
+    #[serde(default)]
+    pub idle: Option<String>,
+    /// `extend` (default) or `retire`.
+    #[serde(default)]
+    pub on_stall: Option<String>,
 }
 
 /// `PATCH /v1/consumers/{env}/{name}`.
@@ -120,6 +129,15 @@ pub struct UpdateConsumer {
     /// Replaces the owner.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Retire policy: `when-idle` or `at-deadline`.
+    #[serde(default)]
+    pub retire: Option<String>,
+    /// Idle window.
+    #[serde(default)]
+    pub idle: Option<String>,
+    /// `extend` or `retire`.
+    #[serde(default)]
+    pub on_stall: Option<String>,
 }
 
 /// One key version of a consumer.
@@ -135,8 +153,12 @@ pub struct KeyVersion {
     pub state: String,
     /// When it was issued.
     pub created_at: String,
-    /// While retiring: when it stops working; once retired: when it did.
+    /// While retiring: when it stops working (a stall's extension included); once retired:
+    /// when it did.
     pub deadline: Option<String>,
+    /// The deadline was extended once because the version was still in use at it.
+    #[serde(default)]
+    pub extended: bool,
     /// Hard expiry.
     pub expires_at: Option<String>,
     /// When it was revoked.
@@ -164,6 +186,12 @@ pub struct Consumer {
     pub disabled: bool,
     /// When it was created.
     pub created_at: String,
+    /// Retire policy: `when-idle` or `at-deadline`.
+    pub retire: String,
+    /// How long a version must go unseen to count as idle (`1h`).
+    pub idle: String,
+    /// What a deadline does to a version still in use: `extend` (once) or `retire`.
+    pub on_stall: String,
     /// Its versions.
     pub versions: Vec<KeyVersion>,
 }
@@ -252,4 +280,186 @@ pub struct Health {
 pub struct List<T> {
     /// The items.
     pub items: Vec<T>,
+}
+
+/// `GET /v1/keys/{kid}`: one key version found by its kid, for `keyroll scan` and tooling that
+/// holds a key and wants to know its fate without sending it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Public key id.
+    pub kid: String,
+    /// Fingerprint of the issued key (`fp_…`): a key found elsewhere with the same kid but
+    /// another fingerprint is not this key (its secret would be rejected).
+    pub fingerprint: String,
+    /// `ENV/NAME` of its consumer.
+    pub consumer: String,
+    /// The consumer's environment.
+    pub environment: String,
+    /// `3` for v3.
+    pub version: u32,
+    /// State now: `active`, `retiring`, `retired`, `revoked`, `expired`.
+    pub state: String,
+    /// While retiring: when it stops working (a stall extension included); once retired: when.
+    pub deadline: Option<String>,
+    /// Hard expiry.
+    pub expires_at: Option<String>,
+    /// The version that replaced it.
+    pub replaced_by: Option<u32>,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<String>,
+    /// The consumer is switched off: every key of it is rejected whatever its state.
+    #[serde(default)]
+    pub consumer_disabled: bool,
+    /// When this server last saw it in allowed traffic.
+    #[serde(default)]
+    pub last_used_at: Option<String>,
+}
+
+/// One source seen presenting a key version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct UsageSource {
+    /// Client address (the peer, or what a trusted proxy forwarded).
+    pub address: String,
+    /// Its `User-Agent`.
+    pub user_agent: String,
+    /// Its `X-Client-Id`.
+    pub client_id: Option<String>,
+    /// Last seen.
+    pub last_seen: String,
+    /// Requests recorded from it.
+    pub count: u64,
+}
+
+/// A version in `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct VersionStatus {
+    /// `3` for v3.
+    pub version: u32,
+    /// Key id.
+    pub kid: String,
+    /// State now.
+    pub state: String,
+    /// When it stops (or stopped) working, stall extension included.
+    pub deadline: Option<String>,
+    /// Extended once because it was still in use at its deadline.
+    pub stalled: bool,
+    /// Last allowed use.
+    pub last_used_at: Option<String>,
+    /// Requests in the last hour.
+    pub requests_last_hour: u64,
+    /// Requests in the last 24 hours.
+    pub requests_last_day: u64,
+    /// Recent sources, most recent first.
+    pub sources: Vec<UsageSource>,
+}
+
+/// A consumer in `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ConsumerStatus {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Switched off.
+    pub disabled: bool,
+    /// One line: `ready to retire v3`, `stalled: v3 still used by …`, `idle since …`, `never used`.
+    pub verdict: String,
+    /// A short machine-readable form of the verdict: `ok`, `rotating`, `ready`, `stalled`,
+    /// `idle`, `never_used`, `disabled`, `no_valid_key`.
+    pub verdict_code: String,
+    /// Versions, newest first.
+    pub versions: Vec<VersionStatus>,
+}
+
+/// An event from the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Event {
+    /// Position; page with `?after=`.
+    pub seq: i64,
+    /// When.
+    pub at: String,
+    /// `version.issued`, `version.retired`, `rotation.stalled`, `version.revoked`, `version.unused`, …
+    pub kind: String,
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The version concerned.
+    pub version: Option<u32>,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// One decision remembered by the server (`GET /v1/decisions`). Codes are the precise internal
+/// ones (`unknown_key`, `invalid_secret`): this is for operators, not for callers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// When it was made (RFC 3339, milliseconds).
+    pub ts: String,
+    /// `allowed` or `rejected`.
+    pub decision: String,
+    /// The reason code (SPEC §4).
+    pub code: String,
+    /// The explanation, for rejections.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// The key id, when the key was well-formed.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The fingerprint of what was presented.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// `ENV/NAME` of the key's consumer, when the kid is known.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// The key's environment.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// The version number, when the kid is known.
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// The version's state then, when the secret matched.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The request id, as in the log line and `X-Request-Id`.
+    pub request_id: String,
+    /// The TCP peer.
+    #[serde(default)]
+    pub remote_addr: Option<String>,
+}
+
+/// `GET /v1/decisions`: matching decisions, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DecisionList {
+    /// At most `limit` of them.
+    pub items: Vec<DecisionRecord>,
+    /// How many matched in all (more than `items` when the limit cut the list).
+    pub matched: u64,
+    /// How many rejections the server keeps at most.
+    pub capacity_rejected: u64,
+    /// How many allowed decisions the server keeps at most.
+    pub capacity_allowed: u64,
+}
+
+/// The filters of `GET /v1/decisions`, as query parameters. Every one given must match.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq, Default)]
+pub struct DecisionQuery {
+    /// This key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// This consumer, `ENV/NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// These codes, comma-separated (`invalid_key` means `unknown_key,invalid_secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// This fingerprint (`fp_…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Only the last DURATION (`10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// At most this many (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyroll_core::{
     Command, Consumer, ConsumerName, Entropy, EntropyUnavailable, Environment, Kid, NewVersion,
-    SecretHash, Timestamp, issue_key, parse_key,
+    SecretHash, Timestamp, Usage, issue_key, parse_key,
 };
 use keyroll_server::index::Index;
 use keyroll_server::verify::{Presented, verify};
@@ -121,6 +121,7 @@ fn build() -> (Vec<(i64, Consumer)>, Vec<String>) {
                     enforce: false,
                     new_version: nv(&k2),
                 },
+                &Usage::NONE,
                 now,
             )
             .unwrap()

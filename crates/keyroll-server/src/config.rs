@@ -25,6 +25,50 @@ pub struct RawConfig {
     pub verify: VerifyConfig,
     /// Rotation defaults.
     pub rotation: RotationConfig,
+    /// Usage recording.
+    pub usage: UsageConfig,
+    /// The in-memory decision history.
+    pub history: HistoryConfig,
+}
+
+/// `[history]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Decisions kept in memory for `GET /v1/decisions` (most of them for rejections; 0: none).
+    pub size: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { size: 10_000 }
+    }
+}
+
+/// `[usage]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Record who uses which version (needed by `when-idle` and stall detection).
+    pub enabled: bool,
+    /// How often counts are written to the store.
+    pub flush_interval: String,
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDR blocks).
+    pub trusted_proxies: Vec<String>,
+    /// How often the lifecycle sweeper writes down deadlines, stalls and idle retirements.
+    pub sweep_interval: String,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            enabled: true,
+            flush_interval: "5s".into(),
+            // A gateway on the same host (nginx auth_request) is the common set-up.
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            sweep_interval: "1s".into(),
+        }
+    }
 }
 
 /// `[log]`.
@@ -37,6 +81,11 @@ pub struct LogConfig {
     pub level: String,
     /// The level of allowed decisions: `debug` (default) or `info`. Rejections are always WARN.
     pub allowed: String,
+    /// Identical rejections (code, kid or fingerprint, source) logged one by one per
+    /// `flood_window`; the rest are counted in one summary line. 0 logs every one.
+    pub flood_limit: u32,
+    /// The window of `flood_limit` (whole seconds).
+    pub flood_window: String,
 }
 
 /// `[verify]`.
@@ -69,6 +118,8 @@ impl Default for RawConfig {
                 explain: "full".into(),
             },
             rotation: RotationConfig::default(),
+            usage: UsageConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -79,6 +130,8 @@ impl Default for LogConfig {
             format: "auto".into(),
             level: "info".into(),
             allowed: "debug".into(),
+            flood_limit: 10,
+            flood_window: "10s".into(),
         }
     }
 }
@@ -130,6 +183,20 @@ pub struct Config {
     pub explain: Explain,
     /// Default grace window.
     pub default_grace: Duration,
+    /// Usage recording on.
+    pub usage_enabled: bool,
+    /// Usage flush period.
+    pub usage_flush_interval: Duration,
+    /// Trusted proxies.
+    pub trusted_proxies: Vec<crate::usage::TrustedNet>,
+    /// Sweeper period.
+    pub sweep_interval: Duration,
+    /// Decisions kept in memory.
+    pub history_size: usize,
+    /// Identical rejections logged per window before collapsing (0: never collapse).
+    pub log_flood_limit: u32,
+    /// The collapsing window.
+    pub log_flood_window: Duration,
 }
 
 /// Flags given on the command line, which override everything else.
@@ -165,13 +232,15 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 6] = [
+const ENV_KEYS: [&str; 8] = [
     "listen",
     "data_dir",
     "database_url",
     "log",
     "verify",
     "rotation",
+    "history",
+    "usage",
 ];
 
 impl Config {
@@ -283,7 +352,60 @@ impl Config {
                 reason: e.to_string(),
             }
         })?;
+        let positive = |key: &'static str, value: &str| -> Result<Duration, ConfigError> {
+            match keyroll_core::parse_duration(value) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(ConfigError::Invalid {
+                    key,
+                    value: value.into(),
+                    reason: "must be longer than 0".into(),
+                }),
+                Err(e) => Err(ConfigError::Invalid {
+                    key,
+                    value: value.into(),
+                    reason: e.to_string(),
+                }),
+            }
+        };
+        let usage_flush_interval = positive("usage.flush_interval", &raw.usage.flush_interval)?;
+        let sweep_interval = positive("usage.sweep_interval", &raw.usage.sweep_interval)?;
+        let trusted_proxies = raw
+            .usage
+            .trusted_proxies
+            .iter()
+            .map(|t| {
+                crate::usage::TrustedNet::parse(t).ok_or_else(|| ConfigError::Invalid {
+                    key: "usage.trusted_proxies",
+                    value: t.clone(),
+                    reason: "expected an IP address or CIDR block like 10.0.0.0/8".into(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // At most a million entries (a few hundred MB); whole seconds for the window, so the
+        // summary line's `window_s` is exact.
+        if raw.history.size > 1_000_000 {
+            return Err(ConfigError::Invalid {
+                key: "history.size",
+                value: raw.history.size.to_string(),
+                reason: "at most 1000000".into(),
+            });
+        }
+        let log_flood_window = positive("log.flood_window", &raw.log.flood_window)?;
+        if log_flood_window.subsec_nanos() != 0 {
+            return Err(ConfigError::Invalid {
+                key: "log.flood_window",
+                value: raw.log.flood_window.clone(),
+                reason: "must be whole seconds, like 10s".into(),
+            });
+        }
         Ok(Config {
+            history_size: raw.history.size,
+            log_flood_limit: raw.log.flood_limit,
+            log_flood_window,
+            usage_enabled: raw.usage.enabled,
+            usage_flush_interval,
+            trusted_proxies,
+            sweep_interval,
             listen,
             data_dir: raw.data_dir,
             database_url: raw.database_url,
@@ -352,5 +474,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn history_and_flood_settings() {
+        let c = Config::resolve(RawConfig::default()).unwrap();
+        assert_eq!(c.history_size, 10_000);
+        assert_eq!(c.log_flood_limit, 10);
+        assert_eq!(c.log_flood_window, Duration::from_secs(10));
+        for (window, size) in [("1500ms", 10), ("0s", 10), ("10s", 2_000_000)] {
+            let mut raw = RawConfig::default();
+            raw.log.flood_window = window.into();
+            raw.history.size = size;
+            assert!(Config::resolve(raw).is_err(), "{window} {size}");
+        }
     }
 }

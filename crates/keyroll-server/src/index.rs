@@ -12,12 +12,13 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use hashbrown::HashTable;
 use keyroll_core::{
-    Consumer, ConsumerFacts, Decision, Fingerprint, Kid, SecretHash, StoredState, Timestamp,
-    VersionFacts, VersionNumber, judge,
+    Consumer, ConsumerFacts, Decision, Fingerprint, Kid, Policy, SecretHash, StoredState,
+    Timestamp, VersionNumber, VersionView, effective_deadline, judge,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -35,6 +36,8 @@ pub struct ConsumerEntry {
     pub scopes: Box<[Box<str>]>,
     /// Switched off.
     pub disabled: bool,
+    /// Retirement settings (the stall rule is decided on the hot path).
+    pub policy: Policy,
 }
 
 impl ConsumerEntry {
@@ -64,7 +67,36 @@ struct Record {
     expires_at: i64,
     /// Retiring: since when (the replacing version's issue time); revoked: when.
     changed_at: i64,
+    /// Last allowed use, unix seconds (0: never). Written on the hot path without a write lock:
+    /// the stall rule needs it at the deadline, and seconds are precise enough for `idle`.
+    last_used: AtomicU32,
+    /// The stall extension, seconds.
+    grace_s: u32,
+    enforced: bool,
+    extended: bool,
     consumer: Arc<ConsumerEntry>,
+}
+
+fn secs_to_ts(secs: u32) -> Option<Timestamp> {
+    (secs != 0).then(|| Timestamp::from_unix_millis(i64::from(secs) * 1000))
+}
+
+fn ts_to_secs(ts: Timestamp) -> u32 {
+    u32::try_from(ts.unix_millis().div_euclid(1000)).unwrap_or(u32::MAX)
+}
+
+impl Record {
+    fn view(&self) -> VersionView {
+        VersionView {
+            state: self.state,
+            deadline: opt_ts(self.deadline),
+            expires_at: opt_ts(self.expires_at),
+            grace: Duration::from_secs(u64::from(self.grace_s)),
+            extended: self.extended,
+            enforced: self.enforced,
+            last_used: secs_to_ts(self.last_used.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +146,16 @@ pub enum Lookup {
     Found(Found),
 }
 
+/// A consumer the sweeper must look at: it has retiring versions, or an active version whose
+/// adoption is not yet confirmed.
+#[derive(Debug)]
+struct Attention {
+    retiring: Vec<Kid>,
+    idle: Duration,
+    /// Unix millis of the next look.
+    next_check: i64,
+}
+
 /// All key versions of the installation, in memory.
 #[derive(Debug)]
 pub struct Index {
@@ -121,6 +163,7 @@ pub struct Index {
     hasher: foldhash_like::Fixed,
     write_lock: Mutex<()>,
     versions: AtomicU64,
+    attention: Mutex<hashbrown::HashMap<Box<str>, Attention>>,
 }
 
 fn opt_ts(ms: i64) -> Option<Timestamp> {
@@ -145,6 +188,7 @@ impl Index {
             hasher: foldhash_like::Fixed,
             write_lock: Mutex::new(()),
             versions: AtomicU64::new(0),
+            attention: Mutex::new(hashbrown::HashMap::new()),
         }
     }
 
@@ -191,29 +235,35 @@ impl Index {
                 version: VersionNumber(r.version),
             };
         }
-        let facts = VersionFacts {
-            version: VersionNumber(r.version),
-            state: r.state,
-            deadline: opt_ts(r.deadline),
-            expires_at: opt_ts(r.expires_at),
-        };
+        let view = r.view();
         let consumer = ConsumerFacts {
             disabled: r.consumer.disabled,
             scopes: &r.consumer.scopes,
+            policy: r.consumer.policy,
         };
-        let decision = judge(&facts, &consumer, required_scopes, now);
+        let decision = judge(&view, &consumer, required_scopes, now);
+        if decision.code.allowed() {
+            // Usage facts for the lifecycle: one relaxed store, only when the second changes.
+            let secs = ts_to_secs(now);
+            if r.last_used.load(Ordering::Relaxed) != secs {
+                r.last_used.store(secs, Ordering::Relaxed);
+            }
+        }
         let revoke_reason = match r.state {
             StoredState::Revoked => shard.revoke_reasons.get(&pos).cloned(),
             _ => None,
         };
         Lookup::Found(Found {
             decision,
-            version: facts.version,
+            version: VersionNumber(r.version),
             fingerprint: r.fingerprint,
             consumer: Arc::clone(&r.consumer),
             replaced_by: (r.replaced_by != 0).then_some(VersionNumber(r.replaced_by)),
-            deadline: facts.deadline,
-            expires_at: facts.expires_at,
+            deadline: match r.state {
+                StoredState::Retiring => effective_deadline(&view, &r.consumer.policy),
+                _ => view.deadline,
+            },
+            expires_at: view.expires_at,
             changed_at: opt_ts(r.changed_at),
             revoke_reason,
         })
@@ -258,12 +308,86 @@ impl Index {
             .map(|&p| shard.records[p as usize].consumer.revision)
     }
 
+    fn track_attention(&self, consumer: &Consumer) {
+        let retiring: Vec<Kid> = consumer
+            .versions
+            .iter()
+            .filter(|v| v.state == StoredState::Retiring)
+            .map(|v| v.kid)
+            .collect();
+        let unconfirmed = consumer
+            .active_version()
+            .is_some_and(|v| !v.unused_reported);
+        let key: Box<str> = consumer.reference().into_boxed_str();
+        let mut attention = self.attention.lock();
+        if retiring.is_empty() && !unconfirmed {
+            attention.remove(&key);
+        } else {
+            attention.insert(
+                key,
+                Attention {
+                    retiring,
+                    idle: consumer.policy.idle,
+                    next_check: 0,
+                },
+            );
+        }
+    }
+
+    /// Consumers whose lifecycle may have something to write down at `now` (deadlines, stalls,
+    /// idle retirements, unadopted versions); each is then not offered again for `recheck`.
+    pub fn due_for_settle(&self, now: Timestamp, recheck: Duration) -> Vec<String> {
+        let mut attention = self.attention.lock();
+        let next = now.saturating_add(recheck).unix_millis();
+        attention
+            .iter_mut()
+            .filter(|(_, a)| a.next_check <= now.unix_millis())
+            .map(|(k, a)| {
+                a.next_check = next;
+                k.to_string()
+            })
+            .collect()
+    }
+
+    /// Per environment, retiring versions seen within their consumer's idle window.
+    pub fn retiring_in_use(&self, now: Timestamp) -> Vec<(String, u64)> {
+        let attention: Vec<(String, Vec<Kid>, Duration)> = self
+            .attention
+            .lock()
+            .iter()
+            .map(|(k, a)| {
+                (
+                    k.split_once('/').map_or("", |(e, _)| e).to_owned(),
+                    a.retiring.clone(),
+                    a.idle,
+                )
+            })
+            .collect();
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for (env, kids, idle) in attention {
+            let n = kids
+                .iter()
+                .filter(|k| {
+                    self.last_used(k)
+                        .is_some_and(|t| now.duration_since(t) < idle)
+                })
+                .count() as u64;
+            match out.iter_mut().find(|(e, _)| *e == env) {
+                Some((_, c)) => *c += n,
+                None => out.push((env, n)),
+            }
+        }
+        out
+    }
+
     fn upsert_unlocked(&self, revision: i64, consumer: &Consumer) {
+        self.track_attention(consumer);
         let entry = Arc::new(ConsumerEntry {
             revision,
             reference: consumer.reference().into_boxed_str(),
             scopes: consumer.scopes.iter().map(|s| s.as_str().into()).collect(),
             disabled: consumer.disabled,
+            policy: consumer.policy,
         });
         for v in &consumer.versions {
             let replaced_by = v.replaced_by.map(|n| n.0).unwrap_or(0);
@@ -274,7 +398,7 @@ impl Index {
                     .and_then(|n| consumer.version(n))
                     .map(|replacement| replacement.created_at),
             };
-            let record = Record {
+            let mut record = Record {
                 kid: v.kid,
                 secret_hash: v.secret_hash,
                 fingerprint: v.fingerprint,
@@ -284,6 +408,10 @@ impl Index {
                 deadline: ms(v.retirement_time()),
                 expires_at: ms(v.expires_at),
                 changed_at: ms(changed_at),
+                last_used: AtomicU32::new(0),
+                grace_s: u32::try_from(v.grace.as_secs()).unwrap_or(u32::MAX),
+                enforced: v.enforced,
+                extended: v.extended,
                 consumer: Arc::clone(&entry),
             };
             let hash = self.hash(&v.kid);
@@ -295,6 +423,9 @@ impl Index {
             } = &mut *shard;
             let p = match positions.find(hash, |&p| records[p as usize].kid == v.kid) {
                 Some(&p) => {
+                    // Usage is not the store's to overwrite: keep what traffic already told us.
+                    let seen = records[p as usize].last_used.load(Ordering::Relaxed);
+                    *record.last_used.get_mut() = seen;
                     records[p as usize] = record;
                     p
                 }
@@ -309,6 +440,42 @@ impl Index {
             };
             if let Some(reason) = &v.revoke_reason {
                 revoke_reasons.insert(p, reason.as_str().into());
+            }
+        }
+    }
+
+    /// When a version was last seen in allowed traffic (by this node, or as loaded at start).
+    pub fn last_used(&self, kid: &Kid) -> Option<Timestamp> {
+        let hash = self.hash(kid);
+        let shard = self.shards[Self::shard_of(hash)].read();
+        shard
+            .positions
+            .find(hash, |&p| shard.records[p as usize].kid == *kid)
+            .and_then(|&p| secs_to_ts(shard.records[p as usize].last_used.load(Ordering::Relaxed)))
+    }
+
+    /// The consumer a kid belongs to.
+    pub fn consumer_of(&self, kid: &Kid) -> Option<Arc<ConsumerEntry>> {
+        let hash = self.hash(kid);
+        let shard = self.shards[Self::shard_of(hash)].read();
+        shard
+            .positions
+            .find(hash, |&p| shard.records[p as usize].kid == *kid)
+            .map(|&p| Arc::clone(&shard.records[p as usize].consumer))
+    }
+
+    /// Seeds last-use times (at start, from the store); a later time already known wins.
+    pub fn seed_last_used(&self, seen: &[(Kid, Timestamp)]) {
+        for (kid, at) in seen {
+            let hash = self.hash(kid);
+            let shard = self.shards[Self::shard_of(hash)].read();
+            if let Some(&p) = shard
+                .positions
+                .find(hash, |&p| shard.records[p as usize].kid == *kid)
+            {
+                shard.records[p as usize]
+                    .last_used
+                    .fetch_max(ts_to_secs(*at), Ordering::Relaxed);
             }
         }
     }
@@ -363,5 +530,136 @@ mod foldhash_like {
                     .rotate_left(23);
             }
         }
+    }
+}
+
+/// What the index knows about one key version, found by kid alone (`GET /v1/keys/{kid}`, used
+/// by `keyroll scan`): no secret is compared, so this never counts as use of the key.
+#[derive(Debug, Clone)]
+pub struct KeyDescription {
+    /// The key id.
+    pub kid: Kid,
+    /// The fingerprint of the issued key.
+    pub fingerprint: Fingerprint,
+    /// The consumer.
+    pub consumer: Arc<ConsumerEntry>,
+    /// The version.
+    pub version: VersionNumber,
+    /// The state at the `now` asked about, as verification would judge it.
+    pub state: keyroll_core::State,
+    /// Retiring: when it stops working (stall extension included); retired: when it did.
+    pub deadline: Option<Timestamp>,
+    /// Hard expiry.
+    pub expires_at: Option<Timestamp>,
+    /// The version that replaced it.
+    pub replaced_by: Option<VersionNumber>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<Box<str>>,
+    /// Last allowed use known to this node.
+    pub last_used: Option<Timestamp>,
+}
+
+// A separate block so the by-kid description stays next to the records it reads (their fields
+// are private to this module) without touching the hot path above.
+impl Index {
+    /// Describes the version a kid names, judged at `now` exactly as [`Index::lookup`] judges an
+    /// allowed secret (same view, same `judge`), so a scan and a verification agree on the state.
+    pub fn describe(&self, kid: &Kid, now: Timestamp) -> Option<KeyDescription> {
+        let hash = self.hash(kid);
+        let shard = self.shards[Self::shard_of(hash)].read();
+        let &pos = shard
+            .positions
+            .find(hash, |&p| shard.records[p as usize].kid == *kid)?;
+        let r = &shard.records[pos as usize];
+        let view = r.view();
+        let consumer = ConsumerFacts {
+            disabled: r.consumer.disabled,
+            scopes: &r.consumer.scopes,
+            policy: r.consumer.policy,
+        };
+        // No required scopes: the state is decided before scopes and the consumer switch, and
+        // `judge` reports it whatever the code.
+        let decision = judge::<_, &str>(&view, &consumer, &[], now);
+        let revoked = r.state == StoredState::Revoked;
+        Some(KeyDescription {
+            kid: r.kid,
+            fingerprint: r.fingerprint,
+            consumer: Arc::clone(&r.consumer),
+            version: VersionNumber(r.version),
+            state: decision.state,
+            deadline: match r.state {
+                StoredState::Retiring => effective_deadline(&view, &r.consumer.policy),
+                _ => view.deadline,
+            },
+            expires_at: view.expires_at,
+            replaced_by: (r.replaced_by != 0).then_some(VersionNumber(r.replaced_by)),
+            revoked_at: if revoked { opt_ts(r.changed_at) } else { None },
+            revoke_reason: if revoked {
+                shard.revoke_reasons.get(&pos).cloned()
+            } else {
+                None
+            },
+            last_used: view.last_used,
+        })
+    }
+}
+
+// Counts for `/metrics` (`keyroll_key_versions`), in their own block for the same reason as
+// `describe`: they read the private records, and the hot path above stays untouched.
+impl Index {
+    /// Key versions per environment and state at `now`, as verification would judge them
+    /// (`active`, `retiring`, `retired`, `revoked`, `expired`). Walks every record under each
+    /// shard's read lock in turn; called per scrape, not per request.
+    pub fn count_by_environment_and_state(
+        &self,
+        now: Timestamp,
+    ) -> Vec<(String, &'static str, u64)> {
+        use keyroll_core::State;
+        const STATES: [State; 5] = [
+            State::Active,
+            State::Retiring,
+            State::Retired,
+            State::Revoked,
+            State::Expired,
+        ];
+        // Few environments: a vector searched linearly, with the last hit tried first because
+        // consecutive records often share a consumer.
+        let mut counts: Vec<(String, [u64; STATES.len()])> = Vec::new();
+        let mut last = 0usize;
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for r in &shard.records {
+                let state = keyroll_core::effective_state(&r.view(), &r.consumer.policy, now);
+                let env = r.consumer.environment();
+                let i = match counts.get(last) {
+                    Some((e, _)) if e == env => last,
+                    _ => match counts.iter().position(|(e, _)| e == env) {
+                        Some(i) => i,
+                        None => {
+                            counts.push((env.to_owned(), [0; STATES.len()]));
+                            counts.len() - 1
+                        }
+                    },
+                };
+                last = i;
+                if let (Some((_, c)), Some(s)) =
+                    (counts.get_mut(i), STATES.iter().position(|s| *s == state))
+                {
+                    c[s] += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .flat_map(|(env, c)| {
+                STATES
+                    .iter()
+                    .zip(c)
+                    .filter(|(_, n)| *n > 0)
+                    .map(move |(s, n)| (env.clone(), s.as_str(), n))
+            })
+            .collect()
     }
 }

@@ -6,11 +6,15 @@
 
 pub mod admin_token;
 pub mod config;
+pub mod decided;
 pub mod http;
 pub mod index;
 pub mod logging;
+pub mod observe;
 pub mod state;
+pub mod sweeper;
 pub mod timefmt;
+pub mod usage;
 pub mod verify;
 
 use std::net::SocketAddr;
@@ -177,18 +181,38 @@ impl Server {
         Arc::clone(&self.state)
     }
 
-    /// Serves until SIGINT/SIGTERM, then finishes in-flight requests and returns.
+    /// Serves until SIGINT/SIGTERM, then finishes in-flight requests, flushes usage and
+    /// returns.
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        tracing::info!(event = "server.listening", addr = %addr, store = self.state.store.backend(), "keyroll listening on http://{addr}");
-        let app = http::router(Arc::clone(&self.state));
-        axum::serve(
+        let state = Arc::clone(&self.state);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let flusher = tokio::spawn(usage::run_flusher(
+            Arc::clone(&state),
+            state.config.usage_flush_interval,
+            stop_rx.clone(),
+        ));
+        let observer = tokio::spawn(observe::run(Arc::clone(&state), stop_rx.clone()));
+        let sweeper = tokio::spawn(sweeper::run(
+            Arc::clone(&state),
+            state.config.sweep_interval,
+            stop_rx,
+        ));
+        tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
+        let app = http::router(Arc::clone(&state));
+        let served = axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("server failed")?;
+        .context("server failed");
+        // In-flight requests are done: stop the background tasks; the flusher writes a last batch.
+        let _ = stop_tx.send(true);
+        let _ = sweeper.await;
+        let _ = flusher.await;
+        let _ = observer.await;
+        served?;
         tracing::info!(event = "server.stopped", "keyroll stopped");
         Ok(())
     }

@@ -20,6 +20,10 @@ pub struct AppState {
     pub config: Config,
     /// Set once the index is loaded.
     pub ready: AtomicBool,
+    /// Log lines, metrics and history of decisions.
+    pub observer: crate::observe::Observer,
+    /// Usage gathered since the last flush.
+    pub usage: crate::usage::UsageRecorder,
 }
 
 /// The operating system's CSPRNG.
@@ -35,9 +39,13 @@ impl Entropy for OsEntropy {
 impl AppState {
     /// A shared state around a store whose index is loaded by [`AppState::load`].
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<AppState> {
+        let usage =
+            crate::usage::UsageRecorder::new(config.usage_enabled, config.trusted_proxies.clone());
         Arc::new(AppState {
             index: Index::new(),
             store,
+            observer: crate::observe::Observer::from_config(&config),
+            usage,
             config,
             ready: AtomicBool::new(false),
         })
@@ -48,6 +56,9 @@ impl AppState {
         let consumers = self.store.load_all().await?;
         self.index
             .load(consumers.iter().map(|c| (c.revision, &c.consumer)));
+        // Usage facts survive restarts: a stall or an idle window spans them.
+        let seen = self.store.last_used_all().await?;
+        self.index.seed_last_used(&seen);
         self.ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(self.index.len())
     }

@@ -12,9 +12,10 @@
 
 mod rows;
 mod sqlite;
+mod usage;
 
 use async_trait::async_trait;
-use keyroll_core::{Consumer, ConsumerRef, Environment, SecretHash, Timestamp};
+use keyroll_core::{Consumer, ConsumerRef, Environment, Kid, SecretHash, Timestamp};
 
 pub use sqlite::SqliteStore;
 
@@ -131,6 +132,69 @@ pub struct ConsumerWrite<'a> {
     pub audit: &'a [AuditRecord],
     /// The answer to remember, when the request had an `Idempotency-Key`.
     pub idempotency: Option<&'a IdempotencyRecord>,
+    /// Events to append to the outbox (rotations, retirements, stalls, revocations, …).
+    pub events: &'a [EventRecord],
+}
+
+/// One event in the outbox (SPEC §10: delivered as webhooks by a later release). Appended in the
+/// same transaction as the change it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Position in the outbox; ignored on append.
+    pub seq: i64,
+    /// When.
+    pub at: Timestamp,
+    /// `version.issued`, `version.retired`, `rotation.stalled`, `version.revoked`, `version.unused`, …
+    pub kind: String,
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The version concerned.
+    pub version: Option<u32>,
+    /// Details as JSON text (never a secret).
+    pub detail: String,
+}
+
+/// One source seen presenting a key version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSeen {
+    /// The client's address (the peer, or the address a trusted proxy forwarded).
+    pub address: String,
+    /// Its `User-Agent` (may be empty).
+    pub user_agent: String,
+    /// Its `X-Client-Id`, when sent.
+    pub client_id: Option<String>,
+    /// First time seen (in this batch, or ever when read back).
+    pub first_seen: Timestamp,
+    /// Last time seen.
+    pub last_seen: Timestamp,
+    /// Requests from it.
+    pub count: u64,
+}
+
+/// Usage of one key version gathered in memory since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// The version.
+    pub kid: Kid,
+    /// Last allowed request in the batch.
+    pub last_used_at: Timestamp,
+    /// Requests per hour: (start of the hour, count) to add.
+    pub hourly: Vec<(Timestamp, u64)>,
+    /// Sources seen in the batch, with counts to add.
+    pub sources: Vec<SourceSeen>,
+}
+
+/// Usage of one key version as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionUsage {
+    /// The version.
+    pub kid: Kid,
+    /// Last allowed request.
+    pub last_used_at: Option<Timestamp>,
+    /// Requests per hour since the asked-for time, oldest first.
+    pub hourly: Vec<(Timestamp, u64)>,
+    /// The most recently seen sources, most recent first.
+    pub sources: Vec<SourceSeen>,
 }
 
 /// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] (and, for several
@@ -182,7 +246,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Writes a consumer's new state, its audit entries and idempotency record in one
     /// transaction. `Conflict` if the revision moved, `KidCollision`, `IdempotencyKeyUsed`.
-    /// Returns the consumer as stored (with its new revision).
+    /// Returns the consumer as stored (with its new revision). Durations (`policy.idle`, a
+    /// version's `grace`) are stored as whole milliseconds; one with a finer part is refused as
+    /// `Corrupt` rather than stored rounded (also by `create_consumer`).
     async fn write_consumer(&self, write: ConsumerWrite<'_>) -> Result<StoredConsumer, StoreError>;
 
     /// The remembered answer for an `Idempotency-Key`, if any.
@@ -203,4 +269,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The newest audit entries, newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Adds a batch of usage in one transaction: `last_used_at` becomes the later of stored and
+    /// given, hourly counts and source counts are added, and each version keeps only its
+    /// `max_sources` most recently seen sources. Kids that no longer exist are ignored.
+    async fn record_usage(&self, batch: &[UsageDelta], max_sources: u32) -> Result<(), StoreError>;
+
+    /// Every version's last use, to seed the in-memory index at start.
+    async fn last_used_all(&self) -> Result<Vec<(Kid, Timestamp)>, StoreError>;
+
+    /// Usage of these versions: hourly counts from `since` on, and their recent sources.
+    async fn usage(&self, kids: &[Kid], since: Timestamp) -> Result<Vec<VersionUsage>, StoreError>;
+
+    /// Outbox events after `after_seq`, oldest first, at most `limit`.
+    async fn list_events(&self, after_seq: i64, limit: u32)
+    -> Result<Vec<EventRecord>, StoreError>;
 }

@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use keyroll_core::{
-    Consumer, ConsumerName, Environment, Fingerprint, KeyVersion, Kid, Scope, SecretHash,
-    StoredState, Timestamp, VersionNumber,
+    Consumer, ConsumerName, Environment, Fingerprint, KeyVersion, Kid, OnStall, Policy,
+    RetirePolicy, Scope, SecretHash, StoredState, Timestamp, VersionNumber,
 };
 
 use crate::{StoreError, StoredConsumer};
@@ -19,7 +20,8 @@ use crate::{StoreError, StoredConsumer};
 /// The columns of a consumer, in the order [`ConsumerColumns`] is read from.
 macro_rules! consumer_columns {
     () => {
-        "id, environment, name, scopes, owner, disabled, revision, created_at"
+        "id, environment, name, scopes, owner, disabled, revision, created_at, retire_policy, \
+         idle_ms, on_stall"
     };
 }
 pub(crate) use consumer_columns;
@@ -28,7 +30,8 @@ pub(crate) use consumer_columns;
 macro_rules! version_columns {
     () => {
         "consumer_id, version, kid, secret_hash, fingerprint, state, created_at, deadline, \
-         expires_at, retired_at, revoked_at, revoke_reason, replaced_by, enforced"
+         expires_at, retired_at, revoked_at, revoke_reason, replaced_by, enforced, grace_ms, \
+         extended, unused_reported"
     };
 }
 pub(crate) use version_columns;
@@ -43,6 +46,9 @@ pub(crate) struct ConsumerColumns<'r> {
     pub disabled: bool,
     pub revision: i64,
     pub created_at: i64,
+    pub retire_policy: &'r str,
+    pub idle_ms: i64,
+    pub on_stall: &'r str,
 }
 
 /// Names a consumers row in `Corrupt` messages.
@@ -63,6 +69,11 @@ impl ConsumerColumns<'_> {
                 owner: self.owner.map(str::to_owned),
                 disabled: self.disabled,
                 created_at: Timestamp::from_unix_millis(self.created_at),
+                policy: Policy {
+                    retire: retire_policy(self.retire_policy, place)?,
+                    idle: duration(self.idle_ms, "idle_ms", place)?,
+                    on_stall: on_stall(self.on_stall, place)?,
+                },
                 versions: Vec::new(),
             },
         })
@@ -85,6 +96,9 @@ pub(crate) struct VersionColumns<'r> {
     pub revoke_reason: Option<&'r str>,
     pub replaced_by: Option<i64>,
     pub enforced: bool,
+    pub grace_ms: i64,
+    pub extended: bool,
+    pub unused_reported: bool,
 }
 
 /// Names a key_versions row in `Corrupt` messages.
@@ -113,6 +127,9 @@ impl VersionColumns<'_> {
                 .map(|n| version_number(n, "replaced_by", place))
                 .transpose()?,
             enforced: self.enforced,
+            grace: duration(self.grace_ms, "grace_ms", place)?,
+            extended: self.extended,
+            unused_reported: self.unused_reported,
         };
         Ok((self.consumer_id, version))
     }
@@ -307,6 +324,75 @@ pub(crate) fn stored_state(value: &str, place: Place<'_>) -> Result<StoredState,
     })
 }
 
+/// Reads a retirement policy.
+pub(crate) fn retire_policy(value: &str, place: Place<'_>) -> Result<RetirePolicy, StoreError> {
+    RetirePolicy::parse(value).ok_or_else(|| {
+        let shown: String = value.chars().take(40).collect();
+        corrupt(
+            place,
+            "retire_policy",
+            format_args!("{shown:?} is not one of when-idle, at-deadline"),
+        )
+    })
+}
+
+/// Reads what a stall does.
+pub(crate) fn on_stall(value: &str, place: Place<'_>) -> Result<OnStall, StoreError> {
+    OnStall::parse(value).ok_or_else(|| {
+        let shown: String = value.chars().take(40).collect();
+        corrupt(
+            place,
+            "on_stall",
+            format_args!("{shown:?} is not one of extend, retire"),
+        )
+    })
+}
+
+/// Reads a duration stored as whole milliseconds (`idle_ms`, `grace_ms`).
+pub(crate) fn duration(value: i64, column: &str, place: Place<'_>) -> Result<Duration, StoreError> {
+    u64::try_from(value)
+        .map(Duration::from_millis)
+        .map_err(|_| {
+            corrupt(
+                place,
+                column,
+                format_args!("{value} is a negative duration"),
+            )
+        })
+}
+
+/// Writes a duration as whole milliseconds. One that is not a whole number of milliseconds, or
+/// too long for the column, would read back different: refuse it rather than store it.
+pub(crate) fn duration_value(
+    value: Duration,
+    what: impl Fn() -> String,
+) -> Result<i64, StoreError> {
+    let ms = value.as_millis();
+    match i64::try_from(ms) {
+        Ok(stored) if Duration::from_millis(stored.unsigned_abs()) == value => Ok(stored),
+        _ => Err(StoreError::Corrupt(format!(
+            "refusing to store {}: {value:?} is not a whole number of milliseconds up to 2^63-1",
+            what()
+        ))),
+    }
+}
+
+/// Writes a count (of requests): saturating, as no column can hold more than `i64::MAX`.
+pub(crate) fn count_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Writes the consumer's policy columns: `retire_policy`, `idle_ms`, `on_stall`.
+pub(crate) fn policy_values(
+    consumer: &Consumer,
+) -> Result<(&'static str, i64, &'static str), StoreError> {
+    let policy = &consumer.policy;
+    let idle = duration_value(policy.idle, || {
+        format!("the idle window of {}", consumer.reference())
+    })?;
+    Ok((policy.retire.as_str(), idle, policy.on_stall.as_str()))
+}
+
 /// Reads an HTTP status.
 pub(crate) fn http_status(value: i64, place: Place<'_>) -> Result<u16, StoreError> {
     u16::try_from(value).map_err(|_| {
@@ -316,6 +402,27 @@ pub(crate) fn http_status(value: i64, place: Place<'_>) -> Result<u16, StoreErro
             format_args!("{value} is not an HTTP status"),
         )
     })
+}
+
+/// Reads a stored counter (requests of an hour or a source).
+pub(crate) fn counter(value: i64, column: &str, place: Place<'_>) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| corrupt(place, column, format_args!("negative: {value}")))
+}
+
+/// Reads an event's version (SQL NULL for an event about the whole consumer).
+pub(crate) fn event_version(
+    value: Option<i64>,
+    place: Place<'_>,
+) -> Result<Option<u32>, StoreError> {
+    value
+        .map(|n| version_number(n, "version", place).map(|v| v.0))
+        .transpose()
+}
+
+/// Reads a `version_usage` row.
+pub(crate) fn last_used(kid_value: &str, at: i64) -> Result<(Kid, Timestamp), StoreError> {
+    let place = || "version_usage row".to_owned();
+    Ok((kid(kid_value, &place)?, Timestamp::from_unix_millis(at)))
 }
 
 /// Reads a row count.

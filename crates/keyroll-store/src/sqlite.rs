@@ -13,17 +13,21 @@
 //! - Reads of a consumer and its versions run in one (deferred) transaction: both queries see the
 //!   same snapshot, so a concurrent write can never pair a consumer row with versions of another
 //!   revision, nor show versions of a consumer created between the two queries.
-//! - `load_all` of a database file reads through rusqlite on a blocking thread (see [`load`]).
+//! - `load_all` and `last_used_all` of a database file read through rusqlite on a blocking thread
+//!   (see [`load`]).
+//! - A usage batch is a handful of set-based statements whatever its size (see [`usage`]).
 
 mod load;
+mod usage;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
-use keyroll_core::{Consumer, ConsumerRef, Environment, KeyVersion, StoredState, Timestamp};
+use keyroll_core::{Consumer, ConsumerRef, Environment, KeyVersion, Kid, StoredState, Timestamp};
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
@@ -34,12 +38,14 @@ use sqlx::{Row, Sqlite};
 
 use crate::rows::{self, Place};
 use crate::{
-    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, IdempotencyRecord, StoreError,
-    StoredConsumer,
+    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
+    IdempotencyRecord, SourceSeen, StoreError, StoredConsumer, UsageDelta, VersionUsage,
 };
 
 /// What `load_all` does, in error messages.
 const LOADING_ALL: &str = "loading all consumers";
+/// What `last_used_all` does, in error messages.
+const LOADING_LAST_USED: &str = "loading the last use of every version";
 
 /// The schema, embedded at build time (`build.rs` makes cargo rebuild when a file is added).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -133,6 +139,19 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Normal);
+        if path.is_some() {
+            // Switch a new file to WAL on one connection first. Changing the journal mode needs
+            // an exclusive lock that SQLite's busy handler does not wait for, so the pool's
+            // first connections, opened concurrently, each trying it on a fresh file, failed
+            // now and then with "database is locked". Once the file is in WAL mode the pool's
+            // own `journal_mode = WAL` is a no-op.
+            let first = sqlx::ConnectOptions::connect(&options)
+                .await
+                .map_err(|e| open_error(&location, path, e))?;
+            sqlx::Connection::close(first)
+                .await
+                .map_err(|e| open_error(&location, path, e))?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // One connection always open and none retired: there is no server to drop idle
@@ -240,6 +259,9 @@ impl SqliteStore {
             .iter()
             .filter(|v| v.state == StoredState::Active);
         for v in demoted.chain(active) {
+            let grace = rows::duration_value(v.grace, || {
+                format!("the grace window of {} {}", consumer.reference(), v.number)
+            })?;
             let result = sqlx::query(UPSERT_VERSION)
                 .bind(consumer_id)
                 .bind(rows::version_value(v.number))
@@ -255,6 +277,9 @@ impl SqliteStore {
                 .bind(v.revoke_reason.as_deref())
                 .bind(v.replaced_by.map(rows::version_value))
                 .bind(v.enforced)
+                .bind(grace)
+                .bind(v.extended)
+                .bind(v.unused_reported)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| match violation(&e) {
@@ -300,6 +325,29 @@ impl SqliteStore {
             .bind(entry.detail.as_str())
             .bind(entry.request_id.as_deref())
             .bind(entry.remote_addr.as_deref())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        }
+        Ok(())
+    }
+
+    async fn append_events(
+        &self,
+        conn: &mut SqliteConnection,
+        events: &[EventRecord],
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        for event in events {
+            sqlx::query(
+                "INSERT INTO events (at, kind, consumer, version, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(event.at.unix_millis())
+            .bind(event.kind.as_str())
+            .bind(event.consumer.as_str())
+            .bind(event.version.map(i64::from))
+            .bind(event.detail.as_str())
             .execute(&mut *conn)
             .await
             .map_err(|e| self.fail(doing, e))?;
@@ -373,12 +421,14 @@ impl SqliteStore {
 /// Only rows whose key material is unchanged are updated (see `upsert_versions`).
 const UPSERT_VERSION: &str = "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, \
      fingerprint, state, created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, \
-     replaced_by, enforced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+     replaced_by, enforced, grace_ms, extended, unused_reported) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
      ON CONFLICT (consumer_id, version) DO UPDATE SET state = excluded.state, \
      deadline = excluded.deadline, expires_at = excluded.expires_at, \
      retired_at = excluded.retired_at, revoked_at = excluded.revoked_at, \
      revoke_reason = excluded.revoke_reason, replaced_by = excluded.replaced_by, \
-     enforced = excluded.enforced \
+     enforced = excluded.enforced, grace_ms = excluded.grace_ms, extended = excluded.extended, \
+     unused_reported = excluded.unused_reported \
      WHERE key_versions.kid = excluded.kid AND key_versions.secret_hash = excluded.secret_hash \
      AND key_versions.fingerprint = excluded.fingerprint \
      AND key_versions.created_at = excluded.created_at";
@@ -468,6 +518,9 @@ fn consumer_from_row(row: &SqliteRow) -> Result<StoredConsumer, StoreError> {
         disabled: get(row, 5, place)?,
         revision: get(row, 6, place)?,
         created_at: get(row, 7, place)?,
+        retire_policy: get(row, 8, place)?,
+        idle_ms: get(row, 9, place)?,
+        on_stall: get(row, 10, place)?,
     };
     columns.validate(place)
 }
@@ -494,6 +547,9 @@ fn version_from_row(row: &SqliteRow) -> Result<(i64, KeyVersion), StoreError> {
         revoke_reason: get(row, 11, place)?,
         replaced_by: get(row, 12, place)?,
         enforced: get(row, 13, place)?,
+        grace_ms: get(row, 14, place)?,
+        extended: get(row, 15, place)?,
+        unused_reported: get(row, 16, place)?,
     };
     columns.validate(place)
 }
@@ -524,6 +580,21 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
         detail: get(row, 5, place)?,
         request_id: get(row, 6, place)?,
         remote_addr: get(row, 7, place)?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+    let table = || "events row".to_owned();
+    let seq: i64 = get(row, 0, &table)?;
+    let place = || format!("events row (seq {seq})");
+    let place: Place<'_> = &place;
+    Ok(EventRecord {
+        seq,
+        at: Timestamp::from_unix_millis(get(row, 1, place)?),
+        kind: get(row, 2, place)?,
+        consumer: get(row, 3, place)?,
+        version: rows::event_version(get(row, 4, place)?, place)?,
+        detail: get(row, 5, place)?,
     })
 }
 
@@ -753,11 +824,13 @@ impl crate::Store for SqliteStore {
     ) -> Result<StoredConsumer, StoreError> {
         let reference = consumer.reference();
         let doing = format!("creating consumer {reference}");
-        let mut tx = self.begin_write(&doing).await?;
         let created_at = consumer.created_at.unix_millis();
+        let (retire_policy, idle_ms, on_stall) = rows::policy_values(consumer)?;
+        let mut tx = self.begin_write(&doing).await?;
         let inserted = sqlx::query(
             "INSERT INTO consumers (environment, name, scopes, owner, disabled, revision, \
-             created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
+             created_at, updated_at, retire_policy, idle_ms, on_stall) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6, ?7, ?8, ?9)",
         )
         .bind(consumer.environment.as_str())
         .bind(consumer.name.as_str())
@@ -765,6 +838,9 @@ impl crate::Store for SqliteStore {
         .bind(consumer.owner.as_deref())
         .bind(consumer.disabled)
         .bind(created_at)
+        .bind(retire_policy)
+        .bind(idle_ms)
+        .bind(on_stall)
         .execute(&mut *tx)
         .await
         .map_err(|e| match violation(&e) {
@@ -811,13 +887,15 @@ impl crate::Store for SqliteStore {
     async fn write_consumer(&self, write: ConsumerWrite<'_>) -> Result<StoredConsumer, StoreError> {
         let consumer = write.consumer;
         let doing = format!("writing consumer {}", consumer.reference());
+        let (retire_policy, idle_ms, on_stall) = rows::policy_values(consumer)?;
         let mut tx = self.begin_write(&doing).await?;
         // `updated_at` is the time of the latest audited change this write carries; a write
         // without audit entries leaves it as it was rather than reading a clock here.
         let updated_at = write.audit.iter().map(|a| a.at.unix_millis()).max();
         let updated = sqlx::query(
             "UPDATE consumers SET scopes = ?1, owner = ?2, disabled = ?3, \
-             revision = revision + 1, updated_at = COALESCE(?4, updated_at) \
+             revision = revision + 1, updated_at = COALESCE(?4, updated_at), \
+             retire_policy = ?9, idle_ms = ?10, on_stall = ?11 \
              WHERE id = ?5 AND environment = ?6 AND name = ?7 AND revision = ?8",
         )
         .bind(rows::join_scopes(&consumer.scopes))
@@ -828,6 +906,9 @@ impl crate::Store for SqliteStore {
         .bind(consumer.environment.as_str())
         .bind(consumer.name.as_str())
         .bind(write.expected_revision)
+        .bind(retire_policy)
+        .bind(idle_ms)
+        .bind(on_stall)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.fail(&doing, e))?;
@@ -852,6 +933,7 @@ impl crate::Store for SqliteStore {
             )));
         }
         self.append_audit(&mut tx, write.audit, &doing).await?;
+        self.append_events(&mut tx, write.events, &doing).await?;
         self.remember_idempotency(&mut tx, write.idempotency, &doing)
             .await?;
         self.commit(tx, &doing).await?;
@@ -955,5 +1037,187 @@ impl crate::Store for SqliteStore {
         .await
         .map_err(|e| self.fail("reading the audit log", e))?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta], max_sources: u32) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let merged = crate::usage::merge(batch);
+        let doing = format!("recording the usage of {} versions", merged.last_used.len());
+        // Made before taking the write lock, which is held only for the statements.
+        let last_used = usage::last_used_json(&merged.last_used);
+        let hourly = (!merged.hourly.is_empty()).then(|| usage::hourly_json(&merged.hourly));
+        let sources = (!merged.sources.is_empty()).then(|| usage::sources_json(&merged.sources));
+        let mut tx = self.begin_write(&doing).await?;
+        sqlx::query(usage::UPSERT_LAST_USED)
+            .bind(last_used.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(&doing, e))?;
+        if let Some(hourly) = &hourly {
+            sqlx::query(usage::UPSERT_HOURLY)
+                .bind(hourly.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(&doing, e))?;
+        }
+        if let Some(sources) = &sources {
+            sqlx::query(usage::UPSERT_SOURCES)
+                .bind(sources.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(&doing, e))?;
+        }
+        // Every kid of the batch, not only those with new sources: a smaller `max_sources` than
+        // last time applies to them too.
+        sqlx::query(usage::TRIM_SOURCES)
+            .bind(last_used.as_str())
+            .bind(i64::from(max_sources))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(&doing, e))?;
+        self.commit(tx, &doing).await
+    }
+
+    async fn last_used_all(&self) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
+        let Some(file) = self.file.clone() else {
+            let mut rows = sqlx::query(load::SELECT_LAST_USED_ALL).fetch(&self.pool);
+            let mut all = Vec::new();
+            while let Some(row) = rows
+                .try_next()
+                .await
+                .map_err(|e| self.fail(LOADING_LAST_USED, e))?
+            {
+                let table = || "version_usage row".to_owned();
+                all.push(rows::last_used(
+                    get(&row, 0, &table)?,
+                    get(&row, 1, &table)?,
+                )?);
+            }
+            return Ok(all);
+        };
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || load::last_used_all(&file, &location))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "SQLite database {}: {LOADING_LAST_USED}: the reading task failed: {e}",
+                    self.location
+                ))
+            })?
+    }
+
+    async fn usage(&self, kids: &[Kid], since: Timestamp) -> Result<Vec<VersionUsage>, StoreError> {
+        if kids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let doing = format!("reading the usage of {} versions", kids.len());
+        let json = usage::kids_json(kids.iter().map(Kid::as_str));
+        let mut found: HashMap<&str, VersionUsage> = kids
+            .iter()
+            .map(|kid| (kid.as_str(), unused(*kid)))
+            .collect();
+        let fail = |e: sqlx::Error| self.fail(&doing, e);
+        let mut tx = self.begin_read(&doing).await?;
+        let last_used = sqlx::query(usage::SELECT_LAST_USED)
+            .bind(json.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let hourly = sqlx::query(usage::SELECT_HOURLY)
+            .bind(json.as_str())
+            .bind(since.unix_millis())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let sources = sqlx::query(usage::SELECT_SOURCES)
+            .bind(json.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        self.commit(tx, &doing).await?;
+
+        for row in &last_used {
+            let table = || "version_usage row".to_owned();
+            let kid: &str = get(row, 0, &table)?;
+            let place = || format!("version_usage row (kid {kid})");
+            let at: i64 = get(row, 1, &place)?;
+            if let Some(entry) = found.get_mut(kid) {
+                entry.last_used_at = Some(Timestamp::from_unix_millis(at));
+            }
+        }
+        for row in &hourly {
+            let table = || "usage_hourly row".to_owned();
+            let kid: &str = get(row, 0, &table)?;
+            let hour: i64 = get(row, 1, &table)?;
+            let place = || format!("usage_hourly row (kid {kid}, hour {hour})");
+            let count = rows::counter(get(row, 2, &place)?, "count", &place)?;
+            if let Some(entry) = found.get_mut(kid) {
+                entry
+                    .hourly
+                    .push((Timestamp::from_unix_millis(hour), count));
+            }
+        }
+        for row in &sources {
+            let table = || "usage_sources row".to_owned();
+            let kid: &str = get(row, 0, &table)?;
+            let place = || format!("usage_sources row (kid {kid})");
+            let place: Place<'_> = &place;
+            let client_id: String = get(row, 3, place)?;
+            let source = SourceSeen {
+                address: get(row, 1, place)?,
+                user_agent: get(row, 2, place)?,
+                client_id: (!client_id.is_empty()).then_some(client_id),
+                first_seen: Timestamp::from_unix_millis(get(row, 4, place)?),
+                last_seen: Timestamp::from_unix_millis(get(row, 5, place)?),
+                count: rows::counter(get(row, 6, place)?, "count", place)?,
+            };
+            if let Some(entry) = found.get_mut(kid) {
+                entry.sources.push(source);
+            }
+        }
+
+        // In the order asked; a kid asked twice is answered twice.
+        let mut answer: Vec<VersionUsage> = Vec::with_capacity(kids.len());
+        for kid in kids {
+            let entry = match found.remove(kid.as_str()) {
+                Some(entry) => entry,
+                None => answer
+                    .iter()
+                    .find(|u| u.kid == *kid)
+                    .cloned()
+                    .unwrap_or_else(|| unused(*kid)),
+            };
+            answer.push(entry);
+        }
+        Ok(answer)
+    }
+
+    async fn list_events(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, consumer, version, detail FROM events \
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail("reading the event outbox", e))?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// A version's usage before anything is known of it.
+fn unused(kid: Kid) -> VersionUsage {
+    VersionUsage {
+        kid,
+        last_used_at: None,
+        hourly: Vec::new(),
+        sources: Vec::new(),
     }
 }

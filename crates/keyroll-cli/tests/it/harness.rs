@@ -36,16 +36,29 @@ pub fn start() -> Server {
 pub fn start_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    spawn(dir, data, extra)
+    spawn(dir, data, extra, &[])
+}
+
+/// A server with extra `KEYROLL_*` settings.
+pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    spawn(dir, data, &[], env)
+}
+
+/// A server on an existing data dir with extra `KEYROLL_*` settings.
+pub fn start_in_with_env(data: &Path, env: &[(&str, &str)]) -> Server {
+    spawn(tempfile::tempdir().unwrap(), data.to_owned(), &[], env)
 }
 
 /// A server on an existing data dir (restarts).
 pub fn start_in(data: &Path) -> Server {
-    spawn(tempfile::tempdir().unwrap(), data.to_owned(), &[])
+    spawn(tempfile::tempdir().unwrap(), data.to_owned(), &[], &[])
 }
 
-fn spawn(dir: tempfile::TempDir, data: PathBuf, extra: &[&str]) -> Server {
+fn spawn(dir: tempfile::TempDir, data: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
         .args([
             "serve",
             "--listen",
@@ -99,6 +112,23 @@ pub struct Run {
 }
 
 impl Server {
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -10,5 +10,9 @@
 mod bad_input;
 mod forward_auth;
 mod harness;
+mod incident;
 mod nginx;
+mod observe;
+mod scan;
+mod usage;
 mod walkthrough;

@@ -74,7 +74,9 @@ fn create_sorts_scopes_and_starts_at_v1_active() {
 
 #[test]
 fn rotate_keeps_old_version_valid_for_the_grace_window() {
-    let t = consumer().apply(rotate(3600, 2), at(100)).unwrap();
+    let t = consumer()
+        .apply(rotate(3600, 2), &Usage::NONE, at(100))
+        .unwrap();
     let c = &t.consumer;
     assert_eq!(
         t.effects,
@@ -95,8 +97,13 @@ fn rotate_keeps_old_version_valid_for_the_grace_window() {
 
 #[test]
 fn second_rotation_never_extends_an_earlier_deadline() {
-    let t1 = consumer().apply(rotate(3600, 2), at(0)).unwrap();
-    let t2 = t1.consumer.apply(rotate(7200, 3), at(10)).unwrap();
+    let t1 = consumer()
+        .apply(rotate(3600, 2), &Usage::NONE, at(0))
+        .unwrap();
+    let t2 = t1
+        .consumer
+        .apply(rotate(7200, 3), &Usage::NONE, at(10))
+        .unwrap();
     let c = t2.consumer;
     assert_eq!(
         c.version(VersionNumber(1)).unwrap().deadline,
@@ -114,8 +121,16 @@ fn second_rotation_never_extends_an_earlier_deadline() {
 
 #[test]
 fn zero_grace_retires_at_once() {
-    let t = consumer().apply(rotate(0, 2), at(50)).unwrap();
-    assert_eq!(t.effects[0], Effect::Retired(VersionNumber(1)));
+    let t = consumer()
+        .apply(rotate(0, 2), &Usage::NONE, at(50))
+        .unwrap();
+    assert_eq!(
+        t.effects[0],
+        Effect::Retired {
+            version: VersionNumber(1),
+            reason: RetireReason::Rotation
+        }
+    );
     assert_eq!(
         t.consumer
             .version(VersionNumber(1))
@@ -123,17 +138,21 @@ fn zero_grace_retires_at_once() {
             .state_at(at(50)),
         State::Retired
     );
-    assert!(t.consumer.has_valid_version(at(50)));
+    assert!(t.consumer.has_valid_version(&Usage::NONE, at(50)));
 }
 
 #[test]
 fn retire_ends_grace_but_refuses_the_active_version() {
-    let c = consumer().apply(rotate(3600, 2), at(0)).unwrap().consumer;
+    let c = consumer()
+        .apply(rotate(3600, 2), &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
     let err = c
         .apply(
             Command::Retire {
                 version: VersionNumber(2),
             },
+            &Usage::NONE,
             at(1),
         )
         .unwrap_err();
@@ -144,10 +163,17 @@ fn retire_ends_grace_but_refuses_the_active_version() {
             Command::Retire {
                 version: VersionNumber(1),
             },
+            &Usage::NONE,
             at(1),
         )
         .unwrap();
-    assert_eq!(t.effects, vec![Effect::Retired(VersionNumber(1))]);
+    assert_eq!(
+        t.effects,
+        vec![Effect::Retired {
+            version: VersionNumber(1),
+            reason: RetireReason::Operator
+        }]
+    );
     // Retrying is a no-op, not an error.
     let again = t
         .consumer
@@ -155,6 +181,7 @@ fn retire_ends_grace_but_refuses_the_active_version() {
             Command::Retire {
                 version: VersionNumber(1),
             },
+            &Usage::NONE,
             at(2),
         )
         .unwrap();
@@ -164,6 +191,7 @@ fn retire_ends_grace_but_refuses_the_active_version() {
             Command::Retire {
                 version: VersionNumber(9),
             },
+            &Usage::NONE,
             at(1),
         )
         .unwrap_err();
@@ -179,6 +207,7 @@ fn revoke_is_immediate_needs_a_reason_and_keeps_the_first_one() {
                 version: VersionNumber(1),
                 reason: "  ".into()
             },
+            &Usage::NONE,
             at(1)
         )
         .unwrap_err(),
@@ -190,6 +219,7 @@ fn revoke_is_immediate_needs_a_reason_and_keeps_the_first_one() {
                 version: VersionNumber(1),
                 reason: "leaked in CI log".into(),
             },
+            &Usage::NONE,
             at(5),
         )
         .unwrap();
@@ -203,6 +233,7 @@ fn revoke_is_immediate_needs_a_reason_and_keeps_the_first_one() {
                 version: VersionNumber(1),
                 reason: "other".into(),
             },
+            &Usage::NONE,
             at(6),
         )
         .unwrap();
@@ -215,9 +246,18 @@ fn revoke_is_immediate_needs_a_reason_and_keeps_the_first_one() {
 
 #[test]
 fn a_deadline_that_passed_while_down_is_settled_on_the_next_command() {
-    let c = consumer().apply(rotate(60, 2), at(0)).unwrap().consumer;
-    let t = c.apply(Command::Settle, at(1_000)).unwrap();
-    assert_eq!(t.effects, vec![Effect::Retired(VersionNumber(1))]);
+    let c = consumer()
+        .apply(rotate(60, 2), &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
+    let t = c.apply(Command::Settle, &Usage::NONE, at(1_000)).unwrap();
+    assert_eq!(
+        t.effects,
+        vec![Effect::Retired {
+            version: VersionNumber(1),
+            reason: RetireReason::Deadline
+        }]
+    );
     let v1 = t.consumer.version(VersionNumber(1)).unwrap();
     assert_eq!(
         (v1.state, v1.retired_at),
@@ -227,17 +267,22 @@ fn a_deadline_that_passed_while_down_is_settled_on_the_next_command() {
 
 #[test]
 fn disable_and_enable_are_idempotent() {
-    let t = consumer().apply(Command::Disable, at(1)).unwrap();
+    let t = consumer()
+        .apply(Command::Disable, &Usage::NONE, at(1))
+        .unwrap();
     assert_eq!(t.effects, vec![Effect::Disabled]);
     assert!(
         t.consumer
-            .apply(Command::Disable, at(2))
+            .apply(Command::Disable, &Usage::NONE, at(2))
             .unwrap()
             .effects
             .is_empty()
     );
     assert_eq!(
-        t.consumer.apply(Command::Enable, at(3)).unwrap().effects,
+        t.consumer
+            .apply(Command::Enable, &Usage::NONE, at(3))
+            .unwrap()
+            .effects,
         vec![Effect::Enabled]
     );
 }
@@ -291,7 +336,7 @@ proptest! {
                 Step::Enable => Command::Enable,
             };
             let is_revoke = matches!(cmd, Command::Revoke { .. });
-            if let Ok(t) = c.apply(cmd, now) {
+            if let Ok(t) = c.apply(cmd, &Usage::NONE, now) {
                 // Terminal states never come back.
                 for (before, after) in c.versions.iter().zip(t.consumer.versions.iter()) {
                     if before.state == StoredState::Revoked { prop_assert_eq!(after.state, StoredState::Revoked); }
@@ -302,8 +347,191 @@ proptest! {
                 c = t.consumer;
             }
             if !revoked_any {
-                prop_assert!(c.has_valid_version(now), "no valid version at {:?}: {:?}", now, c.versions);
+                prop_assert!(c.has_valid_version(&Usage::NONE, now), "no valid version at {:?}: {:?}", now, c.versions);
             }
         }
     }
+}
+
+fn seen(pairs: &[(u32, i64)]) -> Vec<(VersionNumber, Timestamp)> {
+    pairs
+        .iter()
+        .map(|(n, secs)| (VersionNumber(*n), at(*secs)))
+        .collect()
+}
+
+fn with_idle(mut c: Consumer, idle_secs: u64) -> Consumer {
+    c.policy.idle = Duration::from_secs(idle_secs);
+    c
+}
+
+#[test]
+fn when_idle_retires_early_once_the_new_version_is_used_and_the_old_one_is_quiet() {
+    let c = with_idle(consumer(), 60)
+        .apply(rotate(3600, 2), &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
+    // v2 not seen yet: nothing happens, however quiet v1 is.
+    let u = seen(&[(1, 10)]);
+    assert!(
+        c.apply(Command::Settle, &Usage::new(&u), at(500))
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+    // v2 seen, v1 seen 30 s ago: not idle yet.
+    let u = seen(&[(1, 470), (2, 480)]);
+    assert!(
+        c.apply(Command::Settle, &Usage::new(&u), at(500))
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+    // v1 quiet for the idle window: retired early, long before its deadline.
+    let u = seen(&[(1, 440), (2, 499)]);
+    let t = c.apply(Command::Settle, &Usage::new(&u), at(500)).unwrap();
+    assert_eq!(
+        t.effects,
+        vec![Effect::Retired {
+            version: VersionNumber(1),
+            reason: RetireReason::Idle
+        }]
+    );
+    assert_eq!(
+        t.consumer
+            .version(VersionNumber(1))
+            .unwrap()
+            .state_at(at(500)),
+        State::Retired
+    );
+}
+
+#[test]
+fn a_version_in_use_at_its_deadline_is_extended_once_then_retired_regardless() {
+    let c = with_idle(consumer(), 60)
+        .apply(rotate(100, 2), &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
+    let v1 = |c: &Consumer| c.version(VersionNumber(1)).unwrap().clone();
+    // Seen 10 s before the deadline: at the deadline it stalls, extended by the grace window.
+    let u = seen(&[(1, 90), (2, 95)]);
+    assert_eq!(
+        v1(&c).state_with(&c.policy, Some(at(90)), at(150)),
+        State::Retiring,
+        "the hot path agrees before the sweeper runs"
+    );
+    let t = c.apply(Command::Settle, &Usage::new(&u), at(100)).unwrap();
+    assert_eq!(
+        t.effects,
+        vec![Effect::Stalled {
+            version: VersionNumber(1),
+            deadline: at(100),
+            until: at(200)
+        }]
+    );
+    let c = t.consumer;
+    assert!(v1(&c).extended);
+    // Still in use at the extended deadline: retired regardless.
+    let u = seen(&[(1, 199), (2, 199)]);
+    let t = c.apply(Command::Settle, &Usage::new(&u), at(200)).unwrap();
+    assert_eq!(
+        t.effects,
+        vec![Effect::Retired {
+            version: VersionNumber(1),
+            reason: RetireReason::Deadline
+        }]
+    );
+    assert_eq!(v1(&t.consumer).retired_at, Some(at(200)));
+}
+
+#[test]
+fn enforce_and_on_stall_retire_keep_the_exact_deadline() {
+    let enforced = Command::Rotate {
+        grace: Duration::from_secs(100),
+        enforce: true,
+        new_version: new_version(2),
+    };
+    let c = consumer()
+        .apply(enforced, &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
+    let u = seen(&[(1, 99)]);
+    let t = c.apply(Command::Settle, &Usage::new(&u), at(100)).unwrap();
+    assert_eq!(
+        t.effects,
+        vec![Effect::Retired {
+            version: VersionNumber(1),
+            reason: RetireReason::Deadline
+        }]
+    );
+    let mut strict = consumer();
+    strict.policy.on_stall = OnStall::Retire;
+    let c = strict
+        .apply(rotate(100, 3), &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
+    let t = c.apply(Command::Settle, &Usage::new(&u), at(100)).unwrap();
+    assert!(matches!(
+        t.effects[0],
+        Effect::Retired {
+            reason: RetireReason::Deadline,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_deadline_and_its_extension_that_both_passed_while_down_settle_in_one_step() {
+    let c = with_idle(consumer(), 60)
+        .apply(rotate(100, 2), &Usage::NONE, at(0))
+        .unwrap()
+        .consumer;
+    let u = seen(&[(1, 95)]);
+    let t = c
+        .apply(Command::Settle, &Usage::new(&u), at(10_000))
+        .unwrap();
+    assert_eq!(
+        t.effects,
+        vec![
+            Effect::Stalled {
+                version: VersionNumber(1),
+                deadline: at(100),
+                until: at(200)
+            },
+            Effect::Retired {
+                version: VersionNumber(1),
+                reason: RetireReason::Deadline
+            },
+        ]
+    );
+}
+
+#[test]
+fn an_active_version_nobody_used_for_a_day_is_reported_once() {
+    let c = consumer();
+    assert!(
+        c.apply(Command::Settle, &Usage::NONE, at(3600))
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+    let t = c
+        .apply(Command::Settle, &Usage::NONE, at(24 * 3600))
+        .unwrap();
+    assert_eq!(t.effects, vec![Effect::Unused(VersionNumber(1))]);
+    assert!(
+        t.consumer
+            .apply(Command::Settle, &Usage::NONE, at(48 * 3600))
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+    let u = seen(&[(1, 5)]);
+    assert!(
+        consumer()
+            .apply(Command::Settle, &Usage::new(&u), at(24 * 3600))
+            .unwrap()
+            .effects
+            .is_empty()
+    );
 }

@@ -17,11 +17,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keyroll_core::{
-    Command, Consumer, ConsumerName, ConsumerRef, Effect, Environment, IssuedKey, KeyVersion,
-    LifecycleError, NewVersion, Scope, Timestamp, VersionNumber, issue_key, parse_duration,
+    Command, Consumer, ConsumerName, ConsumerRef, Effect, Environment, IssuedKey, KeyVersion, Kid,
+    LifecycleError, NewVersion, OnStall, Policy, RetirePolicy, RetireReason, Scope, Timestamp,
+    Usage, VersionNumber, effective_deadline, issue_key, parse_duration,
 };
 use keyroll_proto as proto;
-use keyroll_store::{AuditRecord, ConsumerWrite, EnvironmentRecord, IdempotencyRecord, StoreError};
+use keyroll_store::{
+    AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord, IdempotencyRecord, StoreError,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -201,6 +204,37 @@ fn owner(value: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Applies the policy fields of a request onto `base`; each is validated with a precise message.
+fn policy_from(
+    base: Policy,
+    retire: Option<&str>,
+    idle: Option<&str>,
+    on_stall: Option<&str>,
+) -> Result<Policy, ApiError> {
+    let mut p = base;
+    if let Some(r) = retire {
+        p.retire = RetirePolicy::parse(r).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "retire: {r:?} is not a retire policy; expected when-idle or at-deadline"
+            ))
+        })?;
+    }
+    if let Some(i) = idle {
+        p.idle = duration("idle", i)?;
+        if p.idle.is_zero() {
+            return Err(ApiError::bad_request("idle: must be longer than 0"));
+        }
+    }
+    if let Some(o) = on_stall {
+        p.on_stall = OnStall::parse(o).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "on_stall: {o:?} is not accepted; expected extend or retire"
+            ))
+        })?;
+    }
+    Ok(p)
+}
+
 fn new_key(
     environment: &Environment,
     expires_at: Option<Timestamp>,
@@ -223,24 +257,37 @@ fn new_key(
 }
 
 /// A version as the API shows it at `now`.
-pub fn version_json(v: &KeyVersion, now: Timestamp) -> proto::KeyVersion {
+pub fn version_json(
+    v: &KeyVersion,
+    policy: &Policy,
+    last_used: Option<Timestamp>,
+    now: Timestamp,
+) -> proto::KeyVersion {
+    let view = v.view(last_used);
+    let deadline = match v.state {
+        keyroll_core::StoredState::Retiring => effective_deadline(&view, policy),
+        _ => v.retirement_time(),
+    };
     proto::KeyVersion {
         version: v.number.0,
         kid: v.kid.to_string(),
         fingerprint: v.fingerprint.to_string(),
-        state: v.state_at(now).as_str().into(),
+        state: v.state_with(policy, last_used, now).as_str().into(),
         created_at: rfc3339(v.created_at),
-        deadline: v.retirement_time().map(rfc3339),
+        deadline: deadline.map(rfc3339),
+        extended: v.extended
+            || keyroll_core::is_stalled(&view, policy)
+                && deadline.is_some_and(|d| Some(d) != v.deadline),
         expires_at: v.expires_at.map(rfc3339),
         revoked_at: v.revoked_at.map(rfc3339),
         revoke_reason: v.revoke_reason.clone(),
         replaced_by: v.replaced_by.map(|n| n.0),
-        last_used_at: None,
+        last_used_at: last_used.map(rfc3339),
     }
 }
 
-/// A consumer as the API shows it at `now`.
-pub fn consumer_json(c: &Consumer, now: Timestamp) -> proto::Consumer {
+/// A consumer as the API shows it at `now`, with what this node knows of its use.
+pub fn consumer_json(c: &Consumer, index: &crate::index::Index, now: Timestamp) -> proto::Consumer {
     proto::Consumer {
         environment: c.environment.to_string(),
         name: c.name.to_string(),
@@ -248,7 +295,14 @@ pub fn consumer_json(c: &Consumer, now: Timestamp) -> proto::Consumer {
         owner: c.owner.clone(),
         disabled: c.disabled,
         created_at: rfc3339(c.created_at),
-        versions: c.versions.iter().map(|v| version_json(v, now)).collect(),
+        retire: c.policy.retire.as_str().into(),
+        idle: keyroll_core::format_duration(c.policy.idle),
+        on_stall: c.policy.on_stall.as_str().into(),
+        versions: c
+            .versions
+            .iter()
+            .map(|v| version_json(v, &c.policy, index.last_used(&v.kid), now))
+            .collect(),
     }
 }
 
@@ -261,49 +315,146 @@ struct Planned {
     issued: Option<IssuedKey>,
 }
 
-fn effect_audit(ctx: &Ctx, at: Timestamp, reference: &str, planned: &Planned) -> Vec<AuditRecord> {
-    let mut records: Vec<AuditRecord> = planned
-        .effects
+/// The target and details of an effect, for its audit entry and its event.
+fn effect_detail(e: &Effect, consumer: &Consumer, reference: &str) -> (String, Option<u32>, Value) {
+    let kid = |n: VersionNumber| consumer.version(n).map(|v| v.kid.to_string());
+    match e {
+        Effect::Issued(n) => (
+            format!("{reference} {n}"),
+            Some(n.0),
+            json!({ "kid": kid(*n) }),
+        ),
+        Effect::Retiring { version, deadline } => (
+            format!("{reference} {version}"),
+            Some(version.0),
+            json!({ "kid": kid(*version), "deadline": rfc3339(*deadline) }),
+        ),
+        Effect::Retired { version, reason } => (
+            format!("{reference} {version}"),
+            Some(version.0),
+            json!({
+                "kid": kid(*version),
+                "reason": reason.as_str(),
+                "replaced_by": consumer.version(*version).and_then(|v| v.replaced_by).map(|n| n.0),
+            }),
+        ),
+        Effect::Revoked(n) => (
+            format!("{reference} {n}"),
+            Some(n.0),
+            json!({ "kid": kid(*n), "reason": consumer.version(*n).and_then(|v| v.revoke_reason.clone()) }),
+        ),
+        Effect::Stalled {
+            version,
+            deadline,
+            until,
+        } => (
+            format!("{reference} {version}"),
+            Some(version.0),
+            json!({ "kid": kid(*version), "deadline": rfc3339(*deadline), "extended_until": rfc3339(*until) }),
+        ),
+        Effect::Unused(n) => (
+            format!("{reference} {n}"),
+            Some(n.0),
+            json!({ "kid": kid(*n), "issued_at": consumer.version(*n).map(|v| rfc3339(v.created_at)) }),
+        ),
+        Effect::Disabled | Effect::Enabled => (reference.to_owned(), None, json!({})),
+    }
+}
+
+/// When each version of `consumer` was last seen, as this node's index knows it.
+pub(crate) fn usage_of(state: &AppState, consumer: &Consumer) -> Vec<(VersionNumber, Timestamp)> {
+    consumer
+        .versions
         .iter()
-        .map(|e| {
-            let (target, detail) = match e {
-                Effect::Issued(n) => {
-                    let kid = planned.consumer.version(*n).map(|v| v.kid.to_string());
-                    (format!("{reference} {n}"), json!({ "kid": kid }))
-                }
-                Effect::Retiring { version, deadline } => (
-                    format!("{reference} {version}"),
-                    json!({ "deadline": rfc3339(*deadline) }),
-                ),
-                Effect::Retired(n) | Effect::Revoked(n) => {
-                    let v = planned.consumer.version(*n);
-                    (
-                        format!("{reference} {n}"),
-                        json!({
-                            "kid": v.map(|v| v.kid.to_string()),
-                            "reason": v.and_then(|v| v.revoke_reason.clone()),
-                        }),
-                    )
-                }
-                Effect::Disabled | Effect::Enabled => (reference.to_owned(), json!({})),
-            };
-            ctx.audit(
-                at,
-                e.kind(),
-                target,
-                json!({ "command": planned.action, "params": planned.params, "effect": detail }),
-            )
-        })
-        .collect();
-    if records.is_empty() && planned.action == "consumer.update" {
-        records.push(ctx.audit(
+        .filter_map(|v| state.index.last_used(&v.kid).map(|t| (v.number, t)))
+        .collect()
+}
+
+/// Who was still using a stalled version, as recorded (flushes pending usage first).
+async fn stall_sources(state: &AppState, kid: Kid, at: Timestamp) -> Value {
+    crate::usage::flush_once(state).await;
+    let since = at.saturating_sub(Duration::from_secs(24 * 3600));
+    match state.store.usage(&[kid], since).await {
+        Ok(usage) => {
+            let u = usage.into_iter().next();
+            let hourly: u64 = u
+                .as_ref()
+                .map(|u| {
+                    u.hourly
+                        .iter()
+                        .filter(|(h, _)| at.duration_since(*h) < Duration::from_secs(3600))
+                        .map(|(_, n)| *n)
+                        .sum()
+                })
+                .unwrap_or(0);
+            let sources: Vec<Value> = u
+                .map(|u| u.sources.iter().map(|s| json!({ "address": s.address, "user_agent": s.user_agent, "client_id": s.client_id, "last_seen": rfc3339(s.last_seen), "count": s.count })).collect())
+                .unwrap_or_default();
+            json!({ "sources": sources, "requests_last_hour": hourly })
+        }
+        Err(e) => json!({ "sources_unavailable": e.to_string() }),
+    }
+}
+
+fn audit_and_events(
+    ctx: &Ctx,
+    at: Timestamp,
+    reference: &str,
+    planned: &Planned,
+    extra: &[(usize, Value)],
+) -> (Vec<AuditRecord>, Vec<EventRecord>) {
+    let mut audit = Vec::new();
+    let mut events = Vec::new();
+    for (i, e) in planned.effects.iter().enumerate() {
+        let (target, version, mut detail) = effect_detail(e, &planned.consumer, reference);
+        if let Some((_, more)) = extra.iter().find(|(j, _)| *j == i)
+            && let (Some(d), Some(m)) = (detail.as_object_mut(), more.as_object())
+        {
+            d.extend(m.clone());
+        }
+        audit.push(ctx.audit(
+            at,
+            e.kind(),
+            target,
+            json!({ "command": planned.action, "params": planned.params, "effect": detail }),
+        ));
+        events.push(EventRecord {
+            seq: 0,
+            at,
+            kind: e.kind().into(),
+            consumer: reference.to_owned(),
+            version,
+            detail: detail.to_string(),
+        });
+    }
+    if audit.is_empty() && planned.action == "consumer.update" {
+        audit.push(ctx.audit(
             at,
             "consumer.updated",
             reference.to_owned(),
             planned.params.clone(),
         ));
     }
-    records
+    (audit, events)
+}
+
+/// The metric outcome of an effect, if it is one `keyroll_rotations_total` counts.
+fn outcome(e: &Effect) -> Option<&'static str> {
+    match e {
+        Effect::Issued(n) if n.0 > 1 => Some("rotated"),
+        Effect::Retired {
+            reason: RetireReason::Idle,
+            ..
+        } => Some("retired_idle"),
+        Effect::Retired {
+            reason: RetireReason::Deadline,
+            ..
+        } => Some("retired_deadline"),
+        Effect::Retired { .. } => Some("retired"),
+        Effect::Stalled { .. } => Some("stalled"),
+        Effect::Revoked(_) => Some("revoked"),
+        _ => None,
+    }
 }
 
 /// Reads, plans, writes and indexes one change to a consumer; answers with `respond`.
@@ -312,12 +463,33 @@ async fn commit(
     ctx: &Ctx,
     r: &ConsumerRef,
     status: StatusCode,
-    plan: impl Fn(&Consumer, Timestamp) -> Result<Planned, ApiError>,
+    plan: impl Fn(&Consumer, &Usage<'_>, Timestamp) -> Result<Planned, ApiError>,
     respond: impl Fn(&Consumer, &Planned, Timestamp) -> Value,
 ) -> Result<Response, ApiError> {
     if let Some(replayed) = ctx.replay(state).await? {
         return Ok(replayed);
     }
+    match commit_planned(state, ctx, r, status, plan, respond).await {
+        Ok(((code, body), _)) => Ok((code, Json(body)).into_response()),
+        // A concurrent request with the same key won: answer what it answered.
+        Err(e) if e.code == "idempotency_key_reused" => match ctx.replay(state).await? {
+            Some(replayed) => Ok(replayed),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+type Answer = (StatusCode, Value);
+
+async fn commit_planned(
+    state: &AppState,
+    ctx: &Ctx,
+    r: &ConsumerRef,
+    status: StatusCode,
+    plan: impl Fn(&Consumer, &Usage<'_>, Timestamp) -> Result<Planned, ApiError>,
+    respond: impl Fn(&Consumer, &Planned, Timestamp) -> Value,
+) -> Result<(Answer, Vec<Effect>), ApiError> {
     for _ in 0..MAX_ATTEMPTS {
         let stored = state
             .store
@@ -325,14 +497,24 @@ async fn commit(
             .await?
             .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?;
         let at = now();
-        let planned = plan(&stored.consumer, at)?;
+        let seen = usage_of(state, &stored.consumer);
+        let planned = plan(&stored.consumer, &Usage::new(&seen), at)?;
         let answer = respond(&stored.consumer, &planned, at);
         let (with_key, public) = split_secret(answer);
         // Nothing changed (a retried retire, a second disable): answer without writing.
         if planned.effects.is_empty() && planned.consumer == stored.consumer {
-            return Ok((StatusCode::OK, Json(with_key)).into_response());
+            return Ok(((StatusCode::OK, with_key), Vec::new()));
         }
-        let audit = effect_audit(ctx, at, &r.to_string(), &planned);
+        let mut extra = Vec::new();
+        for (i, e) in planned.effects.iter().enumerate() {
+            if let Effect::Stalled { version, .. } = e
+                && let Some(v) = planned.consumer.version(*version)
+            {
+                extra.push((i, stall_sources(state, v.kid, at).await));
+            }
+        }
+        let reference = r.to_string();
+        let (audit, events) = audit_and_events(ctx, at, &reference, &planned, &extra);
         let idem = ctx.idempotency_record(status, &public, at);
         let write = ConsumerWrite {
             expected_revision: stored.revision,
@@ -340,21 +522,28 @@ async fn commit(
             consumer: &planned.consumer,
             audit: &audit,
             idempotency: idem.as_ref(),
+            events: &events,
         };
         match state.store.write_consumer(write).await {
             Ok(written) => {
                 state.index.upsert(written.revision, &written.consumer);
-                for e in &planned.effects {
-                    tracing::info!(event = e.kind(), consumer = %r, actor = ctx.actor.as_str(), request_id = ctx.request_id.as_str(), "{} {r}", e.kind());
+                for (e, event) in planned.effects.iter().zip(&events) {
+                    if let Some(o) = outcome(e) {
+                        state.observer.rotation(r.environment.as_str(), o);
+                    }
+                    match e {
+                        Effect::Stalled { .. } => {
+                            tracing::error!(event = "rotation.stalled", consumer = %r, version = event.version, detail = event.detail.as_str(), actor = ctx.actor.as_str(), "rotation of {r} stalled: v{} is still in use at its deadline; extended once", event.version.unwrap_or(0))
+                        }
+                        _ => {
+                            tracing::info!(event = e.kind(), consumer = %r, version = event.version, detail = event.detail.as_str(), actor = ctx.actor.as_str(), request_id = ctx.request_id.as_str(), "{} {r}", e.kind())
+                        }
+                    }
                 }
-                return Ok((status, Json(with_key)).into_response());
+                return Ok(((status, with_key), planned.effects));
             }
             Err(StoreError::Conflict(_) | StoreError::KidCollision) => continue,
             Err(StoreError::IdempotencyKeyUsed) => {
-                // A concurrent request with the same key won: answer what it answered.
-                if let Some(replayed) = ctx.replay(state).await? {
-                    return Ok(replayed);
-                }
                 return Err(StoreError::IdempotencyKeyUsed.into());
             }
             Err(e) => return Err(e.into()),
@@ -363,6 +552,38 @@ async fn commit(
     Err(ApiError::conflict(format!(
         "{r} is being changed by other requests; retry"
     )))
+}
+
+/// Writes down what time and traffic decided for one consumer (deadlines, stalls, idle
+/// retirements, unused versions): the sweeper's step. Returns the effects.
+pub(crate) async fn settle(state: &AppState, r: &ConsumerRef) -> Result<Vec<Effect>, ApiError> {
+    let ctx = Ctx {
+        actor: "system".into(),
+        request_id: crate::http::new_request_id(),
+        remote: String::new(),
+        idempotency: None,
+    };
+    let (_, effects) = commit_planned(
+        state,
+        &ctx,
+        r,
+        StatusCode::OK,
+        |c, usage, at| {
+            let t = c
+                .apply(Command::Settle, usage, at)
+                .map_err(lifecycle_error)?;
+            Ok(Planned {
+                consumer: t.consumer,
+                effects: t.effects,
+                action: "settle",
+                params: json!({}),
+                issued: None,
+            })
+        },
+        |_, _, _| Value::Null,
+    )
+    .await?;
+    Ok(effects)
 }
 
 /// `GET /healthz`: the process is up.
@@ -480,6 +701,12 @@ pub async fn create_consumer(
     let r = consumer_ref(&req.environment, &req.name)?;
     let granted = scopes(&req.scopes)?;
     let owner = owner(req.owner.as_deref())?;
+    let policy = policy_from(
+        Policy::default(),
+        req.retire.as_deref(),
+        req.idle.as_deref(),
+        req.on_stall.as_deref(),
+    )?;
     let expires_in = req
         .expires_in
         .as_deref()
@@ -491,7 +718,7 @@ pub async fn create_consumer(
     for _ in 0..MAX_ATTEMPTS {
         let at = now();
         let (issued, first) = new_key(&r.environment, expires_in.map(|d| at.saturating_add(d)))?;
-        let consumer = Consumer::create(
+        let mut consumer = Consumer::create(
             r.environment.clone(),
             r.name.clone(),
             granted.clone(),
@@ -499,8 +726,9 @@ pub async fn create_consumer(
             first,
             at,
         );
+        consumer.policy = policy;
         let answer = proto::ConsumerCreated {
-            consumer: consumer_json(&consumer, at),
+            consumer: consumer_json(&consumer, &state.index, at),
             key: Some(issued.reveal().to_owned()),
             kid: issued.kid.to_string(),
             version: 1,
@@ -592,7 +820,7 @@ pub async fn list_consumers(
         .list_consumers(environment.as_ref())
         .await?
         .iter()
-        .map(|s| consumer_json(&s.consumer, at))
+        .map(|s| consumer_json(&s.consumer, &state.index, at))
         .collect();
     Ok(Json(proto::List { items }))
 }
@@ -614,7 +842,7 @@ pub async fn get_consumer(
         .get_consumer(&r)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?;
-    Ok(Json(consumer_json(&stored.consumer, now())))
+    Ok(Json(consumer_json(&stored.consumer, &state.index, now())))
 }
 
 /// `PATCH /v1/consumers/{env}/{name}`: scopes, owner.
@@ -643,15 +871,22 @@ pub async fn update_consumer(
         .as_deref()
         .map(|o| owner(Some(o)))
         .transpose()?;
-    let params = serde_json::to_value(&body.value.scopes)
-        .map(|s| json!({ "scopes": s, "owner": body.value.owner }))
-        .unwrap_or(Value::Null);
+    let u = &body.value;
+    // Validated against the default now (a precise 400 before any read), applied to the
+    // stored policy below.
+    policy_from(
+        Policy::default(),
+        u.retire.as_deref(),
+        u.idle.as_deref(),
+        u.on_stall.as_deref(),
+    )?;
+    let params = json!({ "scopes": u.scopes, "owner": u.owner, "retire": u.retire, "idle": u.idle, "on_stall": u.on_stall });
     commit(
         &state,
         &ctx,
         &r,
         StatusCode::OK,
-        |c, _at| {
+        |c, _usage, _at| {
             let mut next = c.clone();
             if let Some(s) = &new_scopes {
                 let mut s = s.clone();
@@ -662,6 +897,12 @@ pub async fn update_consumer(
             if let Some(o) = &new_owner {
                 next.owner = o.clone();
             }
+            next.policy = policy_from(
+                c.policy,
+                u.retire.as_deref(),
+                u.idle.as_deref(),
+                u.on_stall.as_deref(),
+            )?;
             Ok(Planned {
                 consumer: next,
                 effects: Vec::new(),
@@ -670,7 +911,10 @@ pub async fn update_consumer(
                 issued: None,
             })
         },
-        |_, p, at| serde_json::to_value(consumer_json(&p.consumer, at)).unwrap_or(Value::Null),
+        |_, p, at| {
+            serde_json::to_value(consumer_json(&p.consumer, &state.index, at))
+                .unwrap_or(Value::Null)
+        },
     )
     .await
 }
@@ -713,7 +957,7 @@ pub async fn rotate(
         &ctx,
         &r,
         StatusCode::CREATED,
-        |c, at| {
+        |c, usage, at| {
             let (issued, new_version) =
                 new_key(&c.environment, expires_in.map(|d| at.saturating_add(d)))?;
             let t = c
@@ -723,6 +967,7 @@ pub async fn rotate(
                         enforce,
                         new_version,
                     },
+                    usage,
                     at,
                 )
                 .map_err(lifecycle_error)?;
@@ -756,7 +1001,7 @@ pub async fn rotate(
                     .effects
                     .iter()
                     .filter_map(|e| match e {
-                        Effect::Retired(n) => Some(n.0),
+                        Effect::Retired { version, .. } => Some(version.0),
                         _ => None,
                     })
                     .collect(),
@@ -803,13 +1048,14 @@ pub async fn revoke(
         &ctx,
         &r,
         StatusCode::OK,
-        |c, at| {
+        |c, usage, at| {
             let t = c
                 .apply(
                     Command::Revoke {
                         version: n,
                         reason: reason.clone(),
                     },
+                    usage,
                     at,
                 )
                 .map_err(lifecycle_error)?;
@@ -821,14 +1067,22 @@ pub async fn revoke(
                 issued: None,
             })
         },
-        |_, p, at| version_answer(&p.consumer, n, at),
+        |_, p, at| version_answer(&state, &p.consumer, n, at),
     )
     .await
 }
 
-fn version_answer(c: &Consumer, n: VersionNumber, at: Timestamp) -> Value {
+fn version_answer(state: &AppState, c: &Consumer, n: VersionNumber, at: Timestamp) -> Value {
     c.version(n)
-        .map(|v| serde_json::to_value(version_json(v, at)).unwrap_or(Value::Null))
+        .map(|v| {
+            serde_json::to_value(version_json(
+                v,
+                &c.policy,
+                state.index.last_used(&v.kid),
+                at,
+            ))
+            .unwrap_or(Value::Null)
+        })
         .unwrap_or(Value::Null)
 }
 
@@ -855,9 +1109,9 @@ pub async fn retire(
         &ctx,
         &r,
         StatusCode::OK,
-        |c, at| {
+        |c, usage, at| {
             let t = c
-                .apply(Command::Retire { version: n }, at)
+                .apply(Command::Retire { version: n }, usage, at)
                 .map_err(lifecycle_error)?;
             Ok(Planned {
                 consumer: t.consumer,
@@ -867,7 +1121,7 @@ pub async fn retire(
                 issued: None,
             })
         },
-        |_, p, at| version_answer(&p.consumer, n, at),
+        |_, p, at| version_answer(&state, &p.consumer, n, at),
     )
     .await
 }
@@ -892,8 +1146,10 @@ async fn switch(
         &ctx,
         &r,
         StatusCode::OK,
-        |c, at| {
-            let t = c.apply(command.clone(), at).map_err(lifecycle_error)?;
+        |c, usage, at| {
+            let t = c
+                .apply(command.clone(), usage, at)
+                .map_err(lifecycle_error)?;
             Ok(Planned {
                 consumer: t.consumer,
                 effects: t.effects,
@@ -902,7 +1158,10 @@ async fn switch(
                 issued: None,
             })
         },
-        |_, p, at| serde_json::to_value(consumer_json(&p.consumer, at)).unwrap_or(Value::Null),
+        |_, p, at| {
+            serde_json::to_value(consumer_json(&p.consumer, &state.index, at))
+                .unwrap_or(Value::Null)
+        },
     )
     .await
 }

@@ -15,9 +15,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::Response;
 
 use crate::config::Explain;
+use crate::decided::{self, DecisionContext};
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, current_request_id, problem, request_id_from};
-use crate::logging::{self, RequestFacts};
 use crate::state::AppState;
 use crate::timefmt::{http_date, rfc3339};
 use crate::verify::{Presented, Verification, verify};
@@ -92,37 +92,6 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// The facts of the request that the log line needs.
-struct Origin<'a> {
-    method: &'a str,
-    uri: String,
-    user_agent: &'a str,
-}
-
-fn origin<'a>(method: &'a Method, uri: &Uri, headers: &'a HeaderMap) -> Origin<'a> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let method = text("x-forwarded-method")
-        .or_else(|| text("x-original-method"))
-        .unwrap_or(method.as_str());
-    let original = text("x-forwarded-uri")
-        .or_else(|| text("x-original-uri"))
-        .map(str::to_owned);
-    let uri = original.unwrap_or_else(|| {
-        let path = uri.path();
-        let rest = path.strip_prefix("/v1/forward-auth").unwrap_or(path);
-        if rest.is_empty() {
-            "/".into()
-        } else {
-            rest.into()
-        }
-    });
-    Origin {
-        method,
-        uri,
-        user_agent: text("user-agent").unwrap_or(""),
-    }
-}
-
 /// `/v1/forward-auth[/…]`, any method.
 #[utoipa::path(
     get,
@@ -176,21 +145,19 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         now,
     );
     let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    if logging::decision_enabled(v.code, state.config.log_allowed_at_info) {
-        let o = origin(method, uri, headers);
-        logging::decision(
-            &v,
-            &RequestFacts {
-                request_id: &request_id,
-                remote_addr: peer,
-                method: o.method,
-                uri: &o.uri,
-                user_agent: o.user_agent,
-            },
-            latency,
-            state.config.log_allowed_at_info,
-        );
-    }
+    decided::after(
+        &state,
+        &v,
+        &DecisionContext {
+            request_id: &request_id,
+            peer,
+            method,
+            uri,
+            headers,
+            latency_us: latency,
+            now,
+        },
+    );
     respond(&v, &request_id, state.config.explain, p.bodyless)
 }
 
@@ -297,20 +264,18 @@ pub async fn verify_json(
     };
     let v = verify(&state.index, presented, environment, &req.scopes, now);
     let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    logging::decision(
+    decided::after(
+        &state,
         &v,
-        &RequestFacts {
+        &DecisionContext {
             request_id: &request_id,
-            remote_addr: Some(peer),
-            method: "POST",
-            uri: "/v1/verify",
-            user_agent: headers
-                .get("user-agent")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            peer: Some(peer),
+            method: &Method::POST,
+            uri: &Uri::from_static("/v1/verify"),
+            headers: &headers,
+            latency_us: latency,
+            now,
         },
-        latency,
-        state.config.log_allowed_at_info,
     );
     let show_owner = v.caller_may_see_consumer();
     let consumer = if show_owner { v.consumer() } else { None };

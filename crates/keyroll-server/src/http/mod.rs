@@ -7,7 +7,10 @@
 pub mod admin;
 pub mod auth;
 pub mod forward_auth;
+pub mod keys;
+pub mod observe;
 pub mod openapi;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -53,7 +56,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/consumers/{env}/{name}/versions/{version}/retire",
             post(admin::retire),
         )
+        .route("/v1/keys/{kid}", get(keys::get_key))
         .route("/v1/verify", post(forward_auth::verify_json))
+        .route("/v1/status", get(status::status))
+        .route("/v1/events", get(status::events))
+        .route("/v1/decisions", get(observe::decisions))
         .route("/readyz", get(admin::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
@@ -65,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/{*rest}", any(forward_auth::forward_auth))
         .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(observe::metrics))
         .merge(admin)
         .with_state(state)
 }

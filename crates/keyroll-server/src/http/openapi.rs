@@ -26,6 +26,11 @@ use crate::http::{admin, forward_auth};
         admin::retire,
         admin::disable,
         admin::enable,
+        crate::http::status::status,
+        crate::http::status::events,
+        crate::http::keys::get_key,
+        crate::http::observe::metrics,
+        crate::http::observe::decisions,
     ),
     modifiers(&AdminToken),
 )]

@@ -1,32 +1,47 @@
 //! `load_all` on a SQLite file: every consumer and version in one snapshot, read through
-//! rusqlite on a blocking thread.
+//! rusqlite on a blocking thread; and `last_used_all`, the other read of a whole table at start.
 //!
 //! Why not sqlx here: sqlx's SQLite driver copies each column value of each row into its own
 //! heap allocation on the connection's worker thread and frees it on the reader's. At start-up
 //! (1,000,000 versions of 14 columns, SPEC §12: loaded in at most 5 s) that alone measured
-//! 5–9 s; rusqlite reads the values in place. Everything else stays on sqlx: this is the one
-//! bulk read, with the same queries ([`Filter::queries`]) and the same validation
-//! ([`rows`](crate::rows)) as the sqlx path, which `list_consumers` still uses.
+//! 5–9 s; rusqlite reads the values in place. Everything else stays on sqlx: these are the two
+//! bulk reads at start, with the same queries ([`Filter::queries`], [`SELECT_LAST_USED_ALL`]) and
+//! the same validation ([`rows`](crate::rows)) as the sqlx path, which `list_consumers` and an
+//! in-memory database still use.
 
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
 
-use super::{BUSY_TIMEOUT, Filter, LOADING_ALL};
+use keyroll_core::{Kid, Timestamp};
+
+use super::{BUSY_TIMEOUT, Filter, LOADING_ALL, LOADING_LAST_USED};
 use crate::rows::{self, Place};
 use crate::{StoreError, StoredConsumer};
 
-/// Reads every consumer with every version from the database file at `path`.
-pub(super) fn load_all(path: &Path, location: &str) -> Result<Vec<StoredConsumer>, StoreError> {
-    let fail = |e: rusqlite::Error| classify(location, e);
-    // Read-only: this connection can never write, whatever happens to the code around it.
-    let mut conn = Connection::open_with_flags(
+/// Every version's last use, in the order of the table (by kid).
+pub(super) const SELECT_LAST_USED_ALL: &str =
+    "SELECT kid, last_used_at FROM version_usage ORDER BY kid";
+
+/// A read-only connection: it can never write, whatever happens to the code around it.
+fn open(
+    path: &Path,
+    fail: impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(fail)?;
+    .map_err(&fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    Ok(conn)
+}
+
+/// Reads every consumer with every version from the database file at `path`.
+pub(super) fn load_all(path: &Path, location: &str) -> Result<Vec<StoredConsumer>, StoreError> {
+    let fail = |e: rusqlite::Error| classify(location, LOADING_ALL, e);
+    let mut conn = open(path, fail)?;
     // One read transaction: both queries see the same snapshot.
     let tx = conn.transaction().map_err(fail)?;
     let (consumers_sql, versions_sql) = Filter::All.queries();
@@ -50,6 +65,26 @@ pub(super) fn load_all(path: &Path, location: &str) -> Result<Vec<StoredConsumer
     Ok(assembly.finish())
 }
 
+/// Reads every version's last use from the database file at `path`.
+pub(super) fn last_used_all(
+    path: &Path,
+    location: &str,
+) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
+    let fail = |e: rusqlite::Error| classify(location, LOADING_LAST_USED, e);
+    let conn = open(path, fail)?;
+    let mut statement = conn.prepare(SELECT_LAST_USED_ALL).map_err(fail)?;
+    let mut rows = statement.query([]).map_err(fail)?;
+    let mut all = Vec::new();
+    while let Some(row) = rows.next().map_err(fail)? {
+        let table = || "version_usage row".to_owned();
+        all.push(rows::last_used(
+            text(row, 0, &table)?,
+            int(row, 1, &table)?,
+        )?);
+    }
+    Ok(all)
+}
+
 fn consumer(row: &Row<'_>) -> Result<StoredConsumer, StoreError> {
     let id = int(row, 0, &|| "consumers row".to_owned())?;
     let place = rows::consumer_place(id);
@@ -63,6 +98,9 @@ fn consumer(row: &Row<'_>) -> Result<StoredConsumer, StoreError> {
         disabled: flag(row, 5, place)?,
         revision: int(row, 6, place)?,
         created_at: int(row, 7, place)?,
+        retire_policy: text(row, 8, place)?,
+        idle_ms: int(row, 9, place)?,
+        on_stall: text(row, 10, place)?,
     };
     columns.validate(place)
 }
@@ -88,6 +126,9 @@ fn version(row: &Row<'_>) -> Result<(i64, keyroll_core::KeyVersion), StoreError>
         revoke_reason: optional(row, 11, place, text)?,
         replaced_by: optional(row, 12, place, int)?,
         enforced: flag(row, 13, place)?,
+        grace_ms: int(row, 14, place)?,
+        extended: flag(row, 15, place)?,
+        unused_reported: flag(row, 16, place)?,
     };
     columns.validate(place)
 }
@@ -152,7 +193,7 @@ fn optional<'r, T>(
 
 /// Maps a rusqlite failure as the sqlx path maps its own: damage is `Corrupt`, the rest
 /// (cannot open, locked, I/O) `Unavailable`.
-fn classify(location: &str, err: rusqlite::Error) -> StoreError {
+fn classify(location: &str, doing: &str, err: rusqlite::Error) -> StoreError {
     let damaged = matches!(
         err.sqlite_error_code(),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
@@ -161,7 +202,7 @@ fn classify(location: &str, err: rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
         other => other.to_string(),
     };
-    let message = format!("SQLite database {location}: {LOADING_ALL}: {cause}");
+    let message = format!("SQLite database {location}: {doing}: {cause}");
     if damaged {
         StoreError::Corrupt(message)
     } else {

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyroll_core::{
-    Command, Consumer, ConsumerName, ConsumerRef, Entropy, EntropyUnavailable, Environment,
-    IssuedKey, NewVersion, Scope, SecretHash, StoredState, Timestamp, VersionNumber, issue_key,
+    Command, Consumer, ConsumerName, ConsumerRef, Effect, Entropy, EntropyUnavailable, Environment,
+    IssuedKey, Kid, NewVersion, OnStall, Policy, RetirePolicy, Scope, SecretHash, StoredState,
+    Timestamp, Usage, VersionNumber, issue_key,
 };
 use keyroll_store::{
-    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, IdempotencyRecord, Store,
-    StoreError, StoredConsumer,
+    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
+    IdempotencyRecord, SourceSeen, Store, StoreError, StoredConsumer, UsageDelta, VersionUsage,
 };
 
 /// One test's database, however the backend provides it.
@@ -52,6 +53,11 @@ macro_rules! conformance_suite {
             admin_tokens,
             audit_in_order_newest_first,
             load_all_returns_everything,
+            policy_and_stall_fields_round_trip,
+            events_are_written_with_their_change_and_paged,
+            record_usage_adds_keeps_the_latest_and_trims,
+            usage_filters_hours_and_answers_every_kid_asked,
+            last_used_all_lists_every_used_version,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
@@ -197,19 +203,36 @@ async fn create(store: &dyn Store, env_name: &str, name: &str, seed: u64) -> Sto
         .unwrap()
 }
 
-/// Applies `command` at `now` and writes the result with one audit entry per effect.
+/// Applies `command` at `now`, knowing no usage, and writes the result with one audit entry and
+/// one event per effect.
 async fn apply(
     store: &dyn Store,
     current: &StoredConsumer,
     command: Command,
     now: i64,
 ) -> Result<StoredConsumer, StoreError> {
-    let transition = current.consumer.apply(command, at(now)).unwrap();
+    apply_with(store, current, command, &Usage::NONE, now).await
+}
+
+/// [`apply`] with what is known of the versions' use.
+async fn apply_with(
+    store: &dyn Store,
+    current: &StoredConsumer,
+    command: Command,
+    usage: &Usage<'_>,
+    now: i64,
+) -> Result<StoredConsumer, StoreError> {
+    let transition = current.consumer.apply(command, usage, at(now)).unwrap();
     let target = current.consumer.reference();
     let entries: Vec<AuditRecord> = transition
         .effects
         .iter()
         .map(|e| audit(now, e.kind(), &target))
+        .collect();
+    let events: Vec<EventRecord> = transition
+        .effects
+        .iter()
+        .map(|e| event(now, e, &target))
         .collect();
     store
         .write_consumer(ConsumerWrite {
@@ -218,9 +241,65 @@ async fn apply(
             consumer: &transition.consumer,
             audit: &entries,
             idempotency: None,
+            events: &events,
         })
         .await
 }
+
+/// The outbox event for an effect.
+pub fn event(when: i64, effect: &Effect, consumer: &str) -> EventRecord {
+    let version = match effect {
+        Effect::Issued(v) | Effect::Unused(v) | Effect::Revoked(v) => Some(v.0),
+        Effect::Retiring { version, .. }
+        | Effect::Retired { version, .. }
+        | Effect::Stalled { version, .. } => Some(version.0),
+        Effect::Disabled | Effect::Enabled => None,
+    };
+    EventRecord {
+        seq: 0,
+        at: at(when),
+        kind: effect.kind().to_owned(),
+        consumer: consumer.to_owned(),
+        version,
+        detail: format!("{{\"kind\":\"{}\",\"at\":{when}}}", effect.kind()),
+    }
+}
+
+/// A source of requests.
+pub fn source(
+    address: &str,
+    user_agent: &str,
+    client_id: Option<&str>,
+    first_seen: i64,
+    last_seen: i64,
+    count: u64,
+) -> SourceSeen {
+    SourceSeen {
+        address: address.to_owned(),
+        user_agent: user_agent.to_owned(),
+        client_id: client_id.map(str::to_owned),
+        first_seen: at(first_seen),
+        last_seen: at(last_seen),
+        count,
+    }
+}
+
+/// Usage of one version.
+pub fn delta(
+    kid: Kid,
+    last_used_at: i64,
+    hourly: &[(i64, u64)],
+    sources: Vec<SourceSeen>,
+) -> UsageDelta {
+    UsageDelta {
+        kid,
+        last_used_at: at(last_used_at),
+        hourly: hourly.iter().map(|&(hour, n)| (at(hour), n)).collect(),
+        sources,
+    }
+}
+
+const HOUR: i64 = 3_600_000;
 
 fn rotate(environment: &Environment, seed: u64, grace: Duration, enforce: bool) -> Command {
     let (new_version, _) = new_version(environment, &mut TestEntropy(seed), None);
@@ -623,7 +702,10 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
     let before = audit_len(store).await;
 
     // Reused by a lifecycle write: nothing of the write happens.
-    let transition = created.consumer.apply(Command::Disable, at(3_000)).unwrap();
+    let transition = created
+        .consumer
+        .apply(Command::Disable, &Usage::NONE, at(3_000))
+        .unwrap();
     let reused = IdempotencyRecord {
         status: 200,
         created_at: at(3_000),
@@ -636,6 +718,7 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
             consumer: &transition.consumer,
             audit: &[audit(3_000, "consumer.disabled", "prod/billing-app")],
             idempotency: Some(&reused),
+            events: &[],
         })
         .await
         .unwrap_err();
@@ -689,6 +772,7 @@ pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
                     consumer: &consumer,
                     audit: &[audit(5_000, "consumer.disabled", "prod/billing-app")],
                     idempotency: None,
+                    events: &[],
                 })
                 .await
         }
@@ -738,6 +822,7 @@ pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
             consumer: &dropped,
             audit: &[],
             idempotency: None,
+            events: &[],
         })
         .await
         .unwrap_err();
@@ -899,6 +984,539 @@ pub async fn load_all_returns_everything(store: &dyn Store) {
     assert_eq!(versions, 30 + (0..30).map(|i| i % 4).sum::<usize>());
 }
 
+pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let environment = env("prod");
+    let reference = consumer_ref("prod", "billing-app");
+    let policy = Policy {
+        retire: RetirePolicy::AtDeadline,
+        idle: Duration::from_secs(1_800),
+        on_stall: OnStall::Extend,
+    };
+    let (mut drafted, _) = draft("prod", "billing-app", 1, 2_000);
+    drafted.policy = policy;
+    let created = store
+        .create_consumer(
+            &drafted,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.consumer.policy, policy);
+    assert_eq!(
+        store.get_consumer(&reference).await.unwrap().unwrap(),
+        created
+    );
+
+    // Rotated with an hour of grace: v1 is retiring until `deadline`, and keeps the grace as
+    // the one extension a stall may get.
+    let grace = Duration::from_secs(3_600);
+    let rotated = apply(
+        store,
+        &created,
+        rotate(&environment, 10, grace, false),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let deadline = 10_000 + HOUR;
+    let read = store.get_consumer(&reference).await.unwrap().unwrap();
+    assert_eq!(read, rotated);
+    let v1 = &read.consumer.versions[0];
+    assert_eq!(
+        (v1.state, v1.deadline, v1.grace),
+        (StoredState::Retiring, Some(at(deadline)), grace)
+    );
+    assert_eq!(read.consumer.versions[1].grace, Duration::ZERO);
+
+    // At the deadline v1 was still seen a minute ago: stalled, extended once by its grace.
+    let seen = [
+        (VersionNumber(1), at(deadline - 60_000)),
+        (VersionNumber(2), at(deadline - 1_000)),
+    ];
+    let transition = read
+        .consumer
+        .apply(Command::Settle, &Usage::new(&seen), at(deadline + 1_000))
+        .unwrap();
+    assert!(
+        transition
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Stalled { .. })),
+        "{:?}",
+        transition.effects
+    );
+    let stalled = apply_with(
+        store,
+        &read,
+        Command::Settle,
+        &Usage::new(&seen),
+        deadline + 1_000,
+    )
+    .await
+    .unwrap();
+    let read = store.get_consumer(&reference).await.unwrap().unwrap();
+    assert_eq!(read, stalled);
+    let v1 = &read.consumer.versions[0];
+    assert_eq!(v1.state, StoredState::Retiring);
+    assert!(v1.extended, "the extension is written down");
+    assert_eq!(v1.deadline, Some(at(deadline + HOUR)));
+    assert_eq!(v1.grace, grace);
+
+    // A day after v2 was issued nobody has used it (as far as this usage knows): reported once;
+    // v1's extended deadline has passed too.
+    let day_later = 10_000 + 24 * HOUR;
+    let settled = apply(store, &read, Command::Settle, day_later)
+        .await
+        .unwrap();
+    let read = store.get_consumer(&reference).await.unwrap().unwrap();
+    assert_eq!(read, settled);
+    let (v1, v2) = (&read.consumer.versions[0], &read.consumer.versions[1]);
+    assert_eq!(v1.state, StoredState::Retired);
+    assert!(v1.extended && !v1.unused_reported);
+    assert_eq!(v2.state, StoredState::Active);
+    assert!(v2.unused_reported && !v2.extended);
+
+    // A policy change alone is a write like any other.
+    let mut changed = read.consumer.clone();
+    changed.policy = Policy {
+        retire: RetirePolicy::WhenIdle,
+        idle: Duration::from_millis(300_001),
+        on_stall: OnStall::Retire,
+    };
+    let written = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: read.revision,
+            id: read.id,
+            consumer: &changed,
+            audit: &[audit(day_later, "consumer.updated", "prod/billing-app")],
+            idempotency: None,
+            events: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(written.consumer.policy, changed.policy);
+    let read = store.get_consumer(&reference).await.unwrap().unwrap();
+    assert_eq!(read, written);
+    assert_eq!(
+        store.list_consumers(None).await.unwrap(),
+        vec![read.clone()]
+    );
+    assert_eq!(store.load_all().await.unwrap(), vec![read.clone()]);
+
+    // Durations the columns cannot hold exactly (whole milliseconds) are refused, not rounded.
+    let mut sub_milli = read.consumer.clone();
+    sub_milli.policy.idle = Duration::from_micros(1_500);
+    let mut sub_milli_grace = read.consumer.clone();
+    sub_milli_grace.versions[0].grace = Duration::from_nanos(1);
+    for bad in [&sub_milli, &sub_milli_grace] {
+        let err = store
+            .write_consumer(ConsumerWrite {
+                expected_revision: read.revision,
+                id: read.id,
+                consumer: bad,
+                audit: &[],
+                idempotency: None,
+                events: &[],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains("whole number of milliseconds")),
+            "{err:?}"
+        );
+    }
+    let (mut bad_create, _) = draft("prod", "other-app", 2, 2_000);
+    bad_create.policy.idle = Duration::from_micros(1);
+    let err = store
+        .create_consumer(&bad_create, &[], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(store.load_all().await.unwrap(), vec![read]);
+}
+
+pub async fn events_are_written_with_their_change_and_paged(store: &dyn Store) {
+    assert!(store.list_events(0, 100).await.unwrap().is_empty());
+    make_env(store, "prod", false).await;
+    let environment = env("prod");
+    let created = create(store, "prod", "billing-app", 1).await;
+    assert!(
+        store.list_events(0, 100).await.unwrap().is_empty(),
+        "creating writes no event"
+    );
+    let hour = Duration::from_secs(3_600);
+    let rotated = apply(
+        store,
+        &created,
+        rotate(&environment, 10, hour, false),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let disabled = apply(store, &rotated, Command::Disable, 20_000)
+        .await
+        .unwrap();
+    let revoked = apply(
+        store,
+        &disabled,
+        Command::Revoke {
+            version: VersionNumber(1),
+            reason: "leaked".to_owned(),
+        },
+        30_000,
+    )
+    .await
+    .unwrap();
+
+    let all = store.list_events(0, 100).await.unwrap();
+    let kinds: Vec<(&str, Option<u32>)> =
+        all.iter().map(|e| (e.kind.as_str(), e.version)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("version.retiring", Some(1)),
+            ("version.issued", Some(2)),
+            ("consumer.disabled", None),
+            ("version.revoked", Some(1)),
+        ],
+        "oldest first, in the order each write listed them"
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "seq grows");
+    assert!(all[0].seq > 0);
+    let expected = EventRecord {
+        seq: all[2].seq,
+        ..event(20_000, &Effect::Disabled, "prod/billing-app")
+    };
+    assert_eq!(all[2], expected, "every field round-trips");
+
+    // Paging: after the last seq seen, at most `limit`.
+    assert_eq!(store.list_events(0, 2).await.unwrap(), all[..2]);
+    assert_eq!(store.list_events(all[1].seq, 2).await.unwrap(), all[2..]);
+    assert_eq!(store.list_events(all[2].seq, 100).await.unwrap(), all[3..]);
+    assert!(store.list_events(all[3].seq, 100).await.unwrap().is_empty());
+    assert!(store.list_events(0, 0).await.unwrap().is_empty());
+    assert_eq!(store.list_events(-5, 100).await.unwrap(), all);
+
+    // A write that fails appends none of its events.
+    let err = apply(store, &rotated, Command::Enable, 40_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let stray = event(40_000, &Effect::Enabled, "prod/billing-app");
+    let mut dropped = revoked.consumer.clone();
+    dropped.versions.pop();
+    let err = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: revoked.revision,
+            id: revoked.id,
+            consumer: &dropped,
+            audit: &[],
+            idempotency: None,
+            events: std::slice::from_ref(&stray),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(store.list_events(0, 100).await.unwrap(), all);
+
+    // A write may carry events without any audit entry.
+    let written = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: revoked.revision,
+            id: revoked.id,
+            consumer: &revoked.consumer,
+            audit: &[],
+            idempotency: None,
+            events: std::slice::from_ref(&stray),
+        })
+        .await
+        .unwrap();
+    assert_eq!(written.revision, revoked.revision + 1);
+    let after = store.list_events(all[3].seq, 100).await.unwrap();
+    assert_eq!(
+        after,
+        [EventRecord {
+            seq: after[0].seq,
+            ..stray
+        }]
+    );
+}
+
+/// Two versions of `prod/billing-app` (v1 retiring, v2 active) and a kid no version has.
+async fn two_versions(store: &dyn Store) -> (Kid, Kid, Kid) {
+    make_env(store, "prod", false).await;
+    let created = create(store, "prod", "billing-app", 1).await;
+    let rotated = apply(
+        store,
+        &created,
+        rotate(&env("prod"), 10, Duration::from_secs(3_600), false),
+        10_000,
+    )
+    .await
+    .unwrap();
+    let unknown = issue(&env("prod"), &mut TestEntropy(999)).kid;
+    let kids: Vec<Kid> = rotated.consumer.versions.iter().map(|v| v.kid).collect();
+    assert!(!kids.contains(&unknown));
+    (kids[0], kids[1], unknown)
+}
+
+pub async fn record_usage_adds_keeps_the_latest_and_trims(store: &dyn Store) {
+    let (k1, k2, unknown) = two_versions(store).await;
+    let base = 100 * HOUR;
+    store.record_usage(&[], 3).await.unwrap();
+    let odd_agent = "Mozilla/5.0 \"quoted\" \\ back\tslash \u{e9}";
+
+    let first = [
+        delta(
+            k1,
+            base + 5_000,
+            &[(base, 3), (base + HOUR, 2)],
+            vec![
+                source("10.0.0.1", "curl/8.5", None, base + 1_000, base + 5_000, 3),
+                source(
+                    "10.0.0.2",
+                    "billing/2.1",
+                    Some("billing-worker"),
+                    base + HOUR,
+                    base + HOUR + 10,
+                    2,
+                ),
+            ],
+        ),
+        // A kid that does not exist (a version of a consumer never stored): skipped, and the
+        // rest of the batch is written.
+        delta(
+            unknown,
+            base + 9_000,
+            &[(base, 7)],
+            vec![source("10.0.0.9", "x", None, base, base, 1)],
+        ),
+        delta(
+            k2,
+            base + HOUR + 500,
+            &[(base + HOUR, 1)],
+            vec![source(
+                "10.0.0.3",
+                "",
+                None,
+                base + HOUR + 500,
+                base + HOUR + 500,
+                1,
+            )],
+        ),
+    ];
+    store.record_usage(&first, 3).await.unwrap();
+
+    let second = [
+        delta(
+            k1,
+            base + 1_000, // earlier than stored: the stored time stays
+            &[(base + HOUR, 4), (base + 2 * HOUR, 1)],
+            vec![
+                // Seen before, first earlier and last later than stored.
+                source("10.0.0.1", "curl/8.5", None, base, base + 2 * HOUR, 1),
+                source(
+                    "10.0.0.4",
+                    odd_agent,
+                    None,
+                    base + 2 * HOUR + 1,
+                    base + 2 * HOUR + 1,
+                    1,
+                ),
+                // The least recent of four: trimmed by max_sources = 3.
+                source("10.0.0.5", "old/1", None, base - 100, base - 100, 9),
+            ],
+        ),
+        // The same kid twice in one batch.
+        delta(k1, base + 4_000, &[(base + 2 * HOUR, 2)], vec![]),
+    ];
+    store.record_usage(&second, 3).await.unwrap();
+
+    let usage = store.usage(&[k1, k2, unknown], at(0)).await.unwrap();
+    assert_eq!(
+        usage[0],
+        VersionUsage {
+            kid: k1,
+            last_used_at: Some(at(base + 5_000)),
+            hourly: vec![
+                (at(base), 3),
+                (at(base + HOUR), 6),
+                (at(base + 2 * HOUR), 3)
+            ],
+            sources: vec![
+                source(
+                    "10.0.0.4",
+                    odd_agent,
+                    None,
+                    base + 2 * HOUR + 1,
+                    base + 2 * HOUR + 1,
+                    1
+                ),
+                source("10.0.0.1", "curl/8.5", None, base, base + 2 * HOUR, 4),
+                source(
+                    "10.0.0.2",
+                    "billing/2.1",
+                    Some("billing-worker"),
+                    base + HOUR,
+                    base + HOUR + 10,
+                    2
+                ),
+            ],
+        }
+    );
+    assert_eq!(
+        usage[1],
+        VersionUsage {
+            kid: k2,
+            last_used_at: Some(at(base + HOUR + 500)),
+            hourly: vec![(at(base + HOUR), 1)],
+            sources: vec![source(
+                "10.0.0.3",
+                "",
+                None,
+                base + HOUR + 500,
+                base + HOUR + 500,
+                1
+            )],
+        }
+    );
+    assert_eq!(
+        usage[2],
+        VersionUsage {
+            kid: unknown,
+            last_used_at: None,
+            hourly: vec![],
+            sources: vec![],
+        },
+        "nothing was stored for the unknown kid"
+    );
+
+    // A smaller max_sources trims the versions of the next batch, even without new sources.
+    store
+        .record_usage(&[delta(k1, base, &[], vec![])], 1)
+        .await
+        .unwrap();
+    let usage = store.usage(&[k1, k2], at(0)).await.unwrap();
+    assert_eq!(usage[0].sources.len(), 1);
+    assert_eq!(usage[0].sources[0].address, "10.0.0.4");
+    assert_eq!(usage[0].last_used_at, Some(at(base + 5_000)));
+    assert_eq!(usage[1].sources.len(), 1, "k2 was not in that batch");
+
+    // A batch of nothing but unknown kids is no error either.
+    store
+        .record_usage(&[delta(unknown, base, &[(base, 1)], vec![])], 3)
+        .await
+        .unwrap();
+    let mut last = store.last_used_all().await.unwrap();
+    last.sort();
+    let mut expected = vec![(k1, at(base + 5_000)), (k2, at(base + HOUR + 500))];
+    expected.sort();
+    assert_eq!(last, expected);
+}
+
+pub async fn usage_filters_hours_and_answers_every_kid_asked(store: &dyn Store) {
+    let (k1, k2, unknown) = two_versions(store).await;
+    assert!(store.usage(&[], at(0)).await.unwrap().is_empty());
+    let unseen = store.usage(&[k2, k1], at(0)).await.unwrap();
+    assert_eq!(
+        unseen.iter().map(|u| u.kid).collect::<Vec<_>>(),
+        [k2, k1],
+        "every kid asked, in the order asked, used or not"
+    );
+    assert!(
+        unseen
+            .iter()
+            .all(|u| u.last_used_at.is_none() && u.hourly.is_empty() && u.sources.is_empty())
+    );
+
+    let base = 500 * HOUR;
+    let hours: Vec<(i64, u64)> = (0..5)
+        .map(|h| (base + h * HOUR, 10 + h.unsigned_abs()))
+        .collect();
+    store
+        .record_usage(
+            &[delta(
+                k1,
+                base + 4 * HOUR + 1,
+                &hours,
+                vec![source(
+                    "192.0.2.1",
+                    "ua",
+                    None,
+                    base,
+                    base + 4 * HOUR + 1,
+                    60,
+                )],
+            )],
+            10,
+        )
+        .await
+        .unwrap();
+
+    let since = |t: i64| async move { store.usage(&[k1], at(t)).await.unwrap().remove(0) };
+    let all = since(0).await;
+    assert_eq!(all.hourly.len(), 5);
+    assert!(
+        all.hourly.windows(2).all(|w| w[0].0 < w[1].0),
+        "oldest first"
+    );
+    let recent = since(base + 3 * HOUR).await;
+    assert_eq!(
+        recent.hourly,
+        [(at(base + 3 * HOUR), 13), (at(base + 4 * HOUR), 14)],
+        "from `since` on, the hour starting at `since` included"
+    );
+    let between = since(base + 3 * HOUR - 1).await;
+    assert_eq!(between.hourly, recent.hourly);
+    let future = since(base + 10 * HOUR).await;
+    assert!(future.hourly.is_empty());
+    assert_eq!(
+        future.last_used_at,
+        Some(at(base + 4 * HOUR + 1)),
+        "since filters hours only"
+    );
+    assert_eq!(future.sources.len(), 1, "since filters hours only");
+
+    // A kid asked twice is answered twice; unknown kids are answered as unused.
+    let twice = store
+        .usage(&[k1, unknown, k1], at(base + 4 * HOUR))
+        .await
+        .unwrap();
+    assert_eq!(twice.len(), 3);
+    assert_eq!(twice[0], twice[2]);
+    assert_eq!(twice[0].hourly, [(at(base + 4 * HOUR), 14)]);
+    assert_eq!(twice[1].kid, unknown);
+    assert!(twice[1].last_used_at.is_none());
+}
+
+pub async fn last_used_all_lists_every_used_version(store: &dyn Store) {
+    assert!(store.last_used_all().await.unwrap().is_empty());
+    let (k1, k2, _) = two_versions(store).await;
+    assert!(
+        store.last_used_all().await.unwrap().is_empty(),
+        "nothing used yet"
+    );
+    store
+        .record_usage(&[delta(k2, 7_000, &[], vec![])], 5)
+        .await
+        .unwrap();
+    assert_eq!(store.last_used_all().await.unwrap(), [(k2, at(7_000))]);
+    store
+        .record_usage(
+            &[delta(k1, 9_000, &[], vec![]), delta(k2, 6_000, &[], vec![])],
+            5,
+        )
+        .await
+        .unwrap();
+    let mut all = store.last_used_all().await.unwrap();
+    all.sort();
+    let mut expected = vec![(k1, at(9_000)), (k2, at(7_000))];
+    expected.sort();
+    assert_eq!(all, expected, "the later time stays");
+}
+
 pub async fn no_secret_in_any_column(backend: &dyn Backend) {
     let store = backend.store();
     make_env(store, "prod", false).await;
@@ -924,7 +1542,40 @@ pub async fn no_secret_in_any_column(backend: &dyn Backend) {
         enforce: false,
         new_version: next,
     };
-    apply(store, &created, command, 3_000).await.unwrap();
+    let rotated = apply(store, &created, command, 3_000).await.unwrap();
+    // Usage of both versions, with sources, and the events of the rotation and a revocation.
+    let usage: Vec<UsageDelta> = rotated
+        .consumer
+        .versions
+        .iter()
+        .map(|v| {
+            delta(
+                v.kid,
+                3_500,
+                &[(0, 4)],
+                vec![source(
+                    "198.51.100.7",
+                    "billing/2.1",
+                    Some("billing-worker"),
+                    3_100,
+                    3_500,
+                    4,
+                )],
+            )
+        })
+        .collect();
+    store.record_usage(&usage, 10).await.unwrap();
+    apply(
+        store,
+        &rotated,
+        Command::Revoke {
+            version: VersionNumber(1),
+            reason: "rotated after a leak".to_owned(),
+        },
+        3_600,
+    )
+    .await
+    .unwrap();
     let admin_secret = "adminsecretQ7rT2kLm9ZpX4vB8nW3cY6";
     let token = AdminTokenRecord {
         id: "tok_admin".to_owned(),
@@ -950,6 +1601,14 @@ pub async fn no_secret_in_any_column(backend: &dyn Backend) {
                 .any(|c| c.table == "key_versions" && c.bytes == key.kid.as_str().as_bytes()),
             "the dump does not show kid {}",
             key.kid
+        );
+    }
+    for table in ["version_usage", "usage_hourly", "usage_sources", "events"] {
+        assert!(
+            cells
+                .iter()
+                .any(|c| c.table == table && !c.bytes.is_empty()),
+            "the dump does not show table {table}"
         );
     }
     let secrets: [&[u8]; 5] = [

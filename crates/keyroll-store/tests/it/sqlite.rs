@@ -2,16 +2,18 @@
 //! misplaced, not a database, read-only, from a newer keyroll or edited by hand.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use keyroll_core::StoredState;
-use keyroll_store::{EnvironmentRecord, SqliteStore, Store, StoreError};
+use keyroll_core::{Command, Kid, Policy, StoredState, Usage, VersionNumber};
+use keyroll_store::{ConsumerWrite, EnvironmentRecord, SqliteStore, Store, StoreError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Column, Connection, Row};
 use tempfile::TempDir;
 
-use crate::conformance::{self, Backend, Cell, audit, conformance_suite, env};
+use crate::conformance::{
+    self, Backend, Cell, audit, conformance_suite, consumer_ref, delta, env, source,
+};
 
 /// A store on a fresh file in its own temporary directory.
 pub struct SqliteBackend {
@@ -254,6 +256,13 @@ async fn open_url_creates_the_file_and_memory_works() {
     conformance::load_all_returns_everything(&memory).await;
     let memory = SqliteStore::open_url("sqlite::memory:").await.unwrap();
     conformance::write_round_trips_every_version_field(&memory).await;
+    let memory = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+    conformance::policy_and_stall_fields_round_trip(&memory).await;
+    // And last_used_all reads through the pool too.
+    let memory = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+    conformance::last_used_all_lists_every_used_version(&memory).await;
+    let memory = SqliteStore::open_url("sqlite::memory:").await.unwrap();
+    conformance::record_usage_adds_keeps_the_latest_and_trims(&memory).await;
 }
 
 #[tokio::test]
@@ -291,7 +300,7 @@ async fn reopening_keeps_data_and_settings() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 1, "migrations ran once");
+    assert_eq!(migrations, 2, "each migration ran once");
 }
 
 #[tokio::test]
@@ -317,7 +326,7 @@ async fn a_database_from_a_newer_keyroll_is_corrupt() {
 }
 
 #[tokio::test]
-async fn the_audit_log_is_append_only() {
+async fn the_audit_log_and_the_outbox_are_append_only() {
     let backend = fresh().await;
     conformance::ping_and_backend(&backend.store).await;
     let record = EnvironmentRecord {
@@ -334,9 +343,18 @@ async fn the_audit_log_is_append_only() {
         .await
         .unwrap();
     let mut conn = raw(&backend.path).await;
+    sqlx::query(
+        "INSERT INTO events (at, kind, consumer, version, detail) \
+         VALUES (1, 'version.issued', 'prod/app', 1, '{}')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     for statement in [
         "UPDATE audit_log SET actor = 'someone else'",
         "DELETE FROM audit_log",
+        "UPDATE events SET kind = 'version.revoked'",
+        "DELETE FROM events",
     ] {
         let err = sqlx::query(statement).execute(&mut conn).await.unwrap_err();
         assert!(
@@ -387,6 +405,22 @@ const DAMAGE: &[(&str, &str)] = &[
     (
         "UPDATE key_versions SET consumer_id = 77",
         "key_versions row (consumer_id 77, version 1) belongs to no consumer",
+    ),
+    (
+        "UPDATE consumers SET retire_policy = 'sometimes'",
+        "consumers row (id 1): column retire_policy: \"sometimes\" is not one of when-idle, at-deadline",
+    ),
+    (
+        "UPDATE consumers SET idle_ms = -1",
+        "consumers row (id 1): column idle_ms: -1 is a negative duration",
+    ),
+    (
+        "UPDATE consumers SET on_stall = 'panic'",
+        "consumers row (id 1): column on_stall: \"panic\" is not one of extend, retire",
+    ),
+    (
+        "UPDATE key_versions SET grace_ms = -60000",
+        "key_versions row (consumer_id 1, version 1): column grace_ms: -60000 is a negative duration",
     ),
 ];
 
@@ -518,4 +552,261 @@ async fn load_all_at_scale() {
         );
         assert_eq!(stored.consumer.name.as_str(), format!("c{}", stored.id));
     }
+}
+
+#[tokio::test]
+async fn a_database_of_schema_version_1_is_upgraded_with_default_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyroll.db");
+    // What a keyroll that shipped only 0001 made: its migrations directory, run by sqlx.
+    let old_migrations = dir.path().join("migrations-v1");
+    std::fs::create_dir(&old_migrations).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite/0001_init.sql"),
+        old_migrations.join("0001_init.sql"),
+    )
+    .unwrap();
+    {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .unwrap();
+        migrator.run(&mut conn).await.unwrap();
+        for statement in [
+            "INSERT INTO environments (name, protected, created_at) VALUES ('prod', 0, 1)",
+            "INSERT INTO consumers (id, environment, name, scopes, owner, disabled, revision, \
+             created_at, updated_at) VALUES (1, 'prod', 'billing-app', 'invoices:read', NULL, 0, 2, \
+             1000, 2000)",
+            "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, fingerprint, state, \
+             created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, replaced_by, \
+             enforced) VALUES (1, 1, 'AAAAAAAAAAA1', randomblob(32), randomblob(8), 'retiring', \
+             1000, 3602000, NULL, NULL, NULL, NULL, 2, 0)",
+            "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, fingerprint, state, \
+             created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, replaced_by, \
+             enforced) VALUES (1, 2, 'AAAAAAAAAAA2', randomblob(32), randomblob(8), 'active', \
+             2000, NULL, NULL, NULL, NULL, NULL, NULL, 0)",
+        ] {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let loaded = store.load_all().await.unwrap();
+    assert_eq!(loaded.len(), 1);
+    let stored = &loaded[0];
+    assert_eq!(stored.revision, 2);
+    assert_eq!(stored.consumer.policy, Policy::default());
+    let versions = &stored.consumer.versions;
+    assert_eq!(versions.len(), 2);
+    for v in versions {
+        assert_eq!(v.grace, Duration::ZERO, "{}", v.number);
+        assert!(!v.extended && !v.unused_reported, "{}", v.number);
+    }
+    assert_eq!(versions[0].state, StoredState::Retiring);
+    // The pool reads the same as the bulk read.
+    let got = store
+        .get_consumer(&consumer_ref("prod", "billing-app"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, stored);
+    let mut conn = raw(&path).await;
+    let migrations: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(migrations, [1, 2]);
+
+    // The upgraded database takes usage, events and the new fields.
+    let k2 = Kid::parse("AAAAAAAAAAA2").unwrap();
+    store
+        .record_usage(
+            &[delta(
+                k2,
+                5_000,
+                &[(0, 3)],
+                vec![source("10.1.1.1", "a", None, 4_000, 5_000, 3)],
+            )],
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_used_all().await.unwrap(),
+        [(k2, conformance::at(5_000))]
+    );
+    let seen = [(VersionNumber(2), conformance::at(5_000))];
+    let now = 2 * 3_600_000;
+    let transition = stored
+        .consumer
+        .apply(Command::Settle, &Usage::new(&seen), conformance::at(now))
+        .unwrap();
+    let events: Vec<_> = transition
+        .effects
+        .iter()
+        .map(|e| conformance::event(now, e, "prod/billing-app"))
+        .collect();
+    assert!(!events.is_empty(), "v1's deadline has passed");
+    let written = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: stored.revision,
+            id: stored.id,
+            consumer: &transition.consumer,
+            audit: &[],
+            idempotency: None,
+            events: &events,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.load_all().await.unwrap(), vec![written]);
+    assert_eq!(store.list_events(0, 10).await.unwrap().len(), events.len());
+}
+
+/// Damage done by hand to usage and event rows, and what the error must say about it.
+#[tokio::test]
+async fn damaged_usage_and_event_rows_are_corrupt() {
+    let backend = fresh().await;
+    let store: &dyn Store = &backend.store;
+    let mut conn = raw(&backend.path).await;
+    // Foreign keys are off on this connection: usage of kids that have no version.
+    for statement in [
+        "INSERT INTO version_usage (kid, last_used_at) VALUES ('bad kid!', 5)",
+        "INSERT INTO usage_hourly (kid, hour, count) VALUES ('AAAAAAAAAAA1', 0, -4)",
+        "INSERT INTO usage_sources (kid, address, user_agent, client_id, first_seen, last_seen, \
+         count) VALUES ('AAAAAAAAAAA2', '10.0.0.1', 'ua', '', 1, 2, -1)",
+        "INSERT INTO events (at, kind, consumer, version, detail) \
+         VALUES (1, 'version.issued', 'prod/app', 0, '{}')",
+    ] {
+        sqlx::query("PRAGMA ignore_check_constraints = ON")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let message = corrupt(store.last_used_all().await.unwrap_err());
+    assert!(
+        message.contains("version_usage row: column kid: \"bad kid!\" is not 12 base62 characters"),
+        "{message}"
+    );
+    let k1 = Kid::parse("AAAAAAAAAAA1").unwrap();
+    let k2 = Kid::parse("AAAAAAAAAAA2").unwrap();
+    let message = corrupt(store.usage(&[k1], conformance::at(0)).await.unwrap_err());
+    assert!(
+        message.contains("usage_hourly row (kid AAAAAAAAAAA1, hour 0): column count: negative: -4"),
+        "{message}"
+    );
+    let message = corrupt(store.usage(&[k2], conformance::at(0)).await.unwrap_err());
+    assert!(
+        message.contains("usage_sources row (kid AAAAAAAAAAA2): column count: negative: -1"),
+        "{message}"
+    );
+    let message = corrupt(store.list_events(0, 10).await.unwrap_err());
+    assert!(
+        message.contains("events row (seq 1): column version: 0 is not a version number"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn record_usage_at_scale() {
+    // A flush of 1,000 versions, each with two hours and three sources, into a database of
+    // 10,000 versions: new rows first, then the same batch again (every row an update), then a
+    // trim of every version's sources.
+    let versions: i64 = 10_000;
+    let backend = fresh().await;
+    let mut conn = raw(&backend.path).await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("INSERT INTO environments (name, protected, created_at) VALUES ('prod', 0, 0)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO consumers (id, environment, name, scopes, owner, disabled, revision, \
+         created_at, updated_at) SELECT i, 'prod', 'c' || i, 'invoices:read', NULL, 0, 1, 0, 0 FROM n",
+    )
+    .bind(versions)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO key_versions (consumer_id, version, kid, secret_hash, fingerprint, state, \
+         created_at, enforced) SELECT i, 1, printf('%012d', i), randomblob(32), randomblob(8), \
+         'active', 0, 0 FROM n",
+    )
+    .bind(versions)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let hour = 3_600_000;
+    let batch: Vec<_> = (1..=1_000i64)
+        .map(|i| {
+            let kid = Kid::parse(&format!("{:012}", i * 7)).unwrap();
+            delta(
+                kid,
+                2 * hour + i,
+                &[(hour, 10), (2 * hour, 5)],
+                (0..3)
+                    .map(|s| {
+                        source(
+                            &format!("10.0.{s}.{}", i % 250),
+                            "billing/2.1 (linux)",
+                            Some("billing-worker"),
+                            hour,
+                            2 * hour + s,
+                            5,
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    let store: &dyn Store = &backend.store;
+    for round in ["insert", "update"] {
+        let started = Instant::now();
+        store.record_usage(&batch, 20).await.unwrap();
+        eprintln!(
+            "record_usage ({round}): 1000 deltas in {:?}",
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    store.record_usage(&batch, 1).await.unwrap();
+    eprintln!(
+        "record_usage (trim to 1): 1000 deltas in {:?}",
+        started.elapsed()
+    );
+
+    let kids: Vec<Kid> = batch.iter().map(|d| d.kid).collect();
+    let started = Instant::now();
+    let usage = store.usage(&kids, conformance::at(0)).await.unwrap();
+    eprintln!("usage: 1000 versions in {:?}", started.elapsed());
+    assert_eq!(usage.len(), 1_000);
+    for (u, d) in usage.iter().zip(&batch) {
+        assert_eq!(u.kid, d.kid);
+        assert_eq!(
+            u.hourly,
+            [(conformance::at(hour), 30), (conformance::at(2 * hour), 15)]
+        );
+        assert_eq!(u.sources.len(), 1);
+        assert_eq!(u.sources[0].count, 15);
+        assert_eq!(
+            u.sources[0].address,
+            format!(
+                "10.0.2.{}",
+                (d.kid.as_str().parse::<i64>().unwrap() / 7) % 250
+            )
+        );
+    }
+    let started = Instant::now();
+    assert_eq!(store.last_used_all().await.unwrap().len(), 1_000);
+    eprintln!("last_used_all: 1000 rows in {:?}", started.elapsed());
 }

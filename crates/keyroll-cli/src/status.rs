@@ -1,0 +1,152 @@
+//! `keyroll status` and `keyroll events`: who uses which version, with a verdict per consumer,
+//! and the lifecycle event outbox. Colour on terminals unless `NO_COLOR` is set.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use keyroll_client::Client;
+use keyroll_proto as proto;
+
+/// ANSI colours, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    /// Colour when stdout is a terminal and `NO_COLOR` is not set (https://no-color.org).
+    pub fn detect() -> Paint {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Paint {
+            on: std::io::stdout().is_terminal() && !no_color,
+        }
+    }
+
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn verdict(&self, code: &str, text: &str) -> String {
+        match code {
+            "stalled" | "no_valid_key" | "disabled" => self.wrap("1;31", text),
+            "rotating" | "never_used" | "idle" => self.wrap("33", text),
+            "ready" | "ok" => self.wrap("32", text),
+            _ => text.to_owned(),
+        }
+    }
+}
+
+/// Prints one status answer.
+pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) {
+    if items.is_empty() {
+        println!("No consumers.");
+    }
+    for c in items {
+        let owner = c
+            .owner
+            .as_deref()
+            .map(|o| format!("  (owner {o})"))
+            .unwrap_or_default();
+        println!("{}{owner}", paint.wrap("1", &c.consumer));
+        println!("  {}", paint.verdict(&c.verdict_code, &c.verdict));
+        for v in &c.versions {
+            let deadline = v
+                .deadline
+                .as_deref()
+                .map(|d| format!("  until {d}"))
+                .unwrap_or_default();
+            let stalled = if v.stalled {
+                "  STALLED (extended once)"
+            } else {
+                ""
+            };
+            println!(
+                "  v{:<4} {:<12} {:<9} last used {:<24} {:>6} req/h {:>8} req/24h{deadline}{stalled}",
+                v.version,
+                v.kid,
+                v.state,
+                v.last_used_at.as_deref().unwrap_or("never"),
+                v.requests_last_hour,
+                v.requests_last_day,
+            );
+            for s in v.sources.iter().take(5) {
+                let label = s
+                    .client_id
+                    .as_deref()
+                    .map(|c| format!(" client {c}"))
+                    .unwrap_or_default();
+                let ua = if s.user_agent.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.user_agent)
+                };
+                println!(
+                    "         from {}{ua}{label}: {} requests, last {}",
+                    s.address, s.count, s.last_seen
+                );
+            }
+            if v.sources.len() > 5 {
+                println!("         … and {} more sources", v.sources.len() - 5);
+            }
+        }
+        println!();
+    }
+}
+
+/// Runs `keyroll status`, once or every `watch`.
+pub async fn run(
+    client: &Client,
+    target: Option<&str>,
+    json: bool,
+    watch: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (environment, consumer) = match target {
+        Some(t) if t.contains('/') => {
+            keyroll_core::ConsumerRef::parse(t)?;
+            (None, Some(t))
+        }
+        Some(t) => {
+            keyroll_core::Environment::parse(t)?;
+            (Some(t), None)
+        }
+        None => (None, None),
+    };
+    let paint = Paint::detect();
+    loop {
+        let a = client.status(environment, consumer).await?;
+        if watch.is_some() && paint.on {
+            // Clear the screen so the view refreshes in place.
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&a.json).unwrap_or_default()
+            );
+        } else {
+            print_status(&a.body.items, paint);
+        }
+        match watch {
+            Some(every) => tokio::time::sleep(every).await,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Prints events, oldest first.
+pub fn print_events(items: &[proto::Event]) {
+    if items.is_empty() {
+        println!("No events.");
+    }
+    for e in items {
+        let version = e.version.map(|v| format!(" v{v}")).unwrap_or_default();
+        println!(
+            "{:>6}  {}  {:<18} {}{version}  {}",
+            e.seq, e.at, e.kind, e.consumer, e.detail
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! `GET /v1/status` (who uses which version, and a verdict per consumer) and `GET /v1/events`
+//! (the outbox of lifecycle events).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Uri;
+use keyroll_core::{
+    Consumer, ConsumerRef, Environment, State as VersionState, StoredState, Timestamp,
+    effective_deadline, is_stalled,
+};
+use keyroll_proto as proto;
+use keyroll_store::VersionUsage;
+
+use crate::http::ApiError;
+use crate::http::auth::Admin;
+use crate::state::AppState;
+use crate::timefmt::{now, rfc3339};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn query(uri: &Uri) -> Vec<(String, String)> {
+    form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// `GET /v1/status[?environment=E][&consumer=ENV/NAME]`.
+#[utoipa::path(get, path = "/v1/status", tag = "status",
+    params(("environment" = Option<String>, Query), ("consumer" = Option<String>, Query, description = "ENV/NAME")),
+    responses((status = 200, body = proto::List<proto::ConsumerStatus>)),
+    security(("admin_token" = ["consumers:read"])))]
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    uri: Uri,
+) -> Result<Json<proto::List<proto::ConsumerStatus>>, ApiError> {
+    admin.require("consumers:read")?;
+    let mut environment = None;
+    let mut only = None;
+    for (k, v) in query(&uri) {
+        match k.as_str() {
+            "environment" => {
+                environment =
+                    Some(Environment::parse(&v).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            "consumer" => {
+                only =
+                    Some(ConsumerRef::parse(&v).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    // What this node counted but has not flushed yet belongs in the answer.
+    crate::usage::flush_once(&state).await;
+    let consumers = match &only {
+        Some(r) => vec![
+            state
+                .store
+                .get_consumer(r)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?,
+        ],
+        None => state.store.list_consumers(environment.as_ref()).await?,
+    };
+    let at = now();
+    let kids: Vec<_> = consumers
+        .iter()
+        .flat_map(|c| c.consumer.versions.iter().map(|v| v.kid))
+        .collect();
+    let usage = state.store.usage(&kids, at.saturating_sub(DAY)).await?;
+    let items = consumers
+        .iter()
+        .map(|c| consumer_status(&state, &c.consumer, &usage, at))
+        .collect();
+    Ok(Json(proto::List { items }))
+}
+
+fn requests_within(u: &VersionUsage, at: Timestamp, window: Duration) -> u64 {
+    // An hour bucket counts when any of it falls inside the window.
+    u.hourly
+        .iter()
+        .filter(|(h, _)| at.duration_since(*h) < window)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+fn who(sources: &[proto::UsageSource]) -> String {
+    match sources.first() {
+        None => "unknown sources".into(),
+        Some(s) => {
+            let mut text = s.address.clone();
+            let label = s.client_id.clone().unwrap_or_else(|| s.user_agent.clone());
+            if !label.is_empty() {
+                text.push_str(&format!(" ({label})"));
+            }
+            if sources.len() > 1 {
+                text.push_str(&format!(" and {} more", sources.len() - 1));
+            }
+            text
+        }
+    }
+}
+
+/// One consumer's status and verdict at `at`.
+pub fn consumer_status(
+    state: &AppState,
+    c: &Consumer,
+    usage: &[VersionUsage],
+    at: Timestamp,
+) -> proto::ConsumerStatus {
+    let mut versions = Vec::new();
+    for v in c.versions.iter().rev() {
+        let u = usage.iter().find(|u| u.kid == v.kid);
+        let last_used = match (
+            u.and_then(|u| u.last_used_at),
+            state.index.last_used(&v.kid),
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let view = v.view(last_used);
+        let st = v.state_with(&c.policy, last_used, at);
+        let stalled = st == VersionState::Retiring
+            && (v.extended
+                || (is_stalled(&view, &c.policy) && v.deadline.is_some_and(|d| at >= d)));
+        let deadline = match v.state {
+            StoredState::Retiring => effective_deadline(&view, &c.policy),
+            _ => v.retirement_time(),
+        };
+        versions.push(proto::VersionStatus {
+            version: v.number.0,
+            kid: v.kid.to_string(),
+            state: st.as_str().into(),
+            deadline: deadline.map(rfc3339),
+            stalled,
+            last_used_at: last_used.map(rfc3339),
+            requests_last_hour: u.map(|u| requests_within(u, at, HOUR)).unwrap_or(0),
+            requests_last_day: u.map(|u| requests_within(u, at, DAY)).unwrap_or(0),
+            sources: u
+                .map(|u| {
+                    u.sources
+                        .iter()
+                        .map(|s| proto::UsageSource {
+                            address: s.address.clone(),
+                            user_agent: s.user_agent.clone(),
+                            client_id: s.client_id.clone(),
+                            last_seen: rfc3339(s.last_seen),
+                            count: s.count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    let (verdict_code, verdict) = verdict(c, &versions, at);
+    proto::ConsumerStatus {
+        consumer: c.reference(),
+        owner: c.owner.clone(),
+        disabled: c.disabled,
+        verdict,
+        verdict_code: verdict_code.into(),
+        versions,
+    }
+}
+
+fn verdict(
+    c: &Consumer,
+    versions: &[proto::VersionStatus],
+    at: Timestamp,
+) -> (&'static str, String) {
+    if c.disabled {
+        return ("disabled", "disabled: every key is rejected".into());
+    }
+    let idle = c.policy.idle;
+    let seen_within = |v: &proto::VersionStatus, window: Duration| {
+        v.last_used_at
+            .as_deref()
+            .and_then(parse_ts)
+            .is_some_and(|t| at.duration_since(t) < window)
+    };
+    let active = versions.iter().find(|v| v.state == "active");
+    if let Some(v) = versions.iter().find(|v| v.stalled) {
+        return (
+            "stalled",
+            format!(
+                "stalled: v{} still used by {}, {} req/h; retires at {}",
+                v.version,
+                who(&v.sources),
+                v.requests_last_hour,
+                v.deadline.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    let retiring: Vec<&proto::VersionStatus> =
+        versions.iter().filter(|v| v.state == "retiring").collect();
+    if let Some(v) = retiring.iter().find(|v| seen_within(v, idle)) {
+        return (
+            "rotating",
+            format!(
+                "rotating: v{} still used by {}, {} req/h; deadline {}",
+                v.version,
+                who(&v.sources),
+                v.requests_last_hour,
+                v.deadline.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    if !retiring.is_empty() {
+        let list: Vec<String> = retiring.iter().map(|v| format!("v{}", v.version)).collect();
+        return match active {
+            Some(a) if a.last_used_at.is_none() => (
+                "rotating",
+                format!(
+                    "waiting for v{} to be used; {} idle",
+                    a.version,
+                    list.join(", ")
+                ),
+            ),
+            _ => ("ready", format!("ready to retire {}", list.join(", "))),
+        };
+    }
+    match active {
+        None => ("no_valid_key", "no valid key: rotate to issue one".into()),
+        Some(a) if a.last_used_at.is_none() => (
+            "never_used",
+            format!("never used: v{} (no traffic seen yet)", a.version),
+        ),
+        Some(a) if !seen_within(a, idle) => (
+            "idle",
+            format!("idle since {}", a.last_used_at.as_deref().unwrap_or("?")),
+        ),
+        Some(a) => (
+            "ok",
+            format!("in use: v{}, {} req/h", a.version, a.requests_last_hour),
+        ),
+    }
+}
+
+fn parse_ts(text: &str) -> Option<Timestamp> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .ok()
+        .map(Timestamp::from_unix_millis)
+}
+
+/// `GET /v1/events?after=SEQ&limit=N`.
+#[utoipa::path(get, path = "/v1/events", tag = "status",
+    params(("after" = Option<i64>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = proto::List<proto::Event>)),
+    security(("admin_token" = ["consumers:read"])))]
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    uri: Uri,
+) -> Result<Json<proto::List<proto::Event>>, ApiError> {
+    admin.require("consumers:read")?;
+    let mut after = 0i64;
+    let mut limit = 100u32;
+    for (k, v) in query(&uri) {
+        match k.as_str() {
+            "after" => {
+                after = v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("after: {v:?} is not a sequence number"))
+                })?
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit: {v:?} is not a number from 1 to 1000"
+                        ))
+                    })?
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    let items = state
+        .store
+        .list_events(after, limit)
+        .await?
+        .into_iter()
+        .map(|e| proto::Event {
+            seq: e.seq,
+            at: rfc3339(e.at),
+            kind: e.kind,
+            consumer: e.consumer,
+            version: e.version,
+            detail: serde_json::from_str(&e.detail).unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+    Ok(Json(proto::List { items }))
+}

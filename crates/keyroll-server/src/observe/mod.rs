@@ -1,0 +1,381 @@
+//! Observability of decisions: the `auth.decision` log line (with flood collapsing), Prometheus
+//! metrics, and the in-memory decision history.
+//!
+//! [`Observer::decision`] runs once for every decision, on the hot path. What it costs for an
+//! allowed key: a few atomic operations for the metrics, one shard lock and no allocation for
+//! the history, and nothing for the log unless allowed decisions are logged.
+
+pub mod flood;
+pub mod history;
+pub mod metrics;
+pub mod process;
+pub mod striped;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyroll_core::Timestamp;
+
+use crate::config::Config;
+use crate::decided::DecisionContext;
+use crate::index::Index;
+use crate::logging::{self, RequestFacts};
+use crate::state::AppState;
+use crate::usage::TrustedNet;
+use crate::verify::Verification;
+
+use self::flood::{Admit, FloodGate, FloodKey, Subject, Summary};
+use self::history::History;
+use self::metrics::{Metrics, Trust};
+
+/// The environment label when nothing names one.
+const UNKNOWN_ENVIRONMENT: &str = "unknown";
+
+/// How often the background task looks for ended flood windows.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How often it drains histogram samples and pings the store (in sweeps).
+const UPKEEP_EVERY_SWEEPS: u64 = 5;
+
+/// How long a store ping may take before the store counts as down.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the observer is configured with.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    /// Decisions kept in memory.
+    pub history_size: usize,
+    /// Identical rejections logged per window before collapsing (0: never collapse).
+    pub flood_limit: u32,
+    /// The collapsing window.
+    pub flood_window: Duration,
+    /// Proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<TrustedNet>,
+    /// The server's default verification environment (a metrics label of last resort).
+    pub default_environment: Option<String>,
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        ObserverConfig {
+            history_size: 10_000,
+            flood_limit: 10,
+            flood_window: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            default_environment: None,
+        }
+    }
+}
+
+impl ObserverConfig {
+    /// The observer's part of the server configuration.
+    pub fn from_config(c: &Config) -> ObserverConfig {
+        ObserverConfig {
+            history_size: c.history_size,
+            flood_limit: c.log_flood_limit,
+            flood_window: c.log_flood_window,
+            trusted_proxies: c.trusted_proxies.clone(),
+            default_environment: c.verify_environment.as_ref().map(|e| e.as_str().to_owned()),
+        }
+    }
+}
+
+/// Watches every decision.
+#[derive(Debug)]
+pub struct Observer {
+    metrics: Metrics,
+    history: History,
+    flood: FloodGate,
+    window_s: u64,
+    trusted: Vec<TrustedNet>,
+    default_environment: Option<Box<str>>,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer::new()
+    }
+}
+
+impl Observer {
+    /// An observer with the default settings.
+    pub fn new() -> Observer {
+        Observer::with_config(ObserverConfig::default())
+    }
+
+    /// An observer configured from the server's configuration.
+    pub fn from_config(c: &Config) -> Observer {
+        Observer::with_config(ObserverConfig::from_config(c))
+    }
+
+    /// An observer with these settings.
+    pub fn with_config(c: ObserverConfig) -> Observer {
+        let window_ms = i64::try_from(c.flood_window.as_millis()).unwrap_or(i64::MAX);
+        Observer {
+            metrics: Metrics::new(),
+            history: History::new(c.history_size),
+            flood: FloodGate::new(c.flood_limit, window_ms),
+            window_s: c.flood_window.as_secs(),
+            trusted: c.trusted_proxies,
+            default_environment: c.default_environment.map(String::into_boxed_str),
+        }
+    }
+
+    /// The decision history.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Counts a rotation outcome (`rotated`, `retired_idle`, `retired_deadline`, `stalled`,
+    /// `revoked`).
+    pub fn rotation(&self, environment: &str, outcome: &str) {
+        self.metrics.rotation(environment, outcome);
+    }
+
+    /// Sets how many retiring versions of `environment` are still seen in traffic.
+    pub fn set_retiring_in_use(&self, environment: &str, n: u64) {
+        self.metrics.set_retiring_in_use(environment, n);
+    }
+
+    /// Records a successful usage flush of `versions` key versions.
+    pub fn usage_flushed(&self, duration: Duration, versions: usize) {
+        let at = crate::timefmt::now().unix_millis() as f64 / 1000.0;
+        self.metrics.usage_flushed(duration, versions, at);
+    }
+
+    /// Records a failed usage flush.
+    pub fn usage_flush_failed(&self) {
+        self.metrics.usage_flush_failed();
+    }
+
+    /// Records whether the store answered a ping.
+    pub fn set_store_up(&self, up: bool) {
+        self.metrics.set_store_up(up);
+    }
+
+    /// Records one decision: metrics, history, log line (collapsed in floods).
+    pub fn decision(&self, v: &Verification, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
+        let (environment, trust) = self.label_environment(v, ctx);
+        self.metrics
+            .decision(environment, trust, v.code, ctx.latency_us);
+        let record = history::Record {
+            ts_ms: ctx.now.unix_millis(),
+            code: v.code,
+            kid: v.kid,
+            fingerprint: v.fingerprint,
+            consumer: v.consumer(),
+            key_environment: v.key_environment,
+            version: v.version(),
+            state: v.state(),
+            request_id: ctx.request_id,
+            remote_addr: ctx.peer,
+        };
+        if v.code.allowed() {
+            self.history.allowed(&record);
+            if logging::decision_enabled(v.code, allowed_at_info) {
+                log(v, ctx, allowed_at_info);
+            }
+            return;
+        }
+        if self.history.keeps_rejections() {
+            self.history.rejected(&record, v.detail().into_boxed_str());
+        }
+        if !logging::decision_enabled(v.code, allowed_at_info) {
+            return;
+        }
+        let admit = if self.flood.enabled() {
+            let key = FloodKey {
+                code: v.code,
+                subject: match (v.kid, v.fingerprint) {
+                    (Some(k), _) => Subject::Kid(k),
+                    (None, Some(f)) => Subject::Fingerprint(f),
+                    (None, None) => Subject::Nothing,
+                },
+                source: self.client_ip(ctx),
+            };
+            let (admit, ended) = self.flood.check(key, ctx.request_id, ctx.now.unix_millis());
+            if let Some(s) = ended {
+                self.emit_summary(&s);
+            }
+            admit
+        } else {
+            Admit::Log
+        };
+        match admit {
+            Admit::Log => log(v, ctx, allowed_at_info),
+            Admit::Suppress => self.metrics.suppressed(1),
+        }
+    }
+
+    /// Writes the summaries of flood windows that ended by `now`; `i64::MAX` writes them all.
+    pub fn sweep(&self, now_ms: i64) {
+        for s in self.flood.sweep(now_ms) {
+            self.emit_summary(&s);
+        }
+    }
+
+    fn emit_summary(&self, s: &Summary) {
+        let kid = match s.key.subject {
+            Subject::Kid(k) => Some(k.to_string()),
+            _ => None,
+        };
+        let fingerprint = match s.key.subject {
+            Subject::Fingerprint(f) => Some(f.to_string()),
+            _ => None,
+        };
+        let remote = s.key.source.map(|ip| ip.to_string());
+        let start = crate::timefmt::rfc3339(Timestamp::from_unix_millis(s.window_start_ms));
+        tracing::warn!(
+            target: "keyroll::decision",
+            event = "auth.decision.suppressed",
+            decision = "rejected",
+            code = s.key.code.as_str(),
+            kid = kid.as_deref(),
+            fingerprint = fingerprint.as_deref(),
+            remote_addr = remote.as_deref(),
+            count = s.suppressed,
+            window_s = self.window_s,
+            window_start = start.as_str(),
+            last_request_id = &*s.last_request_id,
+            overflow = s.overflow,
+            "{} identical {} rejections were not logged one by one",
+            s.suppressed,
+            s.key.code.as_str(),
+        );
+    }
+
+    /// The metrics label: the key's environment when known, else the one the request had to
+    /// belong to, else `unknown`. Names that come from the request are checked against the
+    /// environment grammar and capped by [`Metrics`].
+    fn label_environment<'a>(
+        &'a self,
+        v: &'a Verification,
+        ctx: &DecisionContext<'a>,
+    ) -> (&'a str, Trust) {
+        if let Some(c) = v.consumer() {
+            return (c.environment(), Trust::Known);
+        }
+        if let Some(e) = v.key_environment.as_ref() {
+            return (e.as_str(), Trust::Caller);
+        }
+        if let Some(e) = ctx
+            .header("x-keyroll-environment")
+            .filter(|e| is_environment_name(e))
+        {
+            return (e, Trust::Caller);
+        }
+        if let Some(e) = ctx.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|p| p.strip_prefix("environment="))
+                .filter(|e| is_environment_name(e))
+        }) {
+            return (e, Trust::Caller);
+        }
+        match self.default_environment.as_deref() {
+            Some(e) => (e, Trust::Known),
+            None => (UNKNOWN_ENVIRONMENT, Trust::Known),
+        }
+    }
+
+    /// The client: the peer, or what a trusted proxy says the client was (as the usage
+    /// recorder sees it), without allocating.
+    fn client_ip(&self, ctx: &DecisionContext<'_>) -> Option<IpAddr> {
+        let peer = ctx.peer?.ip();
+        if self.trusted.iter().any(|n| n.contains(peer)) {
+            let forwarded = ctx
+                .header("x-real-ip")
+                .or_else(|| {
+                    ctx.header("x-forwarded-for")
+                        .and_then(|f| f.rsplit(',').next())
+                })
+                .and_then(|a| a.trim().parse::<IpAddr>().ok());
+            if forwarded.is_some() {
+                return forwarded;
+            }
+        }
+        Some(peer)
+    }
+
+    /// The exposition text: every series of the recorder, with the scrape-time gauges of the
+    /// index brought up to date, then the process metrics.
+    pub fn render(&self, index: &Index, now: Timestamp) -> String {
+        self.metrics
+            .set_index(index.len(), &index.count_by_environment_and_state(now));
+        let mut text = self.metrics.render();
+        process::ProcessStats::read().render(&mut text);
+        text
+    }
+
+    /// Drains pending histogram samples (see [`Metrics::upkeep`]).
+    pub fn upkeep(&self) {
+        self.metrics.upkeep();
+    }
+}
+
+/// `[a-z][a-z0-9]{0,15}` (SPEC §1), checked without allocating.
+fn is_environment_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 16
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn log(v: &Verification, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
+    let o = ctx.origin();
+    logging::decision(
+        v,
+        &RequestFacts {
+            request_id: ctx.request_id,
+            remote_addr: ctx.peer,
+            method: o.method,
+            uri: &o.uri,
+            user_agent: o.user_agent,
+        },
+        ctx.latency_us,
+        allowed_at_info,
+    );
+}
+
+/// The observer's background work until `stop` fires: flood summaries every second, histogram
+/// upkeep and the store ping every few seconds; at the end, the summaries still pending.
+pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        state.observer.sweep(crate::timefmt::now().unix_millis());
+        if sweeps.is_multiple_of(UPKEEP_EVERY_SWEEPS) {
+            state.observer.upkeep();
+            let up = matches!(
+                tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await,
+                Ok(Ok(()))
+            );
+            state.observer.set_store_up(up);
+        }
+        sweeps = sweeps.wrapping_add(1);
+    }
+    state.observer.sweep(i64::MAX);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_names() {
+        assert!(is_environment_name("prod"));
+        assert!(is_environment_name("s1"));
+        assert!(!is_environment_name(""));
+        assert!(!is_environment_name("Prod"));
+        assert!(!is_environment_name("1prod"));
+        assert!(!is_environment_name("prod-eu"));
+        assert!(!is_environment_name("abcdefghijklmnopq"));
+    }
+}

@@ -1,0 +1,57 @@
+//! The lifecycle sweeper: writes down what time and traffic decided — deadlines passed, stalls
+//! (extended once, loudly), `when-idle` early retirements, versions nobody adopted — for the
+//! consumers the index flags, every `interval`.
+//!
+//! Correctness never waits for it: the hot path decides the same rules from the same facts
+//! ([`keyroll_core::effective_state`]). The sweeper makes the stored state, the audit log, the
+//! events and the metrics catch up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyroll_core::ConsumerRef;
+
+use crate::state::AppState;
+use crate::timefmt::now;
+
+/// How long a consumer that was looked at waits before the next look.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// One pass. Returns how many consumers had something written.
+pub async fn sweep_once(state: &AppState) -> usize {
+    let at = now();
+    let mut changed = 0;
+    for reference in state.index.due_for_settle(at, RECHECK) {
+        let Ok(r) = ConsumerRef::parse(&reference) else {
+            continue;
+        };
+        match crate::http::admin::settle(state, &r).await {
+            Ok(effects) if !effects.is_empty() => changed += 1,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(event = "sweep.failed", consumer = %r, error = e.detail.as_str(), "could not settle {r}; will retry")
+            }
+        }
+    }
+    for (environment, n) in state.index.retiring_in_use(at) {
+        state.observer.set_retiring_in_use(&environment, n);
+    }
+    changed
+}
+
+/// Sweeps every `interval` until `stop` fires.
+pub async fn run(
+    state: Arc<AppState>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        sweep_once(&state).await;
+    }
+}

@@ -1,0 +1,380 @@
+//! Usage recording (SPEC §6): per key version, the last use, a count per hour and a bounded set
+//! of recent sources, gathered in memory on the hot path and flushed to the store in batches.
+//!
+//! The hot path takes its own thread's shard (one of 32 mutexes, picked once per thread, so two
+//! workers never wait for each other even when every request carries the same key), bumps a
+//! counter and, only for a source not seen yet in this batch, copies its address and user agent.
+//! A source is matched by its parsed IP address, never by formatting one. A flush swaps every shard's map
+//! out under its lock and writes the batch in one store transaction; a failed batch is merged
+//! back, so a database outage loses no counts, and a crash loses at most one batch.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use keyroll_core::{Kid, Timestamp};
+use keyroll_store::{SourceSeen, Store, StoreError, UsageDelta};
+use parking_lot::Mutex;
+
+use crate::decided::DecisionContext;
+use crate::verify::Verification;
+
+const SHARDS: usize = 32;
+/// Sources kept per version, in a batch and in the store.
+pub const MAX_SOURCES: usize = 16;
+const HOUR_MS: i64 = 3_600_000;
+
+/// A CIDR block of proxies whose `X-Forwarded-For` / `X-Real-IP` are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TrustedNet {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
+    pub fn parse(text: &str) -> Option<TrustedNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a: IpAddr = text.parse().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(TrustedNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    last_used: Timestamp,
+    hourly: Vec<(Timestamp, u64)>,
+    sources: Vec<SourceSeen>,
+    /// `sources[i].address`, parsed: what the hot path compares.
+    source_ips: Vec<Option<IpAddr>>,
+}
+
+impl Pending {
+    fn new(now: Timestamp) -> Pending {
+        Pending {
+            last_used: now,
+            hourly: Vec::new(),
+            sources: Vec::new(),
+            source_ips: Vec::new(),
+        }
+    }
+
+    fn add_source(&mut self, s: SourceSeen) {
+        add_source(&mut self.sources, s);
+        self.source_ips = self
+            .sources
+            .iter()
+            .map(|s| s.address.parse().ok())
+            .collect();
+    }
+}
+
+impl Pending {
+    fn merge(&mut self, other: Pending) {
+        self.last_used = self.last_used.max(other.last_used);
+        for (hour, n) in other.hourly {
+            add_hour(&mut self.hourly, hour, n);
+        }
+        for s in other.sources {
+            self.add_source(s);
+        }
+    }
+}
+
+fn add_hour(hourly: &mut Vec<(Timestamp, u64)>, hour: Timestamp, n: u64) {
+    match hourly.iter_mut().find(|(h, _)| *h == hour) {
+        Some((_, c)) => *c += n,
+        None => hourly.push((hour, n)),
+    }
+}
+
+fn add_source(sources: &mut Vec<SourceSeen>, s: SourceSeen) {
+    if let Some(known) = sources.iter_mut().find(|k| {
+        k.address == s.address && k.user_agent == s.user_agent && k.client_id == s.client_id
+    }) {
+        known.count += s.count;
+        known.last_seen = known.last_seen.max(s.last_seen);
+        known.first_seen = known.first_seen.min(s.first_seen);
+        return;
+    }
+    if sources.len() >= MAX_SOURCES {
+        // Bounded: forget the source seen least recently.
+        if let Some(oldest) = sources
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, k)| k.last_seen)
+            .map(|(i, _)| i)
+        {
+            sources.swap_remove(oldest);
+        }
+    }
+    sources.push(s);
+}
+
+/// Usage gathered since the last flush.
+#[derive(Debug)]
+pub struct UsageRecorder {
+    shards: Box<[Mutex<HashMap<Kid, Pending>>]>,
+    enabled: bool,
+    trusted: Vec<TrustedNet>,
+}
+
+impl UsageRecorder {
+    /// A recorder; `enabled = false` records nothing (for measuring its cost).
+    pub fn new(enabled: bool, trusted: Vec<TrustedNet>) -> UsageRecorder {
+        UsageRecorder {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            enabled,
+            trusted,
+        }
+    }
+
+    /// The client's address: the peer, or what a trusted proxy says the client was.
+    pub fn client_ip(&self, ctx: &DecisionContext<'_>) -> Option<IpAddr> {
+        let peer = ctx.peer?.ip();
+        if self.trusted.iter().any(|n| n.contains(peer)) {
+            let forwarded = ctx
+                .header("x-real-ip")
+                .or_else(|| {
+                    ctx.header("x-forwarded-for")
+                        .and_then(|f| f.rsplit(',').next())
+                })
+                .and_then(|a| a.trim().parse::<IpAddr>().ok());
+            if let Some(ip) = forwarded {
+                return Some(ip);
+            }
+        }
+        Some(peer)
+    }
+
+    /// This thread's shard: picked once per thread, round robin, so worker threads do not
+    /// contend even when all traffic carries one key. Drains merge what shards share.
+    fn shard(&self) -> &Mutex<HashMap<Kid, Pending>> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        &self.shards[SHARD.with(|s| *s)]
+    }
+
+    /// Records one allowed decision.
+    pub fn record(&self, v: &Verification, ctx: &DecisionContext<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let Some(kid) = v.kid else { return };
+        let now = ctx.now;
+        let hour =
+            Timestamp::from_unix_millis(now.unix_millis() - now.unix_millis().rem_euclid(HOUR_MS));
+        let user_agent = truncate(ctx.header("user-agent").unwrap_or(""), 200);
+        let client_id = ctx.header("x-client-id").map(|c| truncate(c, 100));
+        let ip = self.client_ip(ctx);
+        let mut map = self.shard().lock();
+        let pending = map.entry(kid).or_insert_with(|| Pending::new(now));
+        pending.last_used = pending.last_used.max(now);
+        add_hour(&mut pending.hourly, hour, 1);
+        // The common case — the same client again — compares without allocating.
+        let known = pending
+            .source_ips
+            .iter()
+            .zip(pending.sources.iter_mut())
+            .find(|(known_ip, s)| {
+                **known_ip == ip
+                    && s.user_agent == user_agent
+                    && s.client_id.as_deref() == client_id
+            });
+        if let Some((_, s)) = known {
+            s.count += 1;
+            s.last_seen = now;
+            return;
+        }
+        pending.add_source(SourceSeen {
+            address: ip.map(|i| i.to_string()).unwrap_or_default(),
+            user_agent: user_agent.to_owned(),
+            client_id: client_id.map(str::to_owned),
+            first_seen: now,
+            last_seen: now,
+            count: 1,
+        });
+    }
+
+    /// Takes everything gathered so far.
+    fn drain(&self) -> Vec<(Kid, Pending)> {
+        // A kid used from several threads sits in several shards: merge it into one delta.
+        let mut merged: HashMap<Kid, Pending> = HashMap::new();
+        for shard in self.shards.iter() {
+            let taken = std::mem::take(&mut *shard.lock());
+            for (kid, p) in taken {
+                match merged.get_mut(&kid) {
+                    Some(existing) => existing.merge(p),
+                    None => {
+                        merged.insert(kid, p);
+                    }
+                }
+            }
+        }
+        merged.into_iter().collect()
+    }
+
+    fn restore(&self, batch: Vec<(Kid, Pending)>) {
+        for (kid, p) in batch {
+            let mut map = self.shards[usize::from(kid.as_bytes()[0]) % SHARDS].lock();
+            match map.get_mut(&kid) {
+                Some(existing) => existing.merge(p),
+                None => {
+                    map.insert(kid, p);
+                }
+            }
+        }
+    }
+
+    /// Writes everything gathered so far in one transaction. On failure the batch goes back
+    /// into memory for the next attempt. Returns how many versions were written.
+    pub async fn flush(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let batch = self.drain();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let deltas: Vec<UsageDelta> = batch
+            .iter()
+            .map(|(kid, p)| UsageDelta {
+                kid: *kid,
+                last_used_at: p.last_used,
+                hourly: p.hourly.clone(),
+                sources: p.sources.clone(),
+            })
+            .collect();
+        match store.record_usage(&deltas, MAX_SOURCES as u32).await {
+            Ok(()) => Ok(deltas.len()),
+            Err(e) => {
+                self.restore(batch);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+/// Flushes every `interval` until `stop` fires, then once more.
+pub async fn run_flusher(
+    state: std::sync::Arc<crate::state::AppState>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        flush_once(&state).await;
+    }
+    flush_once(&state).await;
+}
+
+/// One flush with its log line and metrics.
+pub async fn flush_once(state: &crate::state::AppState) {
+    let started = Instant::now();
+    match state.usage.flush(state.store.as_ref()).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!(
+                    event = "usage.flushed",
+                    versions = n,
+                    millis = started.elapsed().as_millis() as u64,
+                    "usage flushed"
+                );
+            }
+            state.observer.usage_flushed(started.elapsed(), n);
+        }
+        Err(e) => {
+            tracing::warn!(event = "usage.flush_failed", error = %e, "usage flush failed; counts kept in memory for the next attempt");
+            state.observer.usage_flush_failed();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_nets() {
+        let n = TrustedNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(
+            TrustedNet::parse("::1")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(TrustedNet::parse("10.0.0.0/33").is_none());
+        assert!(TrustedNet::parse("nope").is_none());
+    }
+
+    #[test]
+    fn sources_are_bounded_and_merged() {
+        let mut sources = Vec::new();
+        for i in 0..40 {
+            let at = Timestamp::from_unix_millis(i);
+            add_source(
+                &mut sources,
+                SourceSeen {
+                    address: format!("10.0.0.{i}"),
+                    user_agent: String::new(),
+                    client_id: None,
+                    first_seen: at,
+                    last_seen: at,
+                    count: 1,
+                },
+            );
+        }
+        assert_eq!(sources.len(), MAX_SOURCES);
+        assert!(
+            sources
+                .iter()
+                .all(|s| s.last_seen.unix_millis() >= 40 - MAX_SOURCES as i64)
+        );
+        let mut hours = Vec::new();
+        add_hour(&mut hours, Timestamp::EPOCH, 2);
+        add_hour(&mut hours, Timestamp::EPOCH, 3);
+        assert_eq!(hours, vec![(Timestamp::EPOCH, 5)]);
+    }
+}
