@@ -66,7 +66,7 @@ impl Default for UsageConfig {
             flush_interval: "5s".into(),
             // A gateway on the same host (nginx auth_request) is the common set-up.
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
-            sweep_interval: "1s".into(),
+            sweep_interval: "2s".into(),
         }
     }
 }

@@ -65,7 +65,8 @@ struct Record {
     /// Unix millis; `i64::MAX` for none. While retiring: the deadline; once retired: when.
     deadline: i64,
     expires_at: i64,
-    /// Retiring: since when (the replacing version's issue time); revoked: when.
+    /// Retiring: since when (the replacing version's issue time); revoked: when; active: when
+    /// issued.
     changed_at: i64,
     /// Last allowed use, unix seconds (0: never). Written on the hot path without a write lock:
     /// the stall rule needs it at the deadline, and seconds are precise enough for `idle`.
@@ -74,7 +75,17 @@ struct Record {
     grace_s: u32,
     enforced: bool,
     extended: bool,
+    unused_reported: bool,
     consumer: Arc<ConsumerEntry>,
+}
+
+/// What one sweep pass found.
+#[derive(Debug, Default)]
+pub struct SweepScan {
+    /// Consumers to settle.
+    pub due: Vec<Arc<ConsumerEntry>>,
+    /// Per environment, retiring versions seen within their idle window.
+    pub retiring_in_use: Vec<(String, u64)>,
 }
 
 fn secs_to_ts(secs: u32) -> Option<Timestamp> {
@@ -146,16 +157,6 @@ pub enum Lookup {
     Found(Found),
 }
 
-/// A consumer the sweeper must look at: it has retiring versions, or an active version whose
-/// adoption is not yet confirmed.
-#[derive(Debug)]
-struct Attention {
-    retiring: Vec<Kid>,
-    idle: Duration,
-    /// Unix millis of the next look.
-    next_check: i64,
-}
-
 /// All key versions of the installation, in memory.
 #[derive(Debug)]
 pub struct Index {
@@ -163,7 +164,6 @@ pub struct Index {
     hasher: foldhash_like::Fixed,
     write_lock: Mutex<()>,
     versions: AtomicU64,
-    attention: Mutex<hashbrown::HashMap<Box<str>, Attention>>,
 }
 
 fn opt_ts(ms: i64) -> Option<Timestamp> {
@@ -188,7 +188,6 @@ impl Index {
             hasher: foldhash_like::Fixed,
             write_lock: Mutex::new(()),
             versions: AtomicU64::new(0),
-            attention: Mutex::new(hashbrown::HashMap::new()),
         }
     }
 
@@ -308,80 +307,56 @@ impl Index {
             .map(|&p| shard.records[p as usize].consumer.revision)
     }
 
-    fn track_attention(&self, consumer: &Consumer) {
-        let retiring: Vec<Kid> = consumer
-            .versions
-            .iter()
-            .filter(|v| v.state == StoredState::Retiring)
-            .map(|v| v.kid)
-            .collect();
-        let unconfirmed = consumer
-            .active_version()
-            .is_some_and(|v| !v.unused_reported);
-        let key: Box<str> = consumer.reference().into_boxed_str();
-        let mut attention = self.attention.lock();
-        if retiring.is_empty() && !unconfirmed {
-            attention.remove(&key);
-        } else {
-            attention.insert(
-                key,
-                Attention {
-                    retiring,
-                    idle: consumer.policy.idle,
-                    next_check: 0,
-                },
-            );
-        }
-    }
-
-    /// Consumers whose lifecycle may have something to write down at `now` (deadlines, stalls,
-    /// idle retirements, unadopted versions); each is then not offered again for `recheck`.
-    pub fn due_for_settle(&self, now: Timestamp, recheck: Duration) -> Vec<String> {
-        let mut attention = self.attention.lock();
-        let next = now.saturating_add(recheck).unix_millis();
-        attention
-            .iter_mut()
-            .filter(|(_, a)| a.next_check <= now.unix_millis())
-            .map(|(k, a)| {
-                a.next_check = next;
-                k.to_string()
-            })
-            .collect()
-    }
-
-    /// Per environment, retiring versions seen within their consumer's idle window.
-    pub fn retiring_in_use(&self, now: Timestamp) -> Vec<(String, u64)> {
-        let attention: Vec<(String, Vec<Kid>, Duration)> = self
-            .attention
-            .lock()
-            .iter()
-            .map(|(k, a)| {
-                (
-                    k.split_once('/').map_or("", |(e, _)| e).to_owned(),
-                    a.retiring.clone(),
-                    a.idle,
-                )
-            })
-            .collect();
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for (env, kids, idle) in attention {
-            let n = kids
-                .iter()
-                .filter(|k| {
-                    self.last_used(k)
-                        .is_some_and(|t| now.duration_since(t) < idle)
-                })
-                .count() as u64;
-            match out.iter_mut().find(|(e, _)| *e == env) {
-                Some((_, c)) => *c += n,
-                None => out.push((env, n)),
+    /// One pass over every record for the sweeper (no per-consumer bookkeeping: a scan of 1M
+    /// records costs a few milliseconds, while a map of consumers needing attention cost ≈ 120
+    /// bytes per version in the middle of a rotation). Returns the consumers whose lifecycle may
+    /// have something to write down at `now` — a retiring version past its deadline or quiet for
+    /// its consumer's idle window, or an active version nobody used for `unused_after` — and,
+    /// per environment, how many retiring versions were seen within their idle window.
+    pub fn sweep_scan(&self, now: Timestamp, unused_after: Duration) -> SweepScan {
+        let now_ms = now.unix_millis();
+        let now_s = ts_to_secs(now);
+        let mut due: Vec<Arc<ConsumerEntry>> = Vec::new();
+        let mut in_use: Vec<(String, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for r in &shard.records {
+                let last = r.last_used.load(Ordering::Relaxed);
+                let idle_s = u32::try_from(r.consumer.policy.idle.as_secs()).unwrap_or(u32::MAX);
+                let is_due = match r.state {
+                    StoredState::Retiring => {
+                        if last != 0 && now_s.saturating_sub(last) < idle_s {
+                            let env = r.consumer.environment();
+                            match in_use.iter_mut().find(|(e, _)| e == env) {
+                                Some((_, n)) => *n += 1,
+                                None => in_use.push((env.to_owned(), 1)),
+                            }
+                        }
+                        now_ms >= r.deadline
+                            || (r.consumer.policy.retire == keyroll_core::RetirePolicy::WhenIdle
+                                && !r.enforced
+                                && (last == 0 || now_s.saturating_sub(last) >= idle_s))
+                    }
+                    StoredState::Active => {
+                        !r.unused_reported
+                            && last == 0
+                            && now_ms.saturating_sub(r.changed_at)
+                                >= i64::try_from(unused_after.as_millis()).unwrap_or(i64::MAX)
+                    }
+                    _ => false,
+                };
+                if is_due && !due.iter().any(|c| Arc::ptr_eq(c, &r.consumer)) {
+                    due.push(Arc::clone(&r.consumer));
+                }
             }
         }
-        out
+        SweepScan {
+            due,
+            retiring_in_use: in_use,
+        }
     }
 
     fn upsert_unlocked(&self, revision: i64, consumer: &Consumer) {
-        self.track_attention(consumer);
         let entry = Arc::new(ConsumerEntry {
             revision,
             reference: consumer.reference().into_boxed_str(),
@@ -393,6 +368,8 @@ impl Index {
             let replaced_by = v.replaced_by.map(|n| n.0).unwrap_or(0);
             let changed_at = match v.state {
                 StoredState::Revoked => v.revoked_at,
+                // For an active version: when it was issued (the unused-version check).
+                StoredState::Active => Some(v.created_at),
                 _ => v
                     .replaced_by
                     .and_then(|n| consumer.version(n))
@@ -412,6 +389,7 @@ impl Index {
                 grace_s: u32::try_from(v.grace.as_secs()).unwrap_or(u32::MAX),
                 enforced: v.enforced,
                 extended: v.extended,
+                unused_reported: v.unused_reported,
                 consumer: Arc::clone(&entry),
             };
             let hash = self.hash(&v.kid);

@@ -14,15 +14,15 @@ use keyroll_core::ConsumerRef;
 use crate::state::AppState;
 use crate::timefmt::now;
 
-/// How long a consumer that was looked at waits before the next look.
-const RECHECK: Duration = Duration::from_secs(1);
-
 /// One pass. Returns how many consumers had something written.
 pub async fn sweep_once(state: &AppState) -> usize {
     let at = now();
     let mut changed = 0;
-    for reference in state.index.due_for_settle(at, RECHECK) {
-        let Ok(r) = ConsumerRef::parse(&reference) else {
+    let scan = state
+        .index
+        .sweep_scan(at, keyroll_core::lifecycle::UNUSED_AFTER);
+    for entry in scan.due {
+        let Ok(r) = ConsumerRef::parse(entry.reference()) else {
             continue;
         };
         match crate::http::admin::settle(state, &r).await {
@@ -33,7 +33,7 @@ pub async fn sweep_once(state: &AppState) -> usize {
             }
         }
     }
-    for (environment, n) in state.index.retiring_in_use(at) {
+    for (environment, n) in scan.retiring_in_use {
         state.observer.set_retiring_in_use(&environment, n);
     }
     changed
