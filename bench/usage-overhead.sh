@@ -12,15 +12,15 @@ command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wr
 cargo build --release -p keyroll-cli --quiet
 BIN=target/release/keyroll
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+# Servers are started inside command substitutions (subshells), so their pids go to a file.
+cleanup() { [ -f "$WORK/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done < "$WORK/pids"; rm -rf "$WORK"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start() { # name enabled -> prints "port key"
   local p; p=$(port)
   KEYROLL_USAGE__ENABLED="$2" "$BIN" serve --listen "127.0.0.1:$p" --data-dir "$WORK/$1" --log-format json > "$WORK/$1.log" 2>&1 &
-  PIDS+=($!)
+  echo $! >> "$WORK/pids"
   for _ in $(seq 50); do curl -fs "http://127.0.0.1:$p/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   KEYROLL_SERVER="http://127.0.0.1:$p" KEYROLL_DATA_DIR="$WORK/$1" "$BIN" env create prod >/dev/null
   local key
