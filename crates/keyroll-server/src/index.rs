@@ -53,7 +53,11 @@ impl ConsumerEntry {
     /// Its retirement settings.
     #[inline]
     pub fn policy(&self) -> Policy {
-        Policy { retire: self.retire, idle: Duration::from_secs(u64::from(self.idle_s)), on_stall: self.on_stall }
+        Policy {
+            retire: self.retire,
+            idle: Duration::from_secs(u64::from(self.idle_s)),
+            on_stall: self.on_stall,
+        }
     }
 
     /// The environment.
@@ -102,8 +106,11 @@ fn secs_to_ts(secs: u32) -> Option<Timestamp> {
     (secs != 0).then(|| Timestamp::from_unix_millis(i64::from(secs) * 1000))
 }
 
+/// Rounded *up*: a last use kept in whole seconds must never look older than it was, or the
+/// idle rule could retire a version still in use (a use at 12.9 s stored as 12 s would look
+/// 0.9 s idler than it is).
 fn ts_to_secs(ts: Timestamp) -> u32 {
-    u32::try_from(ts.unix_millis().div_euclid(1000)).unwrap_or(u32::MAX)
+    u32::try_from((ts.unix_millis() + 999).div_euclid(1000)).unwrap_or(u32::MAX)
 }
 
 impl Record {
@@ -651,5 +658,18 @@ impl Index {
                     .map(move |(s, n)| (env.clone(), s.as_str(), n))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod last_use_tests {
+    use super::*;
+
+    #[test]
+    fn last_use_in_seconds_never_looks_older_than_it_was() {
+        let at = Timestamp::from_unix_millis;
+        assert_eq!(ts_to_secs(at(12_900)), 13);
+        assert_eq!(ts_to_secs(at(13_000)), 13);
+        assert!(secs_to_ts(ts_to_secs(at(12_001))).unwrap() >= at(12_001));
     }
 }
