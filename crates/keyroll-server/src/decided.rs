@@ -48,6 +48,25 @@ impl<'a> DecisionContext<'a> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The client: the peer, or — when the peer is one of `trusted` proxies — the address it
+    /// forwarded (`X-Real-IP`, else the last `X-Forwarded-For` entry). No allocation.
+    pub fn client_ip(&self, trusted: &[crate::usage::TrustedNet]) -> Option<std::net::IpAddr> {
+        let peer = self.peer?.ip();
+        if trusted.iter().any(|n| n.contains(peer)) {
+            let forwarded = self
+                .header("x-real-ip")
+                .or_else(|| {
+                    self.header("x-forwarded-for")
+                        .and_then(|f| f.rsplit(',').next())
+                })
+                .and_then(|a| a.trim().parse::<std::net::IpAddr>().ok());
+            if forwarded.is_some() {
+                return forwarded;
+            }
+        }
+        Some(peer)
+    }
+
     /// The original request's method, URI and user agent.
     pub fn origin(&self) -> Origin<'a> {
         let method = self

@@ -218,6 +218,27 @@ impl Server {
     }
 }
 
+/// Runs `step` every `interval` until `stop` changes (a background task's loop: missed ticks
+/// are delayed, not bunched).
+pub async fn every<F, Fut>(
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        step().await;
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -43,15 +43,10 @@ pub async fn sweep_once(state: &AppState) -> usize {
 pub async fn run(
     state: Arc<AppState>,
     interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    crate::every(interval, stop, || async {
         sweep_once(&state).await;
-    }
+    })
+    .await;
 }

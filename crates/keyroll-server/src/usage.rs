@@ -158,24 +158,6 @@ impl UsageRecorder {
         }
     }
 
-    /// The client's address: the peer, or what a trusted proxy says the client was.
-    pub fn client_ip(&self, ctx: &DecisionContext<'_>) -> Option<IpAddr> {
-        let peer = ctx.peer?.ip();
-        if self.trusted.iter().any(|n| n.contains(peer)) {
-            let forwarded = ctx
-                .header("x-real-ip")
-                .or_else(|| {
-                    ctx.header("x-forwarded-for")
-                        .and_then(|f| f.rsplit(',').next())
-                })
-                .and_then(|a| a.trim().parse::<IpAddr>().ok());
-            if let Some(ip) = forwarded {
-                return Some(ip);
-            }
-        }
-        Some(peer)
-    }
-
     /// This thread's shard: picked once per thread, round robin, so worker threads do not
     /// contend even when all traffic carries one key. Drains merge what shards share.
     fn shard(&self) -> &Mutex<HashMap<Kid, Pending>> {
@@ -198,7 +180,7 @@ impl UsageRecorder {
             Timestamp::from_unix_millis(now.unix_millis() - now.unix_millis().rem_euclid(HOUR_MS));
         let user_agent = truncate(ctx.header("user-agent").unwrap_or(""), 200);
         let client_id = ctx.header("x-client-id").map(|c| truncate(c, 100));
-        let ip = self.client_ip(ctx);
+        let ip = ctx.client_ip(&self.trusted);
         let mut map = self.shard().lock();
         let pending = map.entry(kid).or_insert_with(|| Pending::new(now));
         pending.last_used = pending.last_used.max(now);
@@ -295,17 +277,9 @@ fn truncate(text: &str, max: usize) -> &str {
 pub async fn run_flusher(
     state: std::sync::Arc<crate::state::AppState>,
     interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
-        flush_once(&state).await;
-    }
+    crate::every(interval, stop, || flush_once(&state)).await;
     flush_once(&state).await;
 }
 

@@ -200,3 +200,35 @@ fn restart_keeps_keys_and_deadlines_pass_while_down() {
     let loaded = s2.events("index.loaded");
     assert_eq!(loaded[0]["key_versions"], 2);
 }
+
+#[test]
+fn init_prints_the_first_token_once_and_refuses_a_second_time() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = harness::cli_offline(&["init", "--data-dir", data.to_str().unwrap()], dir.path());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    assert!(token.trim().starts_with("kra_"));
+    assert!(
+        first.stdout.contains(token.trim()),
+        "init prints the token once"
+    );
+    let mode = std::fs::metadata(data.join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let again = harness::cli_offline(&["init", "--data-dir", data.to_str().unwrap()], dir.path());
+    assert_eq!(again.code, 1);
+    assert!(
+        again.stderr.contains("already initialised") && !again.stderr.contains(token.trim()),
+        "{}",
+        again.stderr
+    );
+    // The server started on that data dir accepts the token and never logs it.
+    let s = harness::start_in(&data);
+    assert_eq!(s.cli(&["env", "list"]).code, 0);
+    assert!(!s.logs.lock().unwrap().join("\n").contains(token.trim()));
+}

@@ -278,23 +278,9 @@ impl Observer {
         }
     }
 
-    /// The client: the peer, or what a trusted proxy says the client was (as the usage
-    /// recorder sees it), without allocating.
+    /// The client, as the usage recorder sees it.
     fn client_ip(&self, ctx: &DecisionContext<'_>) -> Option<IpAddr> {
-        let peer = ctx.peer?.ip();
-        if self.trusted.iter().any(|n| n.contains(peer)) {
-            let forwarded = ctx
-                .header("x-real-ip")
-                .or_else(|| {
-                    ctx.header("x-forwarded-for")
-                        .and_then(|f| f.rsplit(',').next())
-                })
-                .and_then(|a| a.trim().parse::<IpAddr>().ok());
-            if forwarded.is_some() {
-                return forwarded;
-            }
-        }
-        Some(peer)
+        ctx.client_ip(&self.trusted)
     }
 
     /// The exposition text: every series of the recorder, with the scrape-time gauges of the
