@@ -22,7 +22,7 @@ pub use key::{
 pub use lifecycle::{
     Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, OnStall, Policy,
     RetirePolicy, RetireReason, State, StoredState, Transition, Usage, VersionNumber, VersionView,
-    effective_deadline, effective_state, is_stalled,
+    effective_deadline, effective_state, is_extended_at, is_stalled, shown_deadline,
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
 pub use timestamp::Timestamp;

@@ -235,6 +235,21 @@ pub fn effective_deadline(v: &VersionView, policy: &Policy) -> Option<Timestamp>
     })
 }
 
+/// The deadline to show and to enforce: for a retiring version its effective deadline (a stall's
+/// extension included), for any other the stored one (when it was retired).
+pub fn shown_deadline(v: &VersionView, policy: &Policy) -> Option<Timestamp> {
+    match v.state {
+        StoredState::Retiring => effective_deadline(v, policy),
+        _ => v.deadline,
+    }
+}
+
+/// Whether a version is on (or has had) its one extension at `now`: written down, or decided by
+/// the stall rule once its stored deadline has passed.
+pub fn is_extended_at(v: &VersionView, policy: &Policy, now: Timestamp) -> bool {
+    v.extended || (is_stalled(v, policy) && v.deadline.is_some_and(|d| now >= d))
+}
+
 /// The state of a version at `now`. Revocation wins over expiry (it is the more useful thing to
 /// tell someone handling a leak), expiry over retirement; a retiring version past its
 /// (effective) deadline is retired whether or not anything wrote that down yet.
@@ -352,6 +367,18 @@ impl KeyVersion {
     /// The state at `now` when nothing is known of its use (no stall possible).
     pub fn state_at(&self, now: Timestamp) -> State {
         self.state_with(&Policy::default(), None, now)
+    }
+
+    /// When it stops (or stopped) working, given its last use: see [`shown_deadline`].
+    pub fn deadline_with(
+        &self,
+        policy: &Policy,
+        last_used: Option<Timestamp>,
+    ) -> Option<Timestamp> {
+        match self.state {
+            StoredState::Retiring => effective_deadline(&self.view(last_used), policy),
+            _ => self.retirement_time(),
+        }
     }
 
     /// When it stopped (or stops) being valid because of retirement: the stored retirement time,

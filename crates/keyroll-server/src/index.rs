@@ -18,7 +18,7 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use keyroll_core::{
     Consumer, ConsumerFacts, Decision, Fingerprint, Kid, Policy, SecretHash, StoredState,
-    Timestamp, VersionNumber, VersionView, effective_deadline, judge,
+    Timestamp, VersionNumber, VersionView, judge, shown_deadline,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -275,10 +275,7 @@ impl Index {
             fingerprint: r.fingerprint,
             consumer: Arc::clone(&r.consumer),
             replaced_by: (r.replaced_by != 0).then_some(VersionNumber(r.replaced_by)),
-            deadline: match r.state {
-                StoredState::Retiring => effective_deadline(&view, &r.consumer.policy()),
-                _ => view.deadline,
-            },
+            deadline: shown_deadline(&view, &r.consumer.policy()),
             expires_at: view.expires_at,
             changed_at: opt_ts(r.changed_at),
             revoke_reason,
@@ -586,10 +583,7 @@ impl Index {
             consumer: Arc::clone(&r.consumer),
             version: VersionNumber(r.version),
             state: decision.state,
-            deadline: match r.state {
-                StoredState::Retiring => effective_deadline(&view, &r.consumer.policy()),
-                _ => view.deadline,
-            },
+            deadline: shown_deadline(&view, &r.consumer.policy()),
             expires_at: view.expires_at,
             replaced_by: (r.replaced_by != 0).then_some(VersionNumber(r.replaced_by)),
             revoked_at: if revoked { opt_ts(r.changed_at) } else { None },

@@ -163,15 +163,19 @@ pub fn decision_enabled(code: DecisionCode, allowed_at_info: bool) -> bool {
     }
 }
 
-/// Emits the `auth.decision` line: rejections at WARN, allowed at DEBUG (or INFO).
-pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allowed_at_info: bool) {
+/// Emits the `auth.decision` line: rejections at WARN, allowed at DEBUG (or INFO). Callers ask
+/// [`decision_enabled`] first (they build `req` and `detail` only then) and pass the detail
+/// they already built for the history, so no sentence is formatted twice.
+pub fn decision(
+    v: &Verification,
+    detail: &str,
+    req: &RequestFacts<'_>,
+    latency_us: u64,
+    allowed_at_info: bool,
+) {
     let allowed = v.code.allowed();
     let level = decision_level(v.code, allowed_at_info);
-    if !decision_enabled(v.code, allowed_at_info) {
-        return;
-    }
     let consumer = v.consumer();
-    let detail = v.detail();
     let kid = v.kid.map(|k| k.to_string());
     let fingerprint = v.fingerprint.map(|f| f.to_string());
     let consumer_ref = consumer.map(|c| c.reference());
@@ -189,7 +193,7 @@ pub fn decision(v: &Verification, req: &RequestFacts<'_>, latency_us: u64, allow
                 event = "auth.decision",
                 decision = if allowed { "allowed" } else { "rejected" },
                 code = v.code.as_str(),
-                detail = detail.as_str(),
+                detail = detail,
                 kid = kid.as_deref(),
                 fingerprint = fingerprint.as_deref(),
                 consumer = consumer_ref,

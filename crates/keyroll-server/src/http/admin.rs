@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use keyroll_core::{
     Command, Consumer, ConsumerName, ConsumerRef, Effect, Environment, IssuedKey, KeyVersion, Kid,
     LifecycleError, NewVersion, OnStall, Policy, RetirePolicy, RetireReason, Scope, Timestamp,
-    Usage, VersionNumber, effective_deadline, issue_key, parse_duration,
+    Usage, VersionNumber, is_extended_at, issue_key, parse_duration,
 };
 use keyroll_proto as proto;
 use keyroll_store::{
@@ -263,11 +263,7 @@ pub fn version_json(
     last_used: Option<Timestamp>,
     now: Timestamp,
 ) -> proto::KeyVersion {
-    let view = v.view(last_used);
-    let deadline = match v.state {
-        keyroll_core::StoredState::Retiring => effective_deadline(&view, policy),
-        _ => v.retirement_time(),
-    };
+    let deadline = v.deadline_with(policy, last_used);
     proto::KeyVersion {
         version: v.number.0,
         kid: v.kid.to_string(),
@@ -275,9 +271,7 @@ pub fn version_json(
         state: v.state_with(policy, last_used, now).as_str().into(),
         created_at: rfc3339(v.created_at),
         deadline: deadline.map(rfc3339),
-        extended: v.extended
-            || keyroll_core::is_stalled(&view, policy)
-                && deadline.is_some_and(|d| Some(d) != v.deadline),
+        extended: is_extended_at(&v.view(last_used), policy, now),
         expires_at: v.expires_at.map(rfc3339),
         revoked_at: v.revoked_at.map(rfc3339),
         revoke_reason: v.revoke_reason.clone(),

@@ -8,8 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::Uri;
 use keyroll_core::{
-    Consumer, ConsumerRef, Environment, State as VersionState, StoredState, Timestamp,
-    effective_deadline, is_stalled,
+    Consumer, ConsumerRef, Environment, State as VersionState, Timestamp, is_extended_at,
 };
 use keyroll_proto as proto;
 use keyroll_store::VersionUsage;
@@ -126,15 +125,10 @@ pub fn consumer_status(
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let view = v.view(last_used);
         let st = v.state_with(&c.policy, last_used, at);
-        let stalled = st == VersionState::Retiring
-            && (v.extended
-                || (is_stalled(&view, &c.policy) && v.deadline.is_some_and(|d| at >= d)));
-        let deadline = match v.state {
-            StoredState::Retiring => effective_deadline(&view, &c.policy),
-            _ => v.retirement_time(),
-        };
+        let stalled =
+            st == VersionState::Retiring && is_extended_at(&v.view(last_used), &c.policy, at);
+        let deadline = v.deadline_with(&c.policy, last_used);
         versions.push(proto::VersionStatus {
             version: v.number.0,
             kid: v.kid.to_string(),

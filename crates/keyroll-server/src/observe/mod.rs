@@ -174,17 +174,19 @@ impl Observer {
         if v.code.allowed() {
             self.history.allowed(&record);
             if logging::decision_enabled(v.code, allowed_at_info) {
-                log(v, ctx, allowed_at_info);
+                log(v, &v.detail(), ctx, allowed_at_info);
             }
             return;
         }
-        if self.history.keeps_rejections() {
-            self.history.rejected(&record, v.detail().into_boxed_str());
-        }
-        if !logging::decision_enabled(v.code, allowed_at_info) {
+        let logged = logging::decision_enabled(v.code, allowed_at_info);
+        if !logged && !self.history.keeps_rejections() {
             return;
         }
-        let admit = if self.flood.enabled() {
+        // One explanation for both the log line and the history.
+        let detail = v.detail();
+        let admit = if !logged {
+            Admit::Suppress
+        } else if self.flood.enabled() {
             let key = FloodKey {
                 code: v.code,
                 subject: match (v.kid, v.fingerprint) {
@@ -203,8 +205,12 @@ impl Observer {
             Admit::Log
         };
         match admit {
-            Admit::Log => log(v, ctx, allowed_at_info),
-            Admit::Suppress => self.metrics.suppressed(1),
+            Admit::Log => log(v, &detail, ctx, allowed_at_info),
+            Admit::Suppress if logged => self.metrics.suppressed(1),
+            Admit::Suppress => {}
+        }
+        if self.history.keeps_rejections() {
+            self.history.rejected(&record, detail.into_boxed_str());
         }
     }
 
@@ -309,10 +315,11 @@ fn is_environment_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
-fn log(v: &Verification, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
+fn log(v: &Verification, detail: &str, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
     let o = ctx.origin();
     logging::decision(
         v,
+        detail,
         &RequestFacts {
             request_id: ctx.request_id,
             remote_addr: ctx.peer,
