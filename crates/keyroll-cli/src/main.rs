@@ -135,6 +135,10 @@ enum Cmd {
         /// The environment the key must belong to.
         #[arg(long = "env")]
         environment: Option<String>,
+        /// Count this check as the consumer using its key. By default an operator's check is
+        /// not counted, so it cannot keep an old version "in use" and stall its rotation.
+        #[arg(long)]
+        count_as_use: bool,
     },
     /// Who uses which key version, with a verdict per consumer.
     Status {
@@ -570,6 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key,
             scopes,
             environment,
+            count_as_use,
         } => {
             let key = read_key(&key)?;
             if let Some(e) = &environment {
@@ -580,6 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     key,
                     scopes,
                     environment,
+                    operator_check: Some(!count_as_use),
                 })
                 .await?;
             let b = &a.body;

@@ -34,11 +34,15 @@ pub enum DecisionCode {
     ConsumerDisabled,
     /// A required scope is not granted.
     InsufficientScope,
+    /// The request itself cannot be judged (too many headers, an over-long URI, a gateway
+    /// header that is not text or not a valid name). Added after SPEC §4's table: a gateway
+    /// must still get a code, a request id and a log line for such a request.
+    MalformedRequest,
 }
 
 impl DecisionCode {
     /// All codes, in the order of the SPEC table.
-    pub const ALL: [DecisionCode; 12] = [
+    pub const ALL: [DecisionCode; 13] = [
         DecisionCode::Valid,
         DecisionCode::ValidDeprecated,
         DecisionCode::MissingCredential,
@@ -51,6 +55,7 @@ impl DecisionCode {
         DecisionCode::KeyExpired,
         DecisionCode::ConsumerDisabled,
         DecisionCode::InsufficientScope,
+        DecisionCode::MalformedRequest,
     ];
 
     /// The stable code, as logged.
@@ -68,6 +73,7 @@ impl DecisionCode {
             DecisionCode::KeyExpired => "key_expired",
             DecisionCode::ConsumerDisabled => "consumer_disabled",
             DecisionCode::InsufficientScope => "insufficient_scope",
+            DecisionCode::MalformedRequest => "malformed_request",
         }
     }
 
@@ -105,7 +111,9 @@ impl DecisionCode {
             DecisionCode::Valid | DecisionCode::ValidDeprecated => None,
             // RFC 6750 §3.1: a request with no credential gets a challenge without an error.
             DecisionCode::MissingCredential => None,
-            DecisionCode::MalformedCredential => Some("invalid_request"),
+            DecisionCode::MalformedCredential | DecisionCode::MalformedRequest => {
+                Some("invalid_request")
+            }
             DecisionCode::InsufficientScope => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
@@ -125,6 +133,7 @@ impl DecisionCode {
             DecisionCode::KeyExpired => "Key expired",
             DecisionCode::ConsumerDisabled => "Consumer disabled",
             DecisionCode::InsufficientScope => "Insufficient scope",
+            DecisionCode::MalformedRequest => "Malformed request",
         }
     }
 }

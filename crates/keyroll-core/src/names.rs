@@ -40,6 +40,11 @@ impl Environment {
         }
     }
 
+    /// Whether `input` follows the grammar, without allocating (for checks on the hot path).
+    pub fn is_valid(input: &str) -> bool {
+        is_environment_name(input.as_bytes())
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -24,6 +24,15 @@ pub struct Problem {
     /// The key id, when one was presented and well-formed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
+    /// The fingerprint of what was presented (`keyroll fingerprint KEY` computes it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// `ENV/NAME` of the key's consumer, once the presented secret matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// The key's version (`v3`), once the presented secret matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The request id, as in `X-Request-Id` and the server's log line.
     pub request_id: String,
 }
@@ -40,6 +49,11 @@ pub struct VerifyRequest {
     /// The environment the key must belong to (default: the server's `verify.environment`).
     #[serde(default)]
     pub environment: Option<String>,
+    /// `true` for an operator's own check (`keyroll verify`, a probe): decided and logged, but
+    /// not counted as the consumer using its key, so it cannot keep an old version "in use".
+    /// The `X-Keyroll-Operator-Check: true` header does the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_check: Option<bool>,
 }
 
 /// The decision for one verification.

@@ -59,7 +59,7 @@ use keyroll_core::{
     SecretHash, Timestamp, Usage, issue_key, parse_key,
 };
 use keyroll_server::index::Index;
-use keyroll_server::verify::{Presented, verify};
+use keyroll_server::verify::{Presented, Recording, verify};
 
 const VERSIONS: usize = 1_000_000;
 const SAMPLE: usize = 4096;
@@ -188,7 +188,14 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 let key = sample[j % sample.len()].as_bytes();
                 j += 1;
-                let v = verify(&index, Presented::Key(key), Some("prod"), &no_scopes, now);
+                let v = verify(
+                    &index,
+                    Presented::Key(key),
+                    Some("prod"),
+                    &no_scopes,
+                    Recording::CountsAsUse,
+                    now,
+                );
                 debug_assert!(v.code.allowed());
                 black_box(v.code)
             })
@@ -203,7 +210,17 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let key = unknown[k % unknown.len()].as_bytes();
             k += 1;
-            black_box(verify(&index, Presented::Key(key), Some("prod"), &no_scopes, now).code)
+            black_box(
+                verify(
+                    &index,
+                    Presented::Key(key),
+                    Some("prod"),
+                    &no_scopes,
+                    Recording::CountsAsUse,
+                    now,
+                )
+                .code,
+            )
         })
     });
     group.finish();

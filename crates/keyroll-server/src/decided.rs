@@ -3,13 +3,64 @@
 //!
 //! One call site for `/v1/forward-auth` and `/v1/verify`, so the two can never drift apart.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::http::{HeaderMap, Method, Uri};
 use keyroll_core::Timestamp;
 
 use crate::state::AppState;
-use crate::verify::Verification;
+use crate::usage::TrustedNet;
+use crate::verify::{Recording, Verification};
+
+/// Who sent a request: the TCP peer itself, or — when the peer is a trusted proxy — the
+/// address that proxy forwarded (which has no port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAddr {
+    /// The peer is the client.
+    Peer(SocketAddr),
+    /// A trusted proxy named the client.
+    Forwarded(IpAddr),
+}
+
+impl ClientAddr {
+    /// The client's IP address.
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            ClientAddr::Peer(a) => a.ip(),
+            ClientAddr::Forwarded(ip) => *ip,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddr::Peer(a) => a.fmt(f),
+            ClientAddr::Forwarded(ip) => ip.fmt(f),
+        }
+    }
+}
+
+/// The one client-address rule: the peer, or — when the peer is one of `trusted` proxies — the
+/// address it forwarded (`X-Real-IP`, else the last `X-Forwarded-For` entry). A forwarded
+/// address only ever names the client in logs, history and usage; it never authorizes.
+pub fn client_addr(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    trusted: &[TrustedNet],
+) -> Option<ClientAddr> {
+    let peer = peer?;
+    if trusted.iter().any(|n| n.contains(peer.ip())) {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = text("x-real-ip")
+            .or_else(|| text("x-forwarded-for").and_then(|f| f.rsplit(',').next()))
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return Some(ClientAddr::Forwarded(ip));
+        }
+    }
+    Some(ClientAddr::Peer(peer))
+}
 
 /// The request a decision was made for. Borrowed: building owned copies costs more than the
 /// verification, so consumers take only what they need, when they need it.
@@ -19,6 +70,12 @@ pub struct DecisionContext<'a> {
     pub request_id: &'a str,
     /// The TCP peer.
     pub peer: Option<SocketAddr>,
+    /// The client, after the trusted-proxy rule ([`client_addr`]), computed once at the edge.
+    pub client: Option<ClientAddr>,
+    /// The environment the request had to belong to, if any (already validated).
+    pub required_environment: Option<&'a str>,
+    /// Whether an allowed decision counts as use.
+    pub recording: Recording,
     /// The method of the request keyroll received.
     pub method: &'a Method,
     /// The URI keyroll received.
@@ -46,25 +103,6 @@ impl<'a> DecisionContext<'a> {
     /// A header as text, if present and ASCII.
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The client: the peer, or — when the peer is one of `trusted` proxies — the address it
-    /// forwarded (`X-Real-IP`, else the last `X-Forwarded-For` entry). No allocation.
-    pub fn client_ip(&self, trusted: &[crate::usage::TrustedNet]) -> Option<std::net::IpAddr> {
-        let peer = self.peer?.ip();
-        if trusted.iter().any(|n| n.contains(peer)) {
-            let forwarded = self
-                .header("x-real-ip")
-                .or_else(|| {
-                    self.header("x-forwarded-for")
-                        .and_then(|f| f.rsplit(',').next())
-                })
-                .and_then(|a| a.trim().parse::<std::net::IpAddr>().ok());
-            if forwarded.is_some() {
-                return forwarded;
-            }
-        }
-        Some(peer)
     }
 
     /// The original request's method, URI and user agent.
@@ -101,7 +139,7 @@ pub fn after(state: &AppState, v: &Verification, ctx: &DecisionContext<'_>) {
     state
         .observer
         .decision(v, ctx, state.config.log_allowed_at_info);
-    if v.code.allowed() {
+    if v.code.allowed() && ctx.recording == Recording::CountsAsUse {
         state.usage.record(v, ctx);
     }
 }

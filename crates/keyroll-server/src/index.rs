@@ -170,8 +170,53 @@ pub enum Lookup {
         /// The version.
         version: VersionNumber,
     },
+    /// The secret matched, but the key's prefix names another environment than the one stored
+    /// for its consumer: the prefix was rewritten (its CRC32 check is public). Never allowed,
+    /// whatever the request requires.
+    PrefixMismatch {
+        /// The consumer the kid belongs to.
+        consumer: Arc<ConsumerEntry>,
+        /// The version.
+        version: VersionNumber,
+    },
+    /// The secret matched, but the stored consumer belongs to another environment than the
+    /// request requires.
+    WrongEnvironment {
+        /// The consumer the kid belongs to.
+        consumer: Arc<ConsumerEntry>,
+        /// The version.
+        version: VersionNumber,
+    },
     /// Judged.
     Found(Found),
+}
+
+/// Whether an allowed lookup counts as the consumer using its key (SPEC §6). An operator's own
+/// check (`keyroll verify`, a monitoring probe) must not keep an old version "in use" and so
+/// stall its rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// Real traffic: an allowed lookup records the last use.
+    CountsAsUse,
+    /// An operator's check: decided and logged, but not counted as use.
+    OperatorCheck,
+}
+
+/// What a lookup is asked: the key's parts and what the request requires.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a, R> {
+    /// The kid.
+    pub kid: &'a Kid,
+    /// SHA-256 of the presented secret.
+    pub secret: &'a SecretHash,
+    /// The environment written in the presented key's prefix.
+    pub key_environment: &'a str,
+    /// The environment the request must belong to, if any.
+    pub required_environment: Option<&'a str>,
+    /// Scopes the key must have been granted.
+    pub required_scopes: &'a [R],
+    /// Whether an allowed answer counts as use.
+    pub recording: Recording,
 }
 
 /// All key versions of the installation, in memory.
@@ -227,15 +272,14 @@ impl Index {
         (hash >> 58) as usize % SHARDS
     }
 
-    /// The hot path: find the version a kid names, compare the secret, judge at `now`.
+    /// The hot path: find the version a kid names, compare the secret, check the environment
+    /// against the one stored for the consumer, judge at `now`.
+    ///
+    /// The environment checks come only after the secret matched: before that nothing is known
+    /// about the key's owner, and the prefix alone is not evidence (SPEC §2).
     #[inline]
-    pub fn lookup<R: AsRef<str>>(
-        &self,
-        kid: &Kid,
-        presented: &SecretHash,
-        required_scopes: &[R],
-        now: Timestamp,
-    ) -> Lookup {
+    pub fn lookup<R: AsRef<str>>(&self, q: &Query<'_, R>, now: Timestamp) -> Lookup {
+        let kid = q.kid;
         let hash = self.hash(kid);
         let shard = self.shards[Self::shard_of(hash)].read();
         let Some(&pos) = shard
@@ -245,8 +289,23 @@ impl Index {
             return Lookup::UnknownKid;
         };
         let r = &shard.records[pos as usize];
-        if !r.secret_hash.matches(presented) {
+        if !r.secret_hash.matches(q.secret) {
             return Lookup::SecretMismatch {
+                consumer: Arc::clone(&r.consumer),
+                version: VersionNumber(r.version),
+            };
+        }
+        let stored_environment = r.consumer.environment();
+        if stored_environment != q.key_environment {
+            return Lookup::PrefixMismatch {
+                consumer: Arc::clone(&r.consumer),
+                version: VersionNumber(r.version),
+            };
+        }
+        if q.required_environment
+            .is_some_and(|e| e != stored_environment)
+        {
+            return Lookup::WrongEnvironment {
                 consumer: Arc::clone(&r.consumer),
                 version: VersionNumber(r.version),
             };
@@ -257,8 +316,8 @@ impl Index {
             scopes: &r.consumer.scopes,
             policy: r.consumer.policy(),
         };
-        let decision = judge(&view, &consumer, required_scopes, now);
-        if decision.code.allowed() {
+        let decision = judge(&view, &consumer, q.required_scopes, now);
+        if decision.code.allowed() && q.recording == Recording::CountsAsUse {
             // Usage facts for the lifecycle: one relaxed store, only when the second changes.
             let secs = ts_to_secs(now);
             if r.last_used.load(Ordering::Relaxed) != secs {

@@ -93,8 +93,10 @@ impl<S: Subscriber> Layer<S> for JsonLines {
 pub struct RequestFacts<'a> {
     /// The request id.
     pub request_id: &'a str,
-    /// The peer.
-    pub remote_addr: Option<SocketAddr>,
+    /// The client (after the trusted-proxy rule).
+    pub remote_addr: Option<crate::decided::ClientAddr>,
+    /// The TCP peer (the gateway, behind one).
+    pub peer_addr: Option<SocketAddr>,
     /// The (original) method.
     pub method: &'a str,
     /// The (original) URI, keys redacted.
@@ -183,6 +185,7 @@ pub fn decision(
     let version = v.version().map(|n| n.to_string());
     let state = v.state().map(|s| s.as_str());
     let remote = req.remote_addr.map(|a| a.to_string());
+    let peer = req.peer_addr.map(|a| a.to_string());
     let uri = redact_keys(req.uri);
     let user_agent: String = req.user_agent.chars().take(256).collect();
     macro_rules! emit {
@@ -202,6 +205,7 @@ pub fn decision(
                 state = state,
                 request_id = req.request_id,
                 remote_addr = remote.as_deref(),
+                peer_addr = peer.as_deref(),
                 method = req.method,
                 uri = uri.as_ref(),
                 user_agent = user_agent.as_str(),

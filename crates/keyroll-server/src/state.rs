@@ -39,8 +39,7 @@ impl Entropy for OsEntropy {
 impl AppState {
     /// A shared state around a store whose index is loaded by [`AppState::load`].
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<AppState> {
-        let usage =
-            crate::usage::UsageRecorder::new(config.usage_enabled, config.trusted_proxies.clone());
+        let usage = crate::usage::UsageRecorder::new(config.usage_enabled);
         Arc::new(AppState {
             index: Index::new(),
             store,

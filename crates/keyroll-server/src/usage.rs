@@ -145,16 +145,14 @@ fn add_source(sources: &mut Vec<SourceSeen>, s: SourceSeen) {
 pub struct UsageRecorder {
     shards: Box<[Mutex<HashMap<Kid, Pending>>]>,
     enabled: bool,
-    trusted: Vec<TrustedNet>,
 }
 
 impl UsageRecorder {
     /// A recorder; `enabled = false` records nothing (for measuring its cost).
-    pub fn new(enabled: bool, trusted: Vec<TrustedNet>) -> UsageRecorder {
+    pub fn new(enabled: bool) -> UsageRecorder {
         UsageRecorder {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             enabled,
-            trusted,
         }
     }
 
@@ -180,7 +178,7 @@ impl UsageRecorder {
             Timestamp::from_unix_millis(now.unix_millis() - now.unix_millis().rem_euclid(HOUR_MS));
         let user_agent = truncate(ctx.header("user-agent").unwrap_or(""), 200);
         let client_id = ctx.header("x-client-id").map(|c| truncate(c, 100));
-        let ip = ctx.client_ip(&self.trusted);
+        let ip = ctx.client.map(|c| c.ip());
         let mut map = self.shard().lock();
         let pending = map.entry(kid).or_insert_with(|| Pending::new(now));
         pending.last_used = pending.last_used.max(now);

@@ -11,7 +11,8 @@ use keyroll_core::{
     fingerprint, parse_key,
 };
 
-use crate::index::{ConsumerEntry, Index, Lookup};
+pub use crate::index::Recording;
+use crate::index::{ConsumerEntry, Index, Lookup, Query};
 use crate::timefmt::rfc3339;
 
 /// Where the key was found, for messages.
@@ -50,12 +51,17 @@ pub enum Facts {
     Unreadable(&'static str),
     /// Parse failure.
     Malformed(MalformedKey),
-    /// Key of another environment.
+    /// The request itself cannot be judged (too many headers, an unreadable gateway header).
+    BadRequest(Box<str>),
+    /// A key of another environment than the request requires: either proven (the secret
+    /// matched and the stored consumer is elsewhere, `Lookup::WrongEnvironment`) or judged from
+    /// the prefix of a key whose secret was not proven (`UnknownKid`, `SecretMismatch`), so
+    /// the caller learns nothing about whether the kid exists.
     WrongEnvironment {
-        /// The key's environment.
-        presented: Box<str>,
         /// The one required.
         expected: Box<str>,
+        /// What the lookup found.
+        looked: Lookup,
     },
     /// Known kid or not, judged or not.
     Looked(Lookup),
@@ -105,10 +111,21 @@ pub struct Verification {
 impl Verification {
     /// The consumer the key belongs to, when known.
     pub fn consumer(&self) -> Option<&Arc<ConsumerEntry>> {
-        match &self.facts {
-            Facts::Looked(Lookup::Found(f)) => Some(&f.consumer),
-            Facts::Looked(Lookup::SecretMismatch { consumer, .. }) => Some(consumer),
-            _ => None,
+        self.owner().map(|(c, _)| c)
+    }
+
+    /// The consumer and version the kid belongs to, when the kid is known.
+    fn owner(&self) -> Option<(&Arc<ConsumerEntry>, VersionNumber)> {
+        let looked = match &self.facts {
+            Facts::Looked(l) | Facts::WrongEnvironment { looked: l, .. } => l,
+            _ => return None,
+        };
+        match looked {
+            Lookup::Found(f) => Some((&f.consumer, f.version)),
+            Lookup::SecretMismatch { consumer, version }
+            | Lookup::PrefixMismatch { consumer, version }
+            | Lookup::WrongEnvironment { consumer, version } => Some((consumer, *version)),
+            Lookup::UnknownKid => None,
         }
     }
 
@@ -122,11 +139,7 @@ impl Verification {
 
     /// The version, when known.
     pub fn version(&self) -> Option<VersionNumber> {
-        match &self.facts {
-            Facts::Looked(Lookup::Found(f)) => Some(f.version),
-            Facts::Looked(Lookup::SecretMismatch { version, .. }) => Some(*version),
-            _ => None,
-        }
+        self.owner().map(|(_, n)| n)
     }
 
     /// The version's state at decision time, when the secret matched.
@@ -155,9 +168,29 @@ impl Verification {
         }
     }
 
-    /// Whether the caller may be told who the key belongs to: only once it proved the secret.
+    /// Whether the caller may be told who the key belongs to: only once it proved the secret
+    /// (it holds the issued key then, so naming its owner tells it nothing new).
     pub fn caller_may_see_consumer(&self) -> bool {
-        matches!(&self.facts, Facts::Looked(Lookup::Found(_)))
+        matches!(
+            &self.facts,
+            Facts::Looked(Lookup::Found(_) | Lookup::PrefixMismatch { .. })
+                | Facts::WrongEnvironment {
+                    looked: Lookup::WrongEnvironment { .. },
+                    ..
+                }
+        )
+    }
+
+    /// A request that cannot be judged: code `malformed_request`, with the reason.
+    pub fn bad_request(reason: impl Into<Box<str>>) -> Verification {
+        Verification {
+            code: DecisionCode::MalformedRequest,
+            kid: None,
+            fingerprint: None,
+            key_environment: None,
+            facts: Facts::BadRequest(reason.into()),
+            missing_scope: None,
+        }
     }
 
     /// The full explanation, for logs (and callers when `explain = "full"`, except for
@@ -170,11 +203,35 @@ impl Verification {
             }
             Facts::Unreadable(reason) => (*reason).into(),
             Facts::Malformed(m) => m.to_string(),
-            Facts::WrongEnvironment {
-                presented,
-                expected,
-            } => format!(
-                "key {kid} belongs to environment {presented}, but this endpoint verifies {expected} keys"
+            Facts::BadRequest(reason) => reason.to_string(),
+            Facts::WrongEnvironment { expected, looked } => {
+                let prefix = self.key_environment.as_ref().map_or("", InlineEnv::as_str);
+                match looked {
+                    Lookup::WrongEnvironment { consumer, version } => format!(
+                        "key {kid} ({} {version}) belongs to environment {}, but this endpoint verifies {expected} keys",
+                        consumer.reference(),
+                        consumer.environment()
+                    ),
+                    // Not proven: judged from the prefix; the log still names the kid's owner.
+                    Lookup::SecretMismatch { consumer, version } => format!(
+                        "key {kid} is for environment {prefix}, but this endpoint verifies {expected} keys (and its secret does not match {} {version})",
+                        consumer.reference()
+                    ),
+                    _ => format!(
+                        "key {kid} is for environment {prefix}, but this endpoint verifies {expected} keys"
+                    ),
+                }
+            }
+            Facts::Looked(Lookup::PrefixMismatch { consumer, version }) => format!(
+                "key {kid} belongs to {} {version} in environment {}, but its prefix says {}: the prefix was altered, so the key is refused",
+                consumer.reference(),
+                consumer.environment(),
+                self.key_environment.as_ref().map_or("", InlineEnv::as_str)
+            ),
+            Facts::Looked(Lookup::WrongEnvironment { consumer, version }) => format!(
+                "key {kid} ({} {version}) belongs to environment {}",
+                consumer.reference(),
+                consumer.environment()
             ),
             Facts::Looked(Lookup::UnknownKid) => format!("no key version has kid {kid}"),
             Facts::Looked(Lookup::SecretMismatch { consumer, version }) => format!(
@@ -225,6 +282,19 @@ impl Verification {
 
     /// What the caller is told: never whether a kid exists.
     pub fn caller_detail(&self) -> String {
+        if let Facts::WrongEnvironment {
+            expected,
+            looked: Lookup::SecretMismatch { .. },
+        } = &self.facts
+        {
+            // Judged from the prefix; the log names the kid's owner, the caller must not learn
+            // that the kid exists.
+            let kid = self.kid.map(|k| k.to_string()).unwrap_or_default();
+            let prefix = self.key_environment.as_ref().map_or("", InlineEnv::as_str);
+            return format!(
+                "key {kid} is for environment {prefix}, but this endpoint verifies {expected} keys"
+            );
+        }
         match self.code {
             DecisionCode::UnknownKey | DecisionCode::InvalidSecret => format!(
                 "key {} is not valid",
@@ -237,13 +307,17 @@ impl Verification {
 
 /// Verifies one presented key against the index at `now`.
 ///
-/// `environment` is the environment the request must belong to, if any.
+/// `environment` is the environment the request must belong to, if any. It is compared with
+/// the environment stored for the kid's consumer, never with the key's prefix alone: the prefix
+/// is public and anyone can rewrite it (SPEC §2). `recording` says whether an allowed answer
+/// counts as the consumer using its key.
 #[inline]
 pub fn verify<R: AsRef<str>>(
     index: &Index,
     presented: Presented<'_>,
     environment: Option<&str>,
     required_scopes: &[R],
+    recording: Recording,
     now: Timestamp,
 ) -> Verification {
     let raw = match presented {
@@ -283,28 +357,50 @@ pub fn verify<R: AsRef<str>>(
         }
     };
     let kid = parsed.kid();
-    if let Some(expected) = environment
-        && parsed.environment() != expected
-    {
-        return Verification {
-            code: DecisionCode::WrongEnvironment,
-            kid: Some(kid),
-            fingerprint: Some(fingerprint(raw)),
-            key_environment: Some(InlineEnv::new(parsed.environment())),
-            facts: Facts::WrongEnvironment {
-                presented: parsed.environment().into(),
-                expected: expected.into(),
-            },
-            missing_scope: None,
-        };
-    }
+    let key_environment = parsed.environment();
     let secret: SecretHash = parsed.secret_hash();
-    let lookup = index.lookup(&kid, &secret, required_scopes, now);
+    let lookup = index.lookup(
+        &Query {
+            kid: &kid,
+            secret: &secret,
+            key_environment,
+            required_environment: environment,
+            required_scopes,
+            recording,
+        },
+        now,
+    );
+    let key_environment = Some(InlineEnv::new(key_environment));
+    let wrong_environment = |looked: Lookup, expected: &str| Verification {
+        code: DecisionCode::WrongEnvironment,
+        kid: Some(kid),
+        fingerprint: Some(fingerprint(raw)),
+        key_environment,
+        facts: Facts::WrongEnvironment {
+            expected: expected.into(),
+            looked,
+        },
+        missing_scope: None,
+    };
     let (code, fp, missing_scope) = match &lookup {
+        Lookup::WrongEnvironment { .. } => {
+            return wrong_environment(lookup, environment.unwrap_or_default());
+        }
+        // Not proven, and the prefix already says another environment: answer from the prefix,
+        // whether or not the kid exists, so the answer tells the caller nothing about it.
+        Lookup::UnknownKid | Lookup::SecretMismatch { .. }
+            if environment.is_some_and(|e| e != parsed.environment()) =>
+        {
+            return wrong_environment(lookup, environment.unwrap_or_default());
+        }
         Lookup::UnknownKid => (DecisionCode::UnknownKey, fingerprint(raw), None),
         Lookup::SecretMismatch { .. } => (DecisionCode::InvalidSecret, fingerprint(raw), None),
-        // The secret matched, so the presented string is the issued key: its fingerprint is
-        // the stored one and needs no second hash.
+        // The presented string is not the issued key (its prefix was rewritten): its own
+        // fingerprint, not the stored one.
+        Lookup::PrefixMismatch { .. } => (DecisionCode::WrongEnvironment, fingerprint(raw), None),
+        // The secret matched and the prefix is the stored environment, so the presented string
+        // is the issued key (the check is a function of the rest): its fingerprint is the
+        // stored one and needs no second hash.
         Lookup::Found(f) => (
             f.decision.code,
             f.fingerprint,
@@ -318,8 +414,198 @@ pub fn verify<R: AsRef<str>>(
         code,
         kid: Some(kid),
         fingerprint: Some(fp),
-        key_environment: Some(InlineEnv::new(parsed.environment())),
+        key_environment,
         facts: Facts::Looked(lookup),
         missing_scope,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The environment check (SPEC §2): a key's prefix is public, so only the environment stored
+    //! for the kid's consumer decides.
+    use super::*;
+    use keyroll_core::{
+        Command, Consumer, ConsumerName, Environment, IssuedKey, NewVersion, Usage, assemble_key,
+        issue_key,
+    };
+    use proptest::prelude::*;
+
+    const ENVIRONMENTS: [&str; 4] = ["prod", "staging", "dev", "eu1"];
+
+    fn now() -> Timestamp {
+        Timestamp::from_unix_millis(1_800_000_000_000)
+    }
+
+    fn new_version(k: &IssuedKey) -> NewVersion {
+        NewVersion {
+            kid: k.kid,
+            secret_hash: k.secret_hash,
+            fingerprint: k.fingerprint,
+            expires_at: None,
+        }
+    }
+
+    /// One consumer `ENV/app` per environment, each rotated once (an active and a retiring
+    /// version, both allowed), and every issued key.
+    fn installation() -> (Index, Vec<(String, IssuedKey)>) {
+        let index = Index::new();
+        let mut keys = Vec::new();
+        for (i, name) in ENVIRONMENTS.iter().enumerate() {
+            let env = Environment::parse(name).unwrap();
+            let k1 = issue_key(&env, &mut crate::state::OsEntropy).unwrap();
+            let k2 = issue_key(&env, &mut crate::state::OsEntropy).unwrap();
+            let c = Consumer::create(
+                env.clone(),
+                ConsumerName::parse("app").unwrap(),
+                vec![],
+                None,
+                new_version(&k1),
+                now(),
+            );
+            let c = c
+                .apply(
+                    Command::Rotate {
+                        grace: std::time::Duration::from_secs(3600),
+                        enforce: false,
+                        new_version: new_version(&k2),
+                    },
+                    &Usage::NONE,
+                    now(),
+                )
+                .unwrap()
+                .consumer;
+            index.upsert(i as i64 + 1, &c);
+            keys.push(((*name).to_owned(), k1));
+            keys.push(((*name).to_owned(), k2));
+        }
+        (index, keys)
+    }
+
+    fn check(index: &Index, key: &str, required: Option<&str>) -> Verification {
+        let none: [&str; 0] = [];
+        verify(
+            index,
+            Presented::Key(key.as_bytes()),
+            required,
+            &none,
+            Recording::OperatorCheck,
+            now(),
+        )
+    }
+
+    /// `kid` and `secret` of an issued key: `kr_<env>_<kid>_<secret><check>`.
+    fn parts(key: &str) -> (String, String) {
+        let mut it = key.splitn(4, '_');
+        let (_, _, kid, rest) = (it.next(), it.next(), it.next(), it.next());
+        let rest = rest.unwrap();
+        (kid.unwrap().to_owned(), rest[..32].to_owned())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every issued key, its prefix rewritten to any environment name with the check
+        /// recomputed, under every requirement: allowed only unaltered and only for its own
+        /// environment (or none required).
+        #[test]
+        fn no_rewritten_prefix_passes_another_environment(
+            which in 0usize..8,
+            forged in "[a-z][a-z0-9]{0,15}",
+            required in proptest::option::of(prop_oneof![
+                Just("prod".to_owned()), Just("staging".to_owned()), Just("dev".to_owned()),
+                Just("eu1".to_owned()), "[a-z][a-z0-9]{0,15}"
+            ]),
+        ) {
+            let (index, keys) = installation();
+            let (own, issued) = &keys[which];
+            let (kid, secret) = parts(issued.reveal());
+            for prefix in ENVIRONMENTS.iter().copied().chain([forged.as_str()]) {
+                let presented = assemble_key(prefix, &kid, &secret);
+                let v = check(&index, &presented, required.as_deref());
+                let may_pass = prefix == own && required.as_deref().is_none_or(|r| r == own);
+                prop_assert_eq!(v.code.allowed(), may_pass, "{} as {:?}: {}", prefix, required, v.detail());
+                if !may_pass && prefix != own {
+                    prop_assert_eq!(v.code, DecisionCode::WrongEnvironment);
+                    // The log names the stored owner and environment, and the fingerprint of
+                    // what was presented, not of the issued key.
+                    prop_assert_eq!(v.environment(), Some(own.as_str()));
+                    prop_assert_eq!(
+                        v.consumer().map(|c| c.reference().to_owned()),
+                        Some(format!("{own}/app"))
+                    );
+                    prop_assert_eq!(v.fingerprint, Some(fingerprint(presented.as_bytes())));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_staging_key_relabelled_prod_is_refused_where_prod_is_required() {
+        let (index, keys) = installation();
+        let (_, staging) = keys.iter().find(|(e, _)| e == "staging").unwrap();
+        let (kid, secret) = parts(staging.reveal());
+        let forged = assemble_key("prod", &kid, &secret);
+        for required in [Some("prod"), None, Some("staging")] {
+            let v = check(&index, &forged, required);
+            assert_eq!(v.code, DecisionCode::WrongEnvironment, "{required:?}");
+            assert!(v.detail().contains("prefix"), "{}", v.detail());
+            assert_eq!(v.environment(), Some("staging"));
+        }
+        // The unaltered key: wrong_environment where prod is required, with its consumer.
+        let v = check(&index, staging.reveal(), Some("prod"));
+        assert_eq!(v.code, DecisionCode::WrongEnvironment);
+        assert_eq!(v.consumer().unwrap().reference(), "staging/app");
+        assert!(v.caller_may_see_consumer());
+        assert!(
+            check(&index, staging.reveal(), Some("staging"))
+                .code
+                .allowed()
+        );
+    }
+
+    #[test]
+    fn unproven_keys_get_the_same_answer_whether_or_not_the_kid_exists() {
+        let (index, keys) = installation();
+        let (_, staging) = keys.iter().find(|(e, _)| e == "staging").unwrap();
+        let (kid, _) = parts(staging.reveal());
+        let wrong_secret = assemble_key("staging", &kid, &"s".repeat(32));
+        let unknown = assemble_key("staging", "AAAAAAAAAAAA", &"s".repeat(32));
+        for required in [Some("prod"), None] {
+            let a = check(&index, &wrong_secret, required);
+            let b = check(&index, &unknown, required);
+            assert_eq!(a.code.public_code(), b.code.public_code(), "{required:?}");
+            assert_eq!(
+                a.caller_detail().replace(&kid, "K"),
+                b.caller_detail().replace("AAAAAAAAAAAA", "K")
+            );
+            assert!(!a.caller_may_see_consumer());
+        }
+    }
+
+    #[test]
+    fn operator_checks_do_not_record_use() {
+        let (index, keys) = installation();
+        let (_, key) = &keys[0];
+        let none: [&str; 0] = [];
+        let v = verify(
+            &index,
+            Presented::Key(key.reveal().as_bytes()),
+            None,
+            &none,
+            Recording::OperatorCheck,
+            now(),
+        );
+        assert!(v.code.allowed());
+        assert_eq!(index.last_used(&key.kid), None);
+        verify(
+            &index,
+            Presented::Key(key.reveal().as_bytes()),
+            None,
+            &none,
+            Recording::CountsAsUse,
+            now(),
+        );
+        assert!(index.last_used(&key.kid).is_some());
     }
 }

@@ -8,6 +8,7 @@
 )]
 
 mod bad_input;
+mod environment_and_reasons;
 mod forward_auth;
 mod harness;
 mod incident;

@@ -17,10 +17,12 @@ use axum::response::Response;
 use crate::config::Explain;
 use crate::decided::{self, DecisionContext};
 use crate::http::auth::Admin;
-use crate::http::{ApiError, ApiJson, current_request_id, problem, request_id_from};
+use crate::http::{
+    ApiError, ApiJson, ProblemExtras, current_request_id, problem_with, request_id_from,
+};
 use crate::state::AppState;
 use crate::timefmt::{http_date, rfc3339};
-use crate::verify::{Presented, Verification, verify};
+use crate::verify::{Presented, Recording, Verification, verify};
 
 const X_CONSUMER: HeaderName = HeaderName::from_static("x-keyroll-consumer");
 const X_ENVIRONMENT: HeaderName = HeaderName::from_static("x-keyroll-environment");
@@ -29,13 +31,26 @@ const X_VERSION: HeaderName = HeaderName::from_static("x-keyroll-version");
 const X_CODE: HeaderName = HeaderName::from_static("x-keyroll-code");
 const X_DETAIL: HeaderName = HeaderName::from_static("x-keyroll-detail");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FINGERPRINT: HeaderName = HeaderName::from_static("x-keyroll-fingerprint");
 
-/// Forward-auth parameters from the query string.
+/// Header an operator's tool sends so that its check does not count as the consumer using the
+/// key (SPEC §6): `keyroll verify` and monitoring probes must not keep an old version "in use".
+pub const OPERATOR_CHECK_HEADER: &str = "x-keyroll-operator-check";
+
+/// The most headers a forward-auth request may carry. Gateways forward the client's headers;
+/// beyond this the request is answered `malformed_request` rather than judged.
+pub const MAX_HEADERS: usize = 100;
+
+/// The longest URI (path and query) a forward-auth request may carry.
+pub const MAX_URI: usize = 8 * 1024;
+
+/// Forward-auth parameters from the query string and the gateway's headers.
 #[derive(Debug, Default)]
 struct Params {
     environment: Option<String>,
     scopes: Vec<String>,
     bodyless: bool,
+    recording: Option<Recording>,
 }
 
 fn params(uri: &Uri) -> Params {
@@ -51,6 +66,97 @@ fn params(uri: &Uri) -> Params {
         }
     }
     p
+}
+
+/// A header's text; `Err` names it when it is there but not visible ASCII (a gateway header
+/// that cannot be read must not be treated as absent: that would widen the check).
+fn text_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("the {name} header is sent more than once"));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| format!("the {name} header is not visible ASCII text"))
+}
+
+fn operator_check(value: &str) -> Result<Recording, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(Recording::OperatorCheck),
+        "0" | "false" | "no" => Ok(Recording::CountsAsUse),
+        _ => Err(format!(
+            "the {OPERATOR_CHECK_HEADER} header must be true or false, not {:?}",
+            value.chars().take(20).collect::<String>()
+        )),
+    }
+}
+
+/// Checks what the request itself carries, before any key is looked at. `Err` is the reason a
+/// request cannot be judged: it is answered `malformed_request` (401, so that nginx
+/// `auth_request`, which understands only 2xx/401/403, passes the reason on).
+fn gateway_params(headers: &HeaderMap, uri: &Uri) -> Result<Params, (Params, String)> {
+    let mut p = params(uri);
+    let fail = |p: Params, reason: String| Err((p, reason));
+    if headers.len() > MAX_HEADERS {
+        let n = headers.len();
+        return fail(
+            p,
+            format!(
+                "the request has {n} headers; keyroll judges requests with at most {MAX_HEADERS}"
+            ),
+        );
+    }
+    let uri_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI {
+        return fail(
+            p,
+            format!(
+                "the request URI is {uri_len} bytes long; keyroll judges URIs of at most {MAX_URI}"
+            ),
+        );
+    }
+    let scopes = match text_header(headers, "x-keyroll-scopes") {
+        Ok(s) => s,
+        Err(reason) => return fail(p, reason),
+    };
+    if let Some(h) = scopes {
+        p.scopes.extend(
+            h.split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    // The gateway's header wins over the query: Envoy appends the client's own query string to
+    // the auth path, so a query parameter could come from the caller rather than the gateway.
+    match text_header(headers, "x-keyroll-environment") {
+        Ok(Some(e)) => p.environment = Some(e.to_owned()),
+        Ok(None) => {}
+        Err(reason) => return fail(p, reason),
+    }
+    if let Some(e) = &p.environment
+        && !keyroll_core::Environment::is_valid(e)
+    {
+        let shown: String = e.chars().take(40).collect();
+        return fail(
+            p,
+            format!(
+                "the required environment {shown:?} is not an environment name ([a-z][a-z0-9]{{0,15}})"
+            ),
+        );
+    }
+    match text_header(headers, OPERATOR_CHECK_HEADER) {
+        Ok(Some(v)) => match operator_check(v) {
+            Ok(r) => p.recording = Some(r),
+            Err(reason) => return fail(p, reason),
+        },
+        Ok(None) => {}
+        Err(reason) => return fail(p, reason),
+    }
+    Ok(p)
 }
 
 /// Finds the credential: `Authorization: Bearer` first, then `X-API-Key`.
@@ -119,31 +225,31 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         .map(|c| c.0);
     let now = crate::timefmt::now();
     let request_id = request_id_from(headers);
-    let mut p = params(uri);
-    if let Some(h) = headers
-        .get("x-keyroll-scopes")
-        .and_then(|v| v.to_str().ok())
-    {
-        p.scopes.extend(
-            h.split([' ', ','])
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-        );
-    }
-    // The gateway's header wins over the query: Envoy appends the client's own query string to
-    // the auth path, so a query parameter could come from the caller rather than the gateway.
-    let environment = headers
-        .get("x-keyroll-environment")
-        .and_then(|v| v.to_str().ok())
-        .or(p.environment.as_deref())
+    let client = decided::client_addr(peer, headers, &state.config.trusted_proxies);
+    let (p, v) = match gateway_params(headers, uri) {
+        Ok(p) => {
+            let environment = p
+                .environment
+                .as_deref()
+                .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
+            let recording = p.recording.unwrap_or(Recording::CountsAsUse);
+            let v = verify(
+                &state.index,
+                presented(headers),
+                environment,
+                &p.scopes,
+                recording,
+                now,
+            );
+            (p, v)
+        }
+        Err((p, reason)) => (p, Verification::bad_request(reason)),
+    };
+    let environment = p
+        .environment
+        .as_deref()
+        .filter(|e| keyroll_core::Environment::is_valid(e))
         .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
-    let v = verify(
-        &state.index,
-        presented(headers),
-        environment,
-        &p.scopes,
-        now,
-    );
     let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     decided::after(
         &state,
@@ -151,6 +257,9 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         &DecisionContext {
             request_id: &request_id,
             peer,
+            client,
+            required_environment: environment,
+            recording: p.recording.unwrap_or(Recording::CountsAsUse),
             method,
             uri,
             headers,
@@ -203,11 +312,14 @@ fn respond(v: &Verification, request_id: &str, explain: Explain, bodyless: bool)
         *r.status_mut() = status;
         r
     } else {
-        let kid = match explain {
-            Explain::Full => v.kid.map(|k| k.to_string()),
-            Explain::Code => None,
-        };
-        problem(status, public, code.title(), &detail, kid, request_id)
+        problem_with(
+            status,
+            public,
+            code.title(),
+            &detail,
+            request_id,
+            &rejection_extras(v, explain),
+        )
     };
     let h = response.headers_mut();
     let challenge = match code.bearer_error() {
@@ -219,13 +331,45 @@ fn respond(v: &Verification, request_id: &str, explain: Explain, bodyless: bool)
     insert(h, header::WWW_AUTHENTICATE, &challenge);
     h.insert(X_CODE, HeaderValue::from_static(public));
     insert(h, X_REQUEST_ID, request_id);
+    if let Some(fp) = v.fingerprint {
+        insert(h, X_FINGERPRINT, &fp.to_string());
+    }
     if explain == Explain::Full {
         insert(h, X_DETAIL, &safe);
         if let Some(kid) = v.kid {
             insert(h, X_KID, kid.as_str());
         }
+        // Once the secret is proven the caller holds the issued key: naming its consumer and
+        // version tells it nothing new and tells its operator which key to replace.
+        if v.caller_may_see_consumer() {
+            if let Some(c) = v.consumer() {
+                insert(h, X_CONSUMER, c.reference());
+                insert(h, X_ENVIRONMENT, c.environment());
+            }
+            if let Some(n) = v.version() {
+                insert(h, X_VERSION, &n.to_string());
+            }
+        }
     }
     response
+}
+
+/// What a rejection's body says besides the code: the fingerprint of what was presented
+/// always (the caller can compute it too), the kid, consumer and version only with
+/// `explain = "full"`, and the owner only once the secret is proven.
+fn rejection_extras(v: &Verification, explain: Explain) -> ProblemExtras {
+    let mut extras = ProblemExtras {
+        fingerprint: v.fingerprint.map(|f| f.to_string()),
+        ..ProblemExtras::default()
+    };
+    if explain == Explain::Full {
+        extras.kid = v.kid.map(|k| k.to_string());
+        if v.caller_may_see_consumer() {
+            extras.consumer = v.consumer().map(|c| c.reference().to_owned());
+            extras.version = v.version().map(|n| n.to_string());
+        }
+    }
+    extras
 }
 
 /// `POST /v1/verify`: the decision in a JSON body, for SDKs. Needs the `verify` admin scope.
@@ -253,16 +397,40 @@ pub async fn verify_json(
     let now = crate::timefmt::now();
     let request_id = current_request_id();
     let req = body.value;
+    if let Some(e) = req.environment.as_deref()
+        && !keyroll_core::Environment::is_valid(e)
+    {
+        let shown: String = e.chars().take(40).collect();
+        return Err(ApiError::bad_request(format!(
+            "environment {shown:?} is not an environment name ([a-z][a-z0-9]{{0,15}})"
+        )));
+    }
     let environment = req
         .environment
         .as_deref()
         .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
+    let header_check = match text_header(&headers, OPERATOR_CHECK_HEADER) {
+        Ok(Some(v)) => Some(operator_check(v).map_err(ApiError::bad_request)?),
+        Ok(None) => None,
+        Err(reason) => return Err(ApiError::bad_request(reason)),
+    };
+    let recording = match (req.operator_check, header_check) {
+        (Some(true), _) | (_, Some(Recording::OperatorCheck)) => Recording::OperatorCheck,
+        _ => Recording::CountsAsUse,
+    };
     let presented = if req.key.is_empty() {
         Presented::Missing
     } else {
         Presented::Key(req.key.as_bytes())
     };
-    let v = verify(&state.index, presented, environment, &req.scopes, now);
+    let v = verify(
+        &state.index,
+        presented,
+        environment,
+        &req.scopes,
+        recording,
+        now,
+    );
     let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     decided::after(
         &state,
@@ -270,6 +438,9 @@ pub async fn verify_json(
         &DecisionContext {
             request_id: &request_id,
             peer: Some(peer),
+            client: decided::client_addr(Some(peer), &headers, &state.config.trusted_proxies),
+            required_environment: environment,
+            recording,
             method: &Method::POST,
             uri: &Uri::from_static("/v1/verify"),
             headers: &headers,

@@ -208,13 +208,45 @@ pub fn problem(
     kid: Option<String>,
     request_id: &str,
 ) -> Response {
+    let extras = ProblemExtras {
+        kid,
+        ..ProblemExtras::default()
+    };
+    problem_with(status, code, title, detail, request_id, &extras)
+}
+
+/// The optional members of a problem body about a presented key.
+#[derive(Debug, Clone, Default)]
+pub struct ProblemExtras {
+    /// The kid, when well-formed.
+    pub kid: Option<String>,
+    /// The fingerprint of what was presented.
+    pub fingerprint: Option<String>,
+    /// The consumer, once the secret matched.
+    pub consumer: Option<String>,
+    /// The version, once the secret matched.
+    pub version: Option<String>,
+}
+
+/// A problem+json response with the members of [`ProblemExtras`].
+pub fn problem_with(
+    status: StatusCode,
+    code: &str,
+    title: &str,
+    detail: &str,
+    request_id: &str,
+    extras: &ProblemExtras,
+) -> Response {
     let body = keyroll_proto::Problem {
         type_uri: format!("https://keyroll.dev/problems/{code}"),
         title: title.into(),
         status: status.as_u16(),
         detail: detail.into(),
         code: code.into(),
-        kid,
+        kid: extras.kid.clone(),
+        fingerprint: extras.fingerprint.clone(),
+        consumer: extras.consumer.clone(),
+        version: extras.version.clone(),
         request_id: request_id.into(),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();

@@ -9,7 +9,6 @@
 //! and the consumer is the `Arc` the verification already holds.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -100,8 +99,8 @@ pub struct Entry {
     pub state: Option<State>,
     /// The request id.
     pub request_id: RequestId,
-    /// The TCP peer.
-    pub remote_addr: Option<SocketAddr>,
+    /// The client (after the trusted-proxy rule).
+    pub remote_addr: Option<crate::decided::ClientAddr>,
     /// The full explanation (rejections only: building it allocates).
     pub detail: Option<Box<str>>,
 }
@@ -295,8 +294,8 @@ pub struct Record<'a> {
     pub state: Option<State>,
     /// The request id.
     pub request_id: &'a str,
-    /// The peer.
-    pub remote_addr: Option<SocketAddr>,
+    /// The client (after the trusted-proxy rule).
+    pub remote_addr: Option<crate::decided::ClientAddr>,
 }
 
 impl History {

@@ -11,7 +11,6 @@ pub mod metrics;
 pub mod process;
 pub mod striped;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,6 @@ use crate::decided::DecisionContext;
 use crate::index::Index;
 use crate::logging::{self, RequestFacts};
 use crate::state::AppState;
-use crate::usage::TrustedNet;
 use crate::verify::Verification;
 
 use self::flood::{Admit, FloodGate, FloodKey, Subject, Summary};
@@ -50,8 +48,6 @@ pub struct ObserverConfig {
     pub flood_limit: u32,
     /// The collapsing window.
     pub flood_window: Duration,
-    /// Proxies whose `X-Real-IP` / `X-Forwarded-For` name the client.
-    pub trusted_proxies: Vec<TrustedNet>,
     /// The server's default verification environment (a metrics label of last resort).
     pub default_environment: Option<String>,
 }
@@ -62,7 +58,6 @@ impl Default for ObserverConfig {
             history_size: 10_000,
             flood_limit: 10,
             flood_window: Duration::from_secs(10),
-            trusted_proxies: Vec::new(),
             default_environment: None,
         }
     }
@@ -75,7 +70,6 @@ impl ObserverConfig {
             history_size: c.history_size,
             flood_limit: c.log_flood_limit,
             flood_window: c.log_flood_window,
-            trusted_proxies: c.trusted_proxies.clone(),
             default_environment: c.verify_environment.as_ref().map(|e| e.as_str().to_owned()),
         }
     }
@@ -88,7 +82,6 @@ pub struct Observer {
     history: History,
     flood: FloodGate,
     window_s: u64,
-    trusted: Vec<TrustedNet>,
     default_environment: Option<Box<str>>,
 }
 
@@ -117,7 +110,6 @@ impl Observer {
             history: History::new(c.history_size),
             flood: FloodGate::new(c.flood_limit, window_ms),
             window_s: c.flood_window.as_secs(),
-            trusted: c.trusted_proxies,
             default_environment: c.default_environment.map(String::into_boxed_str),
         }
     }
@@ -169,7 +161,7 @@ impl Observer {
             version: v.version(),
             state: v.state(),
             request_id: ctx.request_id,
-            remote_addr: ctx.peer,
+            remote_addr: ctx.client,
         };
         if v.code.allowed() {
             self.history.allowed(&record);
@@ -194,7 +186,7 @@ impl Observer {
                     (None, Some(f)) => Subject::Fingerprint(f),
                     (None, None) => Subject::Nothing,
                 },
-                source: self.client_ip(ctx),
+                source: ctx.client.map(|c| c.ip()),
             };
             let (admit, ended) = self.flood.check(key, ctx.request_id, ctx.now.unix_millis());
             if let Some(s) = ended {
@@ -265,28 +257,13 @@ impl Observer {
         if let Some(e) = v.key_environment.as_ref() {
             return (e.as_str(), Trust::Caller);
         }
-        if let Some(e) = ctx
-            .header("x-keyroll-environment")
-            .filter(|e| is_environment_name(e))
-        {
-            return (e, Trust::Caller);
+        match ctx.required_environment {
+            Some(e) if is_environment_name(e) => (e, Trust::Caller),
+            _ => match self.default_environment.as_deref() {
+                Some(e) => (e, Trust::Known),
+                None => (UNKNOWN_ENVIRONMENT, Trust::Known),
+            },
         }
-        if let Some(e) = ctx.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|p| p.strip_prefix("environment="))
-                .filter(|e| is_environment_name(e))
-        }) {
-            return (e, Trust::Caller);
-        }
-        match self.default_environment.as_deref() {
-            Some(e) => (e, Trust::Known),
-            None => (UNKNOWN_ENVIRONMENT, Trust::Known),
-        }
-    }
-
-    /// The client, as the usage recorder sees it.
-    fn client_ip(&self, ctx: &DecisionContext<'_>) -> Option<IpAddr> {
-        ctx.client_ip(&self.trusted)
     }
 
     /// The exposition text: every series of the recorder, with the scrape-time gauges of the
@@ -305,14 +282,9 @@ impl Observer {
     }
 }
 
-/// `[a-z][a-z0-9]{0,15}` (SPEC §1), checked without allocating.
+/// `[a-z][a-z0-9]{0,15}` (SPEC §1): the core's grammar, checked without allocating.
 fn is_environment_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 16
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    keyroll_core::Environment::is_valid(s)
 }
 
 fn log(v: &Verification, detail: &str, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
@@ -322,7 +294,8 @@ fn log(v: &Verification, detail: &str, ctx: &DecisionContext<'_>, allowed_at_inf
         detail,
         &RequestFacts {
             request_id: ctx.request_id,
-            remote_addr: ctx.peer,
+            remote_addr: ctx.client,
+            peer_addr: ctx.peer,
             method: o.method,
             uri: &o.uri,
             user_agent: o.user_agent,
