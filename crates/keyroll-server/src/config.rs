@@ -29,6 +29,46 @@ pub struct RawConfig {
     pub usage: UsageConfig,
     /// The in-memory decision history.
     pub history: HistoryConfig,
+    /// The HTTP listener's limits.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: what one client may hold of the listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A new connection must send a complete request head within this of being accepted, a
+    /// keep-alive connection within this of the first byte of its next request.
+    pub header_read_timeout: String,
+    /// A keep-alive connection with no request in flight is closed after this. Longer than
+    /// nginx's upstream `keepalive_timeout` (60 s), so keyroll never closes a pooled connection
+    /// the gateway is about to reuse.
+    pub idle_timeout: String,
+    /// A request body must arrive completely within this of its head (else 408).
+    pub body_read_timeout: String,
+    /// Open connections at most; connections beyond are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Header lines a request may have before the listener answers 431 (forward-auth answers
+    /// `malformed_request` for fewer than this but too many).
+    pub max_headers: usize,
+    /// Bytes a request head (request line and headers) may have before the listener answers 431.
+    pub max_header_bytes: usize,
+    /// How often the counts of closed, refused and malformed connections are logged.
+    pub log_interval: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: "10s".into(),
+            idle_timeout: "75s".into(),
+            body_read_timeout: "30s".into(),
+            max_connections: 4096,
+            max_headers: 200,
+            max_header_bytes: 128 * 1024,
+            log_interval: "10s".into(),
+        }
+    }
 }
 
 /// `[history]`.
@@ -120,6 +160,7 @@ impl Default for RawConfig {
             rotation: RotationConfig::default(),
             usage: UsageConfig::default(),
             history: HistoryConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -197,6 +238,27 @@ pub struct Config {
     pub log_flood_limit: u32,
     /// The collapsing window.
     pub log_flood_window: Duration,
+    /// The HTTP listener's limits.
+    pub http: HttpLimits,
+}
+
+/// The validated `[http]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// See [`HttpConfig::header_read_timeout`].
+    pub header_read_timeout: Duration,
+    /// See [`HttpConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`HttpConfig::body_read_timeout`].
+    pub body_read_timeout: Duration,
+    /// See [`HttpConfig::max_connections`].
+    pub max_connections: usize,
+    /// See [`HttpConfig::max_headers`].
+    pub max_headers: usize,
+    /// See [`HttpConfig::max_header_bytes`].
+    pub max_header_bytes: usize,
+    /// See [`HttpConfig::log_interval`].
+    pub log_interval: Duration,
 }
 
 /// Flags given on the command line, which override everything else.
@@ -232,7 +294,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 8] = [
+const ENV_KEYS: [&str; 9] = [
     "listen",
     "data_dir",
     "database_url",
@@ -241,6 +303,7 @@ const ENV_KEYS: [&str; 8] = [
     "rotation",
     "history",
     "usage",
+    "http",
 ];
 
 impl Config {
@@ -345,12 +408,10 @@ impl Config {
                     reason: e.to_string(),
                 }
             })?;
-        tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
-            ConfigError::Invalid {
-                key: "log.level",
-                value: raw.log.level.clone(),
-                reason: e.to_string(),
-            }
+        crate::logging::parse_filter(&raw.log.level).map_err(|reason| ConfigError::Invalid {
+            key: "log.level",
+            value: raw.log.level.clone(),
+            reason,
         })?;
         let positive = |key: &'static str, value: &str| -> Result<Duration, ConfigError> {
             match keyroll_core::parse_duration(value) {
@@ -398,7 +459,9 @@ impl Config {
                 reason: "must be whole seconds, like 10s".into(),
             });
         }
+        let http = resolve_http(&raw.http, positive)?;
         Ok(Config {
+            http,
             history_size: raw.history.size,
             log_flood_limit: raw.log.flood_limit,
             log_flood_window,
@@ -417,6 +480,40 @@ impl Config {
             default_grace,
         })
     }
+}
+
+fn resolve_http(
+    raw: &HttpConfig,
+    positive: impl Fn(&'static str, &str) -> Result<Duration, ConfigError>,
+) -> Result<HttpLimits, ConfigError> {
+    let within = |key: &'static str, value: usize, min: usize, max: usize| {
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                reason: format!("expected {min} to {max}"),
+            })
+        }
+    };
+    Ok(HttpLimits {
+        header_read_timeout: positive("http.header_read_timeout", &raw.header_read_timeout)?,
+        idle_timeout: positive("http.idle_timeout", &raw.idle_timeout)?,
+        body_read_timeout: positive("http.body_read_timeout", &raw.body_read_timeout)?,
+        // The cap is waited for with one semaphore call at shutdown, which counts in u32.
+        max_connections: within("http.max_connections", raw.max_connections, 1, 1_000_000)?,
+        max_headers: within("http.max_headers", raw.max_headers, 1, 10_000)?,
+        // Below 1 KiB not even an ordinary browser request fits; above 1 MiB a few thousand
+        // slow connections would hold gigabytes.
+        max_header_bytes: within(
+            "http.max_header_bytes",
+            raw.max_header_bytes,
+            1024,
+            1024 * 1024,
+        )?,
+        log_interval: positive("http.log_interval", &raw.log_interval)?,
+    })
 }
 
 #[cfg(test)]
@@ -474,6 +571,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_defaults_and_bounds() {
+        let c = Config::resolve(RawConfig::default()).unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.max_connections, 4096);
+        assert_eq!(c.http.max_headers, 200);
+        for bad in [
+            |h: &mut HttpConfig| h.header_read_timeout = "0s".into(),
+            |h: &mut HttpConfig| h.idle_timeout = "soon".into(),
+            |h: &mut HttpConfig| h.max_connections = 0,
+            |h: &mut HttpConfig| h.max_header_bytes = 10,
+        ] {
+            let mut raw = RawConfig::default();
+            bad(&mut raw.http);
+            let err = Config::resolve(raw).unwrap_err().to_string();
+            assert!(err.contains("http."), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyroll.toml");
+        std::fs::write(&path, "[http]\nmax_conections = 5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        std::fs::write(
+            &path,
+            "[http]\nmax_connections = 5\nheader_read_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.http.max_connections, 5);
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn log_level_must_be_a_level_or_directives() {
+        for good in [
+            "info",
+            "WARN",
+            "keyroll=debug,info",
+            "off",
+            "keyroll::decision=trace",
+        ] {
+            let mut raw = RawConfig::default();
+            raw.log.level = good.into();
+            assert!(Config::resolve(raw).is_ok(), "{good}");
+        }
+        for bad in ["warning", "", "keyroll=loud", "info,,debug", "verbose"] {
+            let mut raw = RawConfig::default();
+            raw.log.level = bad.into();
+            let err = Config::resolve(raw).unwrap_err().to_string();
+            assert!(
+                err.contains("log.level") && err.contains(&format!("{bad:?}")),
+                "{err}"
+            );
+            assert!(err.contains("trace, debug, info, warn, error"), "{err}");
+        }
     }
 
     #[test]

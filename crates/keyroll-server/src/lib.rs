@@ -9,6 +9,7 @@ pub mod config;
 pub mod decided;
 pub mod http;
 pub mod index;
+pub mod listener;
 pub mod logging;
 pub mod observe;
 pub mod state;
@@ -200,19 +201,12 @@ impl Server {
         ));
         tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
         let app = http::router(Arc::clone(&state));
-        let served = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed");
+        listener::serve(self.listener, app, state.config.http, shutdown_signal()).await;
         // In-flight requests are done: stop the background tasks; the flusher writes a last batch.
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
         let _ = flusher.await;
         let _ = observer.await;
-        served?;
         tracing::info!(event = "server.stopped", "keyroll stopped");
         Ok(())
     }

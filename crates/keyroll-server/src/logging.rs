@@ -20,9 +20,50 @@ use crate::config::LogFormat;
 use crate::timefmt;
 use crate::verify::Verification;
 
-/// Installs the global subscriber. Safe to call once; a second call is ignored.
+const LEVELS: &str = "trace, debug, info, warn, error or off";
+
+/// Parses `log.level`: a level, or comma-separated `TARGET=LEVEL` directives with at most one
+/// bare level among them (`keyroll=debug,info`).
+///
+/// Stricter than [`EnvFilter::try_new`], which reads a word that is not a level (`warning`)
+/// as the name of a target to enable: everything else would then be off, silently.
+pub fn parse_filter(level: &str) -> Result<EnvFilter, String> {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::LevelFilter;
+    if level.trim().is_empty() {
+        return Err(format!("empty; expected a level ({LEVELS})"));
+    }
+    for directive in level.split(',').map(str::trim) {
+        if directive.is_empty() {
+            return Err(format!(
+                "an empty directive between commas; expected a level ({LEVELS}) or TARGET=LEVEL"
+            ));
+        }
+        // A span filter (`target[span{field=value}]=level`) has `=` inside its brackets: the
+        // level is what follows the last one.
+        let (target, lvl) = match directive.rsplit_once('=') {
+            Some((target, lvl)) => (Some(target), lvl),
+            None => (None, directive),
+        };
+        if LevelFilter::from_str(lvl.trim()).is_err() {
+            return Err(match target {
+                Some(target) => format!(
+                    "{lvl:?} (for {target:?}) is not a level; expected {LEVELS}, as in keyroll=debug"
+                ),
+                None => format!(
+                    "{lvl:?} is not a level; expected {LEVELS}, or TARGET=LEVEL directives like keyroll=debug,info"
+                ),
+            });
+        }
+    }
+    EnvFilter::try_new(level)
+        .map_err(|e| format!("{e}; expected a level ({LEVELS}) or TARGET=LEVEL directives"))
+}
+
+/// Installs the global subscriber. Safe to call once; a second call is ignored. `level` was
+/// checked by [`parse_filter`] when the configuration was loaded.
 pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = parse_filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry.with(JsonLines).try_init(),

@@ -356,3 +356,63 @@ fn serve_fails_clearly_on_bad_data_dir_busy_port_and_corrupt_db() {
         r.stderr
     );
 }
+
+/// `log.level = "warning"` used to be read as "log only the target named warning", which
+/// turned all logging off without a word.
+#[test]
+fn serve_refuses_a_log_level_that_is_not_a_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyroll.toml");
+    std::fs::write(&config, "[log]\nlevel = \"keyroll=loud\"\n").unwrap();
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case<'_>; 3] = [
+        (&[("KEYROLL_LOG__LEVEL", "warning")], &[], "\"warning\""),
+        (
+            &[("KEYROLL_LOG__LEVEL", "info,,debug")],
+            &[],
+            "empty directive",
+        ),
+        (&[], &["--config", config.to_str().unwrap()], "\"loud\""),
+    ];
+    for (env, args, needle) in cases {
+        let mut child = std::process::Command::new(harness::BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve started with a bad log.level ({env:?} {args:?})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!status.success(), "{env:?} {args:?}: {err}");
+        assert!(
+            err.contains("log.level")
+                && err.contains(needle)
+                && err.contains("trace, debug, info, warn, error or off"),
+            "{env:?} {args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was created before the configuration was checked"
+    );
+}

@@ -15,5 +15,6 @@ mod incident;
 mod nginx;
 mod observe;
 mod scan;
+mod slow_clients;
 mod usage;
 mod walkthrough;

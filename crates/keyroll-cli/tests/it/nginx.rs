@@ -189,3 +189,157 @@ fn nginx_auth_request_passes_valid_keys_and_explains_rejections() {
         .and_then(|mut f| f.read_to_string(&mut err));
     assert!(!err.contains("[emerg]"), "{err}");
 }
+
+/// Sends raw bytes (HTTP clients refuse to send a control character in a header) and returns
+/// the status, the lowercased head and the body of the answer.
+fn raw_request(addr: &str, raw: &[u8]) -> (u16, String, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+/// The gateway's answer to a malformed request: `status`, problem+json with code
+/// `malformed_request`, and nginx's request id in the header and the body.
+fn assert_malformed(name: &str, (status, head, body): &(u16, String, String), expected: u16) {
+    assert_eq!(*status, expected, "{name}: {head}\n{body}");
+    assert_eq!(
+        header(head, "content-type"),
+        Some("application/problem+json"),
+        "{name}: {head}"
+    );
+    assert_eq!(
+        header(head, "x-keyroll-code"),
+        Some("malformed_request"),
+        "{name}: {head}"
+    );
+    let rid = header(head, "x-request-id").unwrap_or_else(|| panic!("{name}: no request id"));
+    assert!(!rid.is_empty(), "{name}");
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {body}"));
+    assert_eq!(body["code"], "malformed_request", "{name}: {body}");
+    assert_eq!(body["status"], expected, "{name}: {body}");
+    assert_eq!(body["request_id"], rid, "{name}: {body}");
+}
+
+/// Malformed requests used to reach the client as 503 `auth_unavailable`, blaming keyroll.
+#[test]
+fn nginx_answers_malformed_requests_with_400_not_auth_unavailable() {
+    if !harness::require_program("nginx", "apt-get install -y nginx") {
+        return;
+    }
+    let s = harness::start();
+    s.cli(&["env", "create", "prod"]);
+    let key = s.consumer("prod/billing-app", &[]);
+    let (up, seen) = upstream();
+    let prefix = tempfile::tempdir().unwrap();
+    let (_nginx, listen) = start_nginx(prefix.path(), &s.addr, &up);
+
+    // nginx passes a control character in a header value on; keyroll's HTTP layer refuses it
+    // (400) before any handler, logs it, and nginx maps that 4xx to 400 malformed_request.
+    let control = format!(
+        "GET /invoices/7 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nX-Note: a\x01b\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw_request(&listen, control.as_bytes());
+    assert_malformed("control character", &r, 400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s
+        .events("http.bad_request")
+        .iter()
+        .any(|v| v["kind"] == "invalid_header")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keyroll did not log the request it refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // nginx refuses an invalid Content-Length itself: its answer is the same problem body.
+    let r = raw_request(
+        &listen,
+        format!("GET /invoices/7 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 12abc\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_malformed("bad content-length", &r, 400);
+
+    // A 100 KB URI exceeds nginx's large_client_header_buffers: nginx's 414, as problem+json.
+    let long = format!(
+        "GET /invoices/{} HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let r = raw_request(&listen, long.as_bytes());
+    assert_malformed("100 KB URI", &r, 414);
+
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no malformed request reached the app"
+    );
+    // The same key in a well-formed request still passes.
+    let ok = raw_request(
+        &listen,
+        format!(
+            "GET /invoices/7 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(ok.0, 200, "{ok:?}");
+
+    // keyroll down is still 503 auth_unavailable (with Retry-After), not malformed_request.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let prefix2 = tempfile::tempdir().unwrap();
+    let (_nginx2, listen2) = start_nginx(prefix2.path(), &dead_addr, &up);
+    let (status, head, body) = raw_request(
+        &listen2,
+        format!(
+            "GET /invoices/7 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 503, "{head}\n{body}");
+    assert!(body.contains("\"code\":\"auth_unavailable\""), "{body}");
+    assert_eq!(header(&head, "retry-after"), Some("5"), "{head}");
+    assert!(header(&head, "x-request-id").is_some(), "{head}");
+}
+
+/// More than 100 headers now reach forward-auth (the listener allows 200), which refuses them
+/// as `malformed_request` with a request id and a decision line; nginx answers 400.
+#[test]
+fn nginx_answers_too_many_headers_with_400_malformed_request() {
+    if !harness::require_program("nginx", "apt-get install -y nginx") {
+        return;
+    }
+    let s = harness::start();
+    s.cli(&["env", "create", "prod"]);
+    let key = s.consumer("prod/billing-app", &[]);
+    let (up, seen) = upstream();
+    let prefix = tempfile::tempdir().unwrap();
+    let (_nginx, listen) = start_nginx(prefix.path(), &s.addr, &up);
+    let mut raw =
+        format!("GET /invoices/7 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n");
+    for i in 0..110 {
+        raw.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let r = raw_request(&listen, raw.as_bytes());
+    assert_malformed("110 headers", &r, 400);
+    let rid = header(&r.1, "x-request-id").unwrap().to_owned();
+    assert_eq!(s.decision(&rid)["code"], "malformed_request");
+    assert!(seen.lock().unwrap().is_empty(), "the app was not reached");
+}
