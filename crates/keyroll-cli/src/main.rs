@@ -517,6 +517,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &format!("Rotated {r}: v{} is active (kid {})", b.version, b.kid),
                     b.key.as_deref(),
                 );
+                if let Some(why) = &b.key_unavailable {
+                    println!("{why}");
+                }
                 for v in &b.retiring {
                     println!(
                         "v{} keeps working until {} (grace window), then retires.",
@@ -544,11 +547,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             out.json_or(&a.json, || {
-                println!(
-                    "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
-                    a.body.kid
-                )
+                if a.body.already_revoked {
+                    println!(
+                        "{r} v{n} (kid {}) was already revoked; nothing changed.",
+                        a.body.kid
+                    )
+                } else {
+                    println!(
+                        "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
+                        a.body.kid
+                    )
+                }
             });
+            if let Some(w) = &a.body.warning {
+                eprintln!("warning: {w}");
+            }
         }
         Cmd::Retire {
             consumer,
