@@ -107,6 +107,9 @@ enum Cmd {
         /// Retrying with the same key does not rotate twice.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// Revoke a version at once (leaks). Never gated.
     Revoke {
@@ -117,6 +120,9 @@ enum Cmd {
         /// Why; recorded and told to callers of the key.
         #[arg(long)]
         reason: String,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// End a retiring version's grace window now.
     Retire {
@@ -124,6 +130,9 @@ enum Cmd {
         consumer: String,
         /// The version: v3 or 3.
         version: String,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// Ask the server whether a key is accepted; exits 0 only if it is.
     Verify {
@@ -235,6 +244,9 @@ enum ConsumerCmd {
     Disable {
         /// ENV/NAME.
         consumer: String,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// Undo disable.
     Enable {
@@ -472,10 +484,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             out.json_or(&a.json, || print_consumer(&a.body));
         }
-        Cmd::Consumer(ConsumerCmd::Disable { consumer }) => {
+        Cmd::Consumer(ConsumerCmd::Disable { consumer, yes }) => {
             let r = consumer_ref(&consumer)?;
             let a = client(&cli.global)?
-                .disable(r.environment.as_str(), r.name.as_str())
+                .disable_confirmed(
+                    r.environment.as_str(),
+                    r.name.as_str(),
+                    &proto::Confirm { confirm: yes },
+                )
                 .await?;
             out.json_or(&a.json, || {
                 println!("Disabled {r}: every key of it is now rejected as consumer_disabled.")
@@ -494,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             enforce,
             expires_in,
             idempotency_key,
+            yes,
         } => {
             let r = consumer_ref(&consumer)?;
             check_duration("grace", grace.as_ref())?;
@@ -502,6 +519,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grace,
                 enforce,
                 expires_in,
+                confirm: yes,
             };
             let a = client(&cli.global)?
                 .rotate(
@@ -535,6 +553,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             consumer,
             version: v,
             reason,
+            yes,
         } => {
             let r = consumer_ref(&consumer)?;
             let n = version(&v)?;
@@ -543,7 +562,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.environment.as_str(),
                     r.name.as_str(),
                     n,
-                    &proto::RevokeRequest { reason },
+                    &proto::RevokeRequest {
+                        reason,
+                        confirm: yes,
+                    },
                 )
                 .await?;
             out.json_or(&a.json, || {
@@ -566,11 +588,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Retire {
             consumer,
             version: v,
+            yes,
         } => {
             let r = consumer_ref(&consumer)?;
             let n = version(&v)?;
             let a = client(&cli.global)?
-                .retire(r.environment.as_str(), r.name.as_str(), n)
+                .retire_confirmed(
+                    r.environment.as_str(),
+                    r.name.as_str(),
+                    n,
+                    &proto::Confirm { confirm: yes },
+                )
                 .await?;
             out.json_or(&a.json, || {
                 println!(

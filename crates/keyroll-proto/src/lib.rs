@@ -240,6 +240,9 @@ pub struct RotateRequest {
     /// Hard expiry of the new key, as a duration from now.
     #[serde(default)]
     pub expires_in: Option<String>,
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// A version that started retiring.
@@ -282,6 +285,18 @@ pub struct Rotated {
 pub struct RevokeRequest {
     /// Why: recorded in the audit log and told to callers of the revoked key.
     pub reason: String,
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// The optional body of `retire` and `disable`: confirmation for a protected environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// `GET /healthz` and `GET /readyz`.

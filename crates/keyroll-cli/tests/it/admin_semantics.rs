@@ -368,3 +368,61 @@ fn revoking_twice_is_honest_and_the_last_valid_version_warns() {
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert!(last.stderr.contains("no working key"), "{}", last.stderr);
 }
+
+#[test]
+fn a_protected_environment_needs_explicit_confirmation() {
+    let s = harness::start();
+    s.cli(&["env", "create", "prod", "--protected"]);
+    s.cli(&["env", "create", "staging"]);
+    s.consumer("prod/app", &[]);
+    s.consumer("staging/app", &[]);
+    let refused = |args: &[&str], action: &str| {
+        let r = s.cli(args);
+        assert_ne!(r.code, 0, "{args:?} must need --yes");
+        assert!(
+            r.stderr.contains("environment prod is protected")
+                && r.stderr.contains(&format!("{action} of prod/app"))
+                && r.stderr.contains("--yes"),
+            "{}",
+            r.stderr
+        );
+        r
+    };
+    refused(&["rotate", "prod/app"], "rotate");
+    let show = json(&s.cli(&["consumer", "show", "prod/app", "--output", "json"]));
+    assert_eq!(show["versions"].as_array().unwrap().len(), 1, "not rotated");
+    s.rotate("prod/app", &["--grace", "1h", "--yes"]);
+    refused(&["retire", "prod/app", "v1"], "retire");
+    assert_eq!(s.cli(&["retire", "prod/app", "v1", "--yes"]).code, 0);
+    refused(&["consumer", "disable", "prod/app"], "disable");
+    assert_eq!(s.cli(&["consumer", "disable", "prod/app", "--yes"]).code, 0);
+    assert_eq!(
+        s.cli(&["consumer", "enable", "prod/app"]).code,
+        0,
+        "undoing is not gated"
+    );
+    let r = refused(&["revoke", "prod/app", "v2", "--reason", "leak"], "revoke");
+    assert!(
+        r.stderr.contains("run the same command again with --yes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        s.cli(&["revoke", "prod/app", "v2", "--reason", "leak", "--yes"])
+            .code,
+        0
+    );
+    // The API answers 428 with the same detail, and accepts the body field.
+    let (st, body) = post(&s, "/v1/consumers/prod/app/rotate", None, "{}");
+    assert_eq!(st, 428, "{body}");
+    assert_eq!(body["code"], "confirmation_required");
+    let (st, body) = post(
+        &s,
+        "/v1/consumers/prod/app/rotate",
+        None,
+        r#"{"confirm":true}"#,
+    );
+    assert_eq!(st, 201, "{body}");
+    // An unprotected environment needs nothing.
+    s.rotate("staging/app", &[]);
+}

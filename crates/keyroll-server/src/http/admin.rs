@@ -277,6 +277,41 @@ fn no_secret_in(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a change in a protected environment that was not confirmed. 428: the request is
+/// right but needs a precondition, and retrying it with the confirmation is the whole fix.
+async fn confirmed(
+    state: &AppState,
+    r: &ConsumerRef,
+    confirm: bool,
+    action: &str,
+) -> Result<(), ApiError> {
+    if confirm {
+        return Ok(());
+    }
+    let protected = state
+        .store
+        .get_environment(&r.environment)
+        .await?
+        .is_some_and(|e| e.protected);
+    if !protected {
+        return Ok(());
+    }
+    let urgency = if action == "revoke" {
+        " Revoke is immediate once confirmed: run the same command again with --yes."
+    } else {
+        ""
+    };
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_REQUIRED,
+        "confirmation_required",
+        format!(
+            "environment {} is protected: {action} of {r} needs explicit confirmation; repeat \
+             with --yes (CLI) or \"confirm\": true in the JSON body.{urgency}",
+            r.environment
+        ),
+    ))
+}
+
 /// A hard expiry from a request: in the future, or refused.
 fn expiry(field: &str, value: Option<&str>) -> Result<Option<Duration>, ApiError> {
     let Some(text) = value else { return Ok(None) };
@@ -1058,6 +1093,7 @@ pub async fn rotate(
             ),
         ));
     }
+    confirmed(&state, &r, body.value.confirm, "rotate").await?;
     let enforce = body.value.enforce;
     let params = json!({ "grace": keyroll_core::format_duration(grace), "enforce": enforce, "expires_in": body.value.expires_in });
     commit(
@@ -1152,6 +1188,7 @@ pub async fn revoke(
     let n = version_number(&version)?;
     let reason = body.value.reason.clone();
     no_secret_in("reason", &reason)?;
+    confirmed(&state, &r, body.value.confirm, "revoke").await?;
     let params = json!({ "version": n.0, "reason": reason });
     commit(
         &state,
@@ -1219,10 +1256,11 @@ fn version_answer(state: &AppState, c: &Consumer, n: VersionNumber, at: Timestam
 }
 
 /// `POST /v1/consumers/{env}/{name}/versions/{n}/retire`: ends a grace window now.
-#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/retire", tag = "lifecycle",
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/retire", tag = "lifecycle", request_body = proto::Confirm,
     params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
     responses((status = 200, body = proto::KeyVersion), (status = 409, body = proto::Problem)),
     security(("admin_token" = ["keys:write"])))]
+#[allow(clippy::too_many_arguments)]
 pub async fn retire(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1231,11 +1269,13 @@ pub async fn retire(
     uri: Uri,
     headers: HeaderMap,
     ApiPath((env, name, version)): ApiPath<(String, String, String)>,
+    body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
     admin.require("keys:write")?;
-    let ctx = ctx(&admin, peer, &headers, &method, &uri, &[0; 32])?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
     let n = version_number(&version)?;
+    confirmed(&state, &r, body.value.confirm, "retire").await?;
     commit(
         &state,
         &ctx,
@@ -1269,10 +1309,15 @@ async fn switch(
     (env, name): (String, String),
     command: Command,
     action: &'static str,
+    confirm: Option<(bool, [u8; 32])>,
 ) -> Result<Response, ApiError> {
     admin.require("consumers:write")?;
-    let ctx = ctx(&admin, peer, &headers, &method, &uri, &[0; 32])?;
+    let body_hash = confirm.map_or([0; 32], |(_, h)| h);
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body_hash)?;
     let r = consumer_ref(&env, &name)?;
+    if let Some((yes, _)) = confirm {
+        confirmed(&state, &r, yes, action).await?;
+    }
     commit(
         &state,
         &ctx,
@@ -1299,9 +1344,10 @@ async fn switch(
 }
 
 /// `POST /v1/consumers/{env}/{name}/disable`: every key of the consumer is rejected.
-#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle",
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle", request_body = proto::Confirm,
     params(("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = proto::Consumer)), security(("admin_token" = ["consumers:write"])))]
+#[allow(clippy::too_many_arguments)]
 pub async fn disable(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1310,6 +1356,7 @@ pub async fn disable(
     uri: Uri,
     headers: HeaderMap,
     ApiPath(path): ApiPath<(String, String)>,
+    body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
     switch(
         state,
@@ -1321,6 +1368,7 @@ pub async fn disable(
         path,
         Command::Disable,
         "disable",
+        Some((body.value.confirm, body.body_hash)),
     )
     .await
 }
@@ -1348,6 +1396,7 @@ pub async fn enable(
         path,
         Command::Enable,
         "enable",
+        None,
     )
     .await
 }
