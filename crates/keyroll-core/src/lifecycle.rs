@@ -660,6 +660,18 @@ impl Consumer {
             .find(|v| v.state == StoredState::Active)
     }
 
+    /// Active versions besides the newest active one: empty unless the stored state breaks the
+    /// SPEC §3 invariant (at most one active version), which no command produces but a manual
+    /// edit or a restored backup can.
+    pub fn extra_active_versions(&self) -> Vec<VersionNumber> {
+        let newest = self.active_version().map(|v| v.number);
+        self.versions
+            .iter()
+            .filter(|v| v.state == StoredState::Active && Some(v.number) != newest)
+            .map(|v| v.number)
+            .collect()
+    }
+
     /// A version by number.
     pub fn version(&self, number: VersionNumber) -> Option<&KeyVersion> {
         self.versions.iter().find(|v| v.number == number)

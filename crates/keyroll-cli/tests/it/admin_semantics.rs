@@ -426,3 +426,45 @@ fn a_protected_environment_needs_explicit_confirmation() {
     // An unprotected environment needs nothing.
     s.rotate("staging/app", &[]);
 }
+
+#[test]
+fn two_active_versions_at_load_are_logged_and_the_newest_keeps_working() {
+    if !harness::require_program("sqlite3", "apt-get install sqlite3") {
+        return;
+    }
+    let outer = tempfile::tempdir().unwrap();
+    let data = outer.path().join("data");
+    let s = harness::start_in(&data);
+    s.cli(&["env", "create", "prod"]);
+    s.consumer("prod/app", &[]);
+    let v2 = s.rotate("prod/app", &["--grace", "1h"]);
+    drop(s);
+    // What a manual edit or an old backup can leave behind (the schema forbids it, so the
+    // guard goes first).
+    let db = data.join("keyroll.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "DROP INDEX key_versions_one_active; \
+             UPDATE key_versions SET state = 'active', deadline = NULL, replaced_by = NULL \
+             WHERE version = 1;",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s2 = harness::start_in(&data);
+    let broken = s2.events("store.invariant_broken");
+    assert_eq!(broken.len(), 1, "one ERROR line for the one consumer");
+    assert_eq!(broken[0]["level"], "error");
+    assert_eq!(broken[0]["consumer"], "prod/app");
+    let message = broken[0].to_string();
+    assert!(
+        message.contains("v1") && message.contains("v2"),
+        "{message}"
+    );
+    assert_eq!(s2.cli(&["verify", &v2]).code, 0, "the newest keeps working");
+}

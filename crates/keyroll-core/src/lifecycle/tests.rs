@@ -632,3 +632,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn extra_active_versions_name_all_but_the_newest() {
+    let t = consumer()
+        .apply(rotate(3600, 2), &Usage::NONE, at(100))
+        .unwrap();
+    assert!(t.consumer.extra_active_versions().is_empty());
+    let mut broken = t.consumer.clone();
+    broken.versions[0].state = StoredState::Active;
+    assert_eq!(broken.extra_active_versions(), [VersionNumber(1)]);
+    assert_eq!(
+        broken.active_version().map(|v| v.number),
+        Some(VersionNumber(2))
+    );
+}
