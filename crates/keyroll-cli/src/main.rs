@@ -107,6 +107,9 @@ enum Cmd {
         /// Retrying with the same key does not rotate twice.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// Revoke a version at once (leaks). Never gated.
     Revoke {
@@ -117,6 +120,9 @@ enum Cmd {
         /// Why; recorded and told to callers of the key.
         #[arg(long)]
         reason: String,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// End a retiring version's grace window now.
     Retire {
@@ -124,6 +130,9 @@ enum Cmd {
         consumer: String,
         /// The version: v3 or 3.
         version: String,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// Ask the server whether a key is accepted; exits 0 only if it is.
     Verify {
@@ -239,6 +248,9 @@ enum ConsumerCmd {
     Disable {
         /// ENV/NAME.
         consumer: String,
+        /// Confirm the change (required in a protected environment).
+        #[arg(long)]
+        yes: bool,
     },
     /// Undo disable.
     Enable {
@@ -476,10 +488,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             out.json_or(&a.json, || print_consumer(&a.body));
         }
-        Cmd::Consumer(ConsumerCmd::Disable { consumer }) => {
+        Cmd::Consumer(ConsumerCmd::Disable { consumer, yes }) => {
             let r = consumer_ref(&consumer)?;
             let a = client(&cli.global)?
-                .disable(r.environment.as_str(), r.name.as_str())
+                .disable_confirmed(
+                    r.environment.as_str(),
+                    r.name.as_str(),
+                    &proto::Confirm { confirm: yes },
+                )
                 .await?;
             out.json_or(&a.json, || {
                 println!("Disabled {r}: every key of it is now rejected as consumer_disabled.")
@@ -498,6 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             enforce,
             expires_in,
             idempotency_key,
+            yes,
         } => {
             let r = consumer_ref(&consumer)?;
             check_duration("grace", grace.as_ref())?;
@@ -506,6 +523,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grace,
                 enforce,
                 expires_in,
+                confirm: yes,
             };
             let a = client(&cli.global)?
                 .rotate(
@@ -521,6 +539,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &format!("Rotated {r}: v{} is active (kid {})", b.version, b.kid),
                     b.key.as_deref(),
                 );
+                if let Some(why) = &b.key_unavailable {
+                    println!("{why}");
+                }
                 for v in &b.retiring {
                     println!(
                         "v{} keeps working until {} (grace window), then retires.",
@@ -536,6 +557,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             consumer,
             version: v,
             reason,
+            yes,
         } => {
             let r = consumer_ref(&consumer)?;
             let n = version(&v)?;
@@ -544,24 +566,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.environment.as_str(),
                     r.name.as_str(),
                     n,
-                    &proto::RevokeRequest { reason },
+                    &proto::RevokeRequest {
+                        reason,
+                        confirm: yes,
+                    },
                 )
                 .await?;
             out.json_or(&a.json, || {
-                println!(
-                    "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
-                    a.body.kid
-                )
+                if a.body.already_revoked {
+                    println!(
+                        "{r} v{n} (kid {}) was already revoked; nothing changed.",
+                        a.body.kid
+                    )
+                } else {
+                    println!(
+                        "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
+                        a.body.kid
+                    )
+                }
             });
+            if let Some(w) = &a.body.warning {
+                eprintln!("warning: {w}");
+            }
         }
         Cmd::Retire {
             consumer,
             version: v,
+            yes,
         } => {
             let r = consumer_ref(&consumer)?;
             let n = version(&v)?;
             let a = client(&cli.global)?
-                .retire(r.environment.as_str(), r.name.as_str(), n)
+                .retire_confirmed(
+                    r.environment.as_str(),
+                    r.name.as_str(),
+                    n,
+                    &proto::Confirm { confirm: yes },
+                )
                 .await?;
             out.json_or(&a.json, || {
                 println!(

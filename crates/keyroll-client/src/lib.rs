@@ -252,6 +252,39 @@ impl Client {
         .await
     }
 
+    /// `POST …/versions/{n}/retire` with an explicit confirmation (protected environments).
+    pub async fn retire_confirmed(
+        &self,
+        env: &str,
+        name: &str,
+        version: u32,
+        req: &proto::Confirm,
+    ) -> Result<Answer<proto::KeyVersion>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, &format!("/versions/{version}/retire")),
+            Some(req),
+            None,
+        )
+        .await
+    }
+
+    /// `POST …/disable` with an explicit confirmation (protected environments).
+    pub async fn disable_confirmed(
+        &self,
+        env: &str,
+        name: &str,
+        req: &proto::Confirm,
+    ) -> Result<Answer<proto::Consumer>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, "/disable"),
+            Some(req),
+            None,
+        )
+        .await
+    }
+
     /// `POST …/disable`.
     pub async fn disable(
         &self,

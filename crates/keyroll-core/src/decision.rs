@@ -4,7 +4,7 @@
 //! well-formed key names (its secret already compared), it decides at `now`. The codes are a
 //! public contract: never renamed once released.
 
-use crate::lifecycle::{Policy, State, VersionView, effective_deadline, effective_state};
+use crate::lifecycle::{Policy, State, VersionView, effective_state, shown_deadline};
 use crate::timestamp::Timestamp;
 
 /// Every reason a verification can end with.
@@ -199,8 +199,10 @@ pub fn judge<S: AsRef<str>, R: AsRef<str>>(
             missing_scope: Some(i),
         };
     }
+    // Past the stored deadline a valid retiring version is on its extension: the effective
+    // deadline is the shown one then, and before it the stored one is.
     let sunset = (code == DecisionCode::ValidDeprecated)
-        .then(|| effective_deadline(version, &consumer.policy))
+        .then(|| shown_deadline(version, &consumer.policy, now))
         .flatten();
     Decision {
         code,

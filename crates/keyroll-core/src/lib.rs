@@ -22,7 +22,8 @@ pub use key::{
 pub use lifecycle::{
     Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, OnStall, Policy,
     RetirePolicy, RetireReason, State, StoredState, Transition, Usage, VersionNumber, VersionView,
-    effective_deadline, effective_state, is_extended_at, is_stalled, shown_deadline,
+    effective_deadline, effective_state, extension_if_stalled, is_extended_at, is_stalled,
+    shown_deadline,
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
 pub use timestamp::Timestamp;

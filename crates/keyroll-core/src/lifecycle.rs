@@ -235,11 +235,16 @@ pub fn effective_deadline(v: &VersionView, policy: &Policy) -> Option<Timestamp>
     })
 }
 
-/// The deadline to show and to enforce: for a retiring version its effective deadline (a stall's
-/// extension included), for any other the stored one (when it was retired).
-pub fn shown_deadline(v: &VersionView, policy: &Policy) -> Option<Timestamp> {
+/// The deadline to show at `now`: the stored one, until a stall's extension has happened (the
+/// stored deadline passed while the version was still in use), then the extended one. Before its
+/// deadline a version in use is only *predicted* to be extended: that is
+/// [`extension_if_stalled`], never the deadline shown, so every caller (API, status, verify,
+/// `Sunset`) says the same thing as the rotation and its event did.
+pub fn shown_deadline(v: &VersionView, policy: &Policy, now: Timestamp) -> Option<Timestamp> {
     match v.state {
-        StoredState::Retiring => effective_deadline(v, policy),
+        StoredState::Retiring if is_extended_at(v, policy, now) && !v.extended => {
+            effective_deadline(v, policy)
+        }
         _ => v.deadline,
     }
 }
@@ -248,6 +253,21 @@ pub fn shown_deadline(v: &VersionView, policy: &Policy) -> Option<Timestamp> {
 /// the stall rule once its stored deadline has passed.
 pub fn is_extended_at(v: &VersionView, policy: &Policy, now: Timestamp) -> bool {
     v.extended || (is_stalled(v, policy) && v.deadline.is_some_and(|d| now >= d))
+}
+
+/// The prediction to state in words while it has not happened: the deadline a retiring version
+/// would get if it is still in use (seen within `idle` before it) at its stored deadline. `None`
+/// when no extension can come: not retiring, already extended (or past the deadline), enforced,
+/// `on_stall = retire`, or no grace.
+pub fn extension_if_stalled(v: &VersionView, policy: &Policy, now: Timestamp) -> Option<Timestamp> {
+    let deadline = v.deadline?;
+    (v.state == StoredState::Retiring
+        && !v.extended
+        && !v.enforced
+        && policy.on_stall == OnStall::Extend
+        && !v.grace.is_zero()
+        && now < deadline)
+        .then(|| deadline.saturating_add(v.grace))
 }
 
 /// The state of a version at `now`. Revocation wins over expiry (it is the more useful thing to
@@ -369,14 +389,16 @@ impl KeyVersion {
         self.state_with(&Policy::default(), None, now)
     }
 
-    /// When it stops (or stopped) working, given its last use: see [`shown_deadline`].
+    /// The deadline to show at `now`, given its last use: see [`shown_deadline`]; once retired,
+    /// when it was.
     pub fn deadline_with(
         &self,
         policy: &Policy,
         last_used: Option<Timestamp>,
+        now: Timestamp,
     ) -> Option<Timestamp> {
         match self.state {
-            StoredState::Retiring => effective_deadline(&self.view(last_used), policy),
+            StoredState::Retiring => shown_deadline(&self.view(last_used), policy, now),
             _ => self.retirement_time(),
         }
     }
@@ -636,6 +658,18 @@ impl Consumer {
             .iter()
             .rev()
             .find(|v| v.state == StoredState::Active)
+    }
+
+    /// Active versions besides the newest active one: empty unless the stored state breaks the
+    /// SPEC §3 invariant (at most one active version), which no command produces but a manual
+    /// edit or a restored backup can.
+    pub fn extra_active_versions(&self) -> Vec<VersionNumber> {
+        let newest = self.active_version().map(|v| v.number);
+        self.versions
+            .iter()
+            .filter(|v| v.state == StoredState::Active && Some(v.number) != newest)
+            .map(|v| v.number)
+            .collect()
     }
 
     /// A version by number.

@@ -167,8 +167,8 @@ pub struct KeyVersion {
     pub state: String,
     /// When it was issued.
     pub created_at: String,
-    /// While retiring: when it stops working (a stall's extension included); once retired:
-    /// when it did.
+    /// While retiring: when it stops working (the stored deadline, or the extended one once a
+    /// stall's extension has happened); once retired: when it did.
     pub deadline: Option<String>,
     /// The deadline was extended once because the version was still in use at it.
     #[serde(default)]
@@ -183,6 +183,16 @@ pub struct KeyVersion {
     pub replaced_by: Option<u32>,
     /// When it was last seen in traffic (recorded from a later release on).
     pub last_used_at: Option<String>,
+    /// While retiring and not yet extended: the deadline it would get if still in use at its
+    /// (stored) `deadline` — a prediction, not the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_if_stalled: Option<String>,
+    /// In a revoke answer: the version was revoked before; nothing was changed or audited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_revoked: bool,
+    /// In a change's answer: what the operator must know (the consumer has no working key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// A consumer and its versions, oldest first.
@@ -215,7 +225,8 @@ pub struct Consumer {
 pub struct ConsumerCreated {
     /// The consumer.
     pub consumer: Consumer,
-    /// The plaintext key. Only in the first answer; absent from an idempotent replay.
+    /// The plaintext key. In the first answer, and in a replay within 24 h under a strong
+    /// `Idempotency-Key` (see `key_unavailable`).
     pub key: Option<String>,
     /// Its key id.
     pub kid: String,
@@ -224,6 +235,10 @@ pub struct ConsumerCreated {
     /// True when this answer replays an earlier request with the same `Idempotency-Key`.
     #[serde(default)]
     pub replayed: bool,
+    /// On a replay without `key`: why the key cannot be shown again (a guessable
+    /// `Idempotency-Key`, or the 24 h replay window passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_unavailable: Option<String>,
 }
 
 /// `POST /v1/consumers/{env}/{name}/rotate`.
@@ -239,6 +254,9 @@ pub struct RotateRequest {
     /// Hard expiry of the new key, as a duration from now.
     #[serde(default)]
     pub expires_in: Option<String>,
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// A version that started retiring.
@@ -255,7 +273,8 @@ pub struct Retiring {
 pub struct Rotated {
     /// `ENV/NAME`.
     pub consumer: String,
-    /// The new plaintext key. Only in the first answer; absent from an idempotent replay.
+    /// The new plaintext key. In the first answer, and in a replay within 24 h under a strong
+    /// `Idempotency-Key` (see `key_unavailable`).
     pub key: Option<String>,
     /// The new key id.
     pub kid: String,
@@ -268,6 +287,10 @@ pub struct Rotated {
     /// True when this answer replays an earlier request with the same `Idempotency-Key`.
     #[serde(default)]
     pub replayed: bool,
+    /// On a replay without `key`: why the key cannot be shown again (a guessable
+    /// `Idempotency-Key`, or the 24 h replay window passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_unavailable: Option<String>,
 }
 
 /// `POST /v1/consumers/{env}/{name}/versions/{n}/revoke`.
@@ -276,6 +299,18 @@ pub struct Rotated {
 pub struct RevokeRequest {
     /// Why: recorded in the audit log and told to callers of the revoked key.
     pub reason: String,
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// The optional body of `retire` and `disable`: confirmation for a protected environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// `GET /healthz` and `GET /readyz`.
@@ -355,9 +390,10 @@ pub struct VersionStatus {
     pub kid: String,
     /// State now.
     pub state: String,
-    /// When it stops (or stopped) working, stall extension included.
+    /// When it stops (or stopped) working: the stored deadline, or the extended one once a
+    /// stall's extension has happened.
     pub deadline: Option<String>,
-    /// Extended once because it was still in use at its deadline.
+    /// Extended once because it was still in use at its deadline (has happened).
     pub stalled: bool,
     /// Last allowed use.
     pub last_used_at: Option<String>,
@@ -367,6 +403,10 @@ pub struct VersionStatus {
     pub requests_last_day: u64,
     /// Recent sources, most recent first.
     pub sources: Vec<UsageSource>,
+    /// While retiring and not yet extended: the deadline it would get if still in use at its
+    /// (stored) `deadline` — a prediction, not the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_if_stalled: Option<String>,
 }
 
 /// A consumer in `GET /v1/status`.

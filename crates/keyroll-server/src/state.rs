@@ -53,6 +53,27 @@ impl AppState {
     /// Loads every key version from the store into the index.
     pub async fn load(&self) -> Result<u64, keyroll_store::StoreError> {
         let consumers = self.store.load_all().await?;
+        // Not a reason to refuse to start: that would stop verification for every consumer over
+        // one broken row. Every version keeps verifying as stored (rejecting one in memory
+        // would lock out its callers silently, against what the store says), the newest is the
+        // one commands treat as active, and the next rotation of the consumer repairs it.
+        for c in &consumers {
+            let extra = c.consumer.extra_active_versions();
+            if let (false, Some(newest)) = (extra.is_empty(), c.consumer.active_version()) {
+                let listed: Vec<String> = extra.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    event = "store.invariant_broken",
+                    consumer = %c.consumer.reference(),
+                    active_versions = ?listed,
+                    newest = %newest.number,
+                    "{} has more than one active version ({} besides {}): a consumer has at most one; all keep verifying, {} is treated as the active one; rotate it (or revoke the stray version) to repair",
+                    c.consumer.reference(),
+                    listed.join(", "),
+                    newest.number,
+                    newest.number,
+                );
+            }
+        }
         self.index
             .load(consumers.iter().map(|c| (c.revision, &c.consumer)));
         // Usage facts survive restarts: a stall or an idle window spans them.

@@ -89,10 +89,12 @@ pub struct AuditRecord {
 }
 
 /// A response remembered under an `Idempotency-Key`, to be replayed on retry. The caller strips
-/// plaintext keys from `response` before storing it.
+/// plaintext keys from `response` before storing it, and stores neither the header value nor a
+/// plaintext key: `key` is a hash of the header value, `sealed_key` a ciphertext whose key is
+/// derived from the header value (the store alone can open neither).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    /// The header value.
+    /// The lookup hash of the header value (the caller derives it; never the value itself).
     pub key: String,
     /// Hex SHA-256 of method, path and body: a retry must be the same request.
     pub request_hash: String,
@@ -102,7 +104,15 @@ pub struct IdempotencyRecord {
     pub response: String,
     /// When.
     pub created_at: Timestamp,
+    /// The key the first answer showed, sealed by the caller (nonce + AEAD ciphertext), so that
+    /// a replay within [`IDEMPOTENT_KEY_WINDOW`] can show it again. Cleared by later writes once
+    /// older than the window.
+    pub sealed_key: Option<Vec<u8>>,
 }
+
+/// How long a sealed key is kept for idempotent replays; older ones are cleared on write and
+/// must be ignored by readers.
+pub const IDEMPOTENT_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// An admin API token as stored: the id is public, only the secret's SHA-256 is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +261,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `Corrupt` rather than stored rounded (also by `create_consumer`).
     async fn write_consumer(&self, write: ConsumerWrite<'_>) -> Result<StoredConsumer, StoreError>;
 
-    /// The remembered answer for an `Idempotency-Key`, if any.
+    /// The remembered answer for an `Idempotency-Key` (its lookup hash), if any.
     async fn find_idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
 
     /// Adds an admin token.

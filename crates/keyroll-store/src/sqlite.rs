@@ -364,15 +364,30 @@ impl SqliteStore {
         let Some(record) = record else {
             return Ok(());
         };
+        // Prune on write: a sealed key outlives its replay window by at most the time until the
+        // next idempotent write, and readers ignore it past the window anyway.
+        let cutoff = record
+            .created_at
+            .saturating_sub(crate::IDEMPOTENT_KEY_WINDOW);
         sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, status, response, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "UPDATE idempotency_keys SET sealed_key = NULL \
+             WHERE sealed_key IS NOT NULL AND created_at < ?1",
+        )
+        .bind(cutoff.unix_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys \
+             (key, request_hash, status, response, created_at, sealed_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .bind(record.key.as_str())
         .bind(record.request_hash.as_str())
         .bind(i64::from(record.status))
         .bind(record.response.as_str())
         .bind(record.created_at.unix_millis())
+        .bind(record.sealed_key.as_deref())
         .execute(&mut *conn)
         .await
         .map_err(|e| match violation(&e) {
@@ -946,8 +961,8 @@ impl crate::Store for SqliteStore {
 
     async fn find_idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT key, request_hash, status, response, created_at FROM idempotency_keys \
-             WHERE key = ?1",
+            "SELECT key, request_hash, status, response, created_at, sealed_key \
+             FROM idempotency_keys WHERE key = ?1",
         )
         .bind(key)
         .fetch_optional(&self.pool)
@@ -964,6 +979,7 @@ impl crate::Store for SqliteStore {
             status: rows::http_status(get(&row, 2, place)?, place)?,
             response: get(&row, 3, place)?,
             created_at: Timestamp::from_unix_millis(get(&row, 4, place)?),
+            sealed_key: get(&row, 5, place)?,
         }))
     }
 

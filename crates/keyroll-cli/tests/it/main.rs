@@ -7,6 +7,7 @@
     clippy::print_stdout
 )]
 
+mod admin_semantics;
 mod bad_input;
 mod environment_and_reasons;
 mod forward_auth;

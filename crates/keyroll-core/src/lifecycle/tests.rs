@@ -535,3 +535,115 @@ fn an_active_version_nobody_used_for_a_day_is_reported_once() {
             .is_empty()
     );
 }
+
+/// After `rotate --grace 1h` every reader shows the stored deadline (T+1h) while the version is
+/// in use before it; the extension (T+2h) is only a prediction until the stored deadline passes
+/// with the version still in use, then it is the deadline and the version is extended.
+#[test]
+fn the_shown_deadline_is_the_stored_one_until_the_extension_happens() {
+    let t = consumer()
+        .apply(rotate(3600, 2), &Usage::NONE, at(100))
+        .unwrap();
+    let v1 = t.consumer.version(VersionNumber(1)).unwrap();
+    let policy = t.consumer.policy;
+    let stored = at(3700);
+    let extended = at(7300);
+    // In use just now: before the deadline, the stored one and a prediction.
+    let view = v1.view(Some(at(200)));
+    assert_eq!(shown_deadline(&view, &policy, at(300)), Some(stored));
+    assert_eq!(
+        v1.deadline_with(&policy, Some(at(200)), at(300)),
+        Some(stored)
+    );
+    assert!(!is_extended_at(&view, &policy, at(300)));
+    assert_eq!(
+        extension_if_stalled(&view, &policy, at(300)),
+        Some(extended)
+    );
+    // Still in use at the deadline: now extended, the new deadline shown, no prediction left.
+    let view = v1.view(Some(at(3650)));
+    assert_eq!(shown_deadline(&view, &policy, at(3700)), Some(extended));
+    assert!(is_extended_at(&view, &policy, at(3700)));
+    assert_eq!(extension_if_stalled(&view, &policy, at(3700)), None);
+    // Written down by Settle: the same answer from the stored facts alone.
+    let settled = t
+        .consumer
+        .apply(
+            Command::Settle,
+            &Usage::new(&[(VersionNumber(1), at(3650))]),
+            at(3701),
+        )
+        .unwrap();
+    let v1s = settled.consumer.version(VersionNumber(1)).unwrap();
+    assert_eq!(v1s.deadline, Some(extended));
+    assert_eq!(
+        v1s.deadline_with(&policy, Some(at(3650)), at(3701)),
+        Some(extended)
+    );
+    assert_eq!(
+        extension_if_stalled(&v1s.view(Some(at(3650))), &policy, at(3701)),
+        None
+    );
+    // Last seen more than `idle` before the deadline: the stored deadline, retired then.
+    let view = v1.view(Some(at(50)));
+    assert_eq!(shown_deadline(&view, &policy, at(3700)), Some(stored));
+    assert_eq!(
+        v1.state_with(&policy, Some(at(50)), at(3700)),
+        State::Retired
+    );
+    // Enforced: no prediction at all.
+    let enforced = consumer()
+        .apply(
+            Command::Rotate {
+                grace: Duration::from_secs(3600),
+                enforce: true,
+                new_version: new_version(2),
+            },
+            &Usage::NONE,
+            at(100),
+        )
+        .unwrap();
+    let e1 = enforced.consumer.version(VersionNumber(1)).unwrap();
+    assert_eq!(
+        extension_if_stalled(&e1.view(Some(at(200))), &policy, at(300)),
+        None
+    );
+}
+
+proptest! {
+    /// Before the stored deadline, whatever the use, the shown deadline is the stored one; at or
+    /// after it, the shown deadline is the one the state is decided by.
+    #[test]
+    fn shown_deadline_never_runs_ahead_of_the_stored_one(
+        grace in 1u64..10_000, last in 0i64..20_000, now in 0i64..30_000,
+    ) {
+        let t = consumer().apply(rotate(grace, 2), &Usage::NONE, at(0)).unwrap();
+        let v1 = t.consumer.version(VersionNumber(1)).unwrap();
+        let policy = t.consumer.policy;
+        let view = v1.view(Some(at(last)));
+        let stored = at(grace as i64);
+        let shown = shown_deadline(&view, &policy, at(now)).unwrap();
+        if at(now) < stored {
+            prop_assert_eq!(shown, stored);
+        } else {
+            prop_assert_eq!(Some(shown), effective_deadline(&view, &policy));
+            let state = effective_state(&view, &policy, at(now));
+            prop_assert_eq!(state == State::Retiring, at(now) < shown);
+        }
+    }
+}
+
+#[test]
+fn extra_active_versions_name_all_but_the_newest() {
+    let t = consumer()
+        .apply(rotate(3600, 2), &Usage::NONE, at(100))
+        .unwrap();
+    assert!(t.consumer.extra_active_versions().is_empty());
+    let mut broken = t.consumer.clone();
+    broken.versions[0].state = StoredState::Active;
+    assert_eq!(broken.extra_active_versions(), [VersionNumber(1)]);
+    assert_eq!(
+        broken.active_version().map(|v| v.number),
+        Some(VersionNumber(2))
+    );
+}

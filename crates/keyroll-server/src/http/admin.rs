@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use keyroll_core::{
     Command, Consumer, ConsumerName, ConsumerRef, Effect, Environment, IssuedKey, KeyVersion, Kid,
     LifecycleError, NewVersion, OnStall, Policy, RetirePolicy, RetireReason, Scope, Timestamp,
-    Usage, VersionNumber, is_extended_at, issue_key, parse_duration,
+    Usage, VersionNumber, extension_if_stalled, is_extended_at, issue_key, parse_duration,
 };
 use keyroll_proto as proto;
 use keyroll_store::{
@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::http::auth::Admin;
+use crate::http::idempotency::IdempotencyKey;
 use crate::http::{ApiError, ApiJson, ApiPath, current_request_id};
 use crate::state::{AppState, OsEntropy};
 use crate::timefmt::{now, rfc3339};
@@ -42,7 +43,8 @@ struct Ctx {
     actor: String,
     request_id: String,
     remote: String,
-    idempotency: Option<(String, String)>,
+    /// The header and the request fingerprint (method, path, canonical JSON body).
+    idempotency: Option<(IdempotencyKey, String)>,
 }
 
 fn ctx(
@@ -56,24 +58,15 @@ fn ctx(
     let idempotency = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| {
-                    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
-                })
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
+            let key = IdempotencyKey::parse(v.as_bytes())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
             let mut h = Sha256::new();
             h.update(method.as_str());
             h.update(b" ");
             h.update(uri.path());
             h.update(b"\n");
             h.update(body_hash);
-            Some((key.to_owned(), hex::encode(h.finalize())))
+            Some((key, hex::encode(h.finalize())))
         }
     };
     Ok(Ctx {
@@ -98,41 +91,73 @@ impl Ctx {
         }
     }
 
+    /// What to remember under the `Idempotency-Key`: the answer without its key, and the key
+    /// sealed under the header when the header is strong enough to protect it.
     fn idempotency_record(
         &self,
         status: StatusCode,
         public: &Value,
         at: Timestamp,
+        issued: Option<&IssuedKey>,
     ) -> Option<IdempotencyRecord> {
-        self.idempotency
-            .as_ref()
-            .map(|(key, hash)| IdempotencyRecord {
-                key: key.clone(),
+        self.idempotency.as_ref().map(|(key, hash)| {
+            let sealed_key = issued
+                .filter(|_| key.weakness().is_none())
+                .and_then(|k| match key.seal(hash, k.reveal()) {
+                    Ok(sealed) => Some(sealed),
+                    Err(e) => {
+                        // The change still happens; only a replay cannot show the key.
+                        tracing::warn!(event = "idempotency.seal_failed", error = %e, request_id = self.request_id.as_str(), "cannot keep the new key for replays");
+                        None
+                    }
+                });
+            IdempotencyRecord {
+                key: key.lookup(),
                 request_hash: hash.clone(),
                 status: status.as_u16(),
                 response: public.to_string(),
                 created_at: at,
-            })
+                sealed_key,
+            }
+        })
     }
 
-    /// The earlier answer, if this request repeats one with the same `Idempotency-Key`.
+    /// The earlier answer, if this request repeats one with the same `Idempotency-Key`; with
+    /// its key again when it was sealed and is still inside the replay window, else with
+    /// `key_unavailable` saying why not.
     async fn replay(&self, state: &AppState) -> Result<Option<Response>, ApiError> {
         let Some((key, hash)) = &self.idempotency else {
             return Ok(None);
         };
-        let Some(record) = state.store.find_idempotency(key).await? else {
+        let Some(record) = state.store.find_idempotency(&key.lookup()).await? else {
             return Ok(None);
         };
         if &record.request_hash != hash {
+            // The header is not echoed: it is what protects a sealed key.
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
-                format!("Idempotency-Key {key:?} was used for a different request"),
+                format!(
+                    "this Idempotency-Key was used at {} for a different request (another \
+                     method, path or body); use a new Idempotency-Key for a new request",
+                    rfc3339(record.created_at)
+                ),
             ));
         }
         let mut body: Value = serde_json::from_str(&record.response).unwrap_or(Value::Null);
         if let Some(obj) = body.as_object_mut() {
             obj.insert("replayed".into(), Value::Bool(true));
+            if obj.contains_key("key") {
+                match reopen(key, hash, &record, now()) {
+                    Ok(plain) => {
+                        obj.insert("key".into(), Value::String(plain));
+                    }
+                    Err(why) => {
+                        obj.insert("key".into(), Value::Null);
+                        obj.insert("key_unavailable".into(), Value::String(why));
+                    }
+                }
+            }
         }
         let status = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
         let mut response = (status, Json(body)).into_response();
@@ -141,6 +166,32 @@ impl Ctx {
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         Ok(Some(response))
     }
+}
+
+/// The key a remembered answer showed, or why it cannot be shown again.
+fn reopen(
+    key: &IdempotencyKey,
+    request_hash: &str,
+    record: &IdempotencyRecord,
+    at: Timestamp,
+) -> Result<String, String> {
+    if let Some(why) = key.weakness() {
+        return Err(format!("the key is not shown again: {why}"));
+    }
+    let window = keyroll_store::IDEMPOTENT_KEY_WINDOW;
+    if at.duration_since(record.created_at) > window {
+        return Err(format!(
+            "the key is not shown again: it is kept for replays for {} only, and this request \
+             was first answered at {}",
+            keyroll_core::format_duration(window),
+            rfc3339(record.created_at)
+        ));
+    }
+    let Some(sealed) = &record.sealed_key else {
+        return Err("the key is not shown again: it was not kept for this request".into());
+    };
+    key.open(request_hash, sealed)
+        .map_err(|_| "the key is not shown again: the kept copy could not be opened".into())
 }
 
 /// The answer with the plaintext key, and the copy to remember without it.
@@ -191,7 +242,93 @@ fn scopes(list: &[String]) -> Result<Vec<Scope>, ApiError> {
         .collect()
 }
 
+/// Refuses free text that holds a keyroll key (`kr_<env>_…` with a valid checksum) or an admin
+/// token (`kra_…`): pasted by mistake, it would be stored, logged and returned. The detail never
+/// echoes the value.
+fn no_secret_in(field: &str, value: &str) -> Result<(), ApiError> {
+    let bytes = value.as_bytes();
+    let token_char = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    for start in 0..bytes.len() {
+        if bytes[start] != b'k' || (start > 0 && token_char(&bytes[start - 1])) {
+            continue;
+        }
+        let end = bytes[start..]
+            .iter()
+            .position(|b| !token_char(b))
+            .map_or(bytes.len(), |n| start + n);
+        let run = &value[start..end];
+        let what = if run.starts_with("kra_") && crate::admin_token::parse(run).is_some() {
+            "an admin token (kra_…)"
+        } else if keyroll_core::parse_key(run.as_bytes()).is_ok() {
+            "a keyroll key (kr_<env>_… with a valid checksum)"
+        } else {
+            continue;
+        };
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "secret_in_text",
+            format!(
+                "{field} contains {what}; secrets are never stored in free text (the value is \
+                 not repeated here). Remove it, and treat that secret as exposed: revoke or \
+                 rotate it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a change in a protected environment that was not confirmed. 428: the request is
+/// right but needs a precondition, and retrying it with the confirmation is the whole fix.
+async fn confirmed(
+    state: &AppState,
+    r: &ConsumerRef,
+    confirm: bool,
+    action: &str,
+) -> Result<(), ApiError> {
+    if confirm {
+        return Ok(());
+    }
+    let protected = state
+        .store
+        .get_environment(&r.environment)
+        .await?
+        .is_some_and(|e| e.protected);
+    if !protected {
+        return Ok(());
+    }
+    let urgency = if action == "revoke" {
+        " Revoke is immediate once confirmed: run the same command again with --yes."
+    } else {
+        ""
+    };
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_REQUIRED,
+        "confirmation_required",
+        format!(
+            "environment {} is protected: {action} of {r} needs explicit confirmation; repeat \
+             with --yes (CLI) or \"confirm\": true in the JSON body.{urgency}",
+            r.environment
+        ),
+    ))
+}
+
+/// A hard expiry from a request: in the future, or refused.
+fn expiry(field: &str, value: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = value else { return Ok(None) };
+    let d = duration(field, text)?;
+    if d.is_zero() {
+        return Err(ApiError::bad_request(format!(
+            "{field}: must be longer than 0; a key that expires when it is issued would never \
+             work (leave it out for no expiry)"
+        )));
+    }
+    Ok(Some(d))
+}
+
 fn owner(value: Option<&str>) -> Result<Option<String>, ApiError> {
+    if let Some(o) = value {
+        no_secret_in("owner", o)?;
+    }
     match value {
         None => Ok(None),
         Some("") => Ok(None),
@@ -263,7 +400,7 @@ pub fn version_json(
     last_used: Option<Timestamp>,
     now: Timestamp,
 ) -> proto::KeyVersion {
-    let deadline = v.deadline_with(policy, last_used);
+    let deadline = v.deadline_with(policy, last_used, now);
     proto::KeyVersion {
         version: v.number.0,
         kid: v.kid.to_string(),
@@ -277,6 +414,9 @@ pub fn version_json(
         revoke_reason: v.revoke_reason.clone(),
         replaced_by: v.replaced_by.map(|n| n.0),
         last_used_at: last_used.map(rfc3339),
+        extension_if_stalled: extension_if_stalled(&v.view(last_used), policy, now).map(rfc3339),
+        already_revoked: false,
+        warning: None,
     }
 }
 
@@ -509,7 +649,7 @@ async fn commit_planned(
         }
         let reference = r.to_string();
         let (audit, events) = audit_and_events(ctx, at, &reference, &planned, &extra);
-        let idem = ctx.idempotency_record(status, &public, at);
+        let idem = ctx.idempotency_record(status, &public, at, planned.issued.as_ref());
         let write = ConsumerWrite {
             expected_revision: stored.revision,
             id: stored.id,
@@ -701,11 +841,7 @@ pub async fn create_consumer(
         req.idle.as_deref(),
         req.on_stall.as_deref(),
     )?;
-    let expires_in = req
-        .expires_in
-        .as_deref()
-        .map(|d| duration("expires_in", d))
-        .transpose()?;
+    let expires_in = expiry("expires_in", req.expires_in.as_deref())?;
     if let Some(replayed) = ctx.replay(&state).await? {
         return Ok(replayed);
     }
@@ -727,6 +863,7 @@ pub async fn create_consumer(
             kid: issued.kid.to_string(),
             version: 1,
             replayed: false,
+            key_unavailable: None,
         };
         let (with_key, public) = split_secret(serde_json::to_value(&answer).unwrap_or(Value::Null));
         let params = json!({ "scopes": req.scopes, "owner": owner, "expires_in": req.expires_in });
@@ -739,7 +876,7 @@ pub async fn create_consumer(
                 json!({ "kid": issued.kid.to_string() }),
             ),
         ];
-        let idem = ctx.idempotency_record(StatusCode::CREATED, &public, at);
+        let idem = ctx.idempotency_record(StatusCode::CREATED, &public, at, Some(&issued));
         match state
             .store
             .create_consumer(&consumer, &audit, idem.as_ref())
@@ -938,12 +1075,25 @@ pub async fn rotate(
         Some(g) => duration("grace", g)?,
         None => state.config.default_grace,
     };
-    let expires_in = body
-        .value
-        .expires_in
-        .as_deref()
-        .map(|d| duration("expires_in", d))
-        .transpose()?;
+    let expires_in = expiry("expires_in", body.value.expires_in.as_deref())?;
+    // The new key must outlive the grace window, or it expires while the old one (which it
+    // replaces) still works and the consumer is left with a key that retires and one that died.
+    if let Some(e) = expires_in
+        && e <= grace
+        && !grace.is_zero()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expiry_within_grace",
+            format!(
+                "expires_in ({}) is not longer than the grace window ({}): the new key would \
+                 expire before the old one retires; give a longer expires_in or a shorter grace",
+                keyroll_core::format_duration(e),
+                keyroll_core::format_duration(grace)
+            ),
+        ));
+    }
+    confirmed(&state, &r, body.value.confirm, "rotate").await?;
     let enforce = body.value.enforce;
     let params = json!({ "grace": keyroll_core::format_duration(grace), "enforce": enforce, "expires_in": body.value.expires_in });
     commit(
@@ -1000,6 +1150,7 @@ pub async fn rotate(
                     })
                     .collect(),
                 replayed: false,
+                key_unavailable: None,
             };
             serde_json::to_value(answer).unwrap_or(Value::Null)
         },
@@ -1036,6 +1187,8 @@ pub async fn revoke(
     let r = consumer_ref(&env, &name)?;
     let n = version_number(&version)?;
     let reason = body.value.reason.clone();
+    no_secret_in("reason", &reason)?;
+    confirmed(&state, &r, body.value.confirm, "revoke").await?;
     let params = json!({ "version": n.0, "reason": reason });
     commit(
         &state,
@@ -1061,7 +1214,29 @@ pub async fn revoke(
                 issued: None,
             })
         },
-        |_, p, at| version_answer(&state, &p.consumer, n, at),
+        |before, p, at| {
+            let mut answer = version_answer(&state, &p.consumer, n, at);
+            if let Some(obj) = answer.as_object_mut() {
+                // Idempotent but honest: a second revoke changes nothing and says so.
+                if before
+                    .version(n)
+                    .is_some_and(|v| v.state == keyroll_core::StoredState::Revoked)
+                {
+                    obj.insert("already_revoked".into(), Value::Bool(true));
+                }
+                let seen = usage_of(&state, &p.consumer);
+                if !p.consumer.has_valid_version(&Usage::new(&seen), at) {
+                    obj.insert(
+                        "warning".into(),
+                        Value::String(format!(
+                            "{r} now has no working key: every request with its keys is \
+                             rejected until you rotate (keyroll rotate {r})"
+                        )),
+                    );
+                }
+            }
+            answer
+        },
     )
     .await
 }
@@ -1081,10 +1256,11 @@ fn version_answer(state: &AppState, c: &Consumer, n: VersionNumber, at: Timestam
 }
 
 /// `POST /v1/consumers/{env}/{name}/versions/{n}/retire`: ends a grace window now.
-#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/retire", tag = "lifecycle",
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/retire", tag = "lifecycle", request_body = proto::Confirm,
     params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
     responses((status = 200, body = proto::KeyVersion), (status = 409, body = proto::Problem)),
     security(("admin_token" = ["keys:write"])))]
+#[allow(clippy::too_many_arguments)]
 pub async fn retire(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1093,11 +1269,13 @@ pub async fn retire(
     uri: Uri,
     headers: HeaderMap,
     ApiPath((env, name, version)): ApiPath<(String, String, String)>,
+    body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
     admin.require("keys:write")?;
-    let ctx = ctx(&admin, peer, &headers, &method, &uri, &[0; 32])?;
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
     let n = version_number(&version)?;
+    confirmed(&state, &r, body.value.confirm, "retire").await?;
     commit(
         &state,
         &ctx,
@@ -1131,10 +1309,15 @@ async fn switch(
     (env, name): (String, String),
     command: Command,
     action: &'static str,
+    confirm: Option<(bool, [u8; 32])>,
 ) -> Result<Response, ApiError> {
     admin.require("consumers:write")?;
-    let ctx = ctx(&admin, peer, &headers, &method, &uri, &[0; 32])?;
+    let body_hash = confirm.map_or([0; 32], |(_, h)| h);
+    let ctx = ctx(&admin, peer, &headers, &method, &uri, &body_hash)?;
     let r = consumer_ref(&env, &name)?;
+    if let Some((yes, _)) = confirm {
+        confirmed(&state, &r, yes, action).await?;
+    }
     commit(
         &state,
         &ctx,
@@ -1161,9 +1344,10 @@ async fn switch(
 }
 
 /// `POST /v1/consumers/{env}/{name}/disable`: every key of the consumer is rejected.
-#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle",
+#[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle", request_body = proto::Confirm,
     params(("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = proto::Consumer)), security(("admin_token" = ["consumers:write"])))]
+#[allow(clippy::too_many_arguments)]
 pub async fn disable(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1172,6 +1356,7 @@ pub async fn disable(
     uri: Uri,
     headers: HeaderMap,
     ApiPath(path): ApiPath<(String, String)>,
+    body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
     switch(
         state,
@@ -1183,6 +1368,7 @@ pub async fn disable(
         path,
         Command::Disable,
         "disable",
+        Some((body.value.confirm, body.body_hash)),
     )
     .await
 }
@@ -1210,6 +1396,7 @@ pub async fn enable(
         path,
         Command::Enable,
         "enable",
+        None,
     )
     .await
 }

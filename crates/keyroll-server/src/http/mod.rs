@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod forward_auth;
+pub mod idempotency;
 pub mod keys;
 pub mod observe;
 pub mod openapi;
@@ -295,13 +296,13 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// A JSON body with a precise 4xx on every kind of bad input, and the SHA-256 of the raw body
-/// (for `Idempotency-Key` checks).
+/// A JSON body with a precise 4xx on every kind of bad input, and the SHA-256 of its canonical
+/// JSON (for `Idempotency-Key` checks).
 #[derive(Debug)]
 pub struct ApiJson<T> {
     /// The parsed body.
     pub value: T,
-    /// SHA-256 of the raw bytes.
+    /// SHA-256 of the body as canonical JSON (sorted keys, no whitespace).
     pub body_hash: [u8; 32],
 }
 
@@ -321,12 +322,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             }
         })?;
         let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
-        let value = serde_json::from_slice(body)
+        let raw: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        Ok(ApiJson {
-            value,
-            body_hash: Sha256::digest(&bytes).into(),
-        })
+        // The fingerprint of canonical JSON, so whitespace and field order do not make a retry
+        // a different request.
+        let body_hash = Sha256::digest(canonical_json(&raw).as_bytes()).into();
+        let value = serde_json::from_value(raw)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        Ok(ApiJson { value, body_hash })
+    }
+}
+
+/// JSON text with object keys sorted at every level and no insignificant whitespace (sorted
+/// explicitly: serde_json keeps insertion order when any crate enables `preserve_order`).
+fn canonical_json(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical_json(v)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
     }
 }
 

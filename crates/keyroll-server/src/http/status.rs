@@ -8,7 +8,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::Uri;
 use keyroll_core::{
-    Consumer, ConsumerRef, Environment, State as VersionState, Timestamp, is_extended_at,
+    Consumer, ConsumerRef, Environment, State as VersionState, Timestamp, extension_if_stalled,
+    is_extended_at,
 };
 use keyroll_proto as proto;
 use keyroll_store::VersionUsage;
@@ -128,7 +129,9 @@ pub fn consumer_status(
         let st = v.state_with(&c.policy, last_used, at);
         let stalled =
             st == VersionState::Retiring && is_extended_at(&v.view(last_used), &c.policy, at);
-        let deadline = v.deadline_with(&c.policy, last_used);
+        let deadline = v.deadline_with(&c.policy, last_used, at);
+        let extension = extension_if_stalled(&v.view(last_used), &c.policy, at)
+            .filter(|_| st == VersionState::Retiring);
         versions.push(proto::VersionStatus {
             version: v.number.0,
             kid: v.kid.to_string(),
@@ -152,6 +155,7 @@ pub fn consumer_status(
                         .collect()
                 })
                 .unwrap_or_default(),
+            extension_if_stalled: extension.map(rfc3339),
         });
     }
     let (verdict_code, verdict) = verdict(c, &versions, at);
@@ -162,6 +166,16 @@ pub fn consumer_status(
         verdict,
         verdict_code: verdict_code.into(),
         versions,
+    }
+}
+
+/// The stall extension in words while it is only a prediction.
+fn prediction(v: &proto::VersionStatus) -> String {
+    match (&v.extension_if_stalled, &v.deadline) {
+        (Some(to), Some(at)) => {
+            format!(" (will be extended once to {to} if still in use at {at})")
+        }
+        _ => String::new(),
     }
 }
 
@@ -185,7 +199,7 @@ fn verdict(
         return (
             "stalled",
             format!(
-                "stalled: v{} still used by {}, {} req/h; retires at {}",
+                "stalled: v{} still used by {}, {} req/h; deadline extended once, retires at {}",
                 v.version,
                 who(&v.sources),
                 v.requests_last_hour,
@@ -199,17 +213,27 @@ fn verdict(
         return (
             "rotating",
             format!(
-                "rotating: v{} still used by {}, {} req/h; deadline {}",
+                "rotating: v{} still used by {}, {} req/h; deadline {}{}",
                 v.version,
                 who(&v.sources),
                 v.requests_last_hour,
-                v.deadline.as_deref().unwrap_or("?")
+                v.deadline.as_deref().unwrap_or("?"),
+                prediction(v)
             ),
         );
     }
     if !retiring.is_empty() {
         let list: Vec<String> = retiring.iter().map(|v| format!("v{}", v.version)).collect();
         return match active {
+            // The newest version is not valid (expired, revoked): the retiring ones are the
+            // only working keys, nothing is ready to retire.
+            None => (
+                "no_active_key",
+                format!(
+                    "no active key: {} still work until their deadline; rotate to issue a valid key",
+                    list.join(", ")
+                ),
+            ),
             Some(a) if a.last_used_at.is_none() => (
                 "rotating",
                 format!(

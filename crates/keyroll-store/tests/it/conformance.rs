@@ -58,9 +58,11 @@ macro_rules! conformance_suite {
             record_usage_adds_keeps_the_latest_and_trims,
             usage_filters_hours_and_answers_every_kid_asked,
             last_used_all_lists_every_used_version,
+            idempotency_sealed_key_round_trips_and_is_cleared_after_its_window,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
+            idempotency_columns_hold_neither_header_nor_key,
         );
     };
     (@store $fresh:path; $($name:ident),* $(,)?) => {
@@ -683,6 +685,7 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
         status: 201,
         response: "{\"consumer\":\"prod/billing-app\",\"key\":null}".to_owned(),
         created_at: at(2_000),
+        sealed_key: None,
     };
     assert_eq!(store.find_idempotency(&record.key).await.unwrap(), None);
     let (consumer, _) = draft("prod", "billing-app", 1, 2_000);
@@ -1527,6 +1530,7 @@ pub async fn no_secret_in_any_column(backend: &dyn Backend) {
         status: 201,
         response: "{\"kid\":\"stripped\"}".to_owned(),
         created_at: at(2_000),
+        sealed_key: None,
     };
     let created = store
         .create_consumer(
@@ -1623,6 +1627,157 @@ pub async fn no_secret_in_any_column(backend: &dyn Backend) {
             assert!(
                 !cell.bytes.windows(secret.len()).any(|w| w == secret),
                 "{}.{} holds a plaintext secret",
+                cell.table,
+                cell.column
+            );
+        }
+    }
+}
+
+/// A sealed key comes back as written, and a later idempotent write more than
+/// `IDEMPOTENT_KEY_WINDOW` after it clears it (the rest of the record stays for replays).
+pub async fn idempotency_sealed_key_round_trips_and_is_cleared_after_its_window(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let window = keyroll_store::IDEMPOTENT_KEY_WINDOW.as_millis() as i64;
+    let first = IdempotencyRecord {
+        key: "11".repeat(32),
+        request_hash: "ab".repeat(32),
+        status: 201,
+        response: "{\"key\":null}".to_owned(),
+        created_at: at(2_000),
+        sealed_key: Some(vec![0, 1, 2, 250, 251, 252]),
+    };
+    let (consumer, _) = draft("prod", "billing-app", 1, 2_000);
+    let created = store
+        .create_consumer(
+            &consumer,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            Some(&first),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_idempotency(&first.key).await.unwrap(),
+        Some(first.clone())
+    );
+    // Inside the window: another write leaves it alone.
+    let inside = IdempotencyRecord {
+        key: "22".repeat(32),
+        created_at: at(2_000 + window),
+        sealed_key: None,
+        ..first.clone()
+    };
+    let transition = created
+        .consumer
+        .apply(Command::Disable, &Usage::NONE, at(2_000 + window))
+        .unwrap();
+    let written = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: created.revision,
+            id: created.id,
+            consumer: &transition.consumer,
+            audit: &[audit(
+                2_000 + window,
+                "consumer.disabled",
+                "prod/billing-app",
+            )],
+            idempotency: Some(&inside),
+            events: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_idempotency(&first.key).await.unwrap(),
+        Some(first.clone()),
+        "exactly the window old: still kept"
+    );
+    // Past the window: the next idempotent write clears the ciphertext, not the record.
+    let (second, _) = draft("prod", "other-app", 2, 3_001 + window);
+    let later = IdempotencyRecord {
+        key: "33".repeat(32),
+        created_at: at(2_001 + window),
+        sealed_key: Some(vec![9; 40]),
+        ..first.clone()
+    };
+    store
+        .create_consumer(
+            &second,
+            &[audit(2_001 + window, "consumer.created", "prod/other-app")],
+            Some(&later),
+        )
+        .await
+        .unwrap();
+    let cleared = store.find_idempotency(&first.key).await.unwrap().unwrap();
+    assert_eq!(cleared.sealed_key, None, "cleared after its window");
+    assert_eq!(
+        cleared,
+        IdempotencyRecord {
+            sealed_key: None,
+            ..first
+        },
+        "the rest of the record stays"
+    );
+    assert_eq!(
+        store.find_idempotency(&later.key).await.unwrap(),
+        Some(later),
+        "the new one keeps its sealed key"
+    );
+    assert!(written.consumer.disabled);
+}
+
+/// The store keeps what it is given, so the server's contract is checked here at the bytes: a
+/// record written the way the server writes it (a lookup hash, a sealed key) leaves neither the
+/// `Idempotency-Key` header value nor the plaintext key in any column.
+pub async fn idempotency_columns_hold_neither_header_nor_key(backend: &dyn Backend) {
+    let store = backend.store();
+    make_env(store, "prod", false).await;
+    let header = "3f2b9c1e-7a4d-4e8b-9c2f-5a6b7c8d9e0f";
+    let (consumer, key) = draft("prod", "billing-app", 7, 2_000);
+    // Stand-ins for the server's derivations: a digest of the header and a keyed transform of
+    // the key; what matters is that the raw values never reach the store.
+    let lookup: String = header
+        .bytes()
+        .map(|b| format!("{:02x}", b ^ 0x5a))
+        .collect();
+    let sealed: Vec<u8> = key.reveal().bytes().map(|b| b ^ 0xa5).collect();
+    let record = IdempotencyRecord {
+        key: lookup.clone(),
+        request_hash: "cd".repeat(32),
+        status: 201,
+        response: "{\"key\":null}".to_owned(),
+        created_at: at(2_000),
+        sealed_key: Some(sealed.clone()),
+    };
+    store
+        .create_consumer(
+            &consumer,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            Some(&record),
+        )
+        .await
+        .unwrap();
+    let cells = backend.dump_cells().await;
+    assert!(
+        cells
+            .iter()
+            .any(|c| c.table == "idempotency_keys" && c.bytes == sealed),
+        "the dump shows the sealed key, so the check below means something"
+    );
+    assert!(
+        cells
+            .iter()
+            .any(|c| c.table == "idempotency_keys" && c.bytes == lookup.as_bytes()),
+        "the dump shows the lookup hash"
+    );
+    for cell in &cells {
+        for needle in [
+            header.as_bytes(),
+            key.reveal().as_bytes(),
+            secret_part(&key).as_bytes(),
+        ] {
+            assert!(
+                !cell.bytes.windows(needle.len()).any(|w| w == needle),
+                "{}.{} holds the Idempotency-Key or the plaintext key",
                 cell.table,
                 cell.column
             );
