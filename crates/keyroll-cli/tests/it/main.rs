@@ -14,5 +14,6 @@ mod incident;
 mod nginx;
 mod observe;
 mod scan;
+mod tokens;
 mod usage;
 mod walkthrough;
