@@ -7,6 +7,7 @@ mod decisions;
 mod output;
 mod scan;
 mod status;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -183,6 +184,9 @@ enum Cmd {
         /// The key (or - for stdin).
         key: String,
     },
+    /// Admin tokens: create (shown once), list, revoke, rotate with an overlap.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -648,6 +652,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return scan::run(&client(&cli.global)?, paths, &min_remaining, out.json).await;
         }
         Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
+        Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());

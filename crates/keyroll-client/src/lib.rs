@@ -456,3 +456,43 @@ impl Client {
         self.call(reqwest::Method::GET, &path, None, None).await
     }
 }
+
+/// Admin tokens.
+impl Client {
+    /// `POST /v1/tokens`: the answer carries the plaintext token, once.
+    pub async fn create_token(
+        &self,
+        req: &proto::CreateToken,
+    ) -> Result<Answer<proto::TokenIssued>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/tokens", Some(req), None)
+            .await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<Answer<proto::List<proto::AdminToken>>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/tokens", None, None)
+            .await
+    }
+
+    /// `POST /v1/tokens/{id}/revoke`.
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+        req: &proto::RevokeToken,
+    ) -> Result<Answer<proto::AdminToken>, ClientError> {
+        let path = format!("/v1/tokens/{}/revoke", urlencode(id));
+        self.call(reqwest::Method::POST, &path, Some(req), None)
+            .await
+    }
+
+    /// `POST /v1/tokens/{id}/rotate`: the answer carries the new plaintext token, once.
+    pub async fn rotate_token(
+        &self,
+        id: &str,
+        req: &proto::RotateToken,
+    ) -> Result<Answer<proto::TokenIssued>, ClientError> {
+        let path = format!("/v1/tokens/{}/rotate", urlencode(id));
+        self.call(reqwest::Method::POST, &path, Some(req), None)
+            .await
+    }
+}

@@ -517,3 +517,77 @@ pub struct DecisionQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
+
+/// `POST /v1/tokens`: a new admin token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A label for people (`ci-scan`, `dashboard`): 1 to 64 printable characters.
+    pub name: String,
+    /// Its scopes; the calling token must hold each of them (or `admin`).
+    pub scopes: Vec<String>,
+    /// Hard expiry as a duration from now (`90d`); absent = never.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// An admin token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Public id (the audit actor; the `<id>` of `kra_<id>_<secret>`).
+    pub id: String,
+    /// Its label.
+    pub name: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// `valid`, `overlap` (rotated, still working until `retires_at`), `expired`, `revoked`,
+    /// `replaced` (rotated, overlap over).
+    pub state: String,
+    /// When it was created.
+    pub created_at: String,
+    /// The token that created it (`system` for the first one), when known.
+    pub created_by: Option<String>,
+    /// When it stops working by itself.
+    pub expires_at: Option<String>,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// Why.
+    pub revoke_reason: Option<String>,
+    /// The token that replaced it.
+    pub replaced_by: Option<String>,
+    /// The end of the rotation's overlap.
+    pub retires_at: Option<String>,
+}
+
+/// A newly made admin token, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenIssued {
+    /// The plaintext `kra_<id>_<secret>`. keyroll keeps only its hash.
+    pub token: String,
+    /// The token as listed.
+    pub info: AdminToken,
+    /// For a rotation: the replaced token, as listed (state `overlap` until its `retires_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<AdminToken>,
+}
+
+/// `POST /v1/tokens/{id}/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeToken {
+    /// Why: recorded in the audit log and told to callers of the revoked token.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Revoke even the last working `admin` token, which no API call can replace afterwards.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/tokens/{id}/rotate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateToken {
+    /// How long the old token keeps working (`1h` by default; `0` stops it at once).
+    #[serde(default)]
+    pub overlap: Option<String>,
+}

@@ -129,6 +129,47 @@ pub struct AdminTokenRecord {
     pub created_at: Timestamp,
 }
 
+/// An admin token with its lifecycle: expiry, revocation, rotation. The secret is only ever its
+/// SHA-256 (in `token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTokenEntry {
+    /// Id, secret hash, name, scopes, creation time.
+    pub token: AdminTokenRecord,
+    /// The token that created it (`system` for the first one); `None` for tokens from before
+    /// tokens had a lifecycle.
+    pub created_by: Option<String>,
+    /// When it stops working by itself.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// Why (free text from the operator, never a secret).
+    pub revoke_reason: Option<String>,
+    /// The token that replaced it in a rotation.
+    pub replaced_by: Option<String>,
+    /// The end of the rotation's overlap: from then on only the replacement works.
+    pub retires_at: Option<Timestamp>,
+}
+
+/// Whether revoking an admin token may leave the installation without a working `admin` token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminGuard {
+    /// Refuse to revoke the last valid, unreplaced `admin`-scoped token.
+    KeepOne,
+    /// Revoke it anyway (the operator said so explicitly).
+    Override,
+}
+
+/// What [`Store::revoke_admin_token`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRevocation {
+    /// Revoked now; the entry as stored.
+    Revoked(AdminTokenEntry),
+    /// It was revoked before; nothing changed.
+    AlreadyRevoked(AdminTokenEntry),
+    /// Refused by [`AdminGuard::KeepOne`]: no other valid `admin` token would remain.
+    LastAdmin,
+}
+
 /// What one lifecycle write carries: all of it commits, or none.
 #[derive(Debug)]
 pub struct ConsumerWrite<'a> {
@@ -294,4 +335,41 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Outbox events after `after_seq`, oldest first, at most `limit`.
     async fn list_events(&self, after_seq: i64, limit: u32)
     -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Adds an admin token with its lifecycle fields. `AlreadyExists` if the id is taken.
+    async fn create_admin_token_entry(
+        &self,
+        token: &AdminTokenEntry,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// An admin token with its lifecycle, by id.
+    async fn get_admin_token(&self, id: &str) -> Result<Option<AdminTokenEntry>, StoreError>;
+
+    /// Every admin token, oldest first.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenEntry>, StoreError>;
+
+    /// Revokes an admin token at `at` with its audit entry, in one transaction. `NotFound` if
+    /// it does not exist. With [`AdminGuard::KeepOne`], refuses when no other `admin`-scoped
+    /// token would remain valid at `at` (not revoked, not expired, not replaced).
+    async fn revoke_admin_token(
+        &self,
+        id: &str,
+        at: Timestamp,
+        reason: &str,
+        guard: AdminGuard,
+        audit: &AuditRecord,
+    ) -> Result<TokenRevocation, StoreError>;
+
+    /// Replaces `old_id` by `new` in one transaction: `new` is added, the old one records its
+    /// replacement and stops working at `retires_at` (or at its own expiry, if earlier). Returns
+    /// the old entry as stored. `NotFound` if it does not exist, `Conflict` if it was revoked or
+    /// replaced meanwhile.
+    async fn rotate_admin_token(
+        &self,
+        old_id: &str,
+        retires_at: Timestamp,
+        new: &AdminTokenEntry,
+        audit: &[AuditRecord],
+    ) -> Result<AdminTokenEntry, StoreError>;
 }

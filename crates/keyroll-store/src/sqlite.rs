@@ -18,6 +18,7 @@
 //! - A usage batch is a handful of set-based statements whatever its size (see [`usage`]).
 
 mod load;
+mod tokens;
 mod usage;
 
 use std::collections::HashMap;
@@ -1041,6 +1042,46 @@ impl crate::Store for SqliteStore {
             .await
             .map_err(|e| self.fail("counting admin tokens", e))?;
         rows::count(n, &|| "admin_tokens".to_owned())
+    }
+
+    async fn create_admin_token_entry(
+        &self,
+        token: &crate::AdminTokenEntry,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.token_create(token, audit).await
+    }
+
+    async fn get_admin_token(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::AdminTokenEntry>, StoreError> {
+        self.token_get(id).await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<crate::AdminTokenEntry>, StoreError> {
+        self.token_list().await
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        id: &str,
+        at: Timestamp,
+        reason: &str,
+        guard: crate::AdminGuard,
+        audit: &AuditRecord,
+    ) -> Result<crate::TokenRevocation, StoreError> {
+        self.token_revoke(id, at, reason, guard, audit).await
+    }
+
+    async fn rotate_admin_token(
+        &self,
+        old_id: &str,
+        retires_at: Timestamp,
+        new: &crate::AdminTokenEntry,
+        audit: &[AuditRecord],
+    ) -> Result<crate::AdminTokenEntry, StoreError> {
+        self.token_rotate(old_id, retires_at, new, audit).await
     }
 
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {

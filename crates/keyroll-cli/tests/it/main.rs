@@ -17,5 +17,6 @@ mod nginx;
 mod observe;
 mod scan;
 mod slow_clients;
+mod tokens;
 mod usage;
 mod walkthrough;

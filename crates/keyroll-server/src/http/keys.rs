@@ -42,13 +42,14 @@ fn key_info(d: &KeyDescription) -> proto::KeyInfo {
     params(("kid" = String, Path, description = "the 12-character key id (never the key)")),
     responses((status = 200, body = proto::KeyInfo), (status = 400, body = proto::Problem),
         (status = 404, body = proto::Problem, description = "no key version has this kid; the problem's `kid` field is set")),
-    security(("admin_token" = ["consumers:read"])))]
+    security(("admin_token" = ["keys:read"])))]
 pub async fn get_key(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     ApiPath(kid): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    admin.require("consumers:read")?;
+    // `keys:read` is the least a pre-deploy scan needs; `consumers:read` includes it.
+    admin.require("keys:read")?;
     // The input is not echoed: someone may paste a whole key where the kid belongs, and the
     // answer (or a proxy's log of it) must not carry the secret.
     let Some(kid) = Kid::parse(&kid) else {

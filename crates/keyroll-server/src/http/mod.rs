@@ -12,6 +12,7 @@ pub mod keys;
 pub mod observe;
 pub mod openapi;
 pub mod status;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -62,6 +63,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/events", get(status::events))
         .route("/v1/decisions", get(observe::decisions))
+        .route(
+            "/v1/tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
+        .route("/v1/tokens/{id}/revoke", post(tokens::revoke_token))
+        .route("/v1/tokens/{id}/rotate", post(tokens::rotate_token))
         .route("/readyz", get(admin::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)

@@ -31,6 +31,10 @@ use crate::http::{admin, forward_auth};
         crate::http::keys::get_key,
         crate::http::observe::metrics,
         crate::http::observe::decisions,
+        crate::http::tokens::create_token,
+        crate::http::tokens::list_tokens,
+        crate::http::tokens::revoke_token,
+        crate::http::tokens::rotate_token,
     ),
     modifiers(&AdminToken),
 )]

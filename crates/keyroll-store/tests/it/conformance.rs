@@ -59,10 +59,13 @@ macro_rules! conformance_suite {
             usage_filters_hours_and_answers_every_kid_asked,
             last_used_all_lists_every_used_version,
             idempotency_sealed_key_round_trips_and_is_cleared_after_its_window,
+            admin_token_lifecycle,
+            admin_token_last_admin_guard,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
             idempotency_columns_hold_neither_header_nor_key,
+            no_secret_in_admin_token_lifecycle_columns,
         );
     };
     (@store $fresh:path; $($name:ident),* $(,)?) => {
@@ -1778,6 +1781,373 @@ pub async fn idempotency_columns_hold_neither_header_nor_key(backend: &dyn Backe
             assert!(
                 !cell.bytes.windows(needle.len()).any(|w| w == needle),
                 "{}.{} holds the Idempotency-Key or the plaintext key",
+                cell.table,
+                cell.column
+            );
+        }
+    }
+}
+
+fn token_entry(
+    id: &str,
+    secret: &str,
+    scopes: &[&str],
+    created: i64,
+) -> keyroll_store::AdminTokenEntry {
+    keyroll_store::AdminTokenEntry {
+        token: AdminTokenRecord {
+            id: id.to_owned(),
+            secret_hash: SecretHash::of(secret.as_bytes()),
+            name: "deploy".to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            created_at: at(created),
+        },
+        created_by: Some("tok_test".to_owned()),
+        expires_at: None,
+        revoked_at: None,
+        revoke_reason: None,
+        replaced_by: None,
+        retires_at: None,
+    }
+}
+
+pub async fn admin_token_lifecycle(store: &dyn Store) {
+    use keyroll_store::{AdminGuard, TokenRevocation};
+    assert_eq!(store.get_admin_token("tok_a").await.unwrap(), None);
+    assert!(store.list_admin_tokens().await.unwrap().is_empty());
+
+    // Every lifecycle field round-trips, and the old read path still sees the token.
+    let mut a = token_entry("tok_a", "secret a", &["keys:read", "verify"], 1_000);
+    a.expires_at = Some(at(90_000));
+    store
+        .create_admin_token_entry(
+            &a,
+            &audit(1_000, "admin_token.created", "admin token tok_a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_admin_token("tok_a").await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(
+        store.find_admin_token("tok_a").await.unwrap(),
+        Some(a.token.clone())
+    );
+    let err = store
+        .create_admin_token_entry(
+            &a,
+            &audit(1_500, "admin_token.created", "admin token tok_a"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+
+    // A token made by the first-token path reads back with an empty lifecycle.
+    let legacy = token_entry("tok_legacy", "secret legacy", &["admin"], 500);
+    store
+        .create_admin_token(
+            &legacy.token,
+            &audit(500, "admin_token.created", "admin token tok_legacy"),
+        )
+        .await
+        .unwrap();
+    let read = store.get_admin_token("tok_legacy").await.unwrap().unwrap();
+    assert_eq!(read.created_by, None);
+    assert_eq!(
+        (
+            read.expires_at,
+            read.revoked_at,
+            read.replaced_by,
+            read.retires_at
+        ),
+        (None, None, None, None)
+    );
+    let ids: Vec<String> = store
+        .list_admin_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.token.id)
+        .collect();
+    assert_eq!(ids, ["tok_legacy", "tok_a"], "oldest first");
+
+    // Rotation: the new token exists, the old one names it and ends at the overlap.
+    let b = token_entry("tok_b", "secret b", &["keys:read", "verify"], 2_000);
+    let old = store
+        .rotate_admin_token(
+            "tok_a",
+            at(5_000),
+            &b,
+            &[audit(2_000, "admin_token.rotated", "admin token tok_a")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.replaced_by.as_deref(), Some("tok_b"));
+    assert_eq!(old.retires_at, Some(at(5_000)));
+    assert_eq!(
+        store.get_admin_token("tok_b").await.unwrap(),
+        Some(b.clone())
+    );
+    // A replaced token cannot be rotated again (that would fork the line).
+    let c = token_entry("tok_c", "secret c", &["verify"], 3_000);
+    let err = store
+        .rotate_admin_token(
+            "tok_a",
+            at(6_000),
+            &c,
+            &[audit(3_000, "admin_token.rotated", "admin token tok_a")],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        store.get_admin_token("tok_c").await.unwrap(),
+        None,
+        "nothing of a refused rotation is kept"
+    );
+    let err = store
+        .rotate_admin_token(
+            "tok_nope",
+            at(6_000),
+            &c,
+            &[audit(3_000, "admin_token.rotated", "admin token tok_nope")],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    // An overlap never outlives the token's own expiry.
+    let mut d = token_entry("tok_d", "secret d", &["verify"], 3_000);
+    d.expires_at = Some(at(4_000));
+    store
+        .create_admin_token_entry(
+            &d,
+            &audit(3_000, "admin_token.created", "admin token tok_d"),
+        )
+        .await
+        .unwrap();
+    let e = token_entry("tok_e", "secret e", &["verify"], 3_500);
+    let old_d = store
+        .rotate_admin_token(
+            "tok_d",
+            at(9_000),
+            &e,
+            &[audit(3_500, "admin_token.rotated", "admin token tok_d")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(old_d.retires_at, Some(at(4_000)));
+
+    // Revocation records time and reason; a second one changes nothing and writes no audit.
+    let before = audit_len(store).await;
+    let revoked = store
+        .revoke_admin_token(
+            "tok_b",
+            at(7_000),
+            "laptop lost",
+            AdminGuard::KeepOne,
+            &audit(7_000, "admin_token.revoked", "admin token tok_b"),
+        )
+        .await
+        .unwrap();
+    let TokenRevocation::Revoked(entry) = revoked else {
+        panic!("expected Revoked, got {revoked:?}");
+    };
+    assert_eq!(entry.revoked_at, Some(at(7_000)));
+    assert_eq!(entry.revoke_reason.as_deref(), Some("laptop lost"));
+    assert_eq!(audit_len(store).await, before + 1);
+    let again = store
+        .revoke_admin_token(
+            "tok_b",
+            at(8_000),
+            "again",
+            AdminGuard::KeepOne,
+            &audit(8_000, "admin_token.revoked", "admin token tok_b"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, TokenRevocation::AlreadyRevoked(e) if e.revoked_at == Some(at(7_000)) && e.revoke_reason.as_deref() == Some("laptop lost")),
+        "{again:?}"
+    );
+    assert_eq!(audit_len(store).await, before + 1);
+    let err = store
+        .revoke_admin_token(
+            "tok_nope",
+            at(8_000),
+            "x",
+            AdminGuard::KeepOne,
+            &audit(8_000, "admin_token.revoked", "admin token tok_nope"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    // A revoked token cannot be rotated.
+    let err = store
+        .rotate_admin_token(
+            "tok_b",
+            at(9_000),
+            &c,
+            &[audit(9_000, "admin_token.rotated", "admin token tok_b")],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+pub async fn admin_token_last_admin_guard(store: &dyn Store) {
+    use keyroll_store::{AdminGuard, TokenRevocation};
+    let revoke = |id: &'static str, when: i64, guard: AdminGuard| async move {
+        store
+            .revoke_admin_token(
+                id,
+                at(when),
+                "test",
+                guard,
+                &audit(when, "admin_token.revoked", id),
+            )
+            .await
+            .unwrap()
+    };
+    let root = token_entry("tok_root", "secret root", &["admin"], 1_000);
+    store
+        .create_admin_token_entry(&root, &audit(1_000, "admin_token.created", "tok_root"))
+        .await
+        .unwrap();
+    // Non-admin tokens do not count as a way back in.
+    let reader = token_entry("tok_reader", "secret reader", &["consumers:read"], 1_000);
+    store
+        .create_admin_token_entry(&reader, &audit(1_000, "admin_token.created", "tok_reader"))
+        .await
+        .unwrap();
+    // Nor does an expired admin token.
+    let mut old = token_entry("tok_old", "secret old", &["admin"], 1_000);
+    old.expires_at = Some(at(2_000));
+    store
+        .create_admin_token_entry(&old, &audit(1_000, "admin_token.created", "tok_old"))
+        .await
+        .unwrap();
+    assert_eq!(
+        revoke("tok_root", 3_000, AdminGuard::KeepOne).await,
+        TokenRevocation::LastAdmin
+    );
+    assert_eq!(
+        store
+            .get_admin_token("tok_root")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    // Revoking a non-admin token is never guarded.
+    assert!(matches!(
+        revoke("tok_reader", 3_000, AdminGuard::KeepOne).await,
+        TokenRevocation::Revoked(_)
+    ));
+
+    // With a second valid admin token, the first can go; then the second is the last.
+    let second = token_entry(
+        "tok_second",
+        "secret second",
+        &["consumers:read", "admin"],
+        3_000,
+    );
+    store
+        .create_admin_token_entry(&second, &audit(3_000, "admin_token.created", "tok_second"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        revoke("tok_root", 4_000, AdminGuard::KeepOne).await,
+        TokenRevocation::Revoked(_)
+    ));
+    assert_eq!(
+        revoke("tok_second", 4_000, AdminGuard::KeepOne).await,
+        TokenRevocation::LastAdmin
+    );
+
+    // A token on its way out after a rotation does not count either: its replacement is the one.
+    let next = token_entry("tok_next", "secret next", &["admin"], 5_000);
+    store
+        .rotate_admin_token(
+            "tok_second",
+            at(9_000),
+            &next,
+            &[audit(5_000, "admin_token.rotated", "tok_second")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        revoke("tok_next", 5_000, AdminGuard::KeepOne).await,
+        TokenRevocation::LastAdmin
+    );
+    // The explicit override does what it says.
+    assert!(matches!(
+        revoke("tok_next", 5_000, AdminGuard::Override).await,
+        TokenRevocation::Revoked(_)
+    ));
+}
+
+pub async fn no_secret_in_admin_token_lifecycle_columns(backend: &dyn Backend) {
+    let store = backend.store();
+    let secrets = [
+        "tokensecretA1b2C3d4E5f6G7h8J9k0L1m2",
+        "tokensecretZ9y8X7w6V5u4T3s2R1q0P9o8",
+    ];
+    let mut first = token_entry("tok_one", secrets[0], &["keys:read"], 1_000);
+    first.expires_at = Some(at(50_000));
+    store
+        .create_admin_token_entry(
+            &first,
+            &audit(1_000, "admin_token.created", "admin token tok_one"),
+        )
+        .await
+        .unwrap();
+    let second = token_entry("tok_two", secrets[1], &["keys:read"], 2_000);
+    store
+        .rotate_admin_token(
+            "tok_one",
+            at(3_000),
+            &second,
+            &[audit(2_000, "admin_token.rotated", "admin token tok_one")],
+        )
+        .await
+        .unwrap();
+    store
+        .revoke_admin_token(
+            "tok_two",
+            at(4_000),
+            "rotated by hand",
+            keyroll_store::AdminGuard::KeepOne,
+            &audit(4_000, "admin_token.revoked", "admin token tok_two"),
+        )
+        .await
+        .unwrap();
+    let cells = backend.dump_cells().await;
+    // Every new column is seen filled, or the check proves nothing for it.
+    for column in [
+        "expires_at",
+        "revoked_at",
+        "revoke_reason",
+        "replaced_by",
+        "retires_at",
+        "created_by",
+    ] {
+        assert!(
+            cells
+                .iter()
+                .any(|c| c.table == "admin_tokens" && c.column == column && !c.bytes.is_empty()),
+            "the dump does not show admin_tokens.{column} filled"
+        );
+    }
+    for cell in &cells {
+        for secret in secrets {
+            assert!(
+                !cell
+                    .bytes
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
+                "{}.{} holds a plaintext token secret",
                 cell.table,
                 cell.column
             );
