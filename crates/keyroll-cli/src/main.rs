@@ -80,12 +80,22 @@ struct ServerFlags {
     log_format: Option<String>,
 }
 
+#[derive(Debug, Args)]
+struct InitFlags {
+    #[command(flatten)]
+    server: ServerFlags,
+    /// Start a new installation even where the data dir shows an earlier one whose database is
+    /// gone or empty: its files are moved aside as *.replaced-<time>, its keys stop working.
+    #[arg(long)]
+    force: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the server.
     Serve(ServerFlags),
     /// Create the first admin token of a new installation and print it once.
-    Init(ServerFlags),
+    Init(InitFlags),
     /// Environments (prod, staging, …).
     #[command(subcommand)]
     Env(EnvCmd),
@@ -383,9 +393,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server.run().await?;
         }
         Cmd::Init(flags) => {
-            let config = server_config(flags)?;
-            let (token, path) = keyroll_server::init(&config).await?;
-            out.init(&token, path.as_deref());
+            let config = server_config(flags.server)?;
+            let done = keyroll_server::init(&config, flags.force).await?;
+            for replaced in &done.replaced {
+                eprintln!("Earlier installation: {replaced}.");
+            }
+            out.init(&done.token, done.path.as_deref());
         }
         Cmd::Env(EnvCmd::Create { name, protected }) => {
             Environment::parse(&name)?;

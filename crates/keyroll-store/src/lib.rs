@@ -170,6 +170,17 @@ pub enum TokenRevocation {
     LastAdmin,
 }
 
+/// Which installation a database belongs to, and whether anything was made in it yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation {
+    /// The installation's id, also kept in the data directory's `installation` file.
+    pub id: String,
+    /// When the id was recorded.
+    pub created_at: Timestamp,
+    /// No admin token, environment, consumer or audit entry exists: nothing an operator made.
+    pub empty: bool,
+}
+
 /// What one lifecycle write carries: all of it commits, or none.
 #[derive(Debug)]
 pub struct ConsumerWrite<'a> {
@@ -255,7 +266,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
 
-    /// Whether the database answers.
+    /// Whether the database answers and can be written: after a write failed with
+    /// `Unavailable` (a full disk, say), a ping writes a probe row until one succeeds, so it
+    /// reports the outage while it lasts. Also `Unavailable` when the database file was deleted
+    /// or replaced since it was opened.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Every consumer with every version: what the verification index is built from at start.
@@ -372,4 +386,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         new: &AdminTokenEntry,
         audit: &[AuditRecord],
     ) -> Result<AdminTokenEntry, StoreError>;
+
+    /// The installation this database belongs to. A database without an id yet (new, or made
+    /// before ids existed) records `new_id`.
+    async fn installation(&self, new_id: &str) -> Result<Installation, StoreError>;
 }

@@ -16,6 +16,17 @@
 //! - `load_all` and `last_used_all` of a database file read through rusqlite on a blocking thread
 //!   (see [`load`]).
 //! - A usage batch is a handful of set-based statements whatever its size (see [`usage`]).
+//! - A failed transaction never goes back to the pool open. sqlx rolls a dropped transaction
+//!   back lazily, and when SQLite has already rolled it back itself (it does on `SQLITE_FULL`
+//!   and I/O errors) that `ROLLBACK` fails and sqlx still counts the transaction as open: every
+//!   later `BEGIN` on that connection failed, until a restart. The pool's `after_release` check
+//!   waits for the queued rollback and closes a connection still inside a transaction; the pool
+//!   opens a fresh one.
+//! - Health: a write that fails with `Unavailable` marks the store down; `ping` then writes a
+//!   probe row until a write succeeds (a read would work all along on a full disk), and any
+//!   successful write marks it up again. `ping` and every write also check that the database
+//!   file is still the one opened (device and inode): writes to a deleted or replaced file would
+//!   be acknowledged and then lost.
 
 mod load;
 mod tokens;
@@ -24,6 +35,7 @@ mod usage;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,12 +47,13 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite};
+use sqlx::{Connection, Row, Sqlite};
 
 use crate::rows::{self, Place};
 use crate::{
     AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
-    IdempotencyRecord, SourceSeen, StoreError, StoredConsumer, UsageDelta, VersionUsage,
+    IdempotencyRecord, Installation, SourceSeen, StoreError, StoredConsumer, UsageDelta,
+    VersionUsage,
 };
 
 /// What `load_all` does, in error messages.
@@ -74,6 +87,62 @@ pub struct SqliteStore {
     /// The database file, for the bulk read of `load_all`; `None` for an in-memory database,
     /// which only the pool's connections can see.
     file: Option<PathBuf>,
+    /// The file's identity when it was opened, to notice it deleted or replaced.
+    identity: Option<FileId>,
+    /// The outage the last failed operation met, until a write succeeds again.
+    outage: Arc<Mutex<Option<String>>>,
+}
+
+/// Which file a path named when the store opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    device: u64,
+    inode: u64,
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok(Some(FileId {
+        device: meta.dev(),
+        inode: meta.ino(),
+    }))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
+    std::fs::metadata(path).map(|_| None)
+}
+
+/// Descriptors of this process still open on `path` after it was deleted (Linux), to say where
+/// its content can still be copied from.
+fn deleted_descriptors(path: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let wanted = path.display().to_string();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.display().to_string();
+        if let Some(name) = target.strip_suffix(" (deleted)")
+            && (name == wanted || name == format!("{wanted}-wal"))
+            && !found.iter().any(|(n, _): &(String, String)| *n == name)
+        {
+            found.push((
+                name.to_owned(),
+                entry.file_name().to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    let pid = std::process::id();
+    found
+        .into_iter()
+        .map(|(name, fd)| format!("/proc/{pid}/fd/{fd} to {name}"))
+        .collect()
 }
 
 impl SqliteStore {
@@ -149,7 +218,7 @@ impl SqliteStore {
             let first = sqlx::ConnectOptions::connect(&options)
                 .await
                 .map_err(|e| open_error(&location, path, e))?;
-            sqlx::Connection::close(first)
+            Connection::close(first)
                 .await
                 .map_err(|e| open_error(&location, path, e))?;
         }
@@ -161,6 +230,19 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // A round trip runs after the rollback a dropped transaction queued.
+                    conn.ping().await?;
+                    if conn.is_in_transaction() {
+                        tracing::warn!(
+                            "closing a SQLite connection left inside a failed transaction"
+                        );
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| open_error(&location, path, e))?;
@@ -168,17 +250,89 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| migrate_error(&location, path, e))?;
+        let identity = match path {
+            Some(p) => file_id(p).map_err(|e| {
+                StoreError::Unavailable(format!("cannot open SQLite database {location}: {e}"))
+            })?,
+            None => None,
+        };
         tracing::debug!(database = %location, "opened SQLite store");
         Ok(SqliteStore {
             pool,
             location,
             file,
+            identity,
+            outage: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// A failed operation as a `StoreError`, naming the database and what was being done.
+    /// A failed operation as a `StoreError`, naming the database and what was being done. An
+    /// outage marks the store down until a write succeeds.
     fn fail(&self, doing: &str, err: sqlx::Error) -> StoreError {
-        classify(&self.location, doing, err)
+        let err = classify(&self.location, doing, err);
+        if let StoreError::Unavailable(message) = &err {
+            self.set_outage(Some(message.clone()));
+        }
+        err
+    }
+
+    fn set_outage(&self, outage: Option<String>) {
+        let mut slot = self
+            .outage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_some() != outage.is_some() {
+            match &outage {
+                Some(m) => tracing::error!(event = "store.down", "store writes fail: {m}"),
+                None => tracing::info!(event = "store.up", "store writes work again"),
+            }
+        }
+        *slot = outage;
+    }
+
+    fn current_outage(&self) -> Option<String> {
+        self.outage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `Unavailable` when the database file is no longer the one opened: deleted, or another
+    /// file moved to its path. Writes would go to a file nothing reads again.
+    fn check_file(&self, doing: &str) -> Result<(), StoreError> {
+        let (Some(path), Some(opened)) = (&self.file, self.identity) else {
+            return Ok(());
+        };
+        let location = &self.location;
+        let why = match file_id(path) {
+            Ok(Some(now)) if now == opened => return Ok(()),
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => format!(
+                "the file was replaced while keyroll was running (another file is at \
+                 {location} now); writes are refused, they would go to the replaced file. Put \
+                 the original file back, or stop keyroll and restore the database"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let copies = deleted_descriptors(path);
+                let rescue = if copies.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; while this process runs, its content can still be copied back: {}",
+                        copies.join(", ")
+                    )
+                };
+                format!(
+                    "the file was deleted while keyroll was running; writes are refused, they \
+                     would go to the deleted file and be lost. Restore the database from a \
+                     backup{rescue}"
+                )
+            }
+            Err(e) => format!("cannot check the database file: {e}"),
+        };
+        Err(StoreError::Unavailable(format!(
+            "SQLite database {location}: {doing}: {why}"
+        )))
     }
 
     /// Starts a write transaction holding the write lock (see the module documentation).
@@ -186,10 +340,37 @@ impl SqliteStore {
         &self,
         doing: &str,
     ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.check_file(doing)?;
         self.pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.fail(doing, e))
+    }
+
+    /// Commits a write transaction: its success shows the store takes writes again.
+    async fn commit_write(
+        &self,
+        tx: sqlx::Transaction<'static, Sqlite>,
+        doing: &str,
+    ) -> Result<(), StoreError> {
+        self.commit(tx, doing).await?;
+        self.set_outage(None);
+        Ok(())
+    }
+
+    /// Writes the probe row: whether a write goes through now.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let doing = "writing a probe row after a failed write";
+        let mut tx = self.begin_write(doing).await?;
+        sqlx::query(
+            "INSERT INTO write_probe (only, at) VALUES (1, ?1) \
+             ON CONFLICT (only) DO UPDATE SET at = excluded.at",
+        )
+        .bind(unix_millis_now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        self.commit_write(tx, doing).await
     }
 
     /// Starts a read transaction: every query in it sees one snapshot.
@@ -764,10 +945,14 @@ impl crate::Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check_file("ping")?;
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
             .map_err(|e| self.fail("ping", e))?;
+        if self.current_outage().is_some() {
+            self.probe_write().await?;
+        }
         Ok(())
     }
 
@@ -807,7 +992,7 @@ impl crate::Store for SqliteStore {
             })?;
         self.append_audit(&mut tx, std::slice::from_ref(audit), &doing)
             .await?;
-        self.commit(tx, &doing).await
+        self.commit_write(tx, &doing).await
     }
 
     async fn list_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
@@ -873,7 +1058,7 @@ impl crate::Store for SqliteStore {
         self.append_audit(&mut tx, audit, &doing).await?;
         self.remember_idempotency(&mut tx, idempotency, &doing)
             .await?;
-        self.commit(tx, &doing).await?;
+        self.commit_write(tx, &doing).await?;
         Ok(StoredConsumer {
             id,
             revision: 1,
@@ -952,7 +1137,7 @@ impl crate::Store for SqliteStore {
         self.append_events(&mut tx, write.events, &doing).await?;
         self.remember_idempotency(&mut tx, write.idempotency, &doing)
             .await?;
-        self.commit(tx, &doing).await?;
+        self.commit_write(tx, &doing).await?;
         Ok(StoredConsumer {
             id: write.id,
             revision: write.expected_revision + 1,
@@ -1011,7 +1196,7 @@ impl crate::Store for SqliteStore {
         })?;
         self.append_audit(&mut tx, std::slice::from_ref(audit), &doing)
             .await?;
-        self.commit(tx, &doing).await
+        self.commit_write(tx, &doing).await
     }
 
     async fn find_admin_token(&self, id: &str) -> Result<Option<AdminTokenRecord>, StoreError> {
@@ -1134,7 +1319,7 @@ impl crate::Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.fail(&doing, e))?;
-        self.commit(tx, &doing).await
+        self.commit_write(tx, &doing).await
     }
 
     async fn last_used_all(&self) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
@@ -1267,6 +1452,46 @@ impl crate::Store for SqliteStore {
         .map_err(|e| self.fail("reading the event outbox", e))?;
         rows.iter().map(event_from_row).collect()
     }
+
+    async fn installation(&self, new_id: &str) -> Result<Installation, StoreError> {
+        let doing = "reading the installation id";
+        let mut tx = self.begin_write(doing).await?;
+        sqlx::query(
+            "INSERT INTO installation (only, id, created_at) VALUES (1, ?1, ?2) \
+             ON CONFLICT (only) DO NOTHING",
+        )
+        .bind(new_id)
+        .bind(unix_millis_now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        let row = sqlx::query(
+            "SELECT id, created_at, \
+             NOT EXISTS (SELECT 1 FROM admin_tokens) AND NOT EXISTS (SELECT 1 FROM environments) \
+             AND NOT EXISTS (SELECT 1 FROM consumers) AND NOT EXISTS (SELECT 1 FROM audit_log) \
+             FROM installation",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        self.commit_write(tx, doing).await?;
+        let place = || "installation row".to_owned();
+        let place: Place<'_> = &place;
+        Ok(Installation {
+            id: get(&row, 0, place)?,
+            created_at: Timestamp::from_unix_millis(get(&row, 1, place)?),
+            empty: get(&row, 2, place)?,
+        })
+    }
+}
+
+/// The wall clock for the probe row (the store otherwise takes times from its callers).
+fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
 }
 
 /// A version's usage before anything is known of it.

@@ -726,7 +726,7 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the store answers and the index is loaded.
+/// `GET /readyz`: the store answers and takes writes, and the index is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = proto::Health), (status = 503, body = proto::Health)))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -735,6 +735,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let status = match (&ping, loaded) {
         (Ok(()), true) => "ok".to_owned(),
         (_, false) => "loading keys".to_owned(),
+        // Down too when the last write failed and a probe write still fails (a full disk: reads
+        // work all along), or when the database file was deleted or replaced.
         (Err(e), true) => format!("store unreachable: {e}"),
     };
     let code = if status == "ok" {

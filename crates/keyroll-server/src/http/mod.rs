@@ -189,10 +189,14 @@ impl From<keyroll_store::StoreError> for ApiError {
             ),
             E::Unavailable(msg) => {
                 tracing::error!(event = "store.unavailable", error = %msg, "storage unavailable");
+                // The store's message names the database and the cause (a full disk, a deleted
+                // file): what the operator has to fix. It never holds a secret.
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "storage_unavailable",
-                    "the store is unavailable; verification keeps working from memory, changes cannot be saved now",
+                    format!(
+                        "the store is unavailable ({msg}); verification keeps working from memory, changes cannot be saved now"
+                    ),
                 )
             }
             E::Corrupt(msg) => {

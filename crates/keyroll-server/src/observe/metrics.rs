@@ -408,7 +408,7 @@ fn describe(r: &PrometheusRecorder) {
     r.describe_gauge(
         d(STORE_UP),
         None,
-        "1 when the store answered its last ping, else 0.".into(),
+        "1 when the store answered its last ping (which, after a failed write, writes a probe row), else 0.".into(),
     );
     r.describe_counter(
         d(SUPPRESSED),

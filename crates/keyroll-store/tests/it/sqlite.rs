@@ -300,7 +300,7 @@ async fn reopening_keeps_data_and_settings() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 2, "each migration ran once");
+    assert_eq!(migrations, 3, "each migration ran once");
 }
 
 #[tokio::test]
@@ -620,7 +620,7 @@ async fn a_database_of_schema_version_1_is_upgraded_with_default_policies() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(migrations, [1, 2]);
+    assert_eq!(migrations, [1, 2, 6]);
 
     // The upgraded database takes usage, events and the new fields.
     let k2 = Kid::parse("AAAAAAAAAAA2").unwrap();
@@ -809,4 +809,212 @@ async fn record_usage_at_scale() {
     let started = Instant::now();
     assert_eq!(store.last_used_all().await.unwrap().len(), 1_000);
     eprintln!("last_used_all: 1000 rows in {:?}", started.elapsed());
+}
+
+/// A small tmpfs mounted for one test and unmounted when dropped (even when the test fails).
+pub struct SmallFs {
+    dir: TempDir,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or `None` with a visible
+    /// SKIPPED line when this is not root; in CI (`CI=true`) not being able to is a failure.
+    pub fn mount(size: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(SmallFs { dir }),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                let line = format!(
+                    "SKIPPED: cannot mount a small tmpfs ({why}); run the tests as root to test \
+                     a full disk (install: run as root, or `sudo -E cargo test`)"
+                );
+                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                    panic!("{line}");
+                }
+                println!("{line}");
+                eprintln!("{line}");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the file system is full; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            if f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        // Whatever is left in smaller pieces, so not even a page fits.
+        loop {
+            if f.write_all(&chunk[..512]).is_err() {
+                break;
+            }
+        }
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn writes_work_again_once_a_full_disk_has_space() {
+    let Some(fs) = SmallFs::mount("4m") else {
+        return;
+    };
+    let path = fs.path().join("keyroll.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let make = |name: String, n: i64| {
+        let store = &store;
+        async move {
+            let record = EnvironmentRecord {
+                name: conformance::env(&name),
+                protected: false,
+                created_at: conformance::at(n),
+            };
+            let audit = audit(n, "environment.created", &format!("environment {name}"));
+            store.create_environment(&record, &audit).await
+        }
+    };
+    make("before".to_owned(), 1).await.unwrap();
+    store.ping().await.unwrap();
+
+    let filler = fs.fill();
+    // The log may still have room for a commit or two; the disk is full once one fails.
+    let mut acknowledged = vec!["before".to_owned()];
+    let mut failure = None;
+    for n in 0..200 {
+        let name = format!("full{n}");
+        match make(name.clone(), 10 + n).await {
+            Ok(()) => acknowledged.push(name),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("a write fails on a full disk");
+    let message = unavailable(failure);
+    assert!(
+        message.contains(&path.display().to_string()) && message.contains("full"),
+        "{message}"
+    );
+    // While the disk is full, every write fails the same way and the store says so.
+    for n in 0..5 {
+        let again = unavailable(make(format!("again{n}"), 300 + n).await.unwrap_err());
+        assert!(again.contains("full"), "{again}");
+    }
+    let down = unavailable(store.ping().await.unwrap_err());
+    assert!(down.contains("full"), "{down}");
+
+    std::fs::remove_file(&filler).unwrap();
+    // No restart: the same store takes writes again, at once, on every pooled connection.
+    for n in 0..12 {
+        let name = format!("after{n}");
+        make(name.clone(), 400 + n).await.unwrap();
+        acknowledged.push(name);
+    }
+    store.ping().await.unwrap();
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    let stored: Vec<String> = reopened
+        .list_environments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    for name in &acknowledged {
+        assert!(
+            stored.contains(name),
+            "acknowledged {name} was lost: {stored:?}"
+        );
+    }
+    assert_eq!(stored.len(), acknowledged.len(), "{stored:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_or_replaced_database_file_refuses_writes_and_fails_the_ping() {
+    let backend = fresh().await;
+    let store = &backend.store;
+    let path = &backend.path;
+    let make = |name: &str, n: i64| {
+        let record = EnvironmentRecord {
+            name: conformance::env(name),
+            protected: false,
+            created_at: conformance::at(n),
+        };
+        let audit = audit(n, "environment.created", &format!("environment {name}"));
+        async move { store.create_environment(&record, &audit).await }
+    };
+    make("one", 1).await.unwrap();
+    let aside = backend.dir.path().join("aside.db");
+    std::fs::rename(path, &aside).unwrap();
+    let refused = unavailable(make("two", 2).await.unwrap_err());
+    assert!(
+        refused.contains(&path.display().to_string()) && refused.contains("deleted"),
+        "{refused}"
+    );
+    let down = unavailable(store.ping().await.unwrap_err());
+    assert!(down.contains("deleted"), "{down}");
+
+    // Another file at the path is not the database that was opened.
+    std::fs::copy(&aside, path).unwrap();
+    let refused = unavailable(make("two", 2).await.unwrap_err());
+    assert!(refused.contains("replaced"), "{refused}");
+    assert!(store.ping().await.is_err());
+
+    // The original back in place: writes work again, into the file that is read at start.
+    std::fs::rename(&aside, path).unwrap();
+    make("two", 2).await.unwrap();
+    store.ping().await.unwrap();
+    let reopened = SqliteStore::open(path).await.unwrap();
+    assert_eq!(reopened.list_environments().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_installation_id_is_recorded_once_and_emptiness_reported() {
+    let backend = fresh().await;
+    let store = &backend.store;
+    let first = store.installation("abc").await.unwrap();
+    assert_eq!(first.id, "abc");
+    assert!(first.empty);
+    let record = EnvironmentRecord {
+        name: conformance::env("prod"),
+        protected: false,
+        created_at: conformance::at(1),
+    };
+    store
+        .create_environment(
+            &record,
+            &audit(1, "environment.created", "environment prod"),
+        )
+        .await
+        .unwrap();
+    let again = store.installation("other").await.unwrap();
+    assert_eq!(again.id, "abc", "the first id stays");
+    assert!(!again.empty);
 }
