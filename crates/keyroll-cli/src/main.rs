@@ -111,7 +111,7 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
-    /// Revoke a version at once (leaks). Never gated.
+    /// Revoke a version at once (leaks). Never gated by usage; needs --yes in a protected environment.
     Revoke {
         /// ENV/NAME.
         consumer: String,

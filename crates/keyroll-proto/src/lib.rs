@@ -407,7 +407,8 @@ pub struct ConsumerStatus {
     /// One line: `ready to retire v3`, `stalled: v3 still used by …`, `idle since …`, `never used`.
     pub verdict: String,
     /// A short machine-readable form of the verdict: `ok`, `rotating`, `ready`, `stalled`,
-    /// `idle`, `never_used`, `disabled`, `no_valid_key`.
+    /// `idle`, `never_used`, `disabled`, `no_valid_key`, `no_active_key` (the newest version is
+    /// expired or revoked while older ones still retire).
     pub verdict_code: String,
     /// Versions, newest first.
     pub versions: Vec<VersionStatus>,

@@ -468,3 +468,23 @@ fn two_active_versions_at_load_are_logged_and_the_newest_keeps_working() {
     );
     assert_eq!(s2.cli(&["verify", &v2]).code, 0, "the newest keeps working");
 }
+
+#[test]
+fn status_never_calls_the_only_working_key_ready_to_retire() {
+    let s = harness::start();
+    s.cli(&["env", "create", "prod"]);
+    s.consumer("prod/app", &[]);
+    s.rotate("prod/app", &["--grace", "1h"]);
+    // v2 revoked: v1 (retiring) is the only working key, so nothing is ready to retire.
+    let r = json(&s.cli(&[
+        "revoke", "prod/app", "v2", "--reason", "leak", "--output", "json",
+    ]));
+    assert!(r.get("warning").is_none(), "v1 still works: {r}");
+    let status = json(&s.cli(&["status", "prod/app", "--output", "json"]));
+    let text = status.to_string();
+    assert!(
+        text.contains("\"verdict_code\":\"no_active_key\""),
+        "{text}"
+    );
+    assert!(!text.contains("ready to retire"), "{text}");
+}
