@@ -601,10 +601,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             out.json_or(&a.json, || {
-                println!(
-                    "Retired {r} v{n} (kid {}): it is rejected as key_retired from now on.",
-                    a.body.kid
-                )
+                if a.body.already_retired {
+                    println!(
+                        "{r} v{n} (kid {}) was already retired; nothing changed.",
+                        a.body.kid
+                    )
+                } else {
+                    println!(
+                        "Retired {r} v{n} (kid {}): it is rejected as key_retired from now on.",
+                        a.body.kid
+                    )
+                }
             });
         }
         Cmd::Verify {

@@ -176,6 +176,9 @@ pub struct KeyVersion {
     /// In a revoke answer: the version was revoked before; nothing was changed or audited.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_revoked: bool,
+    /// In a retire answer: the version was retired before; nothing was changed or audited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_retired: bool,
     /// In a change's answer: what the operator must know (the consumer has no working key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,

@@ -363,8 +363,17 @@ fn revoking_twice_is_honest_and_the_last_valid_version_warns() {
         audit_before,
         "nothing new logged"
     );
-    // Revoking v2, the last valid version: done, with a warning.
-    let last = s.cli(&["revoke", "prod/app", "v2", "--reason", "leak"]);
+    // Retire of a retired version answers the same way.
+    s.rotate("prod/app", &["--grace", "1h"]);
+    assert_eq!(s.cli(&["retire", "prod/app", "v2"]).code, 0);
+    let retired_events = s.events("version.retired").len();
+    let again = json(&s.cli(&["retire", "prod/app", "v2", "--output", "json"]));
+    assert_eq!(again["already_retired"], true, "{again}");
+    let text = s.cli(&["retire", "prod/app", "v2"]);
+    assert!(text.stdout.contains("already retired"), "{}", text.stdout);
+    assert_eq!(s.events("version.retired").len(), retired_events);
+    // Revoking v3, the last valid version: done, with a warning.
+    let last = s.cli(&["revoke", "prod/app", "v3", "--reason", "leak"]);
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert!(last.stderr.contains("no working key"), "{}", last.stderr);
 }
