@@ -213,6 +213,15 @@ fn deadlines_agree_everywhere_after_rotate_with_grace() {
     let predicted = v1["extension_if_stalled"].as_str().unwrap().to_owned();
     assert_ne!(predicted, deadline);
 
+    let table = s.cli(&["consumer", "show", "prod/app"]);
+    assert!(
+        table.stdout.contains(&format!(
+            "will be extended once to {predicted} if still in use at {deadline}"
+        )),
+        "{}",
+        table.stdout
+    );
+
     let status = json(&s.cli(&["status", "prod/app", "--output", "json"]));
     let text = status.to_string();
     let st1 = status["consumers"]
