@@ -122,7 +122,7 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
-    /// Revoke a version at once (leaks). Never gated.
+    /// Revoke a version at once (leaks). Never gated by usage; needs --yes in a protected environment.
     Revoke {
         /// ENV/NAME.
         consumer: String,
@@ -622,10 +622,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             out.json_or(&a.json, || {
-                println!(
-                    "Retired {r} v{n} (kid {}): it is rejected as key_retired from now on.",
-                    a.body.kid
-                )
+                if a.body.already_retired {
+                    println!(
+                        "{r} v{n} (kid {}) was already retired; nothing changed.",
+                        a.body.kid
+                    )
+                } else {
+                    println!(
+                        "Retired {r} v{n} (kid {}): it is rejected as key_retired from now on.",
+                        a.body.kid
+                    )
+                }
             });
         }
         Cmd::Verify {

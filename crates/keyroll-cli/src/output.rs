@@ -157,11 +157,20 @@ pub fn print_consumer(c: &proto::Consumer) {
         .versions
         .iter()
         .map(|v| {
-            let note = match (v.state.as_str(), &v.revoke_reason, v.replaced_by) {
+            let mut note = match (v.state.as_str(), &v.revoke_reason, v.replaced_by) {
                 ("revoked", Some(r), _) => format!("revoked: {r}"),
                 (_, _, Some(n)) => format!("replaced by v{n}"),
                 _ => String::new(),
             };
+            // The deadline column is the stored deadline; a stall's extension is a prediction
+            // until it happens.
+            if v.extended {
+                note.push_str("; stalled: deadline extended once");
+            } else if let (Some(to), Some(at)) = (&v.extension_if_stalled, &v.deadline) {
+                note.push_str(&format!(
+                    "; will be extended once to {to} if still in use at {at}"
+                ));
+            }
             vec![
                 format!("v{}", v.version),
                 v.kid.clone(),

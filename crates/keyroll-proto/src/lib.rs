@@ -190,6 +190,9 @@ pub struct KeyVersion {
     /// In a revoke answer: the version was revoked before; nothing was changed or audited.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub already_revoked: bool,
+    /// In a retire answer: the version was retired before; nothing was changed or audited.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_retired: bool,
     /// In a change's answer: what the operator must know (the consumer has no working key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
@@ -421,7 +424,8 @@ pub struct ConsumerStatus {
     /// One line: `ready to retire v3`, `stalled: v3 still used by …`, `idle since …`, `never used`.
     pub verdict: String,
     /// A short machine-readable form of the verdict: `ok`, `rotating`, `ready`, `stalled`,
-    /// `idle`, `never_used`, `disabled`, `no_valid_key`.
+    /// `idle`, `never_used`, `disabled`, `no_valid_key`, `no_active_key` (the newest version is
+    /// expired or revoked while older ones still retire).
     pub verdict_code: String,
     /// Versions, newest first.
     pub versions: Vec<VersionStatus>,

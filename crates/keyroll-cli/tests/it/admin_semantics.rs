@@ -213,6 +213,15 @@ fn deadlines_agree_everywhere_after_rotate_with_grace() {
     let predicted = v1["extension_if_stalled"].as_str().unwrap().to_owned();
     assert_ne!(predicted, deadline);
 
+    let table = s.cli(&["consumer", "show", "prod/app"]);
+    assert!(
+        table.stdout.contains(&format!(
+            "will be extended once to {predicted} if still in use at {deadline}"
+        )),
+        "{}",
+        table.stdout
+    );
+
     let status = json(&s.cli(&["status", "prod/app", "--output", "json"]));
     let text = status.to_string();
     let st1 = status["consumers"]
@@ -363,8 +372,17 @@ fn revoking_twice_is_honest_and_the_last_valid_version_warns() {
         audit_before,
         "nothing new logged"
     );
-    // Revoking v2, the last valid version: done, with a warning.
-    let last = s.cli(&["revoke", "prod/app", "v2", "--reason", "leak"]);
+    // Retire of a retired version answers the same way.
+    s.rotate("prod/app", &["--grace", "1h"]);
+    assert_eq!(s.cli(&["retire", "prod/app", "v2"]).code, 0);
+    let retired_events = s.events("version.retired").len();
+    let again = json(&s.cli(&["retire", "prod/app", "v2", "--output", "json"]));
+    assert_eq!(again["already_retired"], true, "{again}");
+    let text = s.cli(&["retire", "prod/app", "v2"]);
+    assert!(text.stdout.contains("already retired"), "{}", text.stdout);
+    assert_eq!(s.events("version.retired").len(), retired_events);
+    // Revoking v3, the last valid version: done, with a warning.
+    let last = s.cli(&["revoke", "prod/app", "v3", "--reason", "leak"]);
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert!(last.stderr.contains("no working key"), "{}", last.stderr);
 }
@@ -467,4 +485,24 @@ fn two_active_versions_at_load_are_logged_and_the_newest_keeps_working() {
         "{message}"
     );
     assert_eq!(s2.cli(&["verify", &v2]).code, 0, "the newest keeps working");
+}
+
+#[test]
+fn status_never_calls_the_only_working_key_ready_to_retire() {
+    let s = harness::start();
+    s.cli(&["env", "create", "prod"]);
+    s.consumer("prod/app", &[]);
+    s.rotate("prod/app", &["--grace", "1h"]);
+    // v2 revoked: v1 (retiring) is the only working key, so nothing is ready to retire.
+    let r = json(&s.cli(&[
+        "revoke", "prod/app", "v2", "--reason", "leak", "--output", "json",
+    ]));
+    assert!(r.get("warning").is_none(), "v1 still works: {r}");
+    let status = json(&s.cli(&["status", "prod/app", "--output", "json"]));
+    let text = status.to_string();
+    assert!(
+        text.contains("\"verdict_code\":\"no_active_key\""),
+        "{text}"
+    );
+    assert!(!text.contains("ready to retire"), "{text}");
 }

@@ -245,7 +245,7 @@ fn scopes(list: &[String]) -> Result<Vec<Scope>, ApiError> {
 /// Refuses free text that holds a keyroll key (`kr_<env>_…` with a valid checksum) or an admin
 /// token (`kra_…`): pasted by mistake, it would be stored, logged and returned. The detail never
 /// echoes the value.
-fn no_secret_in(field: &str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn no_secret_in(field: &str, value: &str) -> Result<(), ApiError> {
     let bytes = value.as_bytes();
     let token_char = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
     for start in 0..bytes.len() {
@@ -416,6 +416,7 @@ pub fn version_json(
         last_used_at: last_used.map(rfc3339),
         extension_if_stalled: extension_if_stalled(&v.view(last_used), policy, now).map(rfc3339),
         already_revoked: false,
+        already_retired: false,
         warning: None,
     }
 }
@@ -1295,7 +1296,18 @@ pub async fn retire(
                 issued: None,
             })
         },
-        |_, p, at| version_answer(&state, &p.consumer, n, at),
+        |before, p, at| {
+            let mut answer = version_answer(&state, &p.consumer, n, at);
+            // Like a second revoke: a no-op that says so.
+            if let Some(obj) = answer.as_object_mut()
+                && before
+                    .version(n)
+                    .is_some_and(|v| v.state == keyroll_core::StoredState::Retired)
+            {
+                obj.insert("already_retired".into(), Value::Bool(true));
+            }
+            answer
+        },
     )
     .await
 }

@@ -307,6 +307,21 @@ async fn reopening_keeps_data_and_settings() {
     );
 }
 
+/// The versions of the SQLite migrations shipped (from the file names), so the tests follow
+/// when a migration is added.
+fn migration_versions() -> Vec<i64> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut versions: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.split('_').next().and_then(|n| n.parse().ok())
+        })
+        .collect();
+    versions.sort();
+    versions
+}
+
 #[tokio::test]
 async fn a_database_from_a_newer_keyroll_is_corrupt() {
     let backend = fresh().await;
@@ -625,6 +640,7 @@ async fn a_database_of_schema_version_1_is_upgraded_with_default_policies() {
             .await
             .unwrap();
     assert_eq!(migrations, migration_versions());
+    assert_eq!(&migrations[..2], [1, 2]);
 
     // The upgraded database takes usage, events and the new fields.
     let k2 = Kid::parse("AAAAAAAAAAA2").unwrap();
@@ -1021,19 +1037,4 @@ async fn the_installation_id_is_recorded_once_and_emptiness_reported() {
     let again = store.installation("other").await.unwrap();
     assert_eq!(again.id, "abc", "the first id stays");
     assert!(!again.empty);
-}
-
-/// The versions of the SQLite migrations shipped in the crate, in order: tests compare against
-/// the files, so adding a migration does not mean editing counts here.
-fn migration_versions() -> Vec<i64> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    let mut versions: Vec<i64> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.split('_').next().and_then(|n| n.parse().ok())
-        })
-        .collect();
-    versions.sort_unstable();
-    versions
 }
