@@ -300,7 +300,7 @@ async fn reopening_keeps_data_and_settings() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(migrations, 2, "each migration ran once");
+    assert_eq!(migrations, 3, "each migration ran once");
 }
 
 #[tokio::test]
@@ -620,7 +620,7 @@ async fn a_database_of_schema_version_1_is_upgraded_with_default_policies() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(migrations, [1, 2]);
+    assert_eq!(migrations, [1, 2, 3]);
 
     // The upgraded database takes usage, events and the new fields.
     let k2 = Kid::parse("AAAAAAAAAAA2").unwrap();
