@@ -386,6 +386,39 @@ fn expiry_revocation_and_rotation_with_overlap() {
     );
     let again = t.cli(None, &["token", "revoke", &doomed_id]);
     assert!(again.stderr.contains("already_revoked"), "{}", again.stderr);
+    // A reason with quotes and non-ASCII text still gives a well-formed challenge.
+    let (odd, odd_id, _) = t.issue(None, &["token", "create", "--scope", "verify"]);
+    let revoked = t.cli(
+        None,
+        &[
+            "token",
+            "revoke",
+            &odd_id,
+            "--reason",
+            "he said \"oops\" – é",
+        ],
+    );
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let r = harness::http()
+        .get(format!("{}/v1/tokens", s.url()))
+        .bearer_auth(&odd)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"keyroll-admin\", error=\"invalid_token\"")
+            && challenge.contains("he said 'oops'"),
+        "{challenge}"
+    );
+    let body: serde_json::Value = r.json().unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("he said \"oops\" – é"),
+        "{body}"
+    );
 
     // Rotation with an overlap: both work inside the window, only the new one after it.
     let (old, old_id, _) = t.issue(
@@ -452,7 +485,7 @@ fn expiry_revocation_and_rotation_with_overlap() {
         .iter()
         .filter(|e| e.action == "admin_token.revoked")
         .collect();
-    assert_eq!(revokes.len(), 2, "{entries:#?}");
+    assert_eq!(revokes.len(), 3, "{entries:#?}");
     assert!(
         revokes.iter().any(
             |e| e.target == format!("admin token {admin2_id}") && e.detail.contains("handover")
