@@ -524,6 +524,26 @@ fn bearer_scheme_is_case_insensitive() {
         assert_rejected(&s, &r, 401, "malformed_credential", None, "/v1/tokens");
         assert!(r.2["detail"].as_str().unwrap().contains(detail), "{}", r.2);
     }
+    // Behind a trusted proxy (loopback is trusted by default) the line names the forwarded
+    // client, and the peer separately.
+    let r = harness::http()
+        .get(format!("{}/v1/tokens", s.url()))
+        .header("authorization", "Basic eA==")
+        .header("x-request-id", "rq_test_forwarded")
+        .header("x-forwarded-for", "198.51.100.9, 203.0.113.7")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let line = auth_line(&s, "rq_test_forwarded");
+    assert_eq!(line["remote_addr"], "203.0.113.7", "{line}");
+    assert!(
+        line["peer_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert_eq!(line["method"], "GET", "{line}");
     let wrong = format!("Bearer {}", &token[..token.len() - 1]);
     let wrong = format!("{wrong}{}", if token.ends_with('A') { 'B' } else { 'A' });
     let id = token.split('_').nth(1).unwrap();
