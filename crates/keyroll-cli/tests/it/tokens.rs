@@ -386,6 +386,39 @@ fn expiry_revocation_and_rotation_with_overlap() {
     );
     let again = t.cli(None, &["token", "revoke", &doomed_id]);
     assert!(again.stderr.contains("already_revoked"), "{}", again.stderr);
+    // A reason with quotes and non-ASCII text still gives a well-formed challenge.
+    let (odd, odd_id, _) = t.issue(None, &["token", "create", "--scope", "verify"]);
+    let revoked = t.cli(
+        None,
+        &[
+            "token",
+            "revoke",
+            &odd_id,
+            "--reason",
+            "he said \"oops\" – é",
+        ],
+    );
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let r = harness::http()
+        .get(format!("{}/v1/tokens", s.url()))
+        .bearer_auth(&odd)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with("Bearer realm=\"keyroll-admin\", error=\"invalid_token\"")
+            && challenge.contains("he said 'oops'"),
+        "{challenge}"
+    );
+    let body: serde_json::Value = r.json().unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("he said \"oops\" – é"),
+        "{body}"
+    );
 
     // Rotation with an overlap: both work inside the window, only the new one after it.
     let (old, old_id, _) = t.issue(
@@ -452,7 +485,7 @@ fn expiry_revocation_and_rotation_with_overlap() {
         .iter()
         .filter(|e| e.action == "admin_token.revoked")
         .collect();
-    assert_eq!(revokes.len(), 2, "{entries:#?}");
+    assert_eq!(revokes.len(), 3, "{entries:#?}");
     assert!(
         revokes.iter().any(
             |e| e.target == format!("admin token {admin2_id}") && e.detail.contains("handover")
@@ -491,6 +524,26 @@ fn bearer_scheme_is_case_insensitive() {
         assert_rejected(&s, &r, 401, "malformed_credential", None, "/v1/tokens");
         assert!(r.2["detail"].as_str().unwrap().contains(detail), "{}", r.2);
     }
+    // Behind a trusted proxy (loopback is trusted by default) the line names the forwarded
+    // client, and the peer separately.
+    let r = harness::http()
+        .get(format!("{}/v1/tokens", s.url()))
+        .header("authorization", "Basic eA==")
+        .header("x-request-id", "rq_test_forwarded")
+        .header("x-forwarded-for", "198.51.100.9, 203.0.113.7")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let line = auth_line(&s, "rq_test_forwarded");
+    assert_eq!(line["remote_addr"], "203.0.113.7", "{line}");
+    assert!(
+        line["peer_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    assert_eq!(line["method"], "GET", "{line}");
     let wrong = format!("Bearer {}", &token[..token.len() - 1]);
     let wrong = format!("{wrong}{}", if token.ends_with('A') { 'B' } else { 'A' });
     let id = token.split('_').nth(1).unwrap();

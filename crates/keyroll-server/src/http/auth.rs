@@ -97,8 +97,18 @@ fn challenge(
 ) -> ApiError {
     request.log_rejection(code, detail, token_id);
     let mut e = ApiError::new(StatusCode::UNAUTHORIZED, code, detail);
+    // A revocation reason is free text: the quoted string must stay one visible-ASCII
+    // quoted-string, or the whole challenge header would be dropped.
+    let description: String = detail
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect();
     e.www_authenticate = Some(format!(
-        "Bearer realm=\"keyroll-admin\", error=\"{error}\", error_description=\"{detail}\""
+        "Bearer realm=\"keyroll-admin\", error=\"{error}\", error_description=\"{description}\""
     ));
     e
 }
