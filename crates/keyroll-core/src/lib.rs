@@ -11,6 +11,7 @@ pub mod duration;
 pub mod key;
 pub mod lifecycle;
 pub mod names;
+pub mod redact;
 pub mod timestamp;
 
 pub use decision::{ConsumerFacts, Decision, DecisionCode, judge};
@@ -25,4 +26,5 @@ pub use lifecycle::{
     effective_deadline, effective_state, is_extended_at, is_stalled, shown_deadline,
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
+pub use redact::redact_url;
 pub use timestamp::Timestamp;

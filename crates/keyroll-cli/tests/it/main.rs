@@ -8,6 +8,7 @@
 )]
 
 mod bad_input;
+mod cli_errors;
 mod forward_auth;
 mod harness;
 mod incident;
