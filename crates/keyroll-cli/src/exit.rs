@@ -273,6 +273,49 @@ mod tests {
         }
     }
 
+    fn api(status: u16, code: &str) -> anyhow::Error {
+        ClientError::Api {
+            status,
+            problem: Box::new(keyroll_proto::Problem {
+                type_uri: String::new(),
+                title: String::new(),
+                status,
+                detail: format!("detail of {code}"),
+                code: code.to_owned(),
+                kid: None,
+                request_id: "rq_1".to_owned(),
+            }),
+        }
+        .into()
+    }
+
+    #[test]
+    fn server_answers_map_by_status_and_code() {
+        let cases = [
+            (400, "invalid_request", Exit::Usage),
+            (422, "invalid_request", Exit::Usage),
+            (422, "idempotency_key_reused", Exit::Conflict),
+            (401, "invalid_token", Exit::Auth),
+            (403, "insufficient_scope", Exit::Auth),
+            (404, "not_found", Exit::NotFound),
+            (409, "conflict", Exit::Conflict),
+            (500, "storage_corrupt", Exit::Server),
+            (503, "storage_unavailable", Exit::Server),
+            (429, "slow_down", Exit::Error),
+        ];
+        for (status, code, exit) in cases {
+            let f = classify(&api(status, code));
+            assert_eq!(f.exit, exit, "{status} {code}");
+            assert_eq!(f.code, code);
+            assert_eq!(f.detail, format!("detail of {code}"));
+            assert_eq!(f.request_id.as_deref(), Some("rq_1"));
+        }
+        // Context around the server's words is kept.
+        let f = classify(&api(404, "not_found").context("looking up kid X"));
+        assert_eq!(f.exit, Exit::NotFound);
+        assert!(f.detail.starts_with("looking up kid X: "), "{}", f.detail);
+    }
+
     #[test]
     fn the_chain_decides() {
         let e = anyhow::Error::from(StdoutError(std::io::Error::from(

@@ -134,7 +134,7 @@ enum Cmd {
         /// The version: v3 or 3.
         version: String,
     },
-    /// Ask the server whether a key is accepted; exits 0 only if it is.
+    /// Ask the server whether a key is accepted; exits 0 if it is, 3 if it is rejected.
     Verify {
         /// The key (or - to read it from stdin, which keeps it out of shell history).
         key: String,
@@ -162,8 +162,8 @@ enum Cmd {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
-    /// Pre-deploy check: find keyroll keys in files and fail if any would stop working soon.
-    /// Only key ids are sent to the server, never keys.
+    /// Pre-deploy check: find keyroll keys in files and fail (exit 3) if any would stop working
+    /// soon. Only key ids are sent to the server, never keys.
     Scan {
         /// Files and directories to scan (.git/, binary files and symlinks inside are skipped).
         #[arg(required = true)]
@@ -326,7 +326,9 @@ fn command() -> clap::Command {
 
 /// Whether the raw arguments ask for JSON, for errors found before they are parsed.
 fn wants_json() -> bool {
-    let args: Vec<String> = std::env::args().collect();
+    // `args_os`: `args` panics on an argument that is not UTF-8, which is one of the errors
+    // this reports.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     args.iter().enumerate().any(|(i, a)| {
         a == "--output=json" || (a == "--output" && args.get(i + 1).is_some_and(|v| v == "json"))
     })
@@ -396,7 +398,14 @@ fn read_key(arg: &str) -> anyhow::Result<String> {
     std::io::stdin()
         .read_line(&mut line)
         .context("cannot read the key from stdin")?;
-    Ok(line.trim().to_owned())
+    let key = line.trim();
+    if key.is_empty() {
+        // Asking the server about "" would only say `malformed_credential`.
+        return Err(usage(
+            "no key on stdin: `-` reads the key from the first line of stdin",
+        ));
+    }
+    Ok(key.to_owned())
 }
 
 /// The admin token: `--token` / `KEYROLL_TOKEN`, else the token file in the data dir. Every

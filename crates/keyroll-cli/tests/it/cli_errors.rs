@@ -290,11 +290,32 @@ fn each_kind_of_failure_has_its_exit_code_and_json() {
     let r = s.cli(&["rotate", "--output", "json"]);
     assert_eq!(r.code, 2);
     assert_eq!(json_error(&r)["error"]["code"], "usage");
+    // An argument that is not UTF-8 is a usage error, in JSON too.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut c = cli_in(&s, dir.path(), &["status"]);
+        c.arg(std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+            .args(["--output", "json"]);
+        let r = run(c);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert_no_panic(&r.stderr);
+        assert_eq!(json_error(&r)["error"]["code"], "usage");
+    }
     let r = s.cli(&["events", "--limit", "0"]);
     assert_eq!(r.code, 2);
     let r = s.cli(&["status", "--watch", "0"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--watch"), "{}", r.stderr);
+    let data = s.data_dir();
+    let mut c = cli_in(
+        &s,
+        dir.path(),
+        &["verify", "-", "--data-dir", data.to_str().unwrap()],
+    );
+    c.stdin(Stdio::null());
+    let r = run(c);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no key on stdin"), "{}", r.stderr);
     let r = s.cli(&["status", "--server", "https://127.0.0.1:1"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("plain HTTP"), "{}", r.stderr);
