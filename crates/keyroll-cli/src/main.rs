@@ -451,7 +451,7 @@ fn token(global: &Global) -> anyhow::Result<String> {
             format!("no token file at {shown}; {remedy}"),
         )),
         Err(e) => Err(fail(
-            "no_token",
+            "token_unreadable",
             format!("cannot read the token file {shown}: {e}; {remedy}"),
         )),
     }
