@@ -7,7 +7,8 @@ use keyroll_client::Client;
 use keyroll_core::{ConsumerRef, DecisionCode, Fingerprint, Kid, parse_duration};
 use keyroll_proto as proto;
 
-use crate::output::{Output, table};
+use crate::exit::{OrUsage, usage};
+use crate::output::{Output, Printed, say, table};
 
 /// Filters of `keyroll decisions`; every one given must match.
 #[derive(Debug, Args)]
@@ -38,29 +39,35 @@ impl DecisionsArgs {
     fn query(self) -> anyhow::Result<proto::DecisionQuery> {
         if let Some(k) = &self.kid {
             Kid::parse(k)
-                .with_context(|| format!("--kid {k:?}: a key id is 12 base62 characters"))?;
+                .with_context(|| format!("--kid {k:?}: a key id is 12 base62 characters"))
+                .or_usage()?;
         }
         if let Some(c) = &self.consumer {
-            ConsumerRef::parse(c).with_context(|| format!("--consumer {c:?}"))?;
+            ConsumerRef::parse(c)
+                .with_context(|| format!("--consumer {c:?}"))
+                .or_usage()?;
         }
         for c in &self.code {
             if c != "invalid_key" && DecisionCode::parse(c).is_none() {
                 let known: Vec<&str> = DecisionCode::ALL.iter().map(DecisionCode::as_str).collect();
-                anyhow::bail!(
+                return Err(usage(format!(
                     "--code {c:?}: expected one of {}, or invalid_key",
                     known.join(", ")
-                );
+                )));
             }
         }
         if let Some(f) = &self.fingerprint {
             Fingerprint::parse(f)
-                .with_context(|| format!("--fingerprint {f:?}: expected fp_ and 16 hex digits"))?;
+                .with_context(|| format!("--fingerprint {f:?}: expected fp_ and 16 hex digits"))
+                .or_usage()?;
         }
         if let Some(s) = &self.since {
-            parse_duration(s).with_context(|| format!("--since {s:?}"))?;
+            parse_duration(s)
+                .with_context(|| format!("--since {s:?}"))
+                .or_usage()?;
         }
         if self.limit == 0 {
-            anyhow::bail!("--limit must be at least 1");
+            return Err(usage("--limit must be at least 1"));
         }
         Ok(proto::DecisionQuery {
             kid: self.kid,
@@ -77,7 +84,16 @@ impl DecisionsArgs {
 pub async fn run(args: DecisionsArgs, client: &Client, out: Output) -> anyhow::Result<()> {
     let q = args.query()?;
     let a = client.decisions(&q).await?;
-    out.json_or(&a.json, || print_decisions(&a.body));
+    // No match for a consumer may be a typo: the server answers 404 if it does not exist.
+    if a.body.items.is_empty()
+        && let Some(c) = &q.consumer
+        && let Ok(r) = ConsumerRef::parse(c)
+    {
+        client
+            .get_consumer(r.environment.as_str(), r.name.as_str())
+            .await?;
+    }
+    out.json_or(&a.json, || print_decisions(&a.body))?;
     Ok(())
 }
 
@@ -86,9 +102,9 @@ fn dash(v: Option<&str>) -> String {
 }
 
 /// The decisions as a table, then how many matched and how much the server keeps.
-pub fn print_decisions(list: &proto::DecisionList) {
+pub fn print_decisions(list: &proto::DecisionList) -> Printed {
     if list.items.is_empty() {
-        println!("No decision matches.");
+        say!("No decision matches.")?;
     } else {
         let rows: Vec<Vec<String>> = list
             .items
@@ -120,13 +136,13 @@ pub fn print_decisions(list: &proto::DecisionList) {
                 "DETAIL",
             ],
             &rows,
-        );
+        )?;
     }
-    println!(
+    say!(
         "\n{} of {} matching decision(s); the server keeps the last {} rejections and {} allowed decisions.",
         list.items.len(),
         list.matched,
         list.capacity_rejected,
         list.capacity_allowed
-    );
+    )
 }

@@ -1,9 +1,9 @@
-#![allow(clippy::print_stdout)] // The CLI's job is printing to stdout.
 //! The `keyroll` command: clap definitions and glue. Arguments are validated with the core's
-//! parsers before anything is sent, and every failure ends as one line on stderr and a non-zero
-//! exit code (1 for errors and rejected keys, 2 for usage errors).
+//! parsers before anything is sent, and every failure ends as one line on stderr (one JSON
+//! object under `--output json`) and the exit code of its kind (see `exit.rs`).
 
 mod decisions;
+mod exit;
 mod output;
 mod scan;
 mod status;
@@ -13,14 +13,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use keyroll_client::Client;
 use keyroll_core::{
     ConsumerRef, Environment, VersionNumber, fingerprint, parse_duration, parse_key,
 };
 use keyroll_proto as proto;
 
-use crate::output::{Output, print_consumer, print_consumers, print_environments, print_new_key};
+use crate::exit::{Exit, Failure, OrUsage, usage};
+use crate::output::{
+    Output, print_consumer, print_consumers, print_environments, print_new_key, say,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,9 +48,15 @@ struct Global {
         default_value = "http://127.0.0.1:7878"
     )]
     server: String,
-    /// Admin token (default: the admin-token file in ./keyroll-data, or $KEYROLL_DATA_DIR).
+    /// Admin token (default: the admin-token file in --data-dir).
     #[arg(long, global = true, env = "KEYROLL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Data directory whose admin-token file is the default token [default: $KEYROLL_DATA_DIR,
+    /// else ./keyroll-data].
+    // No `env` here: KEYROLL_DATA_DIR is read by hand, so that for serve and init it stays a
+    // setting of the configuration (below flags) rather than turning into a flag.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -145,7 +154,7 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
-    /// Ask the server whether a key is accepted; exits 0 only if it is.
+    /// Ask the server whether a key is accepted; exits 0 if it is, 3 if it is rejected.
     Verify {
         /// The key (or - to read it from stdin, which keeps it out of shell history).
         key: String,
@@ -173,12 +182,12 @@ enum Cmd {
         /// Only events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: i64,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
-    /// Pre-deploy check: find keyroll keys in files and fail if any would stop working soon.
-    /// Only key ids are sent to the server, never keys.
+    /// Pre-deploy check: find keyroll keys in files and fail (exit 3) if any would stop working
+    /// soon. Only key ids are sent to the server, never keys.
     Scan {
         /// Files and directories to scan (.git/, binary files and symlinks inside are skipped).
         #[arg(required = true)]
@@ -292,45 +301,114 @@ impl PolicyFlags {
     fn check(&self) -> anyhow::Result<()> {
         if let Some(r) = &self.retire {
             keyroll_core::RetirePolicy::parse(r)
-                .with_context(|| format!("--retire {r:?}: expected when-idle or at-deadline"))?;
+                .with_context(|| format!("--retire {r:?}: expected when-idle or at-deadline"))
+                .or_usage()?;
         }
         check_duration("idle", self.idle.as_ref())?;
         if let Some(o) = &self.on_stall {
             keyroll_core::OnStall::parse(o)
-                .with_context(|| format!("--on-stall {o:?}: expected extend or retire"))?;
+                .with_context(|| format!("--on-stall {o:?}: expected extend or retire"))
+                .or_usage()?;
         }
         Ok(())
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+/// Client flags that do not apply to a subcommand: hidden from its `--help`, and an error if
+/// given after it. (Global flags reach every subcommand; one that defines an argument of the
+/// same id keeps its own, which is how these replace them.)
+const NOT_HERE: [(&str, &[(&str, &str)]); 3] = [
+    (
+        "serve",
+        &[
+            ("server", "server"),
+            ("token", "token"),
+            ("output", "output"),
+        ],
+    ),
+    ("init", &[("server", "server"), ("token", "token")]),
+    (
+        "fingerprint",
+        &[
+            ("server", "server"),
+            ("token", "token"),
+            ("data_dir", "data-dir"),
+        ],
+    ),
+];
+
+fn command() -> clap::Command {
+    let mut cmd = Cli::command().after_long_help(Exit::help());
+    for (sub, flags) in NOT_HERE {
+        cmd = cmd.mut_subcommand(sub, |mut sc| {
+            for &(id, long) in flags {
+                sc = sc.arg(clap::Arg::new(id).long(long).hide(true).value_parser(
+                    move |_: &str| -> Result<String, String> {
+                        Err(format!("--{long} does not apply to `keyroll {sub}`"))
+                    },
+                ));
+            }
+            sc
+        });
+    }
+    cmd
+}
+
+/// Whether the raw arguments ask for JSON, for errors found before they are parsed.
+fn wants_json() -> bool {
+    // `args_os`: `args` panics on an argument that is not UTF-8, which is one of the errors
+    // this reports.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    args.iter().enumerate().any(|(i, a)| {
+        a == "--output=json" || (a == "--output" && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
+}
+
+fn parse() -> Result<Cli, ExitCode> {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m));
+    match parsed {
+        Ok(cli) => Ok(cli),
+        // --help and --version, or a usage error in clap's own words (exit 2).
+        Err(e) if !e.use_stderr() || !wants_json() => e.exit(),
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let detail = first.strip_prefix("error: ").unwrap_or(first);
+            let err = anyhow::Error::from(Failure::new(Exit::Usage, "usage", detail));
+            Err(exit::report(&err, true))
         }
     }
 }
 
+fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let json = cli.global.output == Format::Json;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)))
+        .and_then(|code| Ok(output::flush_stdout().map(|()| code)?));
+    match result {
+        Ok(code) => code,
+        Err(e) => exit::report(&e, json),
+    }
+}
+
 fn consumer_ref(text: &str) -> anyhow::Result<ConsumerRef> {
-    Ok(ConsumerRef::parse(text)?)
+    ConsumerRef::parse(text).or_usage()
 }
 
 fn check_duration(flag: &str, value: Option<&String>) -> anyhow::Result<()> {
     if let Some(v) = value {
-        parse_duration(v).with_context(|| format!("--{flag}"))?;
+        parse_duration(v)
+            .with_context(|| format!("--{flag}"))
+            .or_usage()?;
     }
     Ok(())
 }
@@ -339,6 +417,7 @@ fn version(text: &str) -> anyhow::Result<u32> {
     VersionNumber::parse(text)
         .map(|n| n.0)
         .with_context(|| format!("invalid version {text:?}: expected v1, v2, … or 1, 2, …"))
+        .or_usage()
 }
 
 fn read_key(arg: &str) -> anyhow::Result<String> {
@@ -349,23 +428,68 @@ fn read_key(arg: &str) -> anyhow::Result<String> {
     std::io::stdin()
         .read_line(&mut line)
         .context("cannot read the key from stdin")?;
-    Ok(line.trim().to_owned())
+    let key = line.trim();
+    if key.is_empty() {
+        // Asking the server about "" would only say `malformed_credential`.
+        return Err(usage(
+            "no key on stdin: `-` reads the key from the first line of stdin",
+        ));
+    }
+    Ok(key.to_owned())
 }
 
-fn token(global: &Global) -> Option<String> {
+/// The admin token: `--token` / `KEYROLL_TOKEN`, else the token file in the data dir. Every
+/// server command needs one, so a missing file is said here, naming the path tried, rather than
+/// as the server's "no admin token".
+fn token(global: &Global) -> anyhow::Result<String> {
+    let remedy = "use --token, KEYROLL_TOKEN or --data-dir";
     if let Some(t) = &global.token {
-        return Some(t.clone());
+        let t = t.trim();
+        if t.is_empty() {
+            return Err(usage(
+                "the admin token given by --token or KEYROLL_TOKEN is empty",
+            ));
+        }
+        return Ok(t.to_owned());
     }
-    let dir = std::env::var_os("KEYROLL_DATA_DIR")
-        .map(PathBuf::from)
+    let dir = global
+        .data_dir
+        .clone()
+        .or_else(|| {
+            std::env::var_os("KEYROLL_DATA_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from("./keyroll-data"));
-    std::fs::read_to_string(dir.join(keyroll_server::ADMIN_TOKEN_FILE))
-        .ok()
-        .map(|t| t.trim().to_owned())
+    let path = dir.join(keyroll_server::ADMIN_TOKEN_FILE);
+    // A relative path is read from the current directory, which is what surprises.
+    let shown = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!("{} (in {})", path.display(), cwd.display()),
+        _ => path.display().to_string(),
+    };
+    let fail = |code: &str, detail: String| -> anyhow::Error {
+        Failure::new(Exit::Auth, code, detail).into()
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) => Err(fail(
+            "no_token",
+            format!("the token file {shown} is empty; {remedy}"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(fail(
+            "no_token",
+            format!("no token file at {shown}; {remedy}"),
+        )),
+        Err(e) => Err(fail(
+            "token_unreadable",
+            format!("cannot read the token file {shown}: {e}; {remedy}"),
+        )),
+    }
 }
 
 fn client(global: &Global) -> anyhow::Result<Client> {
-    Ok(Client::new(&global.server, token(global))?)
+    let token = token(global)?;
+    Ok(Client::new(&global.server, Some(token))?)
 }
 
 fn server_config(flags: ServerFlags) -> anyhow::Result<keyroll_server::Config> {
@@ -398,24 +522,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for replaced in &done.replaced {
                 eprintln!("Earlier installation: {replaced}.");
             }
-            out.init(&done.token, done.path.as_deref());
+            out.init(&done.token, done.path.as_deref())?;
         }
         Cmd::Env(EnvCmd::Create { name, protected }) => {
-            Environment::parse(&name)?;
+            Environment::parse(&name).or_usage()?;
             let a = client(&cli.global)?
                 .create_environment(&proto::CreateEnvironment { name, protected })
                 .await?;
             out.json_or(&a.json, || {
-                println!(
+                say!(
                     "Created environment {}{}.",
                     a.body.name,
                     if a.body.protected { " (protected)" } else { "" }
                 )
-            });
+            })?;
         }
         Cmd::Env(EnvCmd::List) => {
             let a = client(&cli.global)?.list_environments().await?;
-            out.json_or(&a.json, || print_environments(&a.body.items));
+            out.json_or(&a.json, || print_environments(&a.body.items))?;
         }
         Cmd::Consumer(ConsumerCmd::Create {
             consumer,
@@ -428,7 +552,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check_duration("expires-in", expires_in.as_ref())?;
             policy.check()?;
             for s in &scopes {
-                keyroll_core::Scope::parse(s)?;
+                keyroll_core::Scope::parse(s).or_usage()?;
             }
             let req = proto::CreateConsumer {
                 environment: r.environment.to_string(),
@@ -443,8 +567,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let a = client(&cli.global)?.create_consumer(&req, None).await?;
             out.json_or(&a.json, || {
                 let what = format!("Created consumer {r} (v1, kid {})", a.body.kid);
-                print_new_key(&what, a.body.key.as_deref());
-            });
+                print_new_key(&what, a.body.key.as_deref())
+            })?;
         }
         Cmd::Consumer(ConsumerCmd::Set {
             consumer,
@@ -456,7 +580,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = consumer_ref(&consumer)?;
             policy.check()?;
             for s in &scopes {
-                keyroll_core::Scope::parse(s)?;
+                keyroll_core::Scope::parse(s).or_usage()?;
             }
             let scopes = if clear_scopes {
                 Some(Vec::new())
@@ -475,35 +599,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let a = client(&cli.global)?
                 .update_consumer(r.environment.as_str(), r.name.as_str(), &req)
                 .await?;
-            out.json_or(&a.json, || print_consumer(&a.body));
+            out.json_or(&a.json, || print_consumer(&a.body))?;
         }
         Cmd::Status { target, watch } => {
             let every = watch
                 .as_deref()
                 .map(parse_duration)
                 .transpose()
-                .context("--watch")?;
+                .context("--watch")
+                .or_usage()?;
+            if every.is_some_and(|d| d.is_zero()) {
+                return Err(usage("--watch must be longer than 0 (e.g. 2s)"));
+            }
             status::run(&client(&cli.global)?, target.as_deref(), out.json, every).await?;
         }
         Cmd::Events { after, limit } => {
             let a = client(&cli.global)?.events(after, limit).await?;
-            out.json_or(&a.json, || status::print_events(&a.body.items));
+            out.json_or(&a.json, || status::print_events(&a.body.items))?;
         }
         Cmd::Consumer(ConsumerCmd::List { environment }) => {
             if let Some(e) = &environment {
-                Environment::parse(e)?;
+                Environment::parse(e).or_usage()?;
             }
-            let a = client(&cli.global)?
-                .list_consumers(environment.as_deref())
-                .await?;
-            out.json_or(&a.json, || print_consumers(&a.body.items));
+            let client = client(&cli.global)?;
+            let a = client.list_consumers(environment.as_deref()).await?;
+            if a.body.items.is_empty()
+                && let Some(e) = &environment
+            {
+                status::check_environment(&client, e).await?;
+            }
+            out.json_or(&a.json, || print_consumers(&a.body.items))?;
         }
         Cmd::Consumer(ConsumerCmd::Show { consumer }) => {
             let r = consumer_ref(&consumer)?;
             let a = client(&cli.global)?
                 .get_consumer(r.environment.as_str(), r.name.as_str())
                 .await?;
-            out.json_or(&a.json, || print_consumer(&a.body));
+            out.json_or(&a.json, || print_consumer(&a.body))?;
         }
         Cmd::Consumer(ConsumerCmd::Disable { consumer, yes }) => {
             let r = consumer_ref(&consumer)?;
@@ -515,15 +647,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             out.json_or(&a.json, || {
-                println!("Disabled {r}: every key of it is now rejected as consumer_disabled.")
-            });
+                say!("Disabled {r}: every key of it is now rejected as consumer_disabled.")
+            })?;
         }
         Cmd::Consumer(ConsumerCmd::Enable { consumer }) => {
             let r = consumer_ref(&consumer)?;
             let a = client(&cli.global)?
                 .enable(r.environment.as_str(), r.name.as_str())
                 .await?;
-            out.json_or(&a.json, || println!("Enabled {r}."));
+            out.json_or(&a.json, || say!("Enabled {r}."))?;
         }
         Cmd::Rotate {
             consumer,
@@ -555,20 +687,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_new_key(
                     &format!("Rotated {r}: v{} is active (kid {})", b.version, b.kid),
                     b.key.as_deref(),
-                );
+                )?;
                 if let Some(why) = &b.key_unavailable {
-                    println!("{why}");
+                    say!("{why}")?;
                 }
                 for v in &b.retiring {
-                    println!(
+                    say!(
                         "v{} keeps working until {} (grace window), then retires.",
-                        v.version, v.deadline
-                    );
+                        v.version,
+                        v.deadline
+                    )?;
                 }
                 for v in &b.retired {
-                    println!("v{v} was retired at once (grace 0).");
+                    say!("v{v} was retired at once (grace 0).")?;
                 }
-            });
+                Ok(())
+            })?;
         }
         Cmd::Revoke {
             consumer,
@@ -591,17 +725,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             out.json_or(&a.json, || {
                 if a.body.already_revoked {
-                    println!(
+                    say!(
                         "{r} v{n} (kid {}) was already revoked; nothing changed.",
                         a.body.kid
                     )
                 } else {
-                    println!(
+                    say!(
                         "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
                         a.body.kid
                     )
                 }
-            });
+            })?;
             if let Some(w) = &a.body.warning {
                 eprintln!("warning: {w}");
             }
@@ -623,17 +757,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             out.json_or(&a.json, || {
                 if a.body.already_retired {
-                    println!(
+                    say!(
                         "{r} v{n} (kid {}) was already retired; nothing changed.",
                         a.body.kid
                     )
                 } else {
-                    println!(
+                    say!(
                         "Retired {r} v{n} (kid {}): it is rejected as key_retired from now on.",
                         a.body.kid
                     )
                 }
-            });
+            })?;
         }
         Cmd::Verify {
             key,
@@ -643,7 +777,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let key = read_key(&key)?;
             if let Some(e) = &environment {
-                Environment::parse(e)?;
+                Environment::parse(e).or_usage()?;
             }
             let a = client(&cli.global)?
                 .verify(&proto::VerifyRequest {
@@ -656,20 +790,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let b = &a.body;
             out.json_or(&a.json, || {
                 let verdict = if b.allowed { "allowed" } else { "rejected" };
-                println!("{verdict}: {} — {}", b.code, b.detail);
+                say!("{verdict}: {} — {}", b.code, b.detail)?;
                 if let Some(fp) = &b.fingerprint {
-                    println!("fingerprint {fp}, request {}", b.request_id);
+                    say!("fingerprint {fp}, request {}", b.request_id)?;
                 }
-            });
+                Ok(())
+            })?;
             if !b.allowed {
-                return Ok(ExitCode::FAILURE);
+                return Ok(Exit::Rejected.into());
             }
         }
         Cmd::Scan {
             paths,
             min_remaining,
         } => {
-            return scan::run(&client(&cli.global)?, paths, &min_remaining, out.json).await;
+            let global = &cli.global;
+            let verdict = scan::run(|| client(global), paths, &min_remaining, out.json).await?;
+            return Ok(verdict.into());
         }
         Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
         Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
@@ -685,16 +822,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "well_formed": parsed.is_ok(),
                     "malformed": parsed.as_ref().err().map(ToString::to_string),
                 });
-                println!("{v}");
+                say!("{v}")?;
             } else {
-                println!("{fp}");
+                say!("{fp}")?;
                 match parsed {
-                    Ok(p) => eprintln!(
+                    Ok(p) => output::note(format_args!(
                         "well-formed key: environment {}, kid {}",
                         p.environment(),
                         p.kid()
-                    ),
-                    Err(m) => eprintln!("not a well-formed keyroll key: {m}"),
+                    )),
+                    Err(m) => output::note(format_args!("not a well-formed keyroll key: {m}")),
                 }
             }
         }

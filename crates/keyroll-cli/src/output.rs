@@ -1,6 +1,46 @@
 //! Printing for people (tables, the once-shown key) and for scripts (`--output json`).
+//!
+//! Everything printed to stdout goes through [`say!`] (never `println!`, which panics when stdout
+//! is closed or full; the `print_stdout` lint keeps it out of this crate), so a failed write is
+//! an error that `main` turns into an exit code.
+
+use std::io::Write;
 
 use keyroll_proto as proto;
+
+use crate::exit::StdoutError;
+
+/// `println!` that returns a [`StdoutError`] instead of panicking: `say!(…)?`.
+macro_rules! say {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)+) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)+)))
+    };
+}
+pub(crate) use say;
+
+/// Writes to stdout (line-buffered, so a closed pipe shows at the next line).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(args)
+        .map_err(StdoutError)
+}
+
+/// Flushes stdout, so that a failure of the last write is reported too.
+pub fn flush_stdout() -> Result<(), StdoutError> {
+    std::io::stdout().lock().flush().map_err(StdoutError)
+}
+
+/// A diagnostic on stderr. Best effort: losing a note must not fail the command.
+pub fn note(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
+/// The result of printing.
+pub type Printed = Result<(), StdoutError>;
 
 /// Where answers go.
 #[derive(Debug, Clone, Copy)]
@@ -11,49 +51,48 @@ pub struct Output {
 
 impl Output {
     /// Prints `json` in JSON mode, else runs `human`.
-    pub fn json_or(&self, json: &serde_json::Value, human: impl FnOnce()) {
+    pub fn json_or(&self, json: &serde_json::Value, human: impl FnOnce() -> Printed) -> Printed {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(json).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(json).unwrap_or_default())
         } else {
-            human();
+            human()
         }
     }
 
     /// Prints the first admin token once.
-    pub fn init(&self, token: &str, path: Option<&std::path::Path>) {
+    pub fn init(&self, token: &str, path: Option<&std::path::Path>) -> Printed {
         if self.json {
             let v = serde_json::json!({ "token": token, "path": path.map(|p| p.display().to_string()) });
-            println!("{v}");
-            return;
+            return say!("{v}");
         }
-        println!("Created the first admin token (scope admin):\n\n  {token}\n");
+        say!("Created the first admin token (scope admin):\n\n  {token}\n")?;
         if let Some(p) = path {
-            println!(
+            say!(
                 "It is also in {} (mode 0600); the CLI reads it from there by default.",
                 p.display()
-            );
+            )?;
         }
-        println!("This is the only time it is printed.");
+        say!("This is the only time it is printed.")
     }
 }
 
 /// Prints a newly issued key, once, unmistakably.
-pub fn print_new_key(what: &str, key: Option<&str>) {
-    println!("{what}.");
+pub fn print_new_key(what: &str, key: Option<&str>) -> Printed {
+    say!("{what}.")?;
     match key {
         Some(k) => {
-            println!("\n  {k}\n");
-            println!(
+            say!("\n  {k}\n")?;
+            say!(
                 "This key is shown once. Store it in your secret manager now; keyroll keeps only its hash."
-            );
+            )
         }
-        None => println!(
-            "(This answer replays an earlier request: the key was shown the first time only.)"
-        ),
+        None => {
+            say!("(This answer replays an earlier request: the key was shown the first time only.)")
+        }
     }
 }
 
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Printed {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, cell) in r.iter().enumerate() {
@@ -69,12 +108,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        say!("{}", s.trim_end())
     };
-    line(header.iter().map(|h| (*h).to_owned()).collect());
+    line(header.iter().map(|h| (*h).to_owned()).collect())?;
     for r in rows {
-        line(r.clone());
+        line(r.clone())?;
     }
+    Ok(())
 }
 
 fn dash(v: &Option<String>) -> String {
@@ -82,7 +122,7 @@ fn dash(v: &Option<String>) -> String {
 }
 
 /// Environments as a table.
-pub fn print_environments(items: &[proto::Environment]) {
+pub fn print_environments(items: &[proto::Environment]) -> Printed {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|e| {
@@ -97,11 +137,11 @@ pub fn print_environments(items: &[proto::Environment]) {
             ]
         })
         .collect();
-    table(&["ENVIRONMENT", "PROTECTED", "CREATED"], &rows);
+    table(&["ENVIRONMENT", "PROTECTED", "CREATED"], &rows)
 }
 
 /// Consumers as a table.
-pub fn print_consumers(items: &[proto::Consumer]) {
+pub fn print_consumers(items: &[proto::Consumer]) -> Printed {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|c| {
@@ -128,31 +168,33 @@ pub fn print_consumers(items: &[proto::Consumer]) {
             "CONSUMER", "ACTIVE", "RETIRING", "DISABLED", "OWNER", "SCOPES",
         ],
         &rows,
-    );
+    )
 }
 
 /// One consumer with its versions.
-pub fn print_consumer(c: &proto::Consumer) {
-    println!(
+pub fn print_consumer(c: &proto::Consumer) -> Printed {
+    say!(
         "{}/{}{}",
         c.environment,
         c.name,
         if c.disabled { "  (DISABLED)" } else { "" }
-    );
-    println!("  owner:  {}", dash(&c.owner));
-    println!(
+    )?;
+    say!("  owner:  {}", dash(&c.owner))?;
+    say!(
         "  scopes: {}",
         if c.scopes.is_empty() {
             "-".into()
         } else {
             c.scopes.join(", ")
         }
-    );
-    println!(
+    )?;
+    say!(
         "  retire: {} (idle {}, on stall: {})",
-        c.retire, c.idle, c.on_stall
-    );
-    println!();
+        c.retire,
+        c.idle,
+        c.on_stall
+    )?;
+    say!()?;
     let rows: Vec<Vec<String>> = c
         .versions
         .iter()
@@ -197,5 +239,5 @@ pub fn print_consumer(c: &proto::Consumer) {
             "NOTE",
         ],
         &rows,
-    );
+    )
 }

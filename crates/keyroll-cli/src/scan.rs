@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -30,6 +29,9 @@ use keyroll_proto as proto;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::exit::{Exit, OrUsage};
+use crate::output::{Printed, note, say};
 
 /// A file with a NUL byte in its first this-many bytes is binary and skipped (git's rule).
 const BINARY_PROBE: usize = 8 * 1024;
@@ -601,15 +603,19 @@ fn judge(found: &FoundKey, known: &Known, window: &Window, now: OffsetDateTime) 
     }
 }
 
-/// Runs the whole check; exit 0 only when every key found passes.
+/// Runs the whole check; [`Exit::Ok`] only when every key found passes, [`Exit::Rejected`] when
+/// one fails. `client` is only called when there is a kid to ask about: a tree without keys
+/// needs neither a server nor a token.
 pub async fn run(
-    client: &Client,
+    client: impl FnOnce() -> anyhow::Result<Client>,
     paths: Vec<PathBuf>,
     min_remaining: &str,
     json_output: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let window = Window {
-        min: parse_duration(min_remaining).context("--min-remaining")?,
+        min: parse_duration(min_remaining)
+            .context("--min-remaining")
+            .or_usage()?,
         text: min_remaining.trim().to_owned(),
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
@@ -617,7 +623,7 @@ pub async fn run(
         .await
         .context("the scan stopped")??;
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        note(format_args!("warning: {w}"));
     }
     let mut kids: Vec<Kid> = report.keys.iter().map(|k| k.kid).collect();
     kids.sort();
@@ -626,7 +632,7 @@ pub async fn run(
     let answers = if kids.is_empty() {
         BTreeMap::new()
     } else {
-        lookup_all(client, kids.clone()).await?
+        lookup_all(&client()?, kids.clone()).await?
     };
     let now = OffsetDateTime::now_utc();
     let verdicts: Vec<Verdict> = report
@@ -643,14 +649,14 @@ pub async fn run(
         .collect();
     let failed = verdicts.iter().filter(|v| !v.ok).count();
     if json_output {
-        print_json(&report, &verdicts, &answers, &window, kids.len());
+        print_json(&report, &verdicts, &answers, &window, kids.len())?;
     } else {
-        print_table(&report, &verdicts, &answers, &window, kids.len(), failed);
+        print_table(&report, &verdicts, &answers, &window, kids.len(), failed)?;
     }
     Ok(if failed == 0 {
-        ExitCode::SUCCESS
+        Exit::Ok
     } else {
-        ExitCode::FAILURE
+        Exit::Rejected
     })
 }
 
@@ -660,7 +666,7 @@ fn print_json(
     answers: &BTreeMap<Kid, Known>,
     window: &Window,
     distinct: usize,
-) {
+) -> Printed {
     let findings: Vec<Value> = report
         .keys
         .iter()
@@ -697,7 +703,7 @@ fn print_json(
         "findings": findings,
         "warnings": report.warnings,
     });
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    say!("{}", serde_json::to_string_pretty(&out).unwrap_or_default())
 }
 
 fn print_table(
@@ -707,15 +713,14 @@ fn print_table(
     window: &Window,
     distinct: usize,
     failed: usize,
-) {
+) -> Printed {
     let files = format!(
         "{} ({} binary skipped)",
         plural(report.files + report.binary, "file"),
         report.binary
     );
     if report.keys.is_empty() {
-        println!("No keyroll keys found in {files}.");
-        return;
+        return say!("No keyroll keys found in {files}.");
     }
     let header = ["LOCATION", "KEY", "CONSUMER", "FINGERPRINT", "RESULT"];
     let rows: Vec<[String; 5]> = report
@@ -751,13 +756,13 @@ fn print_table(
                 line.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        say!("{}", line.trim_end())
     };
-    print_row(header);
+    print_row(header)?;
     for r in &rows {
-        print_row([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+        print_row([&r[0], &r[1], &r[2], &r[3], &r[4]])?;
     }
-    println!();
+    say!()?;
     let summary = format!(
         "{} ({}) in {files}",
         plural(report.keys.len() as u64, "key"),
@@ -765,9 +770,9 @@ fn print_table(
     );
     let window = &window.text;
     if failed == 0 {
-        println!("{summary}: all keep working for at least {window}.");
+        say!("{summary}: all keep working for at least {window}.")
     } else {
-        println!("{summary}: {failed} fail the check (--min-remaining {window}).");
+        say!("{summary}: {failed} fail the check (--min-remaining {window}).")
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use keyroll_client::Client;
 use keyroll_proto as proto;
 
+use crate::output::{Printed, say, write_stdout};
+
 /// ANSI colours, or none.
 #[derive(Debug, Clone, Copy)]
 pub struct Paint {
@@ -41,18 +43,15 @@ impl Paint {
 }
 
 /// Prints one status answer.
-pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) {
-    if items.is_empty() {
-        println!("No consumers.");
-    }
+pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) -> Printed {
     for c in items {
         let owner = c
             .owner
             .as_deref()
             .map(|o| format!("  (owner {o})"))
             .unwrap_or_default();
-        println!("{}{owner}", paint.wrap("1", &c.consumer));
-        println!("  {}", paint.verdict(&c.verdict_code, &c.verdict));
+        say!("{}{owner}", paint.wrap("1", &c.consumer))?;
+        say!("  {}", paint.verdict(&c.verdict_code, &c.verdict))?;
         for v in &c.versions {
             let deadline = v
                 .deadline
@@ -64,7 +63,7 @@ pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) {
             } else {
                 ""
             };
-            println!(
+            say!(
                 "  v{:<4} {:<12} {:<9} last used {:<24} {:>6} req/h {:>8} req/24h{deadline}{stalled}",
                 v.version,
                 v.kid,
@@ -72,7 +71,7 @@ pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) {
                 v.last_used_at.as_deref().unwrap_or("never"),
                 v.requests_last_hour,
                 v.requests_last_day,
-            );
+            )?;
             for s in v.sources.iter().take(5) {
                 let label = s
                     .client_id
@@ -84,17 +83,32 @@ pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) {
                 } else {
                     format!(" ({})", s.user_agent)
                 };
-                println!(
+                say!(
                     "         from {}{ua}{label}: {} requests, last {}",
-                    s.address, s.count, s.last_seen
-                );
+                    s.address,
+                    s.count,
+                    s.last_seen
+                )?;
             }
             if v.sources.len() > 5 {
-                println!("         … and {} more sources", v.sources.len() - 5);
+                say!("         … and {} more sources", v.sources.len() - 5)?;
             }
         }
-        println!();
+        say!()?;
     }
+    Ok(())
+}
+
+/// An empty answer for an environment means nothing to show, or a name that does not exist
+/// (the API answers an empty list for both): ask which, so a typo is not "No consumers.".
+pub async fn check_environment(client: &Client, environment: &str) -> anyhow::Result<()> {
+    let known = client.list_environments().await?;
+    if known.body.items.iter().any(|e| e.name == environment) {
+        return Ok(());
+    }
+    Err(crate::exit::not_found(format!(
+        "environment {environment} does not exist (`keyroll env list` shows them; a consumer is ENV/NAME)"
+    )))
 }
 
 /// Runs `keyroll status`, once or every `watch`.
@@ -118,17 +132,27 @@ pub async fn run(
     let paint = Paint::detect();
     loop {
         let a = client.status(environment, consumer).await?;
+        if a.body.items.is_empty()
+            && let Some(e) = environment
+        {
+            check_environment(client, e).await?;
+        }
         if watch.is_some() && paint.on {
             // Clear the screen so the view refreshes in place.
-            print!("\x1b[2J\x1b[H");
+            write_stdout(format_args!("\x1b[2J\x1b[H"))?;
         }
         if json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&a.json).unwrap_or_default()
-            );
+            )?;
+        } else if a.body.items.is_empty() {
+            match environment {
+                Some(e) => say!("No consumers in {e}.")?,
+                None => say!("No consumers.")?,
+            }
         } else {
-            print_status(&a.body.items, paint);
+            print_status(&a.body.items, paint)?;
         }
         match watch {
             Some(every) => tokio::time::sleep(every).await,
@@ -138,15 +162,20 @@ pub async fn run(
 }
 
 /// Prints events, oldest first.
-pub fn print_events(items: &[proto::Event]) {
+pub fn print_events(items: &[proto::Event]) -> Printed {
     if items.is_empty() {
-        println!("No events.");
+        say!("No events.")?;
     }
     for e in items {
         let version = e.version.map(|v| format!(" v{v}")).unwrap_or_default();
-        println!(
+        say!(
             "{:>6}  {}  {:<18} {}{version}  {}",
-            e.seq, e.at, e.kind, e.consumer, e.detail
-        );
+            e.seq,
+            e.at,
+            e.kind,
+            e.consumer,
+            e.detail
+        )?;
     }
+    Ok(())
 }

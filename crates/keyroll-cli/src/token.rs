@@ -7,7 +7,8 @@ use keyroll_client::Client;
 use keyroll_core::parse_duration;
 use keyroll_proto as proto;
 
-use crate::output::{Output, table};
+use crate::exit::StdoutError;
+use crate::output::{Output, say, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
@@ -68,10 +69,9 @@ fn or_dash(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
 }
 
-fn print_tokens(tokens: &[proto::AdminToken]) {
+fn print_tokens(tokens: &[proto::AdminToken]) -> Result<(), StdoutError> {
     if tokens.is_empty() {
-        println!("No admin tokens.");
-        return;
+        return say!("No admin tokens.");
     }
     let rows: Vec<Vec<String>> = tokens
         .iter()
@@ -100,30 +100,31 @@ fn print_tokens(tokens: &[proto::AdminToken]) {
     table(
         &["ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "STATE"],
         &rows,
-    );
+    )
 }
 
-fn print_issued(what: &str, issued: &proto::TokenIssued) {
-    println!(
+fn print_issued(what: &str, issued: &proto::TokenIssued) -> Result<(), StdoutError> {
+    say!(
         "{what} admin token {} ({}).",
         issued.info.id,
         issued.info.scopes.join(" ")
-    );
-    println!("\n  {}\n", issued.token);
+    )?;
+    say!("\n  {}\n", issued.token)?;
     if let Some(e) = &issued.info.expires_at {
-        println!("It expires at {e}.");
+        say!("It expires at {e}.")?;
     }
     if let Some(old) = &issued.replaces {
         match (&old.state[..], &old.retires_at) {
             ("overlap", Some(until)) => {
-                println!("The old token {} keeps working until {until}.", old.id)
+                say!("The old token {} keeps working until {until}.", old.id)?
             }
-            _ => println!("The old token {} no longer works.", old.id),
+            _ => say!("The old token {} no longer works.", old.id)?,
         }
     }
-    println!(
+    say!(
         "This token is shown once. Store it in your secret manager now; keyroll keeps only its hash."
-    );
+    )?;
+    Ok(())
 }
 
 /// Runs one `keyroll token` command.
@@ -144,18 +145,18 @@ pub async fn run(cmd: TokenCmd, client: &Client, out: Output) -> anyhow::Result<
                 expires_in,
             };
             let a = client.create_token(&req).await?;
-            out.json_or(&a.json, || print_issued("Created", &a.body));
+            out.json_or(&a.json, || print_issued("Created", &a.body))?;
         }
         TokenCmd::List => {
             let a = client.list_tokens().await?;
-            out.json_or(&a.json, || print_tokens(&a.body.items));
+            out.json_or(&a.json, || print_tokens(&a.body.items))?;
         }
         TokenCmd::Revoke { id, reason, force } => {
             let id = token_id(&id)?;
             let a = client
                 .revoke_token(&id, &proto::RevokeToken { reason, force })
                 .await?;
-            out.json_or(&a.json, || println!("Revoked admin token {}.", a.body.id));
+            out.json_or(&a.json, || say!("Revoked admin token {}.", a.body.id))?;
         }
         TokenCmd::Rotate { id, overlap } => {
             let id = token_id(&id)?;
@@ -168,7 +169,7 @@ pub async fn run(cmd: TokenCmd, client: &Client, out: Output) -> anyhow::Result<
                     },
                 )
                 .await?;
-            out.json_or(&a.json, || print_issued("Rotated: new", &a.body));
+            out.json_or(&a.json, || print_issued("Rotated: new", &a.body))?;
         }
     }
     Ok(())

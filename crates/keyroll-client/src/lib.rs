@@ -11,15 +11,17 @@ use serde::de::DeserializeOwned;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server could not be reached.
+    /// The server could not be reached, or the connection broke before a whole answer.
     #[error(
         "cannot reach the keyroll server at {url}: {reason} (is `keyroll serve` running? set --server or KEYROLL_SERVER)"
     )]
     Unreachable {
-        /// The server URL.
+        /// The server URL (any password in it redacted).
         url: String,
-        /// Why.
+        /// Why, in the transport's words.
         reason: String,
+        /// Why, as a type a caller can act on.
+        kind: Transport,
     },
     /// The server answered with an error.
     #[error("{}", describe(.status, .problem))]
@@ -40,6 +42,54 @@ pub enum ClientError {
     /// The request could not be built (bad server URL).
     #[error("invalid request: {0}")]
     Request(String),
+}
+
+/// Why a server could not be reached, told apart by the transport's own error types (never by
+/// their messages), so a script can tell "nothing listens there" from "the name is wrong".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Nothing listens at the address (connection refused).
+    Refused,
+    /// The host name does not resolve.
+    Dns,
+    /// No answer in time (connecting, or the whole request).
+    Timeout,
+    /// Connected, but the connection was reset or closed before a whole answer.
+    ConnectionLost,
+    /// Another network failure (no route to the host, …).
+    Other,
+}
+
+impl Transport {
+    /// A stable machine code, as printed in `--output json` errors.
+    pub fn code(self) -> &'static str {
+        match self {
+            Transport::Refused => "connection_refused",
+            Transport::Dns => "dns_failed",
+            Transport::Timeout => "timeout",
+            Transport::ConnectionLost => "connection_lost",
+            Transport::Other => "unreachable",
+        }
+    }
+}
+
+impl ClientError {
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            ClientError::Unreachable { .. } | ClientError::Request(_) => None,
+        }
+    }
+
+    /// The server's problem body, when it sent one.
+    pub fn problem(&self) -> Option<&proto::Problem> {
+        match self {
+            ClientError::Api { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
 }
 
 fn describe(status: &u16, p: &proto::Problem) -> String {
@@ -69,6 +119,19 @@ pub struct Answer<T> {
 impl Client {
     /// A client for `base` (`http://127.0.0.1:7878`) with an optional admin token.
     pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let shown = keyroll_core::redact_url(base);
+        let url = reqwest::Url::parse(base).map_err(|e| {
+            ClientError::Request(format!(
+                "server URL {shown:?}: {e}; expected http://HOST:PORT"
+            ))
+        })?;
+        if url.scheme() != "http" || url.host().is_none() {
+            // No TLS in this build (see ARCHITECTURE.md): refusing https here beats a confusing
+            // transport error later.
+            return Err(ClientError::Request(format!(
+                "server URL {shown:?}: expected http://HOST:PORT (this client speaks plain HTTP only)"
+            )));
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
@@ -101,24 +164,22 @@ impl Client {
                 .header("content-type", "application/json")
                 .body(b.to_json());
         }
-        let response = req.send().await.map_err(|e| {
-            if e.is_builder() {
-                ClientError::Request(format!("{url}: {e}"))
-            } else {
-                ClientError::Unreachable {
-                    url: self.base.clone(),
-                    reason: root_cause(&e),
-                }
+        let response = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_builder() => {
+                return Err(ClientError::Request(format!(
+                    "{}: {}",
+                    keyroll_core::redact_url(&url),
+                    root_cause(&e)
+                )));
             }
-        })?;
+            Err(e) => return Err(self.unreachable(&e).await),
+        };
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                reason: root_cause(&e),
-            })?;
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Err(self.unreachable(&e).await),
+        };
         if !(200..300).contains(&status) {
             return match serde_json::from_slice::<proto::Problem>(&bytes) {
                 Ok(problem) => Err(ClientError::Api {
@@ -333,6 +394,58 @@ impl Client {
     ) -> Result<Answer<proto::VerifyResponse>, ClientError> {
         self.call(reqwest::Method::POST, "/v1/verify", Some(req), None)
             .await
+    }
+}
+
+impl Client {
+    async fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: keyroll_core::redact_url(&self.base),
+            reason: root_cause(e),
+            kind: self.transport(e).await,
+        }
+    }
+
+    /// Classifies a transport failure by the error types in its chain; a connect failure that
+    /// shows none of them is told apart from a DNS failure by resolving the host again.
+    async fn transport(&self, e: &reqwest::Error) -> Transport {
+        if e.is_timeout() {
+            return Transport::Timeout;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind as K;
+                match io.kind() {
+                    K::ConnectionRefused => return Transport::Refused,
+                    K::TimedOut => return Transport::Timeout,
+                    K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof => return Transport::ConnectionLost,
+                    _ => {}
+                }
+            }
+            cause = c.source();
+        }
+        if !e.is_connect() {
+            // The request went out on an open connection: the answer was cut off.
+            return Transport::ConnectionLost;
+        }
+        let Ok(url) = reqwest::Url::parse(&self.base) else {
+            return Transport::Other;
+        };
+        // `domain` is None for an IP address: then no name was resolved.
+        match (url.domain(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => match tokio::net::lookup_host((host, port)).await {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(_) => Transport::Other,
+                    None => Transport::Dns,
+                },
+                Err(_) => Transport::Dns,
+            },
+            _ => Transport::Other,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod key;
 pub mod lifecycle;
 pub mod names;
+pub mod redact;
 pub mod timestamp;
 
 pub use decision::{ConsumerFacts, Decision, DecisionCode, judge};
@@ -26,4 +27,5 @@ pub use lifecycle::{
     shown_deadline,
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
+pub use redact::redact_url;
 pub use timestamp::Timestamp;

@@ -51,7 +51,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
         Some(other) => {
-            let shown: String = other.chars().take(40).collect();
+            let shown: String = keyroll_core::redact_url(other).chars().take(40).collect();
             bail!(
                 "database_url {shown:?}: expected sqlite://PATH (or postgres:// in a later release)"
             )

@@ -171,13 +171,14 @@ impl SqliteStore {
     /// [`SqliteStore::open`].
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
         // sqlx would take anything else for a file name (`postgres://db` as a file `postgres:`).
+        let shown = keyroll_core::redact_url(url);
         if !url.starts_with("sqlite:") {
             return Err(StoreError::Unavailable(format!(
-                "cannot open SQLite database {url}: not a sqlite: URL"
+                "cannot open SQLite database {shown}: not a sqlite: URL"
             )));
         }
         let options = SqliteConnectOptions::from_str(url).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open SQLite database {url}: {e}"))
+            StoreError::Unavailable(format!("cannot open SQLite database {shown}: {e}"))
         })?;
         let has_mode = url
             .split_once('?')
@@ -188,7 +189,8 @@ impl SqliteStore {
             options.create_if_missing(true)
         };
         let path = options.get_filename().to_path_buf();
-        let location = path.display().to_string();
+        // A URL's userinfo ends up in the file name (`sqlite://user:pw@host/db`).
+        let location = keyroll_core::redact_url(&path.display().to_string());
         if path.is_dir() {
             return Err(StoreError::Unavailable(format!(
                 "cannot open SQLite database {location}: it is a directory"
@@ -863,7 +865,8 @@ fn open_error(location: &str, path: Option<&Path>, err: sqlx::Error) -> StoreErr
         _ => None,
     };
     if let Some(diagnosis) = path.and_then(diagnose_path) {
-        why = format!("{diagnosis} ({why})");
+        // The diagnosis names a path, which holds a URL's userinfo if one was given.
+        why = format!("{} ({why})", keyroll_core::redact_url(&diagnosis));
     } else if code == Some(SQLITE_CANTOPEN) {
         match path {
             // A URL with `mode=ro` or `mode=rw` does not create the file.

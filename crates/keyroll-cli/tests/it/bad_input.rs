@@ -214,7 +214,8 @@ fn admin_auth_failures_are_explained() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A token the server refuses is an authentication failure (exit 5).
+    assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with("error: admin token AAAAAAAAAAAA is not valid"),
@@ -261,26 +262,34 @@ fn forward_auth_survives_garbage_headers() {
 #[test]
 fn cli_errors_are_one_line_and_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 6] = [
-        (&["env", "list"], "cannot reach the keyroll server"),
+    // Exit codes: 4 server unreachable, 2 invalid arguments or configuration.
+    let cases: [(&[&str], &str, i32); 6] = [
+        (
+            &["env", "list", "--token", "kra_x"],
+            "cannot reach the keyroll server",
+            4,
+        ),
         (
             &["rotate", "prod/app", "--grace", "soon"],
             "invalid duration \"soon\"",
+            2,
         ),
-        (&["consumer", "create", "prod"], "expected ENV/NAME"),
+        (&["consumer", "create", "prod"], "expected ENV/NAME", 2),
         (
             &["revoke", "prod/app", "vX", "--reason", "r"],
             "invalid version",
+            2,
         ),
         (
             &["verify", "x", "--env", "Prod"],
             "invalid environment name",
+            2,
         ),
-        (&["serve", "--listen", "nonsense"], "listen"),
+        (&["serve", "--listen", "nonsense"], "listen", 2),
     ];
-    for (args, needle) in cases {
+    for (args, needle, code) in cases {
         let r = harness::cli_offline(args, dir.path());
-        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
         assert!(
             r.stderr.starts_with("error: ") && r.stderr.contains(needle),
             "{args:?}: {}",

@@ -35,6 +35,7 @@ fn forward(
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn a_staging_key_with_a_prod_prefix_never_passes_for_prod() {
     let s = harness::start();
     s.cli(&["env", "create", "prod"]);
@@ -122,6 +123,7 @@ fn a_staging_key_with_a_prod_prefix_never_passes_for_prod() {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn requests_that_cannot_be_judged_get_a_code_a_request_id_and_a_log_line() {
     let s = harness::start();
     s.cli(&["env", "create", "prod"]);

@@ -160,7 +160,8 @@ fn scan_finds_keys_and_fails_on_those_that_stop_working() {
         format!("BATCH_KEY={retiring}\n# again: {active}\n").as_bytes(),
     );
     let bad = s.cli(&["scan", app.to_str().unwrap(), "--min-remaining", "2h"]);
-    assert_eq!(bad.code, 1, "{}\n{}", bad.stdout, bad.stderr);
+    // A key failing the check is exit 3, like a rejected `keyroll verify`.
+    assert_eq!(bad.code, 3, "{}\n{}", bad.stdout, bad.stderr);
     let out = &bad.stdout;
     let l = line_for(out, root, "app/config/prod.yaml", 2);
     assert!(l.contains("FAIL retired: v2 replaces it"), "{l}");
@@ -195,7 +196,7 @@ fn scan_finds_keys_and_fails_on_those_that_stop_working() {
     );
     // …and fails with the default window.
     let default = s.cli(&["scan", batch.to_str().unwrap()]);
-    assert_eq!(default.code, 1);
+    assert_eq!(default.code, 3);
     assert!(default.stdout.contains("(< 24h)"), "{}", default.stdout);
 
     // JSON: one object per finding, with the server's answer and no secret.
@@ -207,7 +208,7 @@ fn scan_finds_keys_and_fails_on_those_that_stop_working() {
         "--output",
         "json",
     ]);
-    assert_eq!(j.code, 1, "{}", j.stderr);
+    assert_eq!(j.code, 3, "{}", j.stderr);
     assert_no_secret(&j, &all);
     let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
     assert_eq!(v["ok"], false);
@@ -263,8 +264,8 @@ fn scan_never_reports_all_clear_without_a_server() {
     let dir = tempfile::tempdir().unwrap();
     let key = assemble_key("prod", "AAAAAAAAAAAA", "0123456789abcdefghijABCDEFGHIJkl");
     write(dir.path(), "x/.env", format!("K={key}\n").as_bytes());
-    let r = harness::cli_offline(&["scan", "x"], dir.path());
-    assert_eq!(r.code, 1, "{}", r.stdout);
+    let r = harness::cli_offline(&["scan", "x", "--token", "kra_x"], dir.path());
+    assert_eq!(r.code, 4, "{}", r.stdout);
     assert!(
         r.stderr.contains("cannot reach the keyroll server"),
         "{}",
@@ -290,7 +291,7 @@ fn scan_never_reports_all_clear_without_a_server() {
 
     // Bad flags are usage errors.
     let r = harness::cli_offline(&["scan", "clean", "--min-remaining", "soon"], dir.path());
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--min-remaining"), "{}", r.stderr);
 }
 

@@ -39,7 +39,8 @@ fn readme_walkthrough_end_to_end() {
     // End the grace window: the old key is rejected, naming its replacement.
     assert_eq!(s.cli(&["retire", "prod/billing-app", "v1"]).code, 0);
     let retired = s.cli(&["verify", &v1]);
-    assert_eq!(retired.code, 1);
+    // Exit 3: rejected (not 1, so a script tells it from a failure to ask).
+    assert_eq!(retired.code, 3);
     assert!(
         retired.stdout.contains("key_retired") && retired.stdout.contains("v2 replaces it"),
         "{}",
@@ -48,7 +49,8 @@ fn readme_walkthrough_end_to_end() {
 
     // The active version cannot be retired: that would leave no valid key.
     let refused = s.cli(&["retire", "prod/billing-app", "v2"]);
-    assert_eq!(refused.code, 1);
+    // Exit 7: conflicts with the current state.
+    assert_eq!(refused.code, 7);
     assert!(
         refused.stderr.contains("rotate first"),
         "{}",
@@ -57,7 +59,7 @@ fn readme_walkthrough_end_to_end() {
 
     // Scopes.
     let scoped = s.cli(&["verify", &v2, "--scope", "invoices:write"]);
-    assert_eq!(scoped.code, 1);
+    assert_eq!(scoped.code, 3);
     assert!(
         scoped.stdout.contains("insufficient_scope"),
         "{}",
@@ -168,7 +170,7 @@ fn idempotent_rotation_does_not_rotate_twice() {
         "--idempotency-key",
         "deploy-42",
     ]);
-    assert_eq!(other.code, 1);
+    assert_eq!(other.code, 7);
     assert!(
         other.stderr.contains("different request"),
         "{}",
