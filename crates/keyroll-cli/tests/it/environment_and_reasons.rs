@@ -186,7 +186,12 @@ fn requests_that_cannot_be_judged_get_a_code_a_request_id_and_a_log_line() {
             "true or false",
         ),
         // Beyond hyper's default of 100 headers: the listener admits more so this is judged.
-        ("many-headers", many, "/v1/forward-auth", "120"),
+        (
+            "many-headers",
+            many,
+            "/v1/forward-auth",
+            "headers; keyroll judges requests with at most 100",
+        ),
     ];
     for (rid, extra, path, says) in cases {
         let r = send(rid, &extra, path);
