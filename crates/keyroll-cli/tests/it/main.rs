@@ -14,5 +14,6 @@ mod incident;
 mod nginx;
 mod observe;
 mod scan;
+mod store_faults;
 mod usage;
 mod walkthrough;
