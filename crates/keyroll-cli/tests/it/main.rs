@@ -18,6 +18,7 @@ mod nginx;
 mod observe;
 mod scan;
 mod slow_clients;
+mod store_faults;
 mod tokens;
 mod usage;
 mod walkthrough;

@@ -859,7 +859,8 @@ impl SmallFs {
                 if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
                     panic!("{line}");
                 }
-                println!("{line}");
+                // The harness shows a test's stdout only when it fails: SKIPPED goes to stderr,
+                // which `cargo test -- --nocapture` and CI logs show.
                 eprintln!("{line}");
                 None
             }
@@ -912,7 +913,7 @@ async fn writes_work_again_once_a_full_disk_has_space() {
         let store = &store;
         async move {
             let record = EnvironmentRecord {
-                name: conformance::env(&name),
+                name: env(&name),
                 protected: false,
                 created_at: conformance::at(n),
             };
@@ -983,7 +984,7 @@ async fn a_deleted_or_replaced_database_file_refuses_writes_and_fails_the_ping()
     let path = &backend.path;
     let make = |name: &str, n: i64| {
         let record = EnvironmentRecord {
-            name: conformance::env(name),
+            name: env(name),
             protected: false,
             created_at: conformance::at(n),
         };
@@ -1023,7 +1024,7 @@ async fn the_installation_id_is_recorded_once_and_emptiness_reported() {
     assert_eq!(first.id, "abc");
     assert!(first.empty);
     let record = EnvironmentRecord {
-        name: conformance::env("prod"),
+        name: env("prod"),
         protected: false,
         created_at: conformance::at(1),
     };
