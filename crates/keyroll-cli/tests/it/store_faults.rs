@@ -173,7 +173,7 @@ fn after_a_full_disk_writes_work_again_without_a_restart() {
     // Traffic: its usage cannot be flushed while the disk is full.
     let failures = metric(&s, "keyroll_usage_flush_failures_total");
     assert_eq!(
-        s.cli(&["verify", &v1]).code,
+        s.cli(&["verify", &v1, "--count-as-use"]).code,
         0,
         "verification works from memory"
     );
