@@ -91,6 +91,12 @@ const BASE62_ID: &str = "^[0-9A-Za-z]{12}$";
 const DURATION: &str = "^(0|[1-9][0-9]{0,3}(ms|s|m|h|d))$";
 /// A duration that must be longer than 0.
 const POSITIVE_DURATION: &str = "^[1-9][0-9]{0,3}(ms|s|m|h|d)$";
+/// A character that is not Unicode White_Space (what `str::trim` removes): spelled out, because
+/// `\s` differs between regex dialects (U+0085, U+FEFF).
+const NOT_WHITESPACE: &str = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+/// 1 to 64 characters without control characters, the first not whitespace (a name is not
+/// only whitespace).
+const TOKEN_NAME: &str = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]{0,63}$";
 /// Free text without control characters (`char::is_control`).
 const NO_CONTROL: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
 
@@ -391,13 +397,9 @@ fn body_rules(schemas: &mut Map<String, Value>) {
         (
             "RevokeRequest",
             "reason",
-            json!({ "type": "string", "minLength": 1, "maxLength": 500, "pattern": r"^\s*\S" }),
+            json!({ "type": "string", "minLength": 1, "maxLength": 500, "pattern": NOT_WHITESPACE }),
         ),
-        (
-            "CreateToken",
-            "name",
-            json!({ "type": "string", "pattern": r"^[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]{0,63}$" }),
-        ),
+        ("CreateToken", "name", string(TOKEN_NAME)),
         ("CreateToken", "scopes", admin_scopes),
         ("CreateToken", "expires_in", nullable(POSITIVE_DURATION)),
     ];
