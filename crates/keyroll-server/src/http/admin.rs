@@ -755,7 +755,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `POST /v1/environments`.
 #[utoipa::path(post, path = "/v1/environments", tag = "environments", request_body = proto::CreateEnvironment,
-    responses((status = 201, body = proto::Environment), (status = 409, body = proto::Problem)),
+    responses((status = 201, body = proto::Environment), (status = 409, body = proto::Problem, description = "`already_exists`"),
+        (status = 422, body = proto::Problem, description = "`idempotency_key_reused`")),
     security(("admin_token" = ["environments:write"])))]
 pub async fn create_environment(
     State(state): State<Arc<AppState>>,
@@ -821,7 +822,8 @@ pub async fn list_environments(
 /// `POST /v1/consumers`: creates a consumer and its first key (shown once).
 #[utoipa::path(post, path = "/v1/consumers", tag = "consumers", request_body = proto::CreateConsumer,
     params(("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key does not create twice")),
-    responses((status = 201, body = proto::ConsumerCreated), (status = 404, body = proto::Problem), (status = 409, body = proto::Problem)),
+    responses((status = 201, body = proto::ConsumerCreated), (status = 404, body = proto::Problem, description = "the environment does not exist"), (status = 409, body = proto::Problem, description = "`already_exists`"),
+        (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request")),
     security(("admin_token" = ["consumers:write"])))]
 pub async fn create_consumer(
     State(state): State<Arc<AppState>>,
@@ -982,7 +984,8 @@ pub async fn get_consumer(
 /// `PATCH /v1/consumers/{env}/{name}`: scopes, owner.
 #[utoipa::path(patch, path = "/v1/consumers/{env}/{name}", tag = "consumers", request_body = proto::UpdateConsumer,
     params(("env" = String, Path), ("name" = String, Path)),
-    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem)),
+    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem),
+        (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request")),
     security(("admin_token" = ["consumers:write"])))]
 #[allow(clippy::too_many_arguments)]
 pub async fn update_consumer(
@@ -1058,7 +1061,10 @@ pub async fn update_consumer(
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/rotate", tag = "lifecycle", request_body = proto::RotateRequest,
     params(("env" = String, Path), ("name" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "retrying with the same key does not rotate twice")),
-    responses((status = 201, body = proto::Rotated), (status = 404, body = proto::Problem)),
+    responses((status = 201, body = proto::Rotated), (status = 404, body = proto::Problem),
+        (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"),
+        (status = 422, body = proto::Problem, description = "`expiry_within_grace`, or `idempotency_key_reused`"),
+        (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
 #[allow(clippy::too_many_arguments)]
 pub async fn rotate(
@@ -1172,7 +1178,9 @@ fn version_number(text: &str) -> Result<VersionNumber, ApiError> {
 /// `POST /v1/consumers/{env}/{name}/versions/{n}/revoke`: immediate, never gated.
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/revoke", tag = "lifecycle", request_body = proto::RevokeRequest,
     params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
-    responses((status = 200, body = proto::KeyVersion), (status = 404, body = proto::Problem)),
+    responses((status = 200, body = proto::KeyVersion), (status = 404, body = proto::Problem),
+        (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
+        (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
 #[allow(clippy::too_many_arguments)]
 pub async fn revoke(
@@ -1261,7 +1269,9 @@ fn version_answer(state: &AppState, c: &Consumer, n: VersionNumber, at: Timestam
 /// `POST /v1/consumers/{env}/{name}/versions/{n}/retire`: ends a grace window now.
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/retire", tag = "lifecycle", request_body = proto::Confirm,
     params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
-    responses((status = 200, body = proto::KeyVersion), (status = 409, body = proto::Problem)),
+    responses((status = 200, body = proto::KeyVersion), (status = 404, body = proto::Problem),
+        (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
+        (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
 #[allow(clippy::too_many_arguments)]
 pub async fn retire(
@@ -1360,7 +1370,10 @@ async fn switch(
 /// `POST /v1/consumers/{env}/{name}/disable`: every key of the consumer is rejected.
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle", request_body = proto::Confirm,
     params(("env" = String, Path), ("name" = String, Path)),
-    responses((status = 200, body = proto::Consumer)), security(("admin_token" = ["consumers:write"])))]
+    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem),
+        (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
+        (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
+    security(("admin_token" = ["consumers:write"])))]
 #[allow(clippy::too_many_arguments)]
 pub async fn disable(
     State(state): State<Arc<AppState>>,
@@ -1390,7 +1403,9 @@ pub async fn disable(
 /// `POST /v1/consumers/{env}/{name}/enable`.
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/enable", tag = "lifecycle",
     params(("env" = String, Path), ("name" = String, Path)),
-    responses((status = 200, body = proto::Consumer)), security(("admin_token" = ["consumers:write"])))]
+    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem),
+        (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request")),
+    security(("admin_token" = ["consumers:write"])))]
 pub async fn enable(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

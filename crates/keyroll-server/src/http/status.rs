@@ -31,7 +31,8 @@ fn query(uri: &Uri) -> Vec<(String, String)> {
 /// `GET /v1/status[?environment=E][&consumer=ENV/NAME]`.
 #[utoipa::path(get, path = "/v1/status", tag = "status",
     params(("environment" = Option<String>, Query), ("consumer" = Option<String>, Query, description = "ENV/NAME")),
-    responses((status = 200, body = proto::List<proto::ConsumerStatus>)),
+    responses((status = 200, body = proto::List<proto::ConsumerStatus>),
+        (status = 404, body = proto::Problem, description = "the consumer does not exist")),
     security(("admin_token" = ["consumers:read"])))]
 pub async fn status(
     State(state): State<Arc<AppState>>,

@@ -243,7 +243,8 @@ pub async fn list_tokens(
     params(("id" = String, Path, description = "the token id (never the token)")),
     responses((status = 200, body = proto::AdminToken),
         (status = 404, body = proto::Problem),
-        (status = 409, body = proto::Problem, description = "`already_revoked`, or `last_admin_token`: it is the last working admin token (send `force`)")),
+        (status = 409, body = proto::Problem, description = "`already_revoked`, or `last_admin_token`: it is the last working admin token (send `force`)"),
+        (status = 422, body = proto::Problem, description = "`invalid_reason`, or `secret_in_text`")),
     security(("admin_token" = ["tokens:write"])))]
 pub async fn revoke_token(
     State(state): State<Arc<AppState>>,
@@ -316,7 +317,8 @@ pub async fn revoke_token(
     params(("id" = String, Path, description = "the token id (never the token)")),
     responses((status = 201, body = proto::TokenIssued, description = "the new plaintext token, shown this once; the old one works until `replaces.retires_at`"),
         (status = 404, body = proto::Problem),
-        (status = 409, body = proto::Problem, description = "`token_not_rotatable`: revoked, expired or rotated already")),
+        (status = 409, body = proto::Problem, description = "`token_not_rotatable`: revoked, expired or rotated already"),
+        (status = 422, body = proto::Problem, description = "`invalid_duration`")),
     security(("admin_token" = ["tokens:write"])))]
 pub async fn rotate_token(
     State(state): State<Arc<AppState>>,
