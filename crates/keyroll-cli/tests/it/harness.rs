@@ -199,10 +199,15 @@ impl Server {
 
     /// Waits until a decision log line with this request id appears.
     pub fn decision(&self, request_id: &str) -> serde_json::Value {
+        self.event_line("auth.decision", request_id)
+    }
+
+    /// Waits until a log line of event `name` with this request id appears.
+    pub fn event_line(&self, name: &str, request_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(v) = self
-                .events("auth.decision")
+                .events(name)
                 .into_iter()
                 .find(|v| v["request_id"] == request_id)
             {
@@ -210,7 +215,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "no decision log line for {request_id}"
+                "no {name} log line for {request_id}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -3,7 +3,7 @@
 //! token's own lifecycle, no escalation, precise rejections with their log lines, audit
 //! entries, and no token secret anywhere but the once-shown line.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::{self, Server};
 
@@ -103,21 +103,7 @@ fn fastish_id() -> u128 {
 
 /// The `admin.auth` line of a request, waiting for it to be written.
 fn auth_line(s: &Server, request_id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = s
-            .events("admin.auth")
-            .into_iter()
-            .find(|v| v["request_id"] == request_id)
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no admin.auth line for {request_id}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    s.event_line("admin.auth", request_id)
 }
 
 /// Asserts a rejection: status, code, and a log line with the request's facts.
