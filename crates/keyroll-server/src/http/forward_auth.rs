@@ -5,6 +5,7 @@
 //! answer with a body: SPEC §12 measured 8× fewer requests per second), and puts the reason of a
 //! rejection in headers as well as the body, because nginx drops the body.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,21 +45,27 @@ pub const MAX_HEADERS: usize = 100;
 /// The longest URI (path and query) a forward-auth request may carry.
 pub const MAX_URI: usize = 8 * 1024;
 
-/// Forward-auth parameters from the query string and the gateway's headers.
-#[derive(Debug, Default)]
-struct Params {
-    environment: Option<String>,
+/// Forward-auth parameters from the query string and the gateway's headers. The environment
+/// is borrowed from the header (the common case) rather than copied: this is the hot path.
+#[derive(Debug)]
+struct Params<'a> {
+    environment: Option<Cow<'a, str>>,
     scopes: Vec<String>,
     bodyless: bool,
-    recording: Option<Recording>,
+    recording: Recording,
 }
 
-fn params(uri: &Uri) -> Params {
-    let mut p = Params::default();
+fn params(uri: &Uri) -> Params<'_> {
+    let mut p = Params {
+        environment: None,
+        scopes: Vec::new(),
+        bodyless: false,
+        recording: Recording::CountsAsUse,
+    };
     if let Some(q) = uri.query() {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             match &*k {
-                "environment" => p.environment = Some(v.into_owned()),
+                "environment" => p.environment = Some(v),
                 "scope" => p.scopes.push(v.into_owned()),
                 "body" => p.bodyless = v == "none",
                 _ => {}
@@ -98,9 +105,9 @@ fn operator_check(value: &str) -> Result<Recording, String> {
 /// Checks what the request itself carries, before any key is looked at. `Err` is the reason a
 /// request cannot be judged: it is answered `malformed_request` (401, so that nginx
 /// `auth_request`, which understands only 2xx/401/403, passes the reason on).
-fn gateway_params(headers: &HeaderMap, uri: &Uri) -> Result<Params, (Params, String)> {
+fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Result<(), String>) {
     let mut p = params(uri);
-    let fail = |p: Params, reason: String| Err((p, reason));
+    let fail = |p: Params<'h>, reason: String| (p, Err(reason));
     if headers.len() > MAX_HEADERS {
         let n = headers.len();
         return fail(
@@ -133,7 +140,7 @@ fn gateway_params(headers: &HeaderMap, uri: &Uri) -> Result<Params, (Params, Str
     // The gateway's header wins over the query: Envoy appends the client's own query string to
     // the auth path, so a query parameter could come from the caller rather than the gateway.
     match text_header(headers, "x-keyroll-environment") {
-        Ok(Some(e)) => p.environment = Some(e.to_owned()),
+        Ok(Some(e)) => p.environment = Some(Cow::Borrowed(e)),
         Ok(None) => {}
         Err(reason) => return fail(p, reason),
     }
@@ -150,13 +157,13 @@ fn gateway_params(headers: &HeaderMap, uri: &Uri) -> Result<Params, (Params, Str
     }
     match text_header(headers, OPERATOR_CHECK_HEADER) {
         Ok(Some(v)) => match operator_check(v) {
-            Ok(r) => p.recording = Some(r),
+            Ok(r) => p.recording = r,
             Err(reason) => return fail(p, reason),
         },
         Ok(None) => {}
         Err(reason) => return fail(p, reason),
     }
-    Ok(p)
+    (p, Ok(()))
 }
 
 /// Finds the credential: `Authorization: Bearer` first, then `X-API-Key`.
@@ -226,30 +233,25 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
     let now = crate::timefmt::now();
     let request_id = request_id_from(headers);
     let client = decided::client_addr(peer, headers, &state.config.trusted_proxies);
-    let (p, v) = match gateway_params(headers, uri) {
-        Ok(p) => {
-            let environment = p
-                .environment
-                .as_deref()
-                .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
-            let recording = p.recording.unwrap_or(Recording::CountsAsUse);
-            let v = verify(
-                &state.index,
-                presented(headers),
-                environment,
-                &p.scopes,
-                recording,
-                now,
-            );
-            (p, v)
-        }
-        Err((p, reason)) => (p, Verification::bad_request(reason)),
-    };
+    let (p, judgeable) = gateway_params(headers, uri);
+    // Validated by `gateway_params` when the request is judgeable; an invalid one is dropped for
+    // the log and metrics label of a `malformed_request`.
     let environment = p
         .environment
         .as_deref()
         .filter(|e| keyroll_core::Environment::is_valid(e))
         .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
+    let v = match judgeable {
+        Ok(()) => verify(
+            &state.index,
+            presented(headers),
+            environment,
+            &p.scopes,
+            p.recording,
+            now,
+        ),
+        Err(reason) => Verification::bad_request(reason),
+    };
     let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     decided::after(
         &state,
@@ -259,7 +261,7 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
             peer,
             client,
             required_environment: environment,
-            recording: p.recording.unwrap_or(Recording::CountsAsUse),
+            recording: p.recording,
             method,
             uri,
             headers,
