@@ -1,6 +1,7 @@
 //! Server configuration: defaults, then a TOML file, then `KEYROLL_*` environment variables,
 //! then command-line flags (each layer overrides the one before), validated once at start.
 
+pub use crate::logging::LogFormat;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,15 +186,6 @@ impl Default for RotationConfig {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable, for terminals.
-    Pretty,
-}
-
 /// How much a rejected caller is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Explain {
@@ -229,7 +221,7 @@ pub struct Config {
     /// Usage flush period.
     pub usage_flush_interval: Duration,
     /// Trusted proxies.
-    pub trusted_proxies: Vec<crate::usage::TrustedNet>,
+    pub trusted_proxies: Vec<crate::client_addr::TrustedNet>,
     /// Sweeper period.
     pub sweep_interval: Duration,
     /// Decisions kept in memory.
@@ -435,7 +427,7 @@ impl Config {
             .trusted_proxies
             .iter()
             .map(|t| {
-                crate::usage::TrustedNet::parse(t).ok_or_else(|| ConfigError::Invalid {
+                crate::client_addr::TrustedNet::parse(t).ok_or_else(|| ConfigError::Invalid {
                     key: "usage.trusted_proxies",
                     value: t.clone(),
                     reason: "expected an IP address or CIDR block like 10.0.0.0/8".into(),

@@ -3,64 +3,14 @@
 //!
 //! One call site for `/v1/forward-auth` and `/v1/verify`, so the two can never drift apart.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, Method, Uri};
 use keyroll_core::Timestamp;
 
+use crate::client_addr::ClientAddr;
 use crate::state::AppState;
-use crate::usage::TrustedNet;
 use crate::verify::{Recording, Verification};
-
-/// Who sent a request: the TCP peer itself, or — when the peer is a trusted proxy — the
-/// address that proxy forwarded (which has no port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientAddr {
-    /// The peer is the client.
-    Peer(SocketAddr),
-    /// A trusted proxy named the client.
-    Forwarded(IpAddr),
-}
-
-impl ClientAddr {
-    /// The client's IP address.
-    pub fn ip(&self) -> IpAddr {
-        match self {
-            ClientAddr::Peer(a) => a.ip(),
-            ClientAddr::Forwarded(ip) => *ip,
-        }
-    }
-}
-
-impl std::fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientAddr::Peer(a) => a.fmt(f),
-            ClientAddr::Forwarded(ip) => ip.fmt(f),
-        }
-    }
-}
-
-/// The one client-address rule: the peer, or — when the peer is one of `trusted` proxies — the
-/// address it forwarded (`X-Real-IP`, else the last `X-Forwarded-For` entry). A forwarded
-/// address only ever names the client in logs, history and usage; it never authorizes.
-pub fn client_addr(
-    peer: Option<SocketAddr>,
-    headers: &HeaderMap,
-    trusted: &[TrustedNet],
-) -> Option<ClientAddr> {
-    let peer = peer?;
-    if trusted.iter().any(|n| n.contains(peer.ip())) {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let forwarded = text("x-real-ip")
-            .or_else(|| text("x-forwarded-for").and_then(|f| f.rsplit(',').next()))
-            .and_then(|a| a.trim().parse::<IpAddr>().ok());
-        if let Some(ip) = forwarded {
-            return Some(ClientAddr::Forwarded(ip));
-        }
-    }
-    Some(ClientAddr::Peer(peer))
-}
 
 /// The request a decision was made for. Borrowed: building owned copies costs more than the
 /// verification, so consumers take only what they need, when they need it.
@@ -70,7 +20,7 @@ pub struct DecisionContext<'a> {
     pub request_id: &'a str,
     /// The TCP peer.
     pub peer: Option<SocketAddr>,
-    /// The client, after the trusted-proxy rule ([`client_addr`]), computed once at the edge.
+    /// The client, after the trusted-proxy rule ([`crate::client_addr::client_addr`]), computed once at the edge.
     pub client: Option<ClientAddr>,
     /// The environment the request had to belong to, if any (already validated).
     pub required_environment: Option<&'a str>,

@@ -5,6 +5,7 @@
 //! response + log line. Admin change → store transaction → index update → response.
 
 pub mod admin_token;
+pub mod client_addr;
 pub mod config;
 pub mod decided;
 pub mod http;

@@ -16,7 +16,6 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use keyroll_core::DecisionCode;
 
-use crate::config::LogFormat;
 use crate::timefmt;
 use crate::verify::Verification;
 
@@ -58,6 +57,15 @@ pub fn parse_filter(level: &str) -> Result<EnvFilter, String> {
     }
     EnvFilter::try_new(level)
         .map_err(|e| format!("{e}; expected a level ({LEVELS}) or TARGET=LEVEL directives"))
+}
+
+/// Log output format (the `log.format` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable, for terminals.
+    Pretty,
 }
 
 /// Installs the global subscriber. Safe to call once; a second call is ignored. `level` was
@@ -135,7 +143,7 @@ pub struct RequestFacts<'a> {
     /// The request id.
     pub request_id: &'a str,
     /// The client (after the trusted-proxy rule).
-    pub remote_addr: Option<crate::decided::ClientAddr>,
+    pub remote_addr: Option<crate::client_addr::ClientAddr>,
     /// The TCP peer (the gateway, behind one).
     pub peer_addr: Option<SocketAddr>,
     /// The (original) method.

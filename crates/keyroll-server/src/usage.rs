@@ -24,51 +24,6 @@ const SHARDS: usize = 32;
 pub const MAX_SOURCES: usize = 16;
 const HOUR_MS: i64 = 3_600_000;
 
-/// A CIDR block of proxies whose `X-Forwarded-For` / `X-Real-IP` are believed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl TrustedNet {
-    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
-    pub fn parse(text: &str) -> Option<TrustedNet> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let a: IpAddr = text.parse().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(TrustedNet { addr, prefix })
-    }
-
-    /// Whether `ip` is inside the block.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(self.prefix))
-                };
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.prefix))
-                };
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Pending {
     last_used: Timestamp,
@@ -306,20 +261,6 @@ pub async fn flush_once(state: &crate::state::AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trusted_nets() {
-        let n = TrustedNet::parse("10.0.0.0/8").unwrap();
-        assert!(n.contains("10.1.2.3".parse().unwrap()));
-        assert!(!n.contains("11.0.0.1".parse().unwrap()));
-        assert!(
-            TrustedNet::parse("::1")
-                .unwrap()
-                .contains("::1".parse().unwrap())
-        );
-        assert!(TrustedNet::parse("10.0.0.0/33").is_none());
-        assert!(TrustedNet::parse("nope").is_none());
-    }
 
     #[test]
     fn sources_are_bounded_and_merged() {

@@ -23,7 +23,7 @@ pub struct RequestInfo {
     pub request_id: String,
     /// The TCP peer.
     pub peer: Option<SocketAddr>,
-    /// The client: the peer, or what a trusted proxy forwarded (`decided::client_addr`).
+    /// The client: the peer, or what a trusted proxy forwarded (`client_addr::client_addr`).
     pub client: Option<IpAddr>,
     /// The method.
     pub method: Method,
@@ -39,7 +39,7 @@ impl RequestInfo {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
         let client =
-            crate::decided::client_addr(peer, &parts.headers, &state.config.trusted_proxies)
+            crate::client_addr::client_addr(peer, &parts.headers, &state.config.trusted_proxies)
                 .map(|c| c.ip());
         let uri = redact_keys(&parts.uri.to_string()).into_owned();
         RequestInfo {

@@ -232,7 +232,7 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         .map(|c| c.0);
     let now = crate::timefmt::now();
     let request_id = request_id_from(headers);
-    let client = decided::client_addr(peer, headers, &state.config.trusted_proxies);
+    let client = crate::client_addr::client_addr(peer, headers, &state.config.trusted_proxies);
     let (p, judgeable) = gateway_params(headers, uri);
     // Validated by `gateway_params` when the request is judgeable; an invalid one is dropped for
     // the log and metrics label of a `malformed_request`.
@@ -440,7 +440,11 @@ pub async fn verify_json(
         &DecisionContext {
             request_id: &request_id,
             peer: Some(peer),
-            client: decided::client_addr(Some(peer), &headers, &state.config.trusted_proxies),
+            client: crate::client_addr::client_addr(
+                Some(peer),
+                &headers,
+                &state.config.trusted_proxies,
+            ),
             required_environment: environment,
             recording,
             method: &Method::POST,

@@ -100,7 +100,7 @@ pub struct Entry {
     /// The request id.
     pub request_id: RequestId,
     /// The client (after the trusted-proxy rule).
-    pub remote_addr: Option<crate::decided::ClientAddr>,
+    pub remote_addr: Option<crate::client_addr::ClientAddr>,
     /// The full explanation (rejections only: building it allocates).
     pub detail: Option<Box<str>>,
 }
@@ -295,7 +295,7 @@ pub struct Record<'a> {
     /// The request id.
     pub request_id: &'a str,
     /// The client (after the trusted-proxy rule).
-    pub remote_addr: Option<crate::decided::ClientAddr>,
+    pub remote_addr: Option<crate::client_addr::ClientAddr>,
 }
 
 impl History {
