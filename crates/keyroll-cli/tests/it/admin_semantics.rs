@@ -72,18 +72,7 @@ fn a_lost_rotate_response_is_replayed_with_the_same_working_key() {
 
     // Neither the key nor the Idempotency-Key is in the database (nor logs, nor output).
     s.assert_no_secret_leaked(&[]);
-    let mut db = Vec::new();
-    for entry in std::fs::read_dir(s.data_dir()).unwrap() {
-        let p = entry.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("keyroll.db")
-        {
-            db.extend(std::fs::read(&p).unwrap());
-        }
-    }
-    let db = String::from_utf8_lossy(&db);
+    let db = s.database_text();
     assert!(
         !db.contains(STRONG),
         "the Idempotency-Key is in the database"

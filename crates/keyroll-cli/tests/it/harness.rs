@@ -221,13 +221,9 @@ impl Server {
         }
     }
 
-    /// Asserts that no issued secret appears in the server's log, the CLI transcript (outside
-    /// the once-shown key), or the database files.
-    pub fn assert_no_secret_leaked(&self, extra_text: &[String]) {
-        let secrets = self.secrets.lock().unwrap().clone();
-        assert!(!secrets.is_empty(), "the test issued no key");
-        let logs = self.logs.lock().unwrap().join("\n");
-        let transcript = self.transcript.lock().unwrap().join("\n");
+    /// The raw bytes of the database files (`keyroll.db`, its `-wal` and `-shm`), as text, to
+    /// search for what must never be stored.
+    pub fn database_text(&self) -> String {
         let mut db = Vec::new();
         for entry in std::fs::read_dir(self.data_dir()).unwrap() {
             let p = entry.unwrap().path();
@@ -239,7 +235,17 @@ impl Server {
                 db.extend(std::fs::read(&p).unwrap());
             }
         }
-        let db = String::from_utf8_lossy(&db);
+        String::from_utf8_lossy(&db).into_owned()
+    }
+
+    /// Asserts that no issued secret appears in the server's log, the CLI transcript (outside
+    /// the once-shown key), or the database files.
+    pub fn assert_no_secret_leaked(&self, extra_text: &[String]) {
+        let secrets = self.secrets.lock().unwrap().clone();
+        assert!(!secrets.is_empty(), "the test issued no key");
+        let logs = self.logs.lock().unwrap().join("\n");
+        let transcript = self.transcript.lock().unwrap().join("\n");
+        let db = self.database_text();
         for s in &secrets {
             assert!(!logs.contains(s.as_str()), "a secret is in the server log");
             assert!(

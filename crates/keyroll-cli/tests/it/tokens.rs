@@ -563,18 +563,7 @@ impl Tokens<'_> {
         let logs = self.s.logs.lock().unwrap().join("\n");
         let transcript = self.transcript.join("\n");
         let audit = format!("{audit:?}");
-        let mut db = Vec::new();
-        for entry in std::fs::read_dir(self.s.data_dir()).unwrap() {
-            let p = entry.unwrap().path();
-            if p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("keyroll.db")
-            {
-                db.extend(std::fs::read(&p).unwrap());
-            }
-        }
-        let db = String::from_utf8_lossy(&db);
+        let db = self.s.database_text();
         for secret in &self.secrets {
             assert_eq!(secret.len(), 32, "{secret:?} is not a token secret");
             assert!(
