@@ -245,7 +245,13 @@ impl SqliteStore {
                     Ok(true)
                 })
             })
-            .connect_with(options)
+            // The file exists now: a connection the pool opens later (after one was closed, say)
+            // must never create a new, empty database where the opened one was deleted.
+            .connect_with(if path.is_some() {
+                options.create_if_missing(false)
+            } else {
+                options
+            })
             .await
             .map_err(|e| open_error(&location, path, e))?;
         MIGRATOR
@@ -380,6 +386,9 @@ impl SqliteStore {
         &self,
         doing: &str,
     ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        // A read of a deleted or replaced file would answer from the wrong database (or an
+        // empty one): the same check as writes, a `stat` (admin reads are not the hot path).
+        self.check_file(doing)?;
         self.pool.begin().await.map_err(|e| self.fail(doing, e))
     }
 
