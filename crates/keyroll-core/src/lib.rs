@@ -28,4 +28,4 @@ pub use lifecycle::{
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
 pub use redact::redact_url;
-pub use timestamp::Timestamp;
+pub use timestamp::{Timestamp, http_date, parse_rfc3339, rfc3339};

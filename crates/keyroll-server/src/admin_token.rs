@@ -235,11 +235,17 @@ pub fn contains_token(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::OsEntropy;
+    use crate::clock::Randomness;
 
     #[test]
     fn generated_tokens_parse_and_match() {
-        let (plain, rec) = generate("t", &["admin"], Timestamp::EPOCH, &mut OsEntropy).unwrap();
+        let (plain, rec) = generate(
+            "t",
+            &["admin"],
+            Timestamp::EPOCH,
+            &mut Randomness::os().entropy(),
+        )
+        .unwrap();
         let p = parse(&plain).unwrap();
         assert_eq!(p.id, rec.id);
         assert!(p.secret_hash.matches(&rec.secret_hash));
@@ -310,7 +316,7 @@ mod tests {
                 expires_at: Some(Timestamp::from_unix_millis(10_000)),
             },
             Timestamp::EPOCH,
-            &mut OsEntropy,
+            &mut Randomness::os().entropy(),
         )
         .unwrap();
         let at = Timestamp::from_unix_millis;
@@ -337,7 +343,13 @@ mod tests {
 
     #[test]
     fn finds_pasted_tokens() {
-        let (plain, _) = generate("t", &["admin"], Timestamp::EPOCH, &mut OsEntropy).unwrap();
+        let (plain, _) = generate(
+            "t",
+            &["admin"],
+            Timestamp::EPOCH,
+            &mut Randomness::os().entropy(),
+        )
+        .unwrap();
         assert!(contains_token(&format!("leaked: {plain}.")));
         assert!(!contains_token("laptop lost"));
     }

@@ -10,7 +10,7 @@ use keyroll_core::Timestamp;
 
 use crate::client_addr::ClientAddr;
 use crate::state::AppState;
-use crate::verify::{Recording, Verification};
+use keyroll_verify::verify::{Recording, Verification};
 
 /// The request a decision was made for. Borrowed: building owned copies costs more than the
 /// verification, so consumers take only what they need, when they need it.

@@ -6,18 +6,16 @@
 
 pub mod admin_token;
 pub mod client_addr;
+pub mod clock;
 pub mod config;
 pub mod decided;
 pub mod http;
-pub mod index;
 pub mod listener;
 pub mod logging;
 pub mod observe;
 pub mod state;
 pub mod sweeper;
-pub mod timefmt;
 pub mod usage;
-pub mod verify;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,7 +114,7 @@ fn create_new_file(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()>
 /// Renames `path` to `path.replaced-<unix millis>` and says so.
 fn move_aside(path: &Path) -> anyhow::Result<String> {
     let mut target = path.as_os_str().to_owned();
-    target.push(format!(".replaced-{}", timefmt::now().unix_millis()));
+    target.push(format!(".replaced-{}", clock::system_now().unix_millis()));
     let target = PathBuf::from(target);
     if target.exists() {
         bail!(
@@ -133,7 +131,9 @@ fn move_aside(path: &Path) -> anyhow::Result<String> {
 /// A new installation id: 128 random bits, hex.
 fn new_installation_id() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for an id: {e}"))?;
+    clock::Randomness::os()
+        .fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for an id: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -333,9 +333,13 @@ async fn open_checked(
 
 /// Creates the first admin token (scope `admin`). Returns the plaintext.
 pub async fn create_first_admin_token(store: &dyn Store) -> anyhow::Result<String> {
-    let at = timefmt::now();
-    let (plaintext, record) =
-        admin_token::generate("initial", &["admin"], at, &mut state::OsEntropy)?;
+    let at = clock::system_now();
+    let (plaintext, record) = admin_token::generate(
+        "initial",
+        &["admin"],
+        at,
+        &mut clock::Randomness::os().entropy(),
+    )?;
     let audit = AuditRecord {
         seq: 0,
         at,

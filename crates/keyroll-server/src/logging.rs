@@ -16,8 +16,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use keyroll_core::DecisionCode;
 
-use crate::timefmt;
-use crate::verify::Verification;
+use keyroll_verify::verify::Verification;
 
 const LEVELS: &str = "trace, debug, info, warn, error or off";
 
@@ -114,9 +113,10 @@ impl Visit for Fields {
 impl<S: Subscriber> Layer<S> for JsonLines {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut fields = Fields(Map::new());
-        fields
-            .0
-            .insert("ts".into(), Value::String(timefmt::rfc3339(timefmt::now())));
+        fields.0.insert(
+            "ts".into(),
+            Value::String(keyroll_core::rfc3339(crate::clock::system_now())),
+        );
         fields.0.insert(
             "level".into(),
             Value::String(event.metadata().level().as_str().to_ascii_lowercase()),

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use keyroll_core::{Entropy, EntropyUnavailable};
 use keyroll_store::Store;
+use keyroll_verify::index::Index;
 
+use crate::clock::{Clock, Randomness};
 use crate::config::Config;
-use crate::index::Index;
 
 /// Shared server state.
 #[derive(Debug)]
@@ -24,21 +24,25 @@ pub struct AppState {
     pub observer: crate::observe::Observer,
     /// Usage gathered since the last flush.
     pub usage: crate::usage::UsageRecorder,
-}
-
-/// The operating system's CSPRNG.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OsEntropy;
-
-impl Entropy for OsEntropy {
-    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyUnavailable> {
-        getrandom::fill(dest).map_err(|e| EntropyUnavailable(e.to_string()))
-    }
+    /// The wall clock: every `now` of the server comes from here.
+    pub clock: Clock,
+    /// Every random byte of the server comes from here.
+    pub randomness: Randomness,
 }
 
 impl AppState {
     /// A shared state around a store whose index is loaded by [`AppState::load`].
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<AppState> {
+        AppState::with(store, config, Clock::system(), Randomness::os())
+    }
+
+    /// A shared state with a chosen clock and randomness (tests drive time with a manual clock).
+    pub fn with(
+        store: Arc<dyn Store>,
+        config: Config,
+        clock: Clock,
+        randomness: Randomness,
+    ) -> Arc<AppState> {
         let usage = crate::usage::UsageRecorder::new(config.usage_enabled);
         Arc::new(AppState {
             index: Index::new(),
@@ -47,6 +51,8 @@ impl AppState {
             usage,
             config,
             ready: AtomicBool::new(false),
+            clock,
+            randomness,
         })
     }
 

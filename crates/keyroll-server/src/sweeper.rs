@@ -12,11 +12,10 @@ use std::time::Duration;
 use keyroll_core::ConsumerRef;
 
 use crate::state::AppState;
-use crate::timefmt::now;
 
 /// One pass. Returns how many consumers had something written.
 pub async fn sweep_once(state: &AppState) -> usize {
-    let at = now();
+    let at = state.clock.now();
     let mut changed = 0;
     let scan = state
         .index

@@ -17,7 +17,7 @@ use keyroll_store::{SourceSeen, Store, StoreError, UsageDelta};
 use parking_lot::Mutex;
 
 use crate::decided::DecisionContext;
-use crate::verify::Verification;
+use keyroll_verify::verify::Verification;
 
 const SHARDS: usize = 32;
 /// Sources kept per version, in a batch and in the store.
@@ -249,7 +249,9 @@ pub async fn flush_once(state: &crate::state::AppState) {
                     "usage flushed"
                 );
             }
-            state.observer.usage_flushed(started.elapsed(), n);
+            state
+                .observer
+                .usage_flushed(started.elapsed(), n, state.clock.now());
         }
         Err(e) => {
             tracing::warn!(event = "usage.flush_failed", error = %e, "usage flush failed; counts kept in memory for the next attempt");

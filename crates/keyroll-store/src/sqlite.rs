@@ -1497,7 +1497,9 @@ impl crate::Store for SqliteStore {
     }
 }
 
-/// The wall clock for the probe row (the store otherwise takes times from its callers).
+/// The wall clock for the probe row (the store otherwise takes times from its callers): a
+/// diagnostic value nothing decides on.
+#[allow(clippy::disallowed_methods)]
 fn unix_millis_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -104,6 +104,7 @@ fn incident_replay_no_allowed_request_fails_and_the_straggler_stalls_then_retire
         ));
     }
     // alpha and beta switch at random moments within the first 1.5 s; gamma never does.
+    #[allow(clippy::disallowed_methods)] // a random seed, not a time anything decides on
     let mut seed = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -31,8 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::http::auth::Admin;
 use crate::http::idempotency::IdempotencyKey;
 use crate::http::{ApiError, ApiJson, ApiPath, current_request_id};
-use crate::state::{AppState, OsEntropy};
-use crate::timefmt::{now, rfc3339};
+use crate::state::AppState;
+use keyroll_core::rfc3339;
 
 /// How often a change is recomputed after losing a race before giving up.
 const MAX_ATTEMPTS: usize = 5;
@@ -99,11 +99,12 @@ impl Ctx {
         public: &Value,
         at: Timestamp,
         issued: Option<&IssuedKey>,
+        randomness: &crate::clock::Randomness,
     ) -> Option<IdempotencyRecord> {
         self.idempotency.as_ref().map(|(key, hash)| {
             let sealed_key = issued
                 .filter(|_| key.weakness().is_none())
-                .and_then(|k| match key.seal(hash, k.reveal()) {
+                .and_then(|k| match key.seal(hash, k.reveal(), randomness) {
                     Ok(sealed) => Some(sealed),
                     Err(e) => {
                         // The change still happens; only a replay cannot show the key.
@@ -148,7 +149,7 @@ impl Ctx {
         if let Some(obj) = body.as_object_mut() {
             obj.insert("replayed".into(), Value::Bool(true));
             if obj.contains_key("key") {
-                match reopen(key, hash, &record, now()) {
+                match reopen(key, hash, &record, state.clock.now()) {
                     Ok(plain) => {
                         obj.insert("key".into(), Value::String(plain));
                     }
@@ -373,10 +374,11 @@ fn policy_from(
 }
 
 fn new_key(
+    randomness: &crate::clock::Randomness,
     environment: &Environment,
     expires_at: Option<Timestamp>,
 ) -> Result<(IssuedKey, NewVersion), ApiError> {
-    let key = issue_key(environment, &mut OsEntropy).map_err(|e| {
+    let key = issue_key(environment, &mut randomness.entropy()).map_err(|e| {
         tracing::error!(event = "entropy.unavailable", error = %e, "cannot issue a key");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -422,7 +424,11 @@ pub fn version_json(
 }
 
 /// A consumer as the API shows it at `now`, with what this node knows of its use.
-pub fn consumer_json(c: &Consumer, index: &crate::index::Index, now: Timestamp) -> proto::Consumer {
+pub fn consumer_json(
+    c: &Consumer,
+    index: &keyroll_verify::index::Index,
+    now: Timestamp,
+) -> proto::Consumer {
     proto::Consumer {
         environment: c.environment.to_string(),
         name: c.name.to_string(),
@@ -631,7 +637,7 @@ async fn commit_planned(
             .get_consumer(r)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?;
-        let at = now();
+        let at = state.clock.now();
         let seen = usage_of(state, &stored.consumer);
         let planned = plan(&stored.consumer, &Usage::new(&seen), at)?;
         let answer = respond(&stored.consumer, &planned, at);
@@ -650,7 +656,13 @@ async fn commit_planned(
         }
         let reference = r.to_string();
         let (audit, events) = audit_and_events(ctx, at, &reference, &planned, &extra);
-        let idem = ctx.idempotency_record(status, &public, at, planned.issued.as_ref());
+        let idem = ctx.idempotency_record(
+            status,
+            &public,
+            at,
+            planned.issued.as_ref(),
+            &state.randomness,
+        );
         let write = ConsumerWrite {
             expected_revision: stored.revision,
             id: stored.id,
@@ -770,7 +782,7 @@ pub async fn create_environment(
     admin.require("environments:write")?;
     let ctx = ctx(&admin, peer, &headers, &method, &uri, &body.body_hash)?;
     let name = Environment::parse(&body.value.name).map_err(name_error)?;
-    let at = now();
+    let at = state.clock.now();
     let record = EnvironmentRecord {
         name: name.clone(),
         protected: body.value.protected,
@@ -851,8 +863,12 @@ pub async fn create_consumer(
         return Ok(replayed);
     }
     for _ in 0..MAX_ATTEMPTS {
-        let at = now();
-        let (issued, first) = new_key(&r.environment, expires_in.map(|d| at.saturating_add(d)))?;
+        let at = state.clock.now();
+        let (issued, first) = new_key(
+            &state.randomness,
+            &r.environment,
+            expires_in.map(|d| at.saturating_add(d)),
+        )?;
         let mut consumer = Consumer::create(
             r.environment.clone(),
             r.name.clone(),
@@ -881,7 +897,13 @@ pub async fn create_consumer(
                 json!({ "kid": issued.kid.to_string() }),
             ),
         ];
-        let idem = ctx.idempotency_record(StatusCode::CREATED, &public, at, Some(&issued));
+        let idem = ctx.idempotency_record(
+            StatusCode::CREATED,
+            &public,
+            at,
+            Some(&issued),
+            &state.randomness,
+        );
         match state
             .store
             .create_consumer(&consumer, &audit, idem.as_ref())
@@ -950,7 +972,7 @@ pub async fn list_consumers(
             }
         }
     }
-    let at = now();
+    let at = state.clock.now();
     let items = state
         .store
         .list_consumers(environment.as_ref())
@@ -978,7 +1000,11 @@ pub async fn get_consumer(
         .get_consumer(&r)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("consumer {r} does not exist")))?;
-    Ok(Json(consumer_json(&stored.consumer, &state.index, now())))
+    Ok(Json(consumer_json(
+        &stored.consumer,
+        &state.index,
+        state.clock.now(),
+    )))
 }
 
 /// `PATCH /v1/consumers/{env}/{name}`: scopes, owner.
@@ -1111,8 +1137,11 @@ pub async fn rotate(
         &r,
         StatusCode::CREATED,
         |c, usage, at| {
-            let (issued, new_version) =
-                new_key(&c.environment, expires_in.map(|d| at.saturating_add(d)))?;
+            let (issued, new_version) = new_key(
+                &state.randomness,
+                &c.environment,
+                expires_in.map(|d| at.saturating_add(d)),
+            )?;
             let t = c
                 .apply(
                     Command::Rotate {

@@ -14,7 +14,7 @@ use crate::admin_token::{self, AuthorizationError, TokenState};
 use crate::http::{ApiError, current_request_id};
 use crate::logging::redact_keys;
 use crate::state::AppState;
-use crate::timefmt::{now, rfc3339};
+use keyroll_core::rfc3339;
 
 /// The request an admin call came with, for log lines and audit entries.
 #[derive(Debug, Clone)]
@@ -198,7 +198,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
                 Some(id),
             ))
         };
-        match TokenState::of(&entry, now()) {
+        match TokenState::of(&entry, state.clock.now()) {
             TokenState::Valid | TokenState::Overlap { .. } => Ok(Admin {
                 token_id: entry.token.id,
                 scopes: entry.token.scopes,

@@ -22,8 +22,8 @@ use crate::http::{
     ApiError, ApiJson, ProblemExtras, current_request_id, problem_with, request_id_from,
 };
 use crate::state::AppState;
-use crate::timefmt::{http_date, rfc3339};
-use crate::verify::{Presented, Recording, Verification, verify};
+use keyroll_core::{http_date, rfc3339};
+use keyroll_verify::verify::{Presented, Recording, Verification, verify};
 
 const X_CONSUMER: HeaderName = HeaderName::from_static("x-keyroll-consumer");
 const X_ENVIRONMENT: HeaderName = HeaderName::from_static("x-keyroll-environment");
@@ -230,7 +230,7 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let now = crate::timefmt::now();
+    let now = state.clock.now();
     let request_id = request_id_from(headers);
     let client = crate::client_addr::client_addr(peer, headers, &state.config.trusted_proxies);
     let (p, judgeable) = gateway_params(headers, uri);
@@ -396,7 +396,7 @@ pub async fn verify_json(
 ) -> Result<axum::Json<keyroll_proto::VerifyResponse>, ApiError> {
     admin.require("verify")?;
     let started = Instant::now();
-    let now = crate::timefmt::now();
+    let now = state.clock.now();
     let request_id = current_request_id();
     let req = body.value;
     if let Some(e) = req.environment.as_deref()

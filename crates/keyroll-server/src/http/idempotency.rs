@@ -141,10 +141,15 @@ impl IdempotencyKey {
     }
 
     /// Seals `secret` for a replay of the request `request_hash`: nonce ‖ ciphertext.
-    pub fn seal(&self, request_hash: &str, secret: &str) -> Result<Vec<u8>, SealError> {
+    pub fn seal(
+        &self,
+        request_hash: &str,
+        secret: &str,
+        randomness: &crate::clock::Randomness,
+    ) -> Result<Vec<u8>, SealError> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.derive(INFO_SEAL)));
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|_| SealError)?;
+        randomness.fill(&mut nonce).map_err(|_| SealError)?;
         let aad = self.aad(request_hash);
         let ciphertext = cipher
             .encrypt(
@@ -248,7 +253,9 @@ mod tests {
         let k = key("3f2b9c1e-7a4d-4e8b-9c2f-5a6b7c8d9e0f");
         let other = key("4f2b9c1e-7a4d-4e8b-9c2f-5a6b7c8d9e0f");
         let secret = "kr_prod_secretsecretsecret";
-        let sealed = k.seal("req-a", secret).unwrap();
+        let sealed = k
+            .seal("req-a", secret, &crate::clock::Randomness::os())
+            .unwrap();
         assert!(
             !sealed.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "ciphertext is not the plaintext"
@@ -266,7 +273,12 @@ mod tests {
         }
         assert_eq!(k.open("req-a", &tampered), Err(SealError));
         assert_eq!(k.open("req-a", &sealed[..5]), Err(SealError));
-        assert_ne!(k.seal("req-a", secret).unwrap(), sealed, "fresh nonce");
+        assert_ne!(
+            k.seal("req-a", secret, &crate::clock::Randomness::os())
+                .unwrap(),
+            sealed,
+            "fresh nonce"
+        );
     }
 
     #[test]

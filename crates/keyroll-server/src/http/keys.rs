@@ -15,9 +15,9 @@ use keyroll_proto as proto;
 
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiPath, current_request_id, problem};
-use crate::index::KeyDescription;
 use crate::state::AppState;
-use crate::timefmt::{now, rfc3339};
+use keyroll_core::rfc3339;
+use keyroll_verify::index::KeyDescription;
 
 fn key_info(d: &KeyDescription) -> proto::KeyInfo {
     proto::KeyInfo {
@@ -60,7 +60,7 @@ pub async fn get_key(
         };
         return Err(ApiError::bad_request(format!("invalid kid: {hint}")));
     };
-    match state.index.describe(&kid, now()) {
+    match state.index.describe(&kid, state.clock.now()) {
         Some(d) => Ok(Json(key_info(&d)).into_response()),
         // The `kid` field tells a client this 404 is about the key, not a missing route (an
         // older server answers `not_found` for an unknown path too).

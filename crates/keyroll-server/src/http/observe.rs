@@ -15,7 +15,7 @@ use crate::http::ApiError;
 use crate::http::auth::Admin;
 use crate::observe::history::{Entry, Query};
 use crate::state::AppState;
-use crate::timefmt::rfc3339;
+use keyroll_core::rfc3339;
 
 /// Decisions returned when the request does not say.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -28,10 +28,9 @@ pub const MAX_LIMIT: usize = 100_000;
     (status = 200, description = "Prometheus exposition text (format 0.0.4)", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // Counting key versions walks the whole index: off the async workers.
-    let render = tokio::task::spawn_blocking(move || {
-        state.observer.render(&state.index, crate::timefmt::now())
-    })
-    .await;
+    let render =
+        tokio::task::spawn_blocking(move || state.observer.render(&state.index, state.clock.now()))
+            .await;
     match render {
         Ok(text) => {
             let mut response = Response::new(Body::from(text));
@@ -76,7 +75,7 @@ pub async fn decisions(
     uri: Uri,
 ) -> Result<Json<proto::DecisionList>, ApiError> {
     admin.require("consumers:read")?;
-    let mut q = parse_query(uri.query(), crate::timefmt::now())?;
+    let mut q = parse_query(uri.query(), state.clock.now())?;
     if let Some(reference) = &q.consumer
         && let Ok(r) = ConsumerRef::parse(reference)
         && let Some(stored) = state.store.get_consumer(&r).await?
@@ -170,7 +169,7 @@ fn parse_query(query: Option<&str>, now: Timestamp) -> Result<Query, ApiError> {
     Ok(q)
 }
 
-fn record(e: &Entry, index: &crate::index::Index) -> proto::DecisionRecord {
+fn record(e: &Entry, index: &keyroll_verify::index::Index) -> proto::DecisionRecord {
     let consumer = e
         .consumer
         .as_ref()

@@ -17,7 +17,7 @@ use keyroll_store::VersionUsage;
 use crate::http::ApiError;
 use crate::http::auth::Admin;
 use crate::state::AppState;
-use crate::timefmt::{now, rfc3339};
+use keyroll_core::rfc3339;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -71,7 +71,7 @@ pub async fn status(
         ],
         None => state.store.list_consumers(environment.as_ref()).await?,
     };
-    let at = now();
+    let at = state.clock.now();
     let kids: Vec<_> = consumers
         .iter()
         .flat_map(|c| c.consumer.versions.iter().map(|v| v.kid))

@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use crate::admin_token::{self, NewToken, TokenState};
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, ApiPath};
-use crate::state::{AppState, OsEntropy};
-use crate::timefmt::{now, rfc3339};
+use crate::state::AppState;
+use keyroll_core::rfc3339;
 
 /// How long a rotated token keeps working when the request does not say.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(3600);
@@ -168,7 +168,7 @@ pub async fn create_token(
     scopes.sort();
     scopes.dedup();
     no_escalation(&admin, &scopes, "create a token")?;
-    let at = now();
+    let at = state.clock.now();
     let expires_at = match &req.expires_in {
         None => None,
         Some(text) => {
@@ -188,7 +188,7 @@ pub async fn create_token(
         created_by: &admin.token_id,
         expires_at,
     };
-    let (plaintext, entry) = admin_token::generate_entry(&new, at, &mut OsEntropy)
+    let (plaintext, entry) = admin_token::generate_entry(&new, at, &mut state.randomness.entropy())
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string()))?;
     let id = entry.token.id.clone();
     let record = audit(
@@ -227,7 +227,7 @@ pub async fn list_tokens(
     admin: Admin,
 ) -> Result<Json<proto::List<proto::AdminToken>>, ApiError> {
     admin.require("tokens:read")?;
-    let at = now();
+    let at = state.clock.now();
     let items = state
         .store
         .list_admin_tokens()
@@ -264,7 +264,7 @@ pub async fn revoke_token(
     refuse_pasted_secret("reason", &reason)?;
     let target = existing(&state, &id).await?;
     no_escalation(&admin, &target.token.scopes, "revoke a token")?;
-    let at = now();
+    let at = state.clock.now();
     let guard = if req.force {
         AdminGuard::Override
     } else {
@@ -333,7 +333,7 @@ pub async fn rotate_token(
     };
     let old = existing(&state, &id).await?;
     no_escalation(&admin, &old.token.scopes, "rotate a token")?;
-    let at = now();
+    let at = state.clock.now();
     let current = TokenState::of(&old, at);
     if current != TokenState::Valid {
         return Err(ApiError::new(
@@ -362,7 +362,7 @@ pub async fn rotate_token(
         created_by: &admin.token_id,
         expires_at,
     };
-    let (plaintext, entry) = admin_token::generate_entry(&new, at, &mut OsEntropy)
+    let (plaintext, entry) = admin_token::generate_entry(&new, at, &mut state.randomness.entropy())
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string()))?;
     let new_id = entry.token.id.clone();
     let retires_at = at.saturating_add(overlap);

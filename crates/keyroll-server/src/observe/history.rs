@@ -15,8 +15,8 @@ use std::time::Instant;
 use keyroll_core::{DecisionCode, Fingerprint, Kid, State, VersionNumber};
 use parking_lot::Mutex;
 
-use crate::index::ConsumerEntry;
-use crate::verify::InlineEnv;
+use keyroll_verify::index::ConsumerEntry;
+use keyroll_verify::verify::InlineEnv;
 
 /// Share of the history reserved for rejections, in percent.
 pub const REJECTED_SHARE: usize = 80;

@@ -18,10 +18,10 @@ use keyroll_core::Timestamp;
 
 use crate::config::Config;
 use crate::decided::DecisionContext;
-use crate::index::Index;
 use crate::logging::{self, RequestFacts};
 use crate::state::AppState;
-use crate::verify::Verification;
+use keyroll_verify::index::Index;
+use keyroll_verify::verify::Verification;
 
 use self::flood::{Admit, FloodGate, FloodKey, Subject, Summary};
 use self::history::History;
@@ -131,8 +131,8 @@ impl Observer {
     }
 
     /// Records a successful usage flush of `versions` key versions.
-    pub fn usage_flushed(&self, duration: Duration, versions: usize) {
-        let at = crate::timefmt::now().unix_millis() as f64 / 1000.0;
+    pub fn usage_flushed(&self, duration: Duration, versions: usize, at: Timestamp) {
+        let at = at.unix_millis() as f64 / 1000.0;
         self.metrics.usage_flushed(duration, versions, at);
     }
 
@@ -223,7 +223,7 @@ impl Observer {
             _ => None,
         };
         let remote = s.key.source.map(|ip| ip.to_string());
-        let start = crate::timefmt::rfc3339(Timestamp::from_unix_millis(s.window_start_ms));
+        let start = keyroll_core::rfc3339(Timestamp::from_unix_millis(s.window_start_ms));
         tracing::warn!(
             target: "keyroll::decision",
             event = "auth.decision.suppressed",
@@ -316,7 +316,7 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
-        state.observer.sweep(crate::timefmt::now().unix_millis());
+        state.observer.sweep(state.clock.now().unix_millis());
         if sweeps.is_multiple_of(UPKEEP_EVERY_SWEEPS) {
             state.observer.upkeep();
             let up = matches!(

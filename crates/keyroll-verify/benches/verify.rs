@@ -58,8 +58,8 @@ use keyroll_core::{
     Command, Consumer, ConsumerName, Entropy, EntropyUnavailable, Environment, Kid, NewVersion,
     SecretHash, Timestamp, Usage, issue_key, parse_key,
 };
-use keyroll_server::index::Index;
-use keyroll_server::verify::{Presented, Recording, verify};
+use keyroll_verify::index::Index;
+use keyroll_verify::verify::{Presented, Recording, verify};
 
 const VERSIONS: usize = 1_000_000;
 const SAMPLE: usize = 4096;

@@ -13,7 +13,7 @@ use keyroll_core::{
 
 pub use crate::index::Recording;
 use crate::index::{ConsumerEntry, Index, Lookup, Query};
-use crate::timefmt::rfc3339;
+use keyroll_core::rfc3339;
 
 /// Where the key was found, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,6 +433,15 @@ mod tests {
 
     const ENVIRONMENTS: [&str; 4] = ["prod", "staging", "dev", "eu1"];
 
+    /// The operating system's CSPRNG (the server's own source lives in the server).
+    struct OsEntropy;
+
+    impl keyroll_core::Entropy for OsEntropy {
+        fn fill(&mut self, dest: &mut [u8]) -> Result<(), keyroll_core::EntropyUnavailable> {
+            getrandom::fill(dest).map_err(|e| keyroll_core::EntropyUnavailable(e.to_string()))
+        }
+    }
+
     fn now() -> Timestamp {
         Timestamp::from_unix_millis(1_800_000_000_000)
     }
@@ -453,8 +462,8 @@ mod tests {
         let mut keys = Vec::new();
         for (i, name) in ENVIRONMENTS.iter().enumerate() {
             let env = Environment::parse(name).unwrap();
-            let k1 = issue_key(&env, &mut crate::state::OsEntropy).unwrap();
-            let k2 = issue_key(&env, &mut crate::state::OsEntropy).unwrap();
+            let k1 = issue_key(&env, &mut OsEntropy).unwrap();
+            let k2 = issue_key(&env, &mut OsEntropy).unwrap();
             let c = Consumer::create(
                 env.clone(),
                 ConsumerName::parse("app").unwrap(),
