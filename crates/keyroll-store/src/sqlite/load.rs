@@ -1,28 +1,83 @@
-//! `load_all` on a SQLite file: every consumer and version in one snapshot, read through
-//! rusqlite on a blocking thread; and `last_used_all`, the other read of a whole table at start.
+//! The two bulk reads at start: `load_all` (every consumer and version, in one snapshot) and
+//! `last_used_all` (every version's last use). On a database file both read through rusqlite on
+//! a blocking thread; an in-memory database, which only the pool's connections can see, is read
+//! through sqlx.
 //!
-//! Why not sqlx here: sqlx's SQLite driver copies each column value of each row into its own
-//! heap allocation on the connection's worker thread and frees it on the reader's. At start-up
-//! (1,000,000 versions of 14 columns, SPEC §12: loaded in at most 5 s) that alone measured
-//! 5–9 s; rusqlite reads the values in place. Everything else stays on sqlx: these are the two
-//! bulk reads at start, with the same queries ([`Filter::queries`], [`SELECT_LAST_USED_ALL`]) and
-//! the same validation ([`rows`](crate::rows)) as the sqlx path, which `list_consumers` and an
-//! in-memory database still use.
+//! Why not sqlx for a file: sqlx's SQLite driver copies each column value of each row into its
+//! own heap allocation on the connection's worker thread and frees it on the reader's. At
+//! start-up (1,000,000 versions of 14 columns, SPEC §12: loaded in at most 5 s) that alone
+//! measured 5–9 s; rusqlite reads the values in place. Everything else stays on sqlx: these are
+//! the two bulk reads at start, with the same queries ([`Filter::queries`],
+//! [`SELECT_LAST_USED_ALL`]) and the same validation ([`rows`]) as the sqlx path,
+//! which `list_consumers` and an in-memory database still use. The rusqlite connection is
+//! read-only, and its failures are mapped by [`classify_rusqlite`] as sqlx's are.
 
 use std::path::Path;
 
+use futures_util::TryStreamExt;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
+use rusqlite::{Connection, OpenFlags, Row};
 
 use keyroll_core::{Kid, Timestamp};
 
-use super::{BUSY_TIMEOUT, Filter, LOADING_ALL, LOADING_LAST_USED};
+use super::consumers::Filter;
+use super::decode::last_used_from_row;
+use super::errors::classify_rusqlite;
+use super::{BUSY_TIMEOUT, SqliteStore};
 use crate::rows::{self, Place};
 use crate::{StoreError, StoredConsumer};
 
+/// What `load_all` does, in error messages.
+const LOADING_ALL: &str = "loading all consumers";
+/// What `last_used_all` does, in error messages.
+const LOADING_LAST_USED: &str = "loading the last use of every version";
+
 /// Every version's last use, in the order of the table (by kid).
-pub(super) const SELECT_LAST_USED_ALL: &str =
-    "SELECT kid, last_used_at FROM version_usage ORDER BY kid";
+const SELECT_LAST_USED_ALL: &str = "SELECT kid, last_used_at FROM version_usage ORDER BY kid";
+
+impl SqliteStore {
+    /// Every consumer with every version: from the file on a blocking thread, or through the
+    /// pool for an in-memory database.
+    pub(super) async fn load_all_consumers(&self) -> Result<Vec<StoredConsumer>, StoreError> {
+        let Some(file) = self.file.clone() else {
+            return self.read_consumers(Filter::All, LOADING_ALL).await;
+        };
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || load_all(&file, &location))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "SQLite database {}: {LOADING_ALL}: the reading task failed: {e}",
+                    self.location
+                ))
+            })?
+    }
+
+    /// Every version's last use, read as `load_all_consumers` reads.
+    pub(super) async fn load_last_used(&self) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
+        let Some(file) = self.file.clone() else {
+            let mut rows = sqlx::query(SELECT_LAST_USED_ALL).fetch(&self.pool);
+            let mut all = Vec::new();
+            while let Some(row) = rows
+                .try_next()
+                .await
+                .map_err(|e| self.fail(LOADING_LAST_USED, e))?
+            {
+                all.push(last_used_from_row(&row)?);
+            }
+            return Ok(all);
+        };
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || last_used_all(&file, &location))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "SQLite database {}: {LOADING_LAST_USED}: the reading task failed: {e}",
+                    self.location
+                ))
+            })?
+    }
+}
 
 /// A read-only connection: it can never write, whatever happens to the code around it.
 fn open(
@@ -39,8 +94,8 @@ fn open(
 }
 
 /// Reads every consumer with every version from the database file at `path`.
-pub(super) fn load_all(path: &Path, location: &str) -> Result<Vec<StoredConsumer>, StoreError> {
-    let fail = |e: rusqlite::Error| classify(location, LOADING_ALL, e);
+fn load_all(path: &Path, location: &str) -> Result<Vec<StoredConsumer>, StoreError> {
+    let fail = |e: rusqlite::Error| classify_rusqlite(location, LOADING_ALL, e);
     let mut conn = open(path, fail)?;
     // One read transaction: both queries see the same snapshot.
     let tx = conn.transaction().map_err(fail)?;
@@ -66,11 +121,8 @@ pub(super) fn load_all(path: &Path, location: &str) -> Result<Vec<StoredConsumer
 }
 
 /// Reads every version's last use from the database file at `path`.
-pub(super) fn last_used_all(
-    path: &Path,
-    location: &str,
-) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
-    let fail = |e: rusqlite::Error| classify(location, LOADING_LAST_USED, e);
+fn last_used_all(path: &Path, location: &str) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
+    let fail = |e: rusqlite::Error| classify_rusqlite(location, LOADING_LAST_USED, e);
     let conn = open(path, fail)?;
     let mut statement = conn.prepare(SELECT_LAST_USED_ALL).map_err(fail)?;
     let mut rows = statement.query([]).map_err(fail)?;
@@ -188,24 +240,5 @@ fn optional<'r, T>(
     match row.get_ref(index) {
         Ok(ValueRef::Null) => Ok(None),
         _ => read(row, index, place).map(Some),
-    }
-}
-
-/// Maps a rusqlite failure as the sqlx path maps its own: damage is `Corrupt`, the rest
-/// (cannot open, locked, I/O) `Unavailable`.
-fn classify(location: &str, doing: &str, err: rusqlite::Error) -> StoreError {
-    let damaged = matches!(
-        err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
-    );
-    let cause = match &err {
-        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
-        other => other.to_string(),
-    };
-    let message = format!("SQLite database {location}: {doing}: {cause}");
-    if damaged {
-        StoreError::Corrupt(message)
-    } else {
-        StoreError::Unavailable(message)
     }
 }

@@ -1,18 +1,29 @@
 //! Admin tokens with their lifecycle on SQLite: create with expiry, list, revoke (keeping one
-//! working `admin` token unless told otherwise), rotate with an overlap window.
+//! working `admin` token unless told otherwise), rotate with an overlap window; and the first
+//! calls, from before tokens had a lifecycle (`create_admin_token`, `find_admin_token`,
+//! `count_admin_tokens`), on the same table.
 //!
 //! A token's validity is decided by the server from the stored times (`expires_at`,
 //! `revoked_at`, `retires_at`), as a key version's is: nothing has to run when a time passes.
+//!
+//! Invariants:
+//! - No column holds a secret: a token is stored as its public id and the SHA-256 of its
+//!   secret.
+//! - Each change and its audit entries are one transaction; a revocation counts the other valid
+//!   `admin` tokens inside it, after taking the write lock, so two revocations cannot both pass
+//!   the last-admin check.
 
 use keyroll_core::Timestamp;
-use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, Violation, get, violation};
-use crate::rows::{self, Place};
+use super::SqliteStore;
+use super::decode::{admin_token_entry_from_row, admin_token_from_row};
+use super::errors::{Violation, violation};
+use crate::rows;
 use crate::{
     AdminGuard, AdminTokenEntry, AdminTokenRecord, AuditRecord, StoreError, TokenRevocation,
 };
 
+/// A token with its lifecycle, in the order [`admin_token_entry_from_row`] reads it.
 const COLUMNS: &str = "id, secret_hash, name, scopes, created_at, created_by, expires_at, \
                        revoked_at, revoke_reason, replaced_by, retires_at";
 
@@ -23,31 +34,62 @@ const OTHER_VALID_ADMINS: &str = "SELECT count(*) FROM admin_tokens \
      AND (expires_at IS NULL OR expires_at > ?2) \
      AND (' ' || scopes || ' ') LIKE '% admin %'";
 
-fn entry_from_row(row: &SqliteRow) -> Result<AdminTokenEntry, StoreError> {
-    let id: String = get(row, 0, &|| "admin_tokens row".to_owned())?;
-    let place = || format!("admin_tokens row ({id:?})");
-    let place: Place<'_> = &place;
-    let time = |v: Option<i64>| v.map(Timestamp::from_unix_millis);
-    let hash: Vec<u8> = get(row, 1, place)?;
-    let scopes: String = get(row, 3, place)?;
-    Ok(AdminTokenEntry {
-        token: AdminTokenRecord {
-            id: id.clone(),
-            secret_hash: rows::secret_hash(&hash, place)?,
-            name: get(row, 2, place)?,
-            scopes: rows::admin_scopes(&scopes),
-            created_at: Timestamp::from_unix_millis(get(row, 4, place)?),
-        },
-        created_by: get(row, 5, place)?,
-        expires_at: time(get(row, 6, place)?),
-        revoked_at: time(get(row, 7, place)?),
-        revoke_reason: get(row, 8, place)?,
-        replaced_by: get(row, 9, place)?,
-        retires_at: time(get(row, 10, place)?),
-    })
-}
-
 impl SqliteStore {
+    /// Adds a token without its lifecycle fields (they stay NULL), with its audit entry.
+    pub(super) async fn token_create_record(
+        &self,
+        token: &AdminTokenRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let scopes = rows::join_admin_scopes(&token.id, &token.scopes)?;
+        let doing = format!("creating admin token {}", token.id);
+        let mut tx = self.begin_write(&doing).await?;
+        sqlx::query(
+            "INSERT INTO admin_tokens (id, secret_hash, name, scopes, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(token.id.as_str())
+        .bind(token.secret_hash.0.as_slice())
+        .bind(token.name.as_str())
+        .bind(scopes)
+        .bind(token.created_at.unix_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match violation(&e) {
+            Some(Violation::Unique(_)) => {
+                StoreError::AlreadyExists(format!("admin token {}", token.id))
+            }
+            _ => self.fail(&doing, e),
+        })?;
+        self.append_audit(&mut tx, std::slice::from_ref(audit), &doing)
+            .await?;
+        self.commit_write(tx, &doing).await
+    }
+
+    pub(super) async fn token_find_record(
+        &self,
+        id: &str,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, name, scopes, created_at FROM admin_tokens WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.fail("reading an admin token", e))?;
+        row.as_ref()
+            .map(|row| admin_token_from_row(row, id))
+            .transpose()
+    }
+
+    pub(super) async fn token_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.fail("counting admin tokens", e))?;
+        rows::count(n, &|| "admin_tokens".to_owned())
+    }
+
     async fn insert_token(
         &self,
         conn: &mut sqlx::SqliteConnection,
@@ -93,7 +135,7 @@ impl SqliteStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| self.fail(doing, e))?;
-        row.as_ref().map(entry_from_row).transpose()
+        row.as_ref().map(admin_token_entry_from_row).transpose()
     }
 
     pub(super) async fn token_create(
@@ -122,7 +164,7 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.fail("listing admin tokens", e))?;
-        rows.iter().map(entry_from_row).collect()
+        rows.iter().map(admin_token_entry_from_row).collect()
     }
 
     pub(super) async fn token_revoke(

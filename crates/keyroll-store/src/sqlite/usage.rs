@@ -1,15 +1,26 @@
-//! Usage batches on SQLite: each part of a batch goes to the database as one JSON array bound to
-//! one statement, which `json_each` turns back into rows.
+//! Usage on SQLite: a batch of usage facts recorded in one write transaction, and the usage of
+//! some versions read back in one snapshot. (The last use of every version at start is read by
+//! [`load`](super::load).)
 //!
-//! Why JSON: a flush carries around a thousand versions, each with its hours and sources. One
-//! statement per row would be thousands of round trips to sqlx's connection thread inside the
-//! write lock; a multi-row `VALUES` list would be a new statement text (and a new prepared
-//! statement) for every batch size. A JSON parameter keeps four fixed, cached statements per
-//! batch whatever its size, and SQLite's JSON functions are built in.
+//! Each part of a batch goes to the database as one JSON array bound to one statement, which
+//! `json_each` turns back into rows. Why JSON: a flush carries around a thousand versions, each
+//! with its hours and sources. One statement per row would be thousands of round trips to sqlx's
+//! connection thread inside the write lock; a multi-row `VALUES` list would be a new statement
+//! text (and a new prepared statement) for every batch size. A JSON parameter keeps four fixed,
+//! cached statements per batch whatever its size, and SQLite's JSON functions are built in.
+//!
+//! Invariants: usage of a kid that no longer exists is dropped, never stored; each version keeps
+//! only its `max_sources` most recently seen sources, trimmed in the batch's transaction.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use keyroll_core::{Kid, Timestamp};
+
+use super::SqliteStore;
+use super::decode::{usage_hourly_from_row, usage_last_used_from_row, usage_source_from_row};
 use crate::usage::{Hourly, LastUsed, Source};
+use crate::{StoreError, UsageDelta, VersionUsage};
 
 /// Adds each `[kid, last_used_at]` whose version exists, keeping the later time.
 pub(super) const UPSERT_LAST_USED: &str = "INSERT INTO version_usage (kid, last_used_at) \
@@ -143,6 +154,134 @@ fn string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
+}
+
+impl SqliteStore {
+    /// Adds a batch of usage in one write transaction (see [`crate::Store::record_usage`]).
+    pub(super) async fn usage_record(
+        &self,
+        batch: &[UsageDelta],
+        max_sources: u32,
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let merged = crate::usage::merge(batch);
+        let doing = format!("recording the usage of {} versions", merged.last_used.len());
+        // Made before taking the write lock, which is held only for the statements.
+        let last_used = last_used_json(&merged.last_used);
+        let hourly = (!merged.hourly.is_empty()).then(|| hourly_json(&merged.hourly));
+        let sources = (!merged.sources.is_empty()).then(|| sources_json(&merged.sources));
+        let mut tx = self.begin_write(&doing).await?;
+        sqlx::query(UPSERT_LAST_USED)
+            .bind(last_used.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(&doing, e))?;
+        if let Some(hourly) = &hourly {
+            sqlx::query(UPSERT_HOURLY)
+                .bind(hourly.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(&doing, e))?;
+        }
+        if let Some(sources) = &sources {
+            sqlx::query(UPSERT_SOURCES)
+                .bind(sources.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(&doing, e))?;
+        }
+        // Every kid of the batch, not only those with new sources: a smaller `max_sources` than
+        // last time applies to them too.
+        sqlx::query(TRIM_SOURCES)
+            .bind(last_used.as_str())
+            .bind(i64::from(max_sources))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(&doing, e))?;
+        self.commit_write(tx, &doing).await
+    }
+
+    /// The usage of `kids` from `since` on, in the order asked, read in one snapshot.
+    pub(super) async fn usage_read(
+        &self,
+        kids: &[Kid],
+        since: Timestamp,
+    ) -> Result<Vec<VersionUsage>, StoreError> {
+        if kids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let doing = format!("reading the usage of {} versions", kids.len());
+        let json = kids_json(kids.iter().map(Kid::as_str));
+        let mut found: HashMap<&str, VersionUsage> = kids
+            .iter()
+            .map(|kid| (kid.as_str(), unused(*kid)))
+            .collect();
+        let fail = |e: sqlx::Error| self.fail(&doing, e);
+        let mut tx = self.begin_read(&doing).await?;
+        let last_used = sqlx::query(SELECT_LAST_USED)
+            .bind(json.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let hourly = sqlx::query(SELECT_HOURLY)
+            .bind(json.as_str())
+            .bind(since.unix_millis())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let sources = sqlx::query(SELECT_SOURCES)
+            .bind(json.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail)?;
+        self.commit(tx, &doing).await?;
+
+        for row in &last_used {
+            let (kid, at) = usage_last_used_from_row(row)?;
+            if let Some(entry) = found.get_mut(kid) {
+                entry.last_used_at = Some(at);
+            }
+        }
+        for row in &hourly {
+            let (kid, hour, count) = usage_hourly_from_row(row)?;
+            if let Some(entry) = found.get_mut(kid) {
+                entry.hourly.push((hour, count));
+            }
+        }
+        for row in &sources {
+            let (kid, source) = usage_source_from_row(row)?;
+            if let Some(entry) = found.get_mut(kid) {
+                entry.sources.push(source);
+            }
+        }
+
+        // In the order asked; a kid asked twice is answered twice.
+        let mut answer: Vec<VersionUsage> = Vec::with_capacity(kids.len());
+        for kid in kids {
+            let entry = match found.remove(kid.as_str()) {
+                Some(entry) => entry,
+                None => answer
+                    .iter()
+                    .find(|u| u.kid == *kid)
+                    .cloned()
+                    .unwrap_or_else(|| unused(*kid)),
+            };
+            answer.push(entry);
+        }
+        Ok(answer)
+    }
+}
+
+/// A version's usage before anything is known of it.
+fn unused(kid: Kid) -> VersionUsage {
+    VersionUsage {
+        kid,
+        last_used_at: None,
+        hourly: Vec::new(),
+        sources: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,38 @@
+//! The installation a SQLite database belongs to: its id, recorded by the first start that asks,
+//! and whether anything an operator makes exists yet.
+//!
+//! The `installation` table has one row at most (`only = 1`). Recording and reading it is one
+//! write transaction, so two starts racing on a new database agree on one id.
+
+use super::SqliteStore;
+use super::decode::installation_from_row;
+use super::health::unix_millis_now;
+use crate::{Installation, StoreError};
+
+impl SqliteStore {
+    /// The installation's id, recording `new_id` when the database has none yet.
+    pub(super) async fn installation_get(&self, new_id: &str) -> Result<Installation, StoreError> {
+        let doing = "reading the installation id";
+        let mut tx = self.begin_write(doing).await?;
+        sqlx::query(
+            "INSERT INTO installation (only, id, created_at) VALUES (1, ?1, ?2) \
+             ON CONFLICT (only) DO NOTHING",
+        )
+        .bind(new_id)
+        .bind(unix_millis_now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        let row = sqlx::query(
+            "SELECT id, created_at, \
+             NOT EXISTS (SELECT 1 FROM admin_tokens) AND NOT EXISTS (SELECT 1 FROM environments) \
+             AND NOT EXISTS (SELECT 1 FROM consumers) AND NOT EXISTS (SELECT 1 FROM audit_log) \
+             FROM installation",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        self.commit_write(tx, doing).await?;
+        installation_from_row(&row)
+    }
+}
