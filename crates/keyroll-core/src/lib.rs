@@ -21,10 +21,10 @@ pub use key::{
     assemble_key, fingerprint, issue_key, parse_key, random_base62,
 };
 pub use lifecycle::{
-    Command, Consumer, Effect, KeyVersion, LifecycleError, NewVersion, OnStall, Policy,
-    RetirePolicy, RetireReason, State, StoredState, Transition, Usage, VersionNumber, VersionView,
-    effective_deadline, effective_state, extension_if_stalled, is_extended_at, is_stalled,
-    shown_deadline,
+    Command, Consumer, ConsumerSpec, ConsumerUpdate, Effect, KeyVersion, LifecycleError,
+    NewVersion, OnStall, Policy, RetirePolicy, RetireReason, State, StoredState, Transition, Usage,
+    VersionNumber, VersionView, effective_deadline, effective_state, extension_if_stalled,
+    is_extended_at, is_stalled, shown_deadline,
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
 pub use redact::redact_url;

@@ -472,8 +472,36 @@ pub enum Command {
     Disable,
     /// Undo [`Command::Disable`].
     Enable,
+    /// Change what the consumer may do and who owns it: scopes, owner, retirement policy.
+    Update(ConsumerUpdate),
     /// Write down what time has already decided: retiring versions past their deadline.
     Settle,
+}
+
+/// The fields [`Command::Update`] changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsumerUpdate {
+    /// The new scopes (sorted and deduplicated when applied).
+    pub scopes: Option<Vec<Scope>>,
+    /// The new owner (`Some(None)` clears it).
+    pub owner: Option<Option<String>>,
+    /// The new retirement policy.
+    pub policy: Option<Policy>,
+}
+
+/// What a new consumer is: everything but its first key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// Its environment.
+    pub environment: Environment,
+    /// Its name.
+    pub name: ConsumerName,
+    /// Granted scopes (sorted and deduplicated on creation).
+    pub scopes: Vec<Scope>,
+    /// Who to call about it.
+    pub owner: Option<String>,
+    /// Its retirement policy.
+    pub policy: Policy,
 }
 
 /// What a command changed, in order.
@@ -512,6 +540,10 @@ pub enum Effect {
     Disabled,
     /// The consumer was enabled.
     Enabled,
+    /// The consumer was created (its first version is a separate [`Effect::Issued`]).
+    Created,
+    /// Scopes, owner or policy changed.
+    Updated,
 }
 
 impl Effect {
@@ -526,6 +558,8 @@ impl Effect {
             Effect::Revoked(_) => "version.revoked",
             Effect::Disabled => "consumer.disabled",
             Effect::Enabled => "consumer.enabled",
+            Effect::Created => "consumer.created",
+            Effect::Updated => "consumer.updated",
         }
     }
 }
@@ -647,6 +681,25 @@ impl Consumer {
         }
     }
 
+    /// The command form of creation: the new consumer with `v1` active, and its effects
+    /// (`Created`, then `Issued(v1)`), so a creation is written, audited and announced through the
+    /// same path as every other change.
+    pub fn created(spec: ConsumerSpec, first: NewVersion, now: Timestamp) -> Transition {
+        let mut consumer = Consumer::create(
+            spec.environment,
+            spec.name,
+            spec.scopes,
+            spec.owner,
+            first,
+            now,
+        );
+        consumer.policy = spec.policy;
+        Transition {
+            consumer,
+            effects: vec![Effect::Created, Effect::Issued(VersionNumber(1))],
+        }
+    }
+
     /// `ENV/NAME`.
     pub fn reference(&self) -> String {
         format!("{}/{}", self.environment, self.name)
@@ -717,6 +770,23 @@ impl Consumer {
                 new_version,
             } => {
                 next.rotate(grace, enforce, new_version, now, &mut effects)?;
+            }
+            Command::Update(update) => {
+                let before = (next.scopes.clone(), next.owner.clone(), next.policy);
+                if let Some(mut scopes) = update.scopes {
+                    scopes.sort();
+                    scopes.dedup();
+                    next.scopes = scopes;
+                }
+                if let Some(owner) = update.owner {
+                    next.owner = owner;
+                }
+                if let Some(policy) = update.policy {
+                    next.policy = policy;
+                }
+                if (next.scopes.clone(), next.owner.clone(), next.policy) != before {
+                    effects.push(Effect::Updated);
+                }
             }
             Command::Retire { version } => next.retire(version, usage, now, &mut effects)?,
             Command::Revoke { version, reason } => {

@@ -13,6 +13,8 @@ pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod observe;
+pub mod request_id;
+pub mod service;
 pub mod state;
 pub mod sweeper;
 pub mod usage;
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use keyroll_store::{AuditRecord, SqliteStore, Store};
+use keyroll_store::{SqliteStore, Store};
 
 pub use config::{Config, Overrides};
 pub use state::AppState;
@@ -340,16 +342,12 @@ pub async fn create_first_admin_token(store: &dyn Store) -> anyhow::Result<Strin
         at,
         &mut clock::Randomness::os().entropy(),
     )?;
-    let audit = AuditRecord {
-        seq: 0,
+    let audit = service::Actor::system(request_id::new()).audit(
         at,
-        actor: "system".into(),
-        action: "admin_token.created".into(),
-        target: format!("admin token {}", record.id),
-        detail: serde_json::json!({ "name": record.name, "scopes": record.scopes }).to_string(),
-        request_id: None,
-        remote_addr: None,
-    };
+        "admin_token.created",
+        format!("admin token {}", record.id),
+        &serde_json::json!({ "name": record.name, "scopes": record.scopes }),
+    );
     store.create_admin_token(&record, &audit).await?;
     Ok(plaintext)
 }

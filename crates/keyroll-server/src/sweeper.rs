@@ -24,11 +24,11 @@ pub async fn sweep_once(state: &AppState) -> usize {
         let Ok(r) = ConsumerRef::parse(entry.reference()) else {
             continue;
         };
-        match crate::http::admin::settle(state, &r).await {
+        match crate::service::settle(state, &r).await {
             Ok(effects) if !effects.is_empty() => changed += 1,
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(event = "sweep.failed", consumer = %r, error = e.detail.as_str(), "could not settle {r}; will retry")
+                tracing::warn!(event = "sweep.failed", consumer = %r, error = %e, "could not settle {r}; will retry")
             }
         }
     }

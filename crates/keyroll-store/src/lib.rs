@@ -292,11 +292,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Option<EnvironmentRecord>, StoreError>;
 
     /// Creates a consumer with its first version. `NotFound` if the environment does not exist,
-    /// `AlreadyExists` if the consumer does, `KidCollision`, `IdempotencyKeyUsed`.
+    /// `AlreadyExists` if the consumer does, `KidCollision`, `IdempotencyKeyUsed`. Its audit
+    /// entries, its events and the idempotency record commit with it.
     async fn create_consumer(
         &self,
         consumer: &Consumer,
         audit: &[AuditRecord],
+        events: &[EventRecord],
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<StoredConsumer, StoreError>;
 

@@ -302,9 +302,11 @@ impl crate::Store for SqliteStore {
         &self,
         consumer: &Consumer,
         audit: &[AuditRecord],
+        events: &[EventRecord],
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<StoredConsumer, StoreError> {
-        self.consumer_create(consumer, audit, idempotency).await
+        self.consumer_create(consumer, audit, events, idempotency)
+            .await
     }
 
     async fn get_consumer(&self, r: &ConsumerRef) -> Result<Option<StoredConsumer>, StoreError> {

@@ -266,6 +266,74 @@ fn a_deadline_that_passed_while_down_is_settled_on_the_next_command() {
 }
 
 #[test]
+fn creation_is_a_command_with_its_effects() {
+    let spec = ConsumerSpec {
+        environment: env(),
+        name: ConsumerName::parse("billing-app").unwrap(),
+        scopes: vec![
+            Scope::parse("b").unwrap(),
+            Scope::parse("a").unwrap(),
+            Scope::parse("b").unwrap(),
+        ],
+        owner: None,
+        policy: Policy {
+            on_stall: OnStall::Retire,
+            ..Policy::default()
+        },
+    };
+    let t = Consumer::created(spec, new_version(7), at(5));
+    assert_eq!(
+        t.effects,
+        vec![Effect::Created, Effect::Issued(VersionNumber(1))]
+    );
+    assert_eq!(
+        t.consumer.scopes,
+        vec![Scope::parse("a").unwrap(), Scope::parse("b").unwrap()]
+    );
+    assert_eq!(t.consumer.policy.on_stall, OnStall::Retire);
+    assert_eq!(
+        t.consumer.active_version().map(|v| v.created_at),
+        Some(at(5))
+    );
+}
+
+#[test]
+fn update_changes_only_what_it_names_and_says_so_once() {
+    let c = consumer();
+    let t = c
+        .apply(
+            Command::Update(ConsumerUpdate {
+                scopes: Some(vec![Scope::parse("z").unwrap(), Scope::parse("z").unwrap()]),
+                owner: Some(None),
+                policy: None,
+            }),
+            &Usage::NONE,
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(t.effects, vec![Effect::Updated]);
+    assert_eq!(t.consumer.scopes, vec![Scope::parse("z").unwrap()]);
+    assert_eq!(t.consumer.owner, None);
+    assert_eq!(t.consumer.policy, c.policy);
+    assert_eq!(t.consumer.versions, c.versions);
+    // The same update again changes nothing: no effect, nothing to write.
+    let again = t
+        .consumer
+        .apply(
+            Command::Update(ConsumerUpdate {
+                scopes: Some(vec![Scope::parse("z").unwrap()]),
+                owner: Some(None),
+                policy: None,
+            }),
+            &Usage::NONE,
+            at(2),
+        )
+        .unwrap();
+    assert!(again.effects.is_empty());
+    assert_eq!(again.consumer, t.consumer);
+}
+
+#[test]
 fn disable_and_enable_are_idempotent() {
     let t = consumer()
         .apply(Command::Disable, &Usage::NONE, at(1))

@@ -7,7 +7,6 @@
 pub mod admin;
 pub mod auth;
 pub mod forward_auth;
-pub mod idempotency;
 pub mod keys;
 pub mod observe;
 pub mod openapi;
@@ -37,26 +36,36 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route(
             "/v1/environments",
-            post(admin::create_environment).get(admin::list_environments),
+            post(admin::environments::create_environment)
+                .get(admin::environments::list_environments),
         )
         .route(
             "/v1/consumers",
-            post(admin::create_consumer).get(admin::list_consumers),
+            post(admin::consumers::create_consumer).get(admin::consumers::list_consumers),
         )
         .route(
             "/v1/consumers/{env}/{name}",
-            get(admin::get_consumer).patch(admin::update_consumer),
+            get(admin::consumers::get_consumer).patch(admin::consumers::update_consumer),
         )
-        .route("/v1/consumers/{env}/{name}/rotate", post(admin::rotate))
-        .route("/v1/consumers/{env}/{name}/disable", post(admin::disable))
-        .route("/v1/consumers/{env}/{name}/enable", post(admin::enable))
+        .route(
+            "/v1/consumers/{env}/{name}/rotate",
+            post(admin::versions::rotate),
+        )
+        .route(
+            "/v1/consumers/{env}/{name}/disable",
+            post(admin::consumers::disable),
+        )
+        .route(
+            "/v1/consumers/{env}/{name}/enable",
+            post(admin::consumers::enable),
+        )
         .route(
             "/v1/consumers/{env}/{name}/versions/{version}/revoke",
-            post(admin::revoke),
+            post(admin::versions::revoke),
         )
         .route(
             "/v1/consumers/{env}/{name}/versions/{version}/retire",
-            post(admin::retire),
+            post(admin::versions::retire),
         )
         .route("/v1/keys/{kid}", get(keys::get_key))
         .route("/v1/verify", post(forward_auth::verify_json))
@@ -69,7 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/v1/tokens/{id}/rotate", post(tokens::rotate_token))
-        .route("/readyz", get(admin::readyz))
+        .route("/readyz", get(admin::health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -79,7 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/forward-auth", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/{*rest}", any(forward_auth::forward_auth))
-        .route("/healthz", get(admin::healthz))
+        .route("/healthz", get(admin::health::healthz))
         .route("/metrics", get(observe::metrics))
         .merge(admin)
         .with_state(state)
@@ -103,9 +112,9 @@ pub fn request_id_from(headers: &HeaderMap) -> String {
     new_request_id()
 }
 
-/// `rq_` and 16 random hex digits. Not a secret, so a fast generator is enough.
+/// A new request id ([`crate::request_id::new`]).
 pub fn new_request_id() -> String {
-    format!("rq_{:016x}", fastrand::u64(..))
+    crate::request_id::new()
 }
 
 /// The current request's id inside admin handlers.

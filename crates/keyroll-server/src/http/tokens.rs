@@ -44,16 +44,7 @@ fn view(t: &AdminTokenEntry, at: Timestamp) -> proto::AdminToken {
 }
 
 fn audit(admin: &Admin, at: Timestamp, action: &str, id: &str, detail: Value) -> AuditRecord {
-    AuditRecord {
-        seq: 0,
-        at,
-        actor: admin.token_id.clone(),
-        action: action.into(),
-        target: format!("admin token {id}"),
-        detail: detail.to_string(),
-        request_id: Some(admin.request.request_id.clone()),
-        remote_addr: admin.request.remote_addr(),
-    }
+    crate::http::admin::actor(admin).audit(at, action, format!("admin token {id}"), &detail)
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {

@@ -27,7 +27,9 @@ use super::SqliteStore;
 use super::decode::{consumer_from_row, version_from_row};
 use super::errors::{Violation, violation};
 use crate::rows;
-use crate::{AuditRecord, ConsumerWrite, IdempotencyRecord, StoreError, StoredConsumer};
+use crate::{
+    AuditRecord, ConsumerWrite, EventRecord, IdempotencyRecord, StoreError, StoredConsumer,
+};
 
 /// Only rows whose key material is unchanged are updated (see `upsert_versions`).
 const UPSERT_VERSION: &str = "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, \
@@ -111,6 +113,7 @@ impl SqliteStore {
         &self,
         consumer: &Consumer,
         audit: &[AuditRecord],
+        events: &[EventRecord],
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<StoredConsumer, StoreError> {
         let reference = consumer.reference();
@@ -146,6 +149,7 @@ impl SqliteStore {
         let id = inserted.last_insert_rowid();
         self.upsert_versions(&mut tx, id, consumer, &doing).await?;
         self.append_audit(&mut tx, audit, &doing).await?;
+        self.append_events(&mut tx, events, &doing).await?;
         self.remember_idempotency(&mut tx, idempotency, &doing)
             .await?;
         self.commit_write(tx, &doing).await?;

@@ -55,6 +55,7 @@ macro_rules! conformance_suite {
             load_all_returns_everything,
             policy_and_stall_fields_round_trip,
             events_are_written_with_their_change_and_paged,
+            creation_events_commit_with_the_consumer_or_not_at_all,
             record_usage_adds_keeps_the_latest_and_trims,
             usage_filters_hours_and_answers_every_kid_asked,
             last_used_all_lists_every_used_version,
@@ -202,6 +203,7 @@ async fn create(store: &dyn Store, env_name: &str, name: &str, seed: u64) -> Sto
         .create_consumer(
             &consumer,
             &[audit(2_000, "consumer.created", &target)],
+            &[],
             None,
         )
         .await
@@ -258,7 +260,7 @@ pub fn event(when: i64, effect: &Effect, consumer: &str) -> EventRecord {
         Effect::Retiring { version, .. }
         | Effect::Retired { version, .. }
         | Effect::Stalled { version, .. } => Some(version.0),
-        Effect::Disabled | Effect::Enabled => None,
+        Effect::Disabled | Effect::Enabled | Effect::Created | Effect::Updated => None,
     };
     EventRecord {
         seq: 0,
@@ -390,6 +392,7 @@ pub async fn consumers_create_get_list(store: &dyn Store) {
         .create_consumer(
             &billing,
             &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &[],
             None,
         )
         .await
@@ -456,6 +459,7 @@ pub async fn consumer_duplicate_and_unknown_environment(store: &dyn Store) {
         .create_consumer(
             &dup,
             &[audit(3_000, "consumer.created", "prod/billing-app")],
+            &[],
             None,
         )
         .await
@@ -470,6 +474,7 @@ pub async fn consumer_duplicate_and_unknown_environment(store: &dyn Store) {
         .create_consumer(
             &lost,
             &[audit(3_000, "consumer.created", "nowhere/billing-app")],
+            &[],
             None,
         )
         .await
@@ -644,6 +649,7 @@ pub async fn kid_collision_on_create_and_on_rotate(store: &dyn Store) {
         .create_consumer(
             &clash,
             &[audit(3_000, "consumer.created", "prod/third")],
+            &[],
             None,
         )
         .await
@@ -696,6 +702,7 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
         .create_consumer(
             &consumer,
             &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &[],
             Some(&record),
         )
         .await
@@ -745,6 +752,7 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
         .create_consumer(
             &second,
             &[audit(3_000, "consumer.created", "prod/other-app")],
+            &[],
             Some(&reused),
         )
         .await
@@ -924,7 +932,7 @@ pub async fn audit_in_order_newest_first(store: &dyn Store) {
         },
     ];
     let created = store
-        .create_consumer(&consumer, &entries, None)
+        .create_consumer(&consumer, &entries, &[], None)
         .await
         .unwrap();
     apply(store, &created, Command::Disable, 3_000)
@@ -1005,6 +1013,7 @@ pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
         .create_consumer(
             &drafted,
             &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &[],
             None,
         )
         .await
@@ -1136,11 +1145,50 @@ pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
     let (mut bad_create, _) = draft("prod", "other-app", 2, 2_000);
     bad_create.policy.idle = Duration::from_micros(1);
     let err = store
-        .create_consumer(&bad_create, &[], None)
+        .create_consumer(&bad_create, &[], &[], None)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert_eq!(store.load_all().await.unwrap(), vec![read]);
+}
+
+pub async fn creation_events_commit_with_the_consumer_or_not_at_all(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let (consumer, _) = draft("prod", "billing-app", 1, 2_000);
+    let events = [
+        event(2_000, &Effect::Created, "prod/billing-app"),
+        event(2_000, &Effect::Issued(VersionNumber(1)), "prod/billing-app"),
+    ];
+    store
+        .create_consumer(
+            &consumer,
+            &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &events,
+            None,
+        )
+        .await
+        .unwrap();
+    let kinds = |all: Vec<EventRecord>| -> Vec<(String, Option<u32>)> {
+        all.into_iter().map(|e| (e.kind, e.version)).collect()
+    };
+    let expected = vec![
+        ("consumer.created".to_owned(), None),
+        ("version.issued".to_owned(), Some(1)),
+    ];
+    assert_eq!(kinds(store.list_events(0, 10).await.unwrap()), expected);
+    // A creation that fails (the consumer exists) leaves no event behind.
+    let (again, _) = draft("prod", "billing-app", 2, 3_000);
+    let err = store
+        .create_consumer(
+            &again,
+            &[audit(3_000, "consumer.created", "prod/billing-app")],
+            &[event(3_000, &Effect::Created, "prod/billing-app")],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    assert_eq!(kinds(store.list_events(0, 10).await.unwrap()), expected);
 }
 
 pub async fn events_are_written_with_their_change_and_paged(store: &dyn Store) {
@@ -1539,6 +1587,7 @@ pub async fn no_secret_in_any_column(backend: &dyn Backend) {
         .create_consumer(
             &consumer,
             &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &[],
             Some(&idempotency),
         )
         .await
@@ -1655,6 +1704,7 @@ pub async fn idempotency_sealed_key_round_trips_and_is_cleared_after_its_window(
         .create_consumer(
             &consumer,
             &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &[],
             Some(&first),
         )
         .await
@@ -1706,6 +1756,7 @@ pub async fn idempotency_sealed_key_round_trips_and_is_cleared_after_its_window(
         .create_consumer(
             &second,
             &[audit(2_001 + window, "consumer.created", "prod/other-app")],
+            &[],
             Some(&later),
         )
         .await
@@ -1755,6 +1806,7 @@ pub async fn idempotency_columns_hold_neither_header_nor_key(backend: &dyn Backe
         .create_consumer(
             &consumer,
             &[audit(2_000, "consumer.created", "prod/billing-app")],
+            &[],
             Some(&record),
         )
         .await

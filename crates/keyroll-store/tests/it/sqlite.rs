@@ -479,7 +479,10 @@ async fn damaged_rows_are_reported_as_corrupt_with_what_is_wrong() {
             );
             (consumer, key)
         };
-        store.create_consumer(&consumer, &[], None).await.unwrap();
+        store
+            .create_consumer(&consumer, &[], &[], None)
+            .await
+            .unwrap();
 
         let mut conn = raw(&backend.path).await;
         // The CHECK constraints would stop most of this damage; a hand edit can switch them off.

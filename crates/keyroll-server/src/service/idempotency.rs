@@ -11,7 +11,13 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
-use sha2::Sha256;
+use keyroll_core::{IssuedKey, Timestamp, rfc3339};
+use keyroll_store::{IdempotencyRecord, Store};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Randomness;
+use crate::service::ServiceError;
 
 /// Domain separation for the derivations (a change of scheme gets a new version).
 const SALT: &[u8] = b"keyroll idempotency v1";
@@ -145,7 +151,7 @@ impl IdempotencyKey {
         &self,
         request_hash: &str,
         secret: &str,
-        randomness: &crate::clock::Randomness,
+        randomness: &Randomness,
     ) -> Result<Vec<u8>, SealError> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.derive(INFO_SEAL)));
         let mut nonce = [0u8; NONCE_LEN];
@@ -190,6 +196,128 @@ impl IdempotencyKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the sealed key could not be sealed or opened")]
 pub struct SealError;
+
+/// A request's `Idempotency-Key` and its fingerprint: method, path and the SHA-256 of the body
+/// as canonical JSON. The same key with another fingerprint is refused.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    key: IdempotencyKey,
+    fingerprint: String,
+}
+
+/// An earlier answer, given again.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The status it was answered with.
+    pub status: u16,
+    /// The answer, with `"replayed": true`, and the key again when it could be kept.
+    pub body: Value,
+}
+
+impl Idempotency {
+    /// The key of a request to `method path` whose canonical body hashes to `body_hash`.
+    pub fn new(key: IdempotencyKey, method: &str, path: &str, body_hash: &[u8; 32]) -> Idempotency {
+        let mut h = Sha256::new();
+        h.update(method);
+        h.update(b" ");
+        h.update(path);
+        h.update(b"\n");
+        h.update(body_hash);
+        Idempotency {
+            key,
+            fingerprint: hex::encode(h.finalize()),
+        }
+    }
+
+    /// What to remember: the answer without its key, and the key sealed under the header when
+    /// the header is strong enough to protect it.
+    pub fn record(
+        &self,
+        status: u16,
+        public: &Value,
+        at: Timestamp,
+        issued: Option<&IssuedKey>,
+        randomness: &Randomness,
+        request_id: &str,
+    ) -> IdempotencyRecord {
+        let sealed_key = issued
+            .filter(|_| self.key.weakness().is_none())
+            .and_then(|k| match self.key.seal(&self.fingerprint, k.reveal(), randomness) {
+                Ok(sealed) => Some(sealed),
+                Err(e) => {
+                    // The change still happens; only a replay cannot show the key.
+                    tracing::warn!(event = "idempotency.seal_failed", error = %e, request_id, "cannot keep the new key for replays");
+                    None
+                }
+            });
+        IdempotencyRecord {
+            key: self.key.lookup(),
+            request_hash: self.fingerprint.clone(),
+            status,
+            response: public.to_string(),
+            created_at: at,
+            sealed_key,
+        }
+    }
+
+    /// The earlier answer, if this request repeats one; with its key again when it was sealed
+    /// and is still inside the replay window, else with `key_unavailable` saying why not.
+    pub async fn replay(
+        &self,
+        store: &dyn Store,
+        now: Timestamp,
+    ) -> Result<Option<Replayed>, ServiceError> {
+        let Some(record) = store.find_idempotency(&self.key.lookup()).await? else {
+            return Ok(None);
+        };
+        if record.request_hash != self.fingerprint {
+            return Err(ServiceError::IdempotencyKeyReused {
+                first_used: record.created_at,
+            });
+        }
+        let mut body: Value = serde_json::from_str(&record.response).unwrap_or(Value::Null);
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("replayed".into(), Value::Bool(true));
+            if obj.contains_key("key") {
+                match self.reopen(&record, now) {
+                    Ok(plain) => {
+                        obj.insert("key".into(), Value::String(plain));
+                    }
+                    Err(why) => {
+                        obj.insert("key".into(), Value::Null);
+                        obj.insert("key_unavailable".into(), Value::String(why));
+                    }
+                }
+            }
+        }
+        Ok(Some(Replayed {
+            status: record.status,
+            body,
+        }))
+    }
+
+    /// The key a remembered answer showed, or why it cannot be shown again.
+    fn reopen(&self, record: &IdempotencyRecord, at: Timestamp) -> Result<String, String> {
+        if let Some(why) = self.key.weakness() {
+            return Err(format!("the key is not shown again: {why}"));
+        }
+        let window = keyroll_store::IDEMPOTENT_KEY_WINDOW;
+        if at.duration_since(record.created_at) > window {
+            return Err(format!(
+                "the key is not shown again: it is kept for replays for {} only, and this \
+                 request was first answered at {}",
+                keyroll_core::format_duration(window),
+                rfc3339(record.created_at)
+            ));
+        }
+        let Some(sealed) = &record.sealed_key else {
+            return Err("the key is not shown again: it was not kept for this request".into());
+        };
+        self.key
+            .open(&self.fingerprint, sealed)
+            .map_err(|_| "the key is not shown again: the kept copy could not be opened".into())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -254,7 +382,7 @@ mod tests {
         let other = key("4f2b9c1e-7a4d-4e8b-9c2f-5a6b7c8d9e0f");
         let secret = "kr_prod_secretsecretsecret";
         let sealed = k
-            .seal("req-a", secret, &crate::clock::Randomness::os())
+            .seal("req-a", secret, &Randomness::os())
             .unwrap();
         assert!(
             !sealed.windows(secret.len()).any(|w| w == secret.as_bytes()),
@@ -274,7 +402,7 @@ mod tests {
         assert_eq!(k.open("req-a", &tampered), Err(SealError));
         assert_eq!(k.open("req-a", &sealed[..5]), Err(SealError));
         assert_ne!(
-            k.seal("req-a", secret, &crate::clock::Randomness::os())
+            k.seal("req-a", secret, &Randomness::os())
                 .unwrap(),
             sealed,
             "fresh nonce"

@@ -1,0 +1,205 @@
+//! The one builder of audit records and events: who acted ([`Actor`]), and what each effect of a
+//! change means in the audit log and the event outbox. Every writer — admin handlers, admin
+//! tokens, the sweeper, start-up — builds its entries here, so they cannot drift apart.
+
+use keyroll_core::{Consumer, Effect, Timestamp, VersionNumber, rfc3339};
+use keyroll_store::{AuditRecord, EventRecord};
+use serde_json::{Value, json};
+
+/// Who made a change, under which request, from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// An admin token id, or `system` for what time and traffic decided.
+    pub id: String,
+    /// The request id (also in the log lines of the change).
+    pub request_id: String,
+    /// The client's address (after the trusted-proxy rule), when there was a client.
+    pub remote_addr: Option<String>,
+}
+
+impl Actor {
+    /// keyroll itself (the sweeper, the scheduler, start-up), under a fresh request id.
+    pub fn system(request_id: String) -> Actor {
+        Actor {
+            id: "system".into(),
+            request_id,
+            remote_addr: None,
+        }
+    }
+
+    /// An audit record of `action` on `target` by this actor at `at`.
+    pub fn audit(
+        &self,
+        at: Timestamp,
+        action: &str,
+        target: String,
+        detail: &Value,
+    ) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            at,
+            actor: self.id.clone(),
+            action: action.into(),
+            target,
+            detail: detail.to_string(),
+            request_id: Some(self.request_id.clone()),
+            remote_addr: self.remote_addr.clone(),
+        }
+    }
+}
+
+/// The target, version and details of an effect, for its audit entry and its event.
+pub fn effect_detail(
+    e: &Effect,
+    consumer: &Consumer,
+    reference: &str,
+) -> (String, Option<u32>, Value) {
+    let kid = |n: VersionNumber| consumer.version(n).map(|v| v.kid.to_string());
+    let on_version =
+        |n: VersionNumber, detail: Value| (format!("{reference} {n}"), Some(n.0), detail);
+    match e {
+        Effect::Issued(n) => on_version(*n, json!({ "kid": kid(*n) })),
+        Effect::Retiring { version, deadline } => on_version(
+            *version,
+            json!({ "kid": kid(*version), "deadline": rfc3339(*deadline) }),
+        ),
+        Effect::Retired { version, reason } => on_version(
+            *version,
+            json!({
+                "kid": kid(*version),
+                "reason": reason.as_str(),
+                "replaced_by": consumer.version(*version).and_then(|v| v.replaced_by).map(|n| n.0),
+            }),
+        ),
+        Effect::Revoked(n) => on_version(
+            *n,
+            json!({ "kid": kid(*n), "reason": consumer.version(*n).and_then(|v| v.revoke_reason.clone()) }),
+        ),
+        Effect::Stalled {
+            version,
+            deadline,
+            until,
+        } => on_version(
+            *version,
+            json!({ "kid": kid(*version), "deadline": rfc3339(*deadline), "extended_until": rfc3339(*until) }),
+        ),
+        Effect::Unused(n) => on_version(
+            *n,
+            json!({ "kid": kid(*n), "issued_at": consumer.version(*n).map(|v| rfc3339(v.created_at)) }),
+        ),
+        Effect::Created | Effect::Updated => (
+            reference.to_owned(),
+            None,
+            json!({
+                "scopes": consumer.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "owner": consumer.owner,
+                "retire": consumer.policy.retire.as_str(),
+                "idle": keyroll_core::format_duration(consumer.policy.idle),
+                "on_stall": consumer.policy.on_stall.as_str(),
+            }),
+        ),
+        Effect::Disabled | Effect::Enabled => (reference.to_owned(), None, json!({})),
+    }
+}
+
+/// One audit entry and one event per effect of a change, in order. `extra[i]` adds fields to
+/// effect `i`'s details (who was still using a stalled version).
+pub fn audit_and_events(
+    actor: &Actor,
+    at: Timestamp,
+    consumer: &Consumer,
+    command: &str,
+    params: &Value,
+    effects: &[Effect],
+    extra: &[(usize, Value)],
+) -> (Vec<AuditRecord>, Vec<EventRecord>) {
+    let reference = consumer.reference();
+    let mut audit = Vec::with_capacity(effects.len());
+    let mut events = Vec::with_capacity(effects.len());
+    for (i, e) in effects.iter().enumerate() {
+        let (target, version, mut detail) = effect_detail(e, consumer, &reference);
+        if let Some((_, more)) = extra.iter().find(|(j, _)| *j == i)
+            && let (Some(d), Some(m)) = (detail.as_object_mut(), more.as_object())
+        {
+            d.extend(m.clone());
+        }
+        audit.push(actor.audit(
+            at,
+            e.kind(),
+            target,
+            &json!({ "command": command, "params": params, "effect": detail }),
+        ));
+        events.push(EventRecord {
+            seq: 0,
+            at,
+            kind: e.kind().into(),
+            consumer: reference.clone(),
+            version,
+            detail: detail.to_string(),
+        });
+    }
+    (audit, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyroll_core::{ConsumerName, Environment, NewVersion, Scope};
+
+    #[test]
+    fn one_entry_and_one_event_per_effect_with_the_actor_and_the_command() {
+        let key = keyroll_core::issue_key(
+            &Environment::parse("prod").unwrap(),
+            &mut crate::clock::Randomness::os().entropy(),
+        )
+        .unwrap();
+        let t = Consumer::created(
+            keyroll_core::ConsumerSpec {
+                environment: Environment::parse("prod").unwrap(),
+                name: ConsumerName::parse("app").unwrap(),
+                scopes: vec![Scope::parse("read").unwrap()],
+                owner: Some("team".into()),
+                policy: Default::default(),
+            },
+            NewVersion {
+                kid: key.kid,
+                secret_hash: key.secret_hash,
+                fingerprint: key.fingerprint,
+                expires_at: None,
+            },
+            Timestamp::from_unix_millis(1_000),
+        );
+        let actor = Actor {
+            id: "tok_1".into(),
+            request_id: "rq_1".into(),
+            remote_addr: Some("192.0.2.1".into()),
+        };
+        let params = json!({ "scopes": ["read"] });
+        let (audit, events) = audit_and_events(
+            &actor,
+            Timestamp::from_unix_millis(1_000),
+            &t.consumer,
+            "consumer.create",
+            &params,
+            &t.effects,
+            &[],
+        );
+        let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(actions, ["consumer.created", "version.issued"]);
+        assert_eq!(audit[1].target, "prod/app v1");
+        assert!(audit.iter().all(|a| a.actor == "tok_1"
+            && a.remote_addr.as_deref() == Some("192.0.2.1")
+            && a.request_id.as_deref() == Some("rq_1")));
+        let detail: Value = serde_json::from_str(&audit[1].detail).unwrap();
+        assert_eq!(detail["command"], "consumer.create");
+        assert_eq!(detail["effect"]["kid"], key.kid.to_string());
+        assert_eq!(
+            events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [None, Some(1)]
+        );
+        assert!(
+            !audit[1].detail.contains(key.reveal()),
+            "no secret in an audit entry"
+        );
+    }
+}
