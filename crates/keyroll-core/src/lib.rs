@@ -12,6 +12,7 @@ pub mod key;
 pub mod lifecycle;
 pub mod names;
 pub mod redact;
+pub mod status;
 pub mod timestamp;
 
 pub use decision::{ConsumerFacts, Decision, DecisionCode, judge};
@@ -28,4 +29,5 @@ pub use lifecycle::{
 };
 pub use names::{ConsumerName, ConsumerRef, Environment, NameError, Scope};
 pub use redact::redact_url;
+pub use status::{Verdict, VersionFacts, verdict};
 pub use timestamp::{Timestamp, http_date, parse_rfc3339, rfc3339};

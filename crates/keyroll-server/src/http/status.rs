@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::Uri;
 use keyroll_core::{
-    Consumer, ConsumerRef, Environment, State as VersionState, Timestamp, extension_if_stalled,
-    is_extended_at,
+    Consumer, ConsumerRef, Environment, State as VersionState, Timestamp, VersionFacts,
+    extension_if_stalled, is_extended_at,
 };
 use keyroll_proto as proto;
 use keyroll_store::VersionUsage;
@@ -118,6 +118,7 @@ pub fn consumer_status(
     at: Timestamp,
 ) -> proto::ConsumerStatus {
     let mut versions = Vec::new();
+    let mut facts = Vec::new();
     for v in c.versions.iter().rev() {
         let u = usage.iter().find(|u| u.kid == v.kid);
         let last_used = match (
@@ -133,6 +134,31 @@ pub fn consumer_status(
         let deadline = v.deadline_with(&c.policy, last_used, at);
         let extension = extension_if_stalled(&v.view(last_used), &c.policy, at)
             .filter(|_| st == VersionState::Retiring);
+        let requests_last_hour = u.map(|u| requests_within(u, at, HOUR)).unwrap_or(0);
+        let sources: Vec<proto::UsageSource> = u
+            .map(|u| {
+                u.sources
+                    .iter()
+                    .map(|s| proto::UsageSource {
+                        address: s.address.clone(),
+                        user_agent: s.user_agent.clone(),
+                        client_id: s.client_id.clone(),
+                        last_seen: rfc3339(s.last_seen),
+                        count: s.count,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        facts.push(VersionFacts {
+            number: v.number,
+            state: st,
+            stalled,
+            deadline,
+            extension_if_stalled: extension,
+            last_used,
+            requests_last_hour,
+            who: who(&sources),
+        });
         versions.push(proto::VersionStatus {
             version: v.number.0,
             kid: v.kid.to_string(),
@@ -140,135 +166,21 @@ pub fn consumer_status(
             deadline: deadline.map(rfc3339),
             stalled,
             last_used_at: last_used.map(rfc3339),
-            requests_last_hour: u.map(|u| requests_within(u, at, HOUR)).unwrap_or(0),
+            requests_last_hour,
             requests_last_day: u.map(|u| requests_within(u, at, DAY)).unwrap_or(0),
-            sources: u
-                .map(|u| {
-                    u.sources
-                        .iter()
-                        .map(|s| proto::UsageSource {
-                            address: s.address.clone(),
-                            user_agent: s.user_agent.clone(),
-                            client_id: s.client_id.clone(),
-                            last_seen: rfc3339(s.last_seen),
-                            count: s.count,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            sources,
             extension_if_stalled: extension.map(rfc3339),
         });
     }
-    let (verdict_code, verdict) = verdict(c, &versions, at);
+    let verdict = keyroll_core::verdict(c.disabled, c.policy.idle, &facts, at);
     proto::ConsumerStatus {
         consumer: c.reference(),
         owner: c.owner.clone(),
         disabled: c.disabled,
-        verdict,
-        verdict_code: verdict_code.into(),
+        verdict: verdict.describe(),
+        verdict_code: verdict.code().into(),
         versions,
     }
-}
-
-/// The stall extension in words while it is only a prediction.
-fn prediction(v: &proto::VersionStatus) -> String {
-    match (&v.extension_if_stalled, &v.deadline) {
-        (Some(to), Some(at)) => {
-            format!(" (will be extended once to {to} if still in use at {at})")
-        }
-        _ => String::new(),
-    }
-}
-
-fn verdict(
-    c: &Consumer,
-    versions: &[proto::VersionStatus],
-    at: Timestamp,
-) -> (&'static str, String) {
-    if c.disabled {
-        return ("disabled", "disabled: every key is rejected".into());
-    }
-    let idle = c.policy.idle;
-    let seen_within = |v: &proto::VersionStatus, window: Duration| {
-        v.last_used_at
-            .as_deref()
-            .and_then(parse_ts)
-            .is_some_and(|t| at.duration_since(t) < window)
-    };
-    let active = versions.iter().find(|v| v.state == "active");
-    if let Some(v) = versions.iter().find(|v| v.stalled) {
-        return (
-            "stalled",
-            format!(
-                "stalled: v{} still used by {}, {} req/h; deadline extended once, retires at {}",
-                v.version,
-                who(&v.sources),
-                v.requests_last_hour,
-                v.deadline.as_deref().unwrap_or("?")
-            ),
-        );
-    }
-    let retiring: Vec<&proto::VersionStatus> =
-        versions.iter().filter(|v| v.state == "retiring").collect();
-    if let Some(v) = retiring.iter().find(|v| seen_within(v, idle)) {
-        return (
-            "rotating",
-            format!(
-                "rotating: v{} still used by {}, {} req/h; deadline {}{}",
-                v.version,
-                who(&v.sources),
-                v.requests_last_hour,
-                v.deadline.as_deref().unwrap_or("?"),
-                prediction(v)
-            ),
-        );
-    }
-    if !retiring.is_empty() {
-        let list: Vec<String> = retiring.iter().map(|v| format!("v{}", v.version)).collect();
-        return match active {
-            // The newest version is not valid (expired, revoked): the retiring ones are the
-            // only working keys, nothing is ready to retire.
-            None => (
-                "no_active_key",
-                format!(
-                    "no active key: {} still work until their deadline; rotate to issue a valid key",
-                    list.join(", ")
-                ),
-            ),
-            Some(a) if a.last_used_at.is_none() => (
-                "rotating",
-                format!(
-                    "waiting for v{} to be used; {} idle",
-                    a.version,
-                    list.join(", ")
-                ),
-            ),
-            _ => ("ready", format!("ready to retire {}", list.join(", "))),
-        };
-    }
-    match active {
-        None => ("no_valid_key", "no valid key: rotate to issue one".into()),
-        Some(a) if a.last_used_at.is_none() => (
-            "never_used",
-            format!("never used: v{} (no traffic seen yet)", a.version),
-        ),
-        Some(a) if !seen_within(a, idle) => (
-            "idle",
-            format!("idle since {}", a.last_used_at.as_deref().unwrap_or("?")),
-        ),
-        Some(a) => (
-            "ok",
-            format!("in use: v{}, {} req/h", a.version, a.requests_last_hour),
-        ),
-    }
-}
-
-fn parse_ts(text: &str) -> Option<Timestamp> {
-    let t =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .ok()
-        .map(Timestamp::from_unix_millis)
 }
 
 /// `GET /v1/events?after=SEQ&limit=N`.

@@ -381,9 +381,7 @@ mod tests {
         let k = key("3f2b9c1e-7a4d-4e8b-9c2f-5a6b7c8d9e0f");
         let other = key("4f2b9c1e-7a4d-4e8b-9c2f-5a6b7c8d9e0f");
         let secret = "kr_prod_secretsecretsecret";
-        let sealed = k
-            .seal("req-a", secret, &Randomness::os())
-            .unwrap();
+        let sealed = k.seal("req-a", secret, &Randomness::os()).unwrap();
         assert!(
             !sealed.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "ciphertext is not the plaintext"
@@ -402,8 +400,7 @@ mod tests {
         assert_eq!(k.open("req-a", &tampered), Err(SealError));
         assert_eq!(k.open("req-a", &sealed[..5]), Err(SealError));
         assert_ne!(
-            k.seal("req-a", secret, &Randomness::os())
-                .unwrap(),
+            k.seal("req-a", secret, &Randomness::os()).unwrap(),
             sealed,
             "fresh nonce"
         );
