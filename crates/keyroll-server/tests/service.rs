@@ -4,6 +4,8 @@
 //! Each test sets the clock, makes a change or a sweep, and checks what the store, the audit log,
 //! the events and the in-memory index say at that instant.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

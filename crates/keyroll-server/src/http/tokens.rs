@@ -11,12 +11,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyroll_core::{Timestamp, parse_duration};
 use keyroll_proto as proto;
-use keyroll_store::{AdminGuard, AdminTokenEntry, AuditRecord, TokenRevocation};
-use serde_json::{Value, json};
+use keyroll_store::{AdminTokenEntry, TokenRevocation};
 
-use crate::admin_token::{self, NewToken, TokenState};
+use crate::admin_token::{self, TokenState};
+use crate::http::admin::actor;
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, ApiPath};
+use crate::service;
 use crate::state::AppState;
 use keyroll_core::rfc3339;
 
@@ -41,10 +42,6 @@ fn view(t: &AdminTokenEntry, at: Timestamp) -> proto::AdminToken {
         replaced_by: t.replaced_by.clone(),
         retires_at: t.retires_at.map(rfc3339),
     }
-}
-
-fn audit(admin: &Admin, at: Timestamp, action: &str, id: &str, detail: Value) -> AuditRecord {
-    crate::http::admin::actor(admin).audit(at, action, format!("admin token {id}"), &detail)
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -173,34 +170,8 @@ pub async fn create_token(
             Some(at.saturating_add(d))
         }
     };
-    let new = NewToken {
-        name: &req.name,
-        scopes: &scopes,
-        created_by: &admin.token_id,
-        expires_at,
-    };
-    let (plaintext, entry) = admin_token::generate_entry(&new, at, &mut state.randomness.entropy())
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string()))?;
-    let id = entry.token.id.clone();
-    let record = audit(
-        &admin,
-        at,
-        "admin_token.created",
-        &id,
-        json!({ "name": req.name, "scopes": scopes, "expires_at": expires_at.map(rfc3339) }),
-    );
-    state
-        .store
-        .create_admin_token_entry(&entry, &record)
-        .await?;
-    tracing::info!(
-        event = "admin_token.created",
-        token_id = id.as_str(),
-        actor = admin.token_id.as_str(),
-        request_id = admin.request.request_id.as_str(),
-        scopes = scopes.join(" ").as_str(),
-        "admin token {id} created"
-    );
+    let (plaintext, entry) =
+        service::tokens::create(&state, &actor(&admin), &req.name, &scopes, expires_at).await?;
     let answer = proto::TokenIssued {
         token: plaintext,
         info: view(&entry, at),
@@ -256,35 +227,8 @@ pub async fn revoke_token(
     let target = existing(&state, &id).await?;
     no_escalation(&admin, &target.token.scopes, "revoke a token")?;
     let at = state.clock.now();
-    let guard = if req.force {
-        AdminGuard::Override
-    } else {
-        AdminGuard::KeepOne
-    };
-    let record = audit(
-        &admin,
-        at,
-        "admin_token.revoked",
-        &id,
-        json!({ "reason": reason, "forced": req.force, "name": target.token.name }),
-    );
-    match state
-        .store
-        .revoke_admin_token(&id, at, &reason, guard, &record)
-        .await?
-    {
-        TokenRevocation::Revoked(entry) => {
-            tracing::warn!(
-                event = "admin_token.revoked",
-                token_id = id.as_str(),
-                actor = admin.token_id.as_str(),
-                request_id = admin.request.request_id.as_str(),
-                reason = reason.as_str(),
-                forced = req.force,
-                "admin token {id} revoked"
-            );
-            Ok(Json(view(&entry, at)))
-        }
+    match service::tokens::revoke(&state, &actor(&admin), &target, &reason, req.force).await? {
+        TokenRevocation::Revoked(entry) => Ok(Json(view(&entry, at))),
         TokenRevocation::AlreadyRevoked(entry) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "already_revoked",
@@ -341,51 +285,8 @@ pub async fn rotate_token(
         ));
     }
     // The replacement lives as long as the old one was meant to.
-    let expires_at = old.expires_at.map(|e| {
-        let lifetime = e
-            .unix_millis()
-            .saturating_sub(old.token.created_at.unix_millis());
-        Timestamp::from_unix_millis(at.unix_millis().saturating_add(lifetime))
-    });
-    let new = NewToken {
-        name: &old.token.name,
-        scopes: &old.token.scopes,
-        created_by: &admin.token_id,
-        expires_at,
-    };
-    let (plaintext, entry) = admin_token::generate_entry(&new, at, &mut state.randomness.entropy())
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string()))?;
-    let new_id = entry.token.id.clone();
-    let retires_at = at.saturating_add(overlap);
-    let records = [
-        audit(
-            &admin,
-            at,
-            "admin_token.rotated",
-            &id,
-            json!({ "replaced_by": new_id, "overlap_ms": u64::try_from(overlap.as_millis()).unwrap_or(u64::MAX), "retires_at": rfc3339(retires_at) }),
-        ),
-        audit(
-            &admin,
-            at,
-            "admin_token.created",
-            &new_id,
-            json!({ "name": old.token.name, "scopes": old.token.scopes, "expires_at": expires_at.map(rfc3339), "replaces": id }),
-        ),
-    ];
-    let old = state
-        .store
-        .rotate_admin_token(&id, retires_at, &entry, &records)
-        .await?;
-    tracing::info!(
-        event = "admin_token.rotated",
-        token_id = id.as_str(),
-        replaced_by = new_id.as_str(),
-        actor = admin.token_id.as_str(),
-        request_id = admin.request.request_id.as_str(),
-        retires_at = old.retires_at.map(rfc3339).unwrap_or_default().as_str(),
-        "admin token {id} rotated; {new_id} replaces it"
-    );
+    let (plaintext, entry, old) =
+        service::tokens::rotate(&state, &actor(&admin), &old, overlap).await?;
     let answer = proto::TokenIssued {
         token: plaintext,
         info: view(&entry, at),

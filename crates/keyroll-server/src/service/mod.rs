@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod error;
 pub mod idempotency;
+pub mod tokens;
 
 use std::time::Duration;
 
