@@ -200,14 +200,14 @@ impl Server {
     /// Log lines of event `name`, once at least `n` have arrived (the server's output is read by
     /// another thread, so a line can land just after the command that caused it returned).
     pub fn events_at_least(&self, name: &str, n: usize) -> Vec<serde_json::Value> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let found = self.events(name);
-            if found.len() >= n || std::time::Instant::now() > deadline {
+            if found.len() >= n || Instant::now() > deadline {
                 assert!(found.len() >= n, "fewer than {n} {name} lines: {found:?}");
                 return found;
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
