@@ -495,3 +495,50 @@ fn status_never_calls_the_only_working_key_ready_to_retire() {
     );
     assert!(!text.contains("ready to retire"), "{text}");
 }
+
+#[test]
+fn every_location_a_creation_answers_names_a_resource_that_exists() {
+    let s = harness::start();
+    let bearer = format!("Bearer {}", s.token());
+    let created = |path: &str, body: &str| {
+        let r = harness::http()
+            .post(format!("{}{path}", s.url()))
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{path}");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        let body: serde_json::Value = r.json().unwrap();
+        (location, body)
+    };
+    let get = |location: &str| {
+        let r = harness::http()
+            .get(format!("{}{location}", s.url()))
+            .header("authorization", &bearer)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().unwrap())
+    };
+    let (env_at, env) = created("/v1/environments", r#"{"name":"prod","protected":true}"#);
+    assert_eq!(env_at, "/v1/environments/prod");
+    assert_eq!(get(&env_at), (200, env));
+    let (consumer_at, made) = created("/v1/consumers", r#"{"environment":"prod","name":"app"}"#);
+    let (status, shown) = get(&consumer_at);
+    assert_eq!(status, 200);
+    assert_eq!(shown, made["consumer"]);
+    let (token_at, token) = created("/v1/tokens", r#"{"name":"ci","scopes":["keys:read"]}"#);
+    let (status, shown) = get(&token_at);
+    assert_eq!(status, 200);
+    assert_eq!(shown, token["info"]);
+    assert!(
+        !shown.to_string().contains(token["token"].as_str().unwrap()),
+        "never the secret"
+    );
+    // The neighbours: what does not exist is a 404 problem, not a 405 or an empty 200.
+    assert_eq!(get("/v1/environments/staging").0, 404);
+    assert_eq!(get("/v1/tokens/kra0000000000000").0, 404);
+    assert_eq!(get("/v1/environments/Not_A_Name").0, 400);
+}

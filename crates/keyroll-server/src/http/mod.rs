@@ -40,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .get(admin::environments::list_environments),
         )
         .route(
+            "/v1/environments/{name}",
+            get(admin::environments::get_environment),
+        )
+        .route(
             "/v1/consumers",
             post(admin::consumers::create_consumer).get(admin::consumers::list_consumers),
         )
@@ -76,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/tokens",
             post(tokens::create_token).get(tokens::list_tokens),
         )
+        .route("/v1/tokens/{id}", get(tokens::get_token))
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/v1/tokens/{id}/rotate", post(tokens::rotate_token))
         .route("/readyz", get(admin::health::readyz))

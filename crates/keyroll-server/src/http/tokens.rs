@@ -200,6 +200,22 @@ pub async fn list_tokens(
     Ok(Json(proto::List { items }))
 }
 
+/// `GET /v1/tokens/{id}`: one token (never its secret), the resource a creation's `Location`
+/// names.
+#[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "the token id (never the token)")),
+    responses((status = 200, body = proto::AdminToken), (status = 404, body = proto::Problem)),
+    security(("admin_token" = ["tokens:read"])))]
+pub async fn get_token(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<proto::AdminToken>, ApiError> {
+    admin.require("tokens:read")?;
+    let entry = existing(&state, &id).await?;
+    Ok(Json(view(&entry, state.clock.now())))
+}
+
 /// `POST /v1/tokens/{id}/revoke`.
 #[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", request_body = proto::RevokeToken,
     params(("id" = String, Path, description = "the token id (never the token)")),

@@ -11,7 +11,7 @@ use keyroll_proto as proto;
 
 use super::{actor, name_error};
 use crate::http::auth::Admin;
-use crate::http::{ApiError, ApiJson};
+use crate::http::{ApiError, ApiJson, ApiPath};
 use crate::service;
 use crate::state::AppState;
 
@@ -62,4 +62,28 @@ pub async fn list_environments(
         })
         .collect();
     Ok(Json(proto::List { items }))
+}
+
+/// `GET /v1/environments/{name}`: the resource a creation's `Location` names.
+#[utoipa::path(get, path = "/v1/environments/{name}", tag = "environments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = proto::Environment), (status = 404, body = proto::Problem)),
+    security(("admin_token" = ["consumers:read"])))]
+pub async fn get_environment(
+    State(state): State<Arc<AppState>>,
+    admin: Admin,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<proto::Environment>, ApiError> {
+    admin.require("consumers:read")?;
+    let name = Environment::parse(&name).map_err(name_error)?;
+    let e = state.store.get_environment(&name).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "environment {name} does not exist; create it with keyroll env create {name}"
+        ))
+    })?;
+    Ok(Json(proto::Environment {
+        name: e.name.to_string(),
+        protected: e.protected,
+        created_at: rfc3339(e.created_at),
+    }))
 }
