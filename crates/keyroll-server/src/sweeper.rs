@@ -44,7 +44,7 @@ pub async fn run(
     interval: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    crate::every(interval, stop, || async {
+    crate::jobs::every(interval, stop, || async {
         sweep_once(&state).await;
     })
     .await;
