@@ -10,7 +10,7 @@ DURATION="${1:-10}"
 CONNS="${2:-64}"
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -p keyroll-cli --quiet
-BIN=target/release/keyroll
+BIN="${CARGO_TARGET_DIR:-target}/release/keyroll"
 WORK=$(mktemp -d)
 # Servers are started inside command substitutions (subshells), so their pids go to a file.
 cleanup() { [ -f "$WORK/pids" ] && while read -r p; do kill "$p" 2>/dev/null || true; done < "$WORK/pids"; rm -rf "$WORK"; }

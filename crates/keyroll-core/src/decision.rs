@@ -2,7 +2,8 @@
 //!
 //! [`judge`] is the last step of the hot path: given what the index knows about the version a
 //! well-formed key names (its secret already compared), it decides at `now`. The codes are a
-//! public contract: never renamed once released.
+//! public contract: never renamed once released. How a code is answered over a transport (HTTP
+//! status, title, challenge) is the transport's business, not the core's.
 
 use crate::lifecycle::{Policy, State, VersionView, effective_state, shown_deadline};
 use crate::timestamp::Timestamp;
@@ -94,47 +95,6 @@ impl DecisionCode {
     /// Whether the request is let through.
     pub fn allowed(&self) -> bool {
         matches!(self, DecisionCode::Valid | DecisionCode::ValidDeprecated)
-    }
-
-    /// The HTTP status forward-auth answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            DecisionCode::Valid | DecisionCode::ValidDeprecated => 200,
-            DecisionCode::InsufficientScope => 403,
-            _ => 401,
-        }
-    }
-
-    /// The RFC 6750 `error` of the `WWW-Authenticate` challenge, if there is one.
-    pub fn bearer_error(&self) -> Option<&'static str> {
-        match self {
-            DecisionCode::Valid | DecisionCode::ValidDeprecated => None,
-            // RFC 6750 §3.1: a request with no credential gets a challenge without an error.
-            DecisionCode::MissingCredential => None,
-            DecisionCode::MalformedCredential | DecisionCode::MalformedRequest => {
-                Some("invalid_request")
-            }
-            DecisionCode::InsufficientScope => Some("insufficient_scope"),
-            _ => Some("invalid_token"),
-        }
-    }
-
-    /// A short human title for problem+json.
-    pub fn title(&self) -> &'static str {
-        match self {
-            DecisionCode::Valid => "Valid key",
-            DecisionCode::ValidDeprecated => "Valid key, retiring",
-            DecisionCode::MissingCredential => "Missing credential",
-            DecisionCode::MalformedCredential => "Malformed credential",
-            DecisionCode::WrongEnvironment => "Key for another environment",
-            DecisionCode::UnknownKey | DecisionCode::InvalidSecret => "Invalid key",
-            DecisionCode::KeyRetired => "Key retired",
-            DecisionCode::KeyRevoked => "Key revoked",
-            DecisionCode::KeyExpired => "Key expired",
-            DecisionCode::ConsumerDisabled => "Consumer disabled",
-            DecisionCode::InsufficientScope => "Insufficient scope",
-            DecisionCode::MalformedRequest => "Malformed request",
-        }
     }
 }
 
@@ -296,8 +256,7 @@ mod tests {
         }
         assert_eq!(DecisionCode::UnknownKey.public_code(), "invalid_key");
         assert_eq!(DecisionCode::InvalidSecret.public_code(), "invalid_key");
-        assert_eq!(DecisionCode::InsufficientScope.http_status(), 403);
-        assert_eq!(DecisionCode::KeyRetired.http_status(), 401);
+        // The HTTP statuses of codes are the server's (keyroll-server `http::decision_http`).
     }
 
     #[test]

@@ -380,6 +380,63 @@ pub fn issue_key(
     })
 }
 
+/// Where text holds something shaped like a keyroll key, for redaction (a key pasted into a URL
+/// must never reach a log line): the run's start and the byte range of its secret part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyShapedRun {
+    /// Where the run starts (at its `kr_`).
+    pub start: usize,
+    /// Where its secret (and checksum) part starts: what is kept before it names the key.
+    pub secret_start: usize,
+    /// Where the secret part ends (it may be empty).
+    pub secret_end: usize,
+}
+
+/// Finds the key-shaped runs of `text`: [`PREFIX`], then two `_`-terminated runs of ASCII
+/// letters and digits (the environment and the kid *as written*: deliberately looser than
+/// [`parse_key`], so a mistyped, truncated or altered key is masked too), then the secret, the
+/// ASCII alphanumerics that follow. Runs do not overlap; a `kr_` that does not start such a run
+/// is skipped.
+pub fn key_shaped_runs(text: &str) -> impl Iterator<Item = KeyShapedRun> + '_ {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = text.get(from..).and_then(|rest| rest.find(PREFIX)) {
+            let start = from + found;
+            // `kr_` itself holds the first separator; the third one ends the kid.
+            let mut separators = 0;
+            let mut secret_start = None;
+            for (i, &b) in bytes[start..].iter().enumerate() {
+                if b == b'_' {
+                    separators += 1;
+                    if separators == 3 {
+                        secret_start = Some(start + i + 1);
+                        break;
+                    }
+                } else if !b.is_ascii_alphanumeric() {
+                    break;
+                }
+            }
+            let Some(secret_start) = secret_start else {
+                from = start + PREFIX.len();
+                continue;
+            };
+            let secret_end = secret_start
+                + bytes[secret_start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric())
+                    .count();
+            from = secret_end;
+            return Some(KeyShapedRun {
+                start,
+                secret_start,
+                secret_end,
+            });
+        }
+        None
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,5 +552,23 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = parse_key(&bytes);
         }
+    }
+
+    #[test]
+    fn key_shaped_runs_find_keys_as_written() {
+        let key = issue_key(&env("prod"), &mut TestEntropy(3)).unwrap();
+        let text = format!("a={} b=kr_x kr_Pr0d_typo_SECRET!", key.reveal());
+        let runs: Vec<_> = key_shaped_runs(&text).collect();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(
+            &text[runs[0].start..runs[0].secret_start],
+            &key.reveal()[..21]
+        );
+        assert_eq!(
+            &text[runs[0].secret_start..runs[0].secret_end],
+            &key.reveal()[21..]
+        );
+        assert_eq!(&text[runs[1].secret_start..runs[1].secret_end], "SECRET");
+        assert_eq!(key_shaped_runs("kr_ kr_x /plain").count(), 0);
     }
 }

@@ -18,8 +18,9 @@ pub mod timestamp;
 pub use decision::{ConsumerFacts, Decision, DecisionCode, judge};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use key::{
-    Entropy, EntropyUnavailable, Fingerprint, IssuedKey, Kid, MalformedKey, ParsedKey, SecretHash,
-    assemble_key, fingerprint, issue_key, parse_key, random_base62,
+    Entropy, EntropyUnavailable, Fingerprint, IssuedKey, KeyShapedRun, Kid, MalformedKey,
+    ParsedKey, SecretHash, assemble_key, fingerprint, issue_key, key_shaped_runs, parse_key,
+    random_base62,
 };
 pub use lifecycle::{
     Command, Consumer, ConsumerSpec, ConsumerUpdate, Effect, KeyVersion, LifecycleError,

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use keyroll_store::{SqliteStore, Store};
 
-use crate::{Config, admin_token, clock, request_id, service};
+use crate::config::Config;
+use crate::{admin_token, clock, request_id, service};
 
 /// Name of the file holding the first admin token, in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -325,7 +326,7 @@ pub async fn create_first_admin_token(store: &dyn Store) -> anyhow::Result<Strin
         at,
         &mut clock::Randomness::os().entropy(),
     )?;
-    let audit = service::Actor::system(request_id::new()).audit(
+    let audit = service::Actor::system(request_id::new_request_id()).audit(
         at,
         "admin_token.created",
         format!("admin token {}", record.id),

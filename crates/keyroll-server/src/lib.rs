@@ -11,6 +11,7 @@ pub mod config;
 pub mod decided;
 pub mod http;
 pub mod installation;
+pub mod jobs;
 pub mod listener;
 pub mod logging;
 pub mod observe;
@@ -102,17 +103,9 @@ impl Server {
         let addr = self.local_addr()?;
         let state = Arc::clone(&self.state);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let flusher = tokio::spawn(usage::run_flusher(
-            Arc::clone(&state),
-            state.config.usage_flush_interval,
-            stop_rx.clone(),
-        ));
-        let observer = tokio::spawn(observe::run(Arc::clone(&state), stop_rx.clone()));
-        let sweeper = tokio::spawn(sweeper::run(
-            Arc::clone(&state),
-            state.config.sweep_interval,
-            stop_rx,
-        ));
+        let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
+        let observer = tokio::spawn(jobs::observer(Arc::clone(&state), stop_rx.clone()));
+        let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
         let app = http::router(Arc::clone(&state));
         listener::serve(self.listener, app, state.config.http, shutdown_signal()).await;
@@ -123,27 +116,6 @@ impl Server {
         let _ = observer.await;
         tracing::info!(event = "server.stopped", "keyroll stopped");
         Ok(())
-    }
-}
-
-/// Runs `step` every `interval` until `stop` changes (a background task's loop: missed ticks
-/// are delayed, not bunched).
-pub async fn every<F, Fut>(
-    interval: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    mut step: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        step().await;
     }
 }
 

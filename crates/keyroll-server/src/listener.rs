@@ -386,18 +386,35 @@ fn body_timeout_response(answered: &Response<Body>, limit: Duration) -> Response
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .unwrap_or_else(crate::http::new_request_id);
-    let mut response = crate::http::problem(
-        StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
-        "Request Timeout",
-        &format!(
+        .unwrap_or_else(crate::request_id::new_request_id);
+    // problem+json like every other error of the API (`http::problem`), built here: the listener
+    // sits below the HTTP layer and does not import it.
+    let status = StatusCode::REQUEST_TIMEOUT;
+    let body = keyroll_proto::Problem {
+        type_uri: "https://keyroll.dev/problems/request_timeout".into(),
+        title: "Request Timeout".into(),
+        status: status.as_u16(),
+        detail: format!(
             "the request body did not arrive within {} (http.body_read_timeout)",
             humantime::format_duration(limit)
         ),
-        None,
-        &request_id,
+        code: "request_timeout".into(),
+        kid: None,
+        fingerprint: None,
+        consumer: None,
+        version: None,
+        request_id: request_id.clone(),
+    };
+    let mut response = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
     );
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -5,7 +5,6 @@
 //! field names (`ts`, not `timestamp`) and flattens fields into the top-level object.
 
 use std::io::Write;
-use std::net::SocketAddr;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -16,7 +15,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use keyroll_core::DecisionCode;
 
-use keyroll_verify::verify::Verification;
+use crate::decided::DecisionRecord;
 
 const LEVELS: &str = "trace, debug, info, warn, error or off";
 
@@ -137,62 +136,21 @@ impl<S: Subscriber> Layer<S> for JsonLines {
     }
 }
 
-/// Request facts a decision line carries besides the verification itself.
-#[derive(Debug, Clone)]
-pub struct RequestFacts<'a> {
-    /// The request id.
-    pub request_id: &'a str,
-    /// The client (after the trusted-proxy rule).
-    pub remote_addr: Option<crate::client_addr::ClientAddr>,
-    /// The TCP peer (the gateway, behind one).
-    pub peer_addr: Option<SocketAddr>,
-    /// The (original) method.
-    pub method: &'a str,
-    /// The (original) URI, keys redacted.
-    pub uri: &'a str,
-    /// The user agent.
-    pub user_agent: &'a str,
-}
-
-/// Masks anything in `text` that looks like a keyroll key's secret, so a key pasted into a URL
-/// never reaches a log line.
+/// Masks the secret of anything in `text` shaped like a keyroll key (the core's
+/// [`keyroll_core::key_shaped_runs`]), so a key pasted into a URL never reaches a log line.
 pub fn redact_keys(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("kr_") {
+    let mut runs = keyroll_core::key_shaped_runs(text).peekable();
+    if runs.peek().is_none() {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("kr_") {
-        out.push_str(&rest[..pos]);
-        let candidate = &rest[pos..];
-        // Keep `kr_<env>_<kid>_`, mask the run of base62 that follows.
-        let mut underscores = 0;
-        let mut keep = 0;
-        for (i, c) in candidate.char_indices() {
-            if c == '_' {
-                underscores += 1;
-                if underscores == 3 {
-                    keep = i + 1;
-                    break;
-                }
-            } else if !c.is_ascii_alphanumeric() {
-                break;
-            }
-        }
-        if keep == 0 {
-            out.push_str("kr_");
-            rest = &candidate[3..];
-            continue;
-        }
-        out.push_str(&candidate[..keep]);
-        let secret_len = candidate[keep..]
-            .bytes()
-            .take_while(u8::is_ascii_alphanumeric)
-            .count();
+    let mut copied = 0;
+    for run in runs {
+        out.push_str(&text[copied..run.secret_start]);
         out.push_str("[redacted]");
-        rest = &candidate[keep + secret_len..];
+        copied = run.secret_end;
     }
-    out.push_str(rest);
+    out.push_str(&text[copied..]);
     std::borrow::Cow::Owned(out)
 }
 
@@ -215,15 +173,11 @@ pub fn decision_enabled(code: DecisionCode, allowed_at_info: bool) -> bool {
 }
 
 /// Emits the `auth.decision` line: rejections at WARN, allowed at DEBUG (or INFO). Callers ask
-/// [`decision_enabled`] first (they build `req` and `detail` only then) and pass the detail
-/// they already built for the history, so no sentence is formatted twice.
-pub fn decision(
-    v: &Verification,
-    detail: &str,
-    req: &RequestFacts<'_>,
-    latency_us: u64,
-    allowed_at_info: bool,
-) {
+/// [`decision_enabled`] first (they build `detail` only then) and pass the detail they already
+/// built for the history, so no sentence is formatted twice.
+pub fn decision(record: &DecisionRecord<'_>, detail: &str, allowed_at_info: bool) {
+    let (v, req) = (record.verification, record.facts);
+    let latency_us = req.latency_us;
     let allowed = v.code.allowed();
     let level = decision_level(v.code, allowed_at_info);
     let consumer = v.consumer();
@@ -233,9 +187,12 @@ pub fn decision(
     let environment = v.environment();
     let version = v.version().map(|n| n.to_string());
     let state = v.state().map(|s| s.as_str());
-    let remote = req.remote_addr.map(|a| a.to_string());
-    let peer = req.peer_addr.map(|a| a.to_string());
-    let uri = redact_keys(req.uri);
+    let remote = req.client.map(|a| a.to_string());
+    let peer = req.peer.map(|a| a.to_string());
+    let (method, uri) = match req.request_line() {
+        Some((m, u)) => (Some(m), Some(redact_keys(u))),
+        None => (None, None),
+    };
     let user_agent: String = req.user_agent.chars().take(256).collect();
     macro_rules! emit {
         ($lvl:expr) => {
@@ -255,8 +212,8 @@ pub fn decision(
                 request_id = req.request_id,
                 remote_addr = remote.as_deref(),
                 peer_addr = peer.as_deref(),
-                method = req.method,
-                uri = uri.as_ref(),
+                method = method,
+                uri = uri.as_deref(),
                 user_agent = user_agent.as_str(),
                 latency_us = latency_us,
             )

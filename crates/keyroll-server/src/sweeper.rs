@@ -5,9 +5,10 @@
 //! Correctness never waits for it: the hot path decides the same rules from the same facts
 //! ([`keyroll_core::effective_state`]). The sweeper makes the stored state, the audit log, the
 //! events and the metrics catch up.
-
-use std::sync::Arc;
-use std::time::Duration;
+//!
+//! What is due is a pure rule of the core (`keyroll_core::lifecycle::is_due`, applied to the
+//! index by `Index::sweep_scan`); this module is one step, written through the service layer;
+//! `jobs::sweeper` paces it.
 
 use keyroll_core::ConsumerRef;
 
@@ -36,16 +37,4 @@ pub async fn sweep_once(state: &AppState) -> usize {
         state.observer.set_retiring_in_use(&environment, n);
     }
     changed
-}
-
-/// Sweeps every `interval` until `stop` fires.
-pub async fn run(
-    state: Arc<AppState>,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    crate::every(interval, stop, || async {
-        sweep_once(&state).await;
-    })
-    .await;
 }

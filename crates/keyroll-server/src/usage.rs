@@ -16,8 +16,7 @@ use keyroll_core::{Kid, Timestamp};
 use keyroll_store::{SourceSeen, Store, StoreError, UsageDelta};
 use parking_lot::Mutex;
 
-use crate::decided::DecisionContext;
-use keyroll_verify::verify::Verification;
+use crate::decided::DecisionRecord;
 
 const SHARDS: usize = 32;
 /// Sources kept per version, in a batch and in the store.
@@ -122,18 +121,19 @@ impl UsageRecorder {
         &self.shards[SHARD.with(|s| *s)]
     }
 
-    /// Records one allowed decision.
-    pub fn record(&self, v: &Verification, ctx: &DecisionContext<'_>) {
+    /// Records one allowed decision that counts as use ([`DecisionRecord::counts_as_use`]).
+    pub fn record(&self, record: &DecisionRecord<'_>) {
         if !self.enabled {
             return;
         }
+        let (v, facts) = (record.verification, record.facts);
         let Some(kid) = v.kid else { return };
-        let now = ctx.now;
+        let now = facts.now;
         let hour =
             Timestamp::from_unix_millis(now.unix_millis() - now.unix_millis().rem_euclid(HOUR_MS));
-        let user_agent = truncate(ctx.header("user-agent").unwrap_or(""), 200);
-        let client_id = ctx.header("x-client-id").map(|c| truncate(c, 100));
-        let ip = ctx.client.map(|c| c.ip());
+        let user_agent = truncate(facts.user_agent, 200);
+        let client_id = facts.client_id.map(|c| truncate(c, 100));
+        let ip = facts.client.map(|c| c.ip());
         let mut map = self.shard().lock();
         let pending = map.entry(kid).or_insert_with(|| Pending::new(now));
         pending.last_used = pending.last_used.max(now);
@@ -226,36 +226,44 @@ fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
-/// Flushes every `interval` until `stop` fires, then once more.
-pub async fn run_flusher(
-    state: std::sync::Arc<crate::state::AppState>,
-    interval: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    crate::every(interval, stop, || flush_once(&state)).await;
-    flush_once(&state).await;
+/// What one flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// `versions` key versions written in `took`.
+    Written {
+        /// Versions written (0: nothing was pending).
+        versions: usize,
+        /// How long the write took.
+        took: Duration,
+    },
+    /// The store refused; the batch is back in memory.
+    Failed,
 }
 
-/// One flush with its log line and metrics.
-pub async fn flush_once(state: &crate::state::AppState) {
-    let started = Instant::now();
-    match state.usage.flush(state.store.as_ref()).await {
-        Ok(n) => {
-            if n > 0 {
-                tracing::debug!(
-                    event = "usage.flushed",
-                    versions = n,
-                    millis = started.elapsed().as_millis() as u64,
-                    "usage flushed"
-                );
+impl UsageRecorder {
+    /// The periodic step: flushes what is pending, with its log line. The driver (`jobs`)
+    /// passes the outcome on to the metrics.
+    pub async fn flush_step(&self, store: &dyn Store) -> Flushed {
+        let started = Instant::now();
+        match self.flush(store).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(
+                        event = "usage.flushed",
+                        versions = n,
+                        millis = started.elapsed().as_millis() as u64,
+                        "usage flushed"
+                    );
+                }
+                Flushed::Written {
+                    versions: n,
+                    took: started.elapsed(),
+                }
             }
-            state
-                .observer
-                .usage_flushed(started.elapsed(), n, state.clock.now());
-        }
-        Err(e) => {
-            tracing::warn!(event = "usage.flush_failed", error = %e, "usage flush failed; counts kept in memory for the next attempt");
-            state.observer.usage_flush_failed();
+            Err(e) => {
+                tracing::warn!(event = "usage.flush_failed", error = %e, "usage flush failed; counts kept in memory for the next attempt");
+                Flushed::Failed
+            }
         }
     }
 }

@@ -12,12 +12,14 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use axum::response::Response;
 
+use crate::client_addr::{TrustedNet, client_addr};
 use crate::config::Explain;
-use crate::decided::{self, DecisionContext};
+use crate::decided::{DecisionFacts, DecisionRecord, Edge, Origin, RequiredEnvironment};
 use crate::http::auth::Admin;
+use crate::http::decision_http;
 use crate::http::{
     ApiError, ApiJson, ProblemExtras, current_request_id, problem_with, request_id_from,
 };
@@ -33,6 +35,11 @@ const X_CODE: HeaderName = HeaderName::from_static("x-keyroll-code");
 const X_DETAIL: HeaderName = HeaderName::from_static("x-keyroll-detail");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FINGERPRINT: HeaderName = HeaderName::from_static("x-keyroll-fingerprint");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
 
 /// Header an operator's tool sends so that its check does not count as the consumer using the
 /// key (SPEC §6): `keyroll verify` and monitoring probes must not keep an old version "in use".
@@ -205,6 +212,87 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// A header as text, if present and visible ASCII. Names are constants: no parsing per request.
+fn header_text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The original request behind a forward-auth subrequest, as far as the gateway says: the
+/// method from `X-Forwarded-Method` / `X-Original-Method`, else ours; the URI from
+/// `X-Forwarded-Uri` / `X-Original-URI`, else the path below the endpoint. Borrowed.
+fn origin<'r>(headers: &'r HeaderMap, method: &'r Method, uri: &'r Uri) -> Origin<'r> {
+    let method = header_text(headers, &X_FORWARDED_METHOD)
+        .or_else(|| header_text(headers, &X_ORIGINAL_METHOD))
+        .unwrap_or(method.as_str());
+    let uri = header_text(headers, &X_FORWARDED_URI)
+        .or_else(|| header_text(headers, &X_ORIGINAL_URI))
+        .unwrap_or_else(|| {
+            let path = uri.path();
+            match path.strip_prefix("/v1/forward-auth") {
+                Some("") => "/",
+                Some(rest) => rest,
+                None => path,
+            }
+        });
+    Origin { method, uri }
+}
+
+/// What the edge knows of an HTTP request, built once: the client after the one trusted-proxy
+/// rule, the user agent and client id. The latency is filled in after the verification.
+#[allow(clippy::too_many_arguments)]
+fn http_facts<'r>(
+    edge: Edge,
+    request_id: &'r str,
+    headers: &'r HeaderMap,
+    peer: Option<SocketAddr>,
+    trusted: &[TrustedNet],
+    origin: Option<Origin<'r>>,
+    required_environment: Option<RequiredEnvironment<'r>>,
+    recording: Recording,
+    now: keyroll_core::Timestamp,
+) -> DecisionFacts<'r> {
+    DecisionFacts {
+        edge,
+        request_id,
+        peer,
+        client: client_addr(peer, headers, trusted),
+        origin,
+        user_agent: header_text(headers, &header::USER_AGENT).unwrap_or(""),
+        client_id: header_text(headers, &X_CLIENT_ID),
+        required_environment,
+        recording,
+        now,
+        latency_us: 0,
+    }
+}
+
+/// The environment a request must belong to: the one it names (when valid), else the server's.
+fn required<'a>(named: Option<&'a str>, state: &'a AppState) -> Option<RequiredEnvironment<'a>> {
+    named.and_then(RequiredEnvironment::new).or_else(|| {
+        state
+            .config
+            .verify_environment
+            .as_ref()
+            .and_then(|e| RequiredEnvironment::new(e.as_str()))
+    })
+}
+
+fn micros_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Hands a decision to everything that follows it, one way: the observer (log line, metrics,
+/// history) and, when it counts as use, usage recording. Every edge calls this once, then
+/// renders its answer from the same record.
+pub fn hand_off(state: &AppState, record: &DecisionRecord<'_>) {
+    state
+        .observer
+        .decision(record, state.config.log_allowed_at_info);
+    if record.counts_as_use() {
+        state.usage.record(record);
+    }
+}
+
 /// `/v1/forward-auth[/…]`, any method.
 #[utoipa::path(
     get,
@@ -232,48 +320,44 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         .map(|c| c.0);
     let now = state.clock.now();
     let request_id = request_id_from(headers);
-    let client = crate::client_addr::client_addr(peer, headers, &state.config.trusted_proxies);
     let (p, judgeable) = gateway_params(headers, uri);
     // Validated by `gateway_params` when the request is judgeable; an invalid one is dropped for
     // the log and metrics label of a `malformed_request`.
-    let environment = p
-        .environment
-        .as_deref()
-        .filter(|e| keyroll_core::Environment::is_valid(e))
-        .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
+    let environment = required(p.environment.as_deref(), &state);
+    let mut facts = http_facts(
+        Edge::ForwardAuth,
+        &request_id,
+        headers,
+        peer,
+        &state.config.trusted_proxies,
+        Some(origin(headers, method, uri)),
+        environment,
+        p.recording,
+        now,
+    );
     let v = match judgeable {
         Ok(()) => verify(
             &state.index,
             presented(headers),
-            environment,
+            environment.map(|e| e.as_str()),
             &p.scopes,
             p.recording,
             now,
         ),
         Err(reason) => Verification::bad_request(reason),
     };
-    let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    decided::after(
-        &state,
-        &v,
-        &DecisionContext {
-            request_id: &request_id,
-            peer,
-            client,
-            required_environment: environment,
-            recording: p.recording,
-            method,
-            uri,
-            headers,
-            latency_us: latency,
-            now,
-        },
-    );
-    respond(&v, &request_id, state.config.explain, p.bodyless)
+    facts.latency_us = micros_since(started);
+    let record = DecisionRecord {
+        facts: &facts,
+        verification: &v,
+    };
+    hand_off(&state, &record);
+    respond(&record, state.config.explain, p.bodyless)
 }
 
 /// Builds the forward-auth answer for a verification.
-fn respond(v: &Verification, request_id: &str, explain: Explain, bodyless: bool) -> Response {
+fn respond(record: &DecisionRecord<'_>, explain: Explain, bodyless: bool) -> Response {
+    let (v, request_id) = (record.verification, record.facts.request_id);
     let code = v.code;
     if code.allowed() {
         let mut response = Response::new(Body::empty());
@@ -302,7 +386,7 @@ fn respond(v: &Verification, request_id: &str, explain: Explain, bodyless: bool)
         }
         return response;
     }
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let status = decision_http::status(code);
     let public = code.public_code();
     let detail = match explain {
         Explain::Full => v.caller_detail(),
@@ -317,14 +401,14 @@ fn respond(v: &Verification, request_id: &str, explain: Explain, bodyless: bool)
         problem_with(
             status,
             public,
-            code.title(),
+            decision_http::title(code),
             &detail,
             request_id,
             &rejection_extras(v, explain),
         )
     };
     let h = response.headers_mut();
-    let challenge = match code.bearer_error() {
+    let challenge = match decision_http::bearer_error(code) {
         Some(error) => {
             format!("Bearer realm=\"keyroll\", error=\"{error}\", error_description=\"{safe}\"")
         }
@@ -407,10 +491,7 @@ pub async fn verify_json(
             "environment {shown:?} is not an environment name ([a-z][a-z0-9]{{0,15}})"
         )));
     }
-    let environment = req
-        .environment
-        .as_deref()
-        .or_else(|| state.config.verify_environment.as_ref().map(|e| e.as_str()));
+    let environment = required(req.environment.as_deref(), &state);
     let header_check = match text_header(&headers, OPERATOR_CHECK_HEADER) {
         Ok(Some(v)) => Some(operator_check(v).map_err(ApiError::bad_request)?),
         Ok(None) => None,
@@ -425,33 +506,32 @@ pub async fn verify_json(
     } else {
         Presented::Key(req.key.as_bytes())
     };
+    // No original request behind a JSON body: no method or URI is made up for it.
+    let mut facts = http_facts(
+        Edge::VerifyApi,
+        &request_id,
+        &headers,
+        Some(peer),
+        &state.config.trusted_proxies,
+        None,
+        environment,
+        recording,
+        now,
+    );
     let v = verify(
         &state.index,
         presented,
-        environment,
+        environment.map(|e| e.as_str()),
         &req.scopes,
         recording,
         now,
     );
-    let latency = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    decided::after(
+    facts.latency_us = micros_since(started);
+    hand_off(
         &state,
-        &v,
-        &DecisionContext {
-            request_id: &request_id,
-            peer: Some(peer),
-            client: crate::client_addr::client_addr(
-                Some(peer),
-                &headers,
-                &state.config.trusted_proxies,
-            ),
-            required_environment: environment,
-            recording,
-            method: &Method::POST,
-            uri: &Uri::from_static("/v1/verify"),
-            headers: &headers,
-            latency_us: latency,
-            now,
+        &DecisionRecord {
+            facts: &facts,
+            verification: &v,
         },
     );
     let show_owner = v.caller_may_see_consumer();
@@ -510,5 +590,119 @@ mod tests {
         h.remove("x-api-key");
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert!(matches!(presented(&h), Presented::Unreadable { .. }));
+    }
+
+    fn request_headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn facts_name_the_client_once_by_the_trusted_proxy_rule() {
+        use crate::client_addr::ClientAddr;
+        let h = request_headers(&[
+            ("x-forwarded-for", "203.0.113.9, 198.51.100.7"),
+            ("user-agent", "curl/8"),
+            ("x-client-id", "billing"),
+        ]);
+        let trusted = [TrustedNet::parse("10.0.0.0/8").unwrap()];
+        let now = keyroll_core::Timestamp::EPOCH;
+        let from_proxy: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let f = http_facts(
+            Edge::ForwardAuth,
+            "rq_1",
+            &h,
+            Some(from_proxy),
+            &trusted,
+            None,
+            None,
+            Recording::CountsAsUse,
+            now,
+        );
+        assert_eq!(
+            f.client,
+            Some(ClientAddr::Forwarded("198.51.100.7".parse().unwrap()))
+        );
+        assert_eq!(f.peer, Some(from_proxy));
+        assert_eq!((f.user_agent, f.client_id), ("curl/8", Some("billing")));
+        // The same headers from a peer that is not a trusted proxy name the peer.
+        let direct: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let f = http_facts(
+            Edge::ForwardAuth,
+            "rq_2",
+            &h,
+            Some(direct),
+            &trusted,
+            None,
+            None,
+            Recording::CountsAsUse,
+            now,
+        );
+        assert_eq!(f.client, Some(ClientAddr::Peer(direct)));
+    }
+
+    #[test]
+    fn verify_api_facts_have_no_made_up_origin() {
+        let h = request_headers(&[("x-forwarded-uri", "/from/a/header")]);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let f = http_facts(
+            Edge::VerifyApi,
+            "rq_1",
+            &h,
+            Some(peer),
+            &[],
+            None,
+            RequiredEnvironment::new("prod"),
+            Recording::OperatorCheck,
+            keyroll_core::Timestamp::EPOCH,
+        );
+        assert!(f.origin.is_none());
+        assert_eq!(f.required_environment.map(|e| e.as_str()), Some("prod"));
+        assert_eq!((f.user_agent, f.client_id), ("", None));
+    }
+
+    #[test]
+    fn forward_auth_origin_comes_from_the_gateway_else_the_path_below_the_endpoint() {
+        let (get, put) = (Method::GET, Method::PUT);
+        let below: Uri = "/v1/forward-auth/invoices/7?x=1".parse().unwrap();
+        let bare: Uri = "/v1/forward-auth".parse().unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(
+            origin(&none, &get, &below),
+            Origin {
+                method: "GET",
+                uri: "/invoices/7"
+            }
+        );
+        assert_eq!(
+            origin(&none, &get, &bare),
+            Origin {
+                method: "GET",
+                uri: "/"
+            }
+        );
+        let nginx = request_headers(&[("x-original-method", "DELETE"), ("x-original-uri", "/a?b")]);
+        assert_eq!(
+            origin(&nginx, &get, &bare),
+            Origin {
+                method: "DELETE",
+                uri: "/a?b"
+            }
+        );
+        let traefik = request_headers(&[
+            ("x-forwarded-method", "POST"),
+            ("x-original-method", "DELETE"),
+            ("x-forwarded-uri", "/t"),
+        ]);
+        assert_eq!(
+            origin(&traefik, &put, &below),
+            Origin {
+                method: "POST",
+                uri: "/t"
+            }
+        );
     }
 }

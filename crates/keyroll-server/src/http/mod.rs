@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod decision_http;
 pub mod forward_auth;
 pub mod keys;
 pub mod observe;
@@ -19,13 +20,14 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+pub use crate::request_id::{new_request_id, request_id_from};
 use crate::state::AppState;
 
 /// Largest accepted admin or verify request body.
@@ -101,25 +103,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 tokio::task_local! {
     static REQUEST_ID: String;
-}
-
-/// A request id: the caller's `X-Request-Id` when it is sane (1–128 visible ASCII characters),
-/// else a new random one.
-pub fn request_id_from(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id")
-        && let Ok(s) = v.to_str()
-        && !s.is_empty()
-        && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return s.to_owned();
-    }
-    new_request_id()
-}
-
-/// A new request id ([`crate::request_id::new`]).
-pub fn new_request_id() -> String {
-    crate::request_id::new()
 }
 
 /// The current request's id inside admin handlers.

@@ -60,7 +60,7 @@ pub async fn status(
         }
     }
     // What this node counted but has not flushed yet belongs in the answer.
-    crate::usage::flush_once(&state).await;
+    crate::jobs::flush_usage(&state).await;
     let consumers = match &only {
         Some(r) => vec![
             state

@@ -11,17 +11,14 @@ pub mod metrics;
 pub mod process;
 pub mod striped;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use keyroll_core::Timestamp;
 
 use crate::config::Config;
-use crate::decided::DecisionContext;
-use crate::logging::{self, RequestFacts};
-use crate::state::AppState;
+use crate::decided::DecisionRecord;
+use crate::logging;
 use keyroll_verify::index::Index;
-use keyroll_verify::verify::Verification;
 
 use self::flood::{Admit, FloodGate, FloodKey, Subject, Summary};
 use self::history::History;
@@ -30,14 +27,21 @@ use self::metrics::{Metrics, Trust};
 /// The environment label when nothing names one.
 const UNKNOWN_ENVIRONMENT: &str = "unknown";
 
-/// How often the background task looks for ended flood windows.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the observer's periodic work ([`Observer::tick`]) is due.
+pub const TICK_EVERY: Duration = Duration::from_secs(1);
 
-/// How often it drains histogram samples and pings the store (in sweeps).
-const UPKEEP_EVERY_SWEEPS: u64 = 5;
+/// How often it drains histogram samples and wants the store pinged (in ticks).
+const UPKEEP_EVERY_TICKS: u64 = 5;
 
 /// How long a store ping may take before the store counts as down.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a tick leaves to its driver (the observer does no IO itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// Ping the store and report with [`Observer::set_store_up`].
+    pub ping_store: bool,
+}
 
 /// What the observer is configured with.
 #[derive(Debug, Clone)]
@@ -147,11 +151,12 @@ impl Observer {
     }
 
     /// Records one decision: metrics, history, log line (collapsed in floods).
-    pub fn decision(&self, v: &Verification, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
-        let (environment, trust) = self.label_environment(v, ctx);
+    pub fn decision(&self, record: &DecisionRecord<'_>, allowed_at_info: bool) {
+        let (v, ctx) = (record.verification, record.facts);
+        let (environment, trust) = self.label_environment(record);
         self.metrics
             .decision(environment, trust, v.code, ctx.latency_us);
-        let record = history::Record {
+        let entry = history::Record {
             ts_ms: ctx.now.unix_millis(),
             code: v.code,
             kid: v.kid,
@@ -164,9 +169,9 @@ impl Observer {
             remote_addr: ctx.client,
         };
         if v.code.allowed() {
-            self.history.allowed(&record);
+            self.history.allowed(&entry);
             if logging::decision_enabled(v.code, allowed_at_info) {
-                log(v, &v.detail(), ctx, allowed_at_info);
+                logging::decision(record, &v.detail(), allowed_at_info);
             }
             return;
         }
@@ -197,13 +202,30 @@ impl Observer {
             Admit::Log
         };
         match admit {
-            Admit::Log => log(v, &detail, ctx, allowed_at_info),
+            Admit::Log => logging::decision(record, &detail, allowed_at_info),
             Admit::Suppress if logged => self.metrics.suppressed(1),
             Admit::Suppress => {}
         }
         if self.history.keeps_rejections() {
-            self.history.rejected(&record, detail.into_boxed_str());
+            self.history.rejected(&entry, detail.into_boxed_str());
         }
+    }
+
+    /// The periodic work due at `now`, tick number `n` (one every [`TICK_EVERY`]): the
+    /// summaries of flood windows that ended, and every few ticks the histogram upkeep; says
+    /// whether a store ping is due (the driver does it: the observer does no IO).
+    pub fn tick(&self, n: u64, now: Timestamp) -> Tick {
+        self.sweep(now.unix_millis());
+        let upkeep = n.is_multiple_of(UPKEEP_EVERY_TICKS);
+        if upkeep {
+            self.upkeep();
+        }
+        Tick { ping_store: upkeep }
+    }
+
+    /// At shutdown: the summaries still pending.
+    pub fn finish(&self) {
+        self.sweep(i64::MAX);
     }
 
     /// Writes the summaries of flood windows that ended by `now`; `i64::MAX` writes them all.
@@ -246,20 +268,18 @@ impl Observer {
     /// The metrics label: the key's environment when known, else the one the request had to
     /// belong to, else `unknown`. Names that come from the request are checked against the
     /// environment grammar and capped by [`Metrics`].
-    fn label_environment<'a>(
-        &'a self,
-        v: &'a Verification,
-        ctx: &DecisionContext<'a>,
-    ) -> (&'a str, Trust) {
+    fn label_environment<'a>(&'a self, record: &DecisionRecord<'a>) -> (&'a str, Trust) {
+        let v = record.verification;
         if let Some(c) = v.consumer() {
             return (c.environment(), Trust::Known);
         }
         if let Some(e) = v.key_environment.as_ref() {
             return (e.as_str(), Trust::Caller);
         }
-        match ctx.required_environment {
-            Some(e) if is_environment_name(e) => (e, Trust::Caller),
-            _ => match self.default_environment.as_deref() {
+        // Checked against the core's grammar where the edge read it.
+        match record.facts.required_environment {
+            Some(e) => (e.as_str(), Trust::Caller),
+            None => match self.default_environment.as_deref() {
                 Some(e) => (e, Trust::Known),
                 None => (UNKNOWN_ENVIRONMENT, Trust::Known),
             },
@@ -282,60 +302,12 @@ impl Observer {
     }
 }
 
-/// `[a-z][a-z0-9]{0,15}` (SPEC §1): the core's grammar, checked without allocating.
-fn is_environment_name(s: &str) -> bool {
-    keyroll_core::Environment::is_valid(s)
-}
-
-fn log(v: &Verification, detail: &str, ctx: &DecisionContext<'_>, allowed_at_info: bool) {
-    let o = ctx.origin();
-    logging::decision(
-        v,
-        detail,
-        &RequestFacts {
-            request_id: ctx.request_id,
-            remote_addr: ctx.client,
-            peer_addr: ctx.peer,
-            method: o.method,
-            uri: &o.uri,
-            user_agent: o.user_agent,
-        },
-        ctx.latency_us,
-        allowed_at_info,
-    );
-}
-
-/// The observer's background work until `stop` fires: flood summaries every second, histogram
-/// upkeep and the store ping every few seconds; at the end, the summaries still pending.
-pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sweeps: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
-        state.observer.sweep(state.clock.now().unix_millis());
-        if sweeps.is_multiple_of(UPKEEP_EVERY_SWEEPS) {
-            state.observer.upkeep();
-            let up = matches!(
-                tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await,
-                Ok(Ok(()))
-            );
-            state.observer.set_store_up(up);
-        }
-        sweeps = sweeps.wrapping_add(1);
-    }
-    state.observer.sweep(i64::MAX);
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn environment_names() {
+        // The metrics labels taken from requests use the core's grammar.
+        let is_environment_name = keyroll_core::Environment::is_valid;
         assert!(is_environment_name("prod"));
         assert!(is_environment_name("s1"));
         assert!(!is_environment_name(""));

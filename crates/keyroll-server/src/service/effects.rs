@@ -54,7 +54,7 @@ fn outcome(e: &Effect) -> Option<&'static str> {
 
 /// Who was still using a stalled version, as recorded (flushes pending usage first).
 pub(super) async fn stall_sources(state: &AppState, kid: Kid, at: Timestamp) -> Value {
-    crate::usage::flush_once(state).await;
+    crate::jobs::flush_usage(state).await;
     let since = at.saturating_sub(Duration::from_secs(24 * 3600));
     match state.store.usage(&[kid], since).await {
         Ok(usage) => {

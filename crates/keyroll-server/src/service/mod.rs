@@ -47,7 +47,7 @@ impl Request {
     /// keyroll itself, with no idempotency key.
     pub fn system() -> Request {
         Request {
-            actor: Actor::system(crate::request_id::new()),
+            actor: Actor::system(crate::request_id::new_request_id()),
             idempotency: None,
         }
     }
