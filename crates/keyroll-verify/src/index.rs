@@ -131,8 +131,10 @@ impl Record {
 struct Shard {
     records: Vec<Record>,
     positions: HashTable<u32>,
-    /// Revocation reasons by record position: rare, so kept out of every record.
-    revoke_reasons: hashbrown::HashMap<u32, Box<str>>,
+    /// Revocation reasons by record position: rare, so kept out of every record. The std map:
+    /// hashbrown is built without its default hasher (only `HashTable` is used from it), so a
+    /// hashbrown `HashMap` compiled only when another crate of the build switched that on.
+    revoke_reasons: std::collections::HashMap<u32, Box<str>>,
 }
 
 /// What a lookup found for a kid whose secret matched: enough to decide, log and answer.
