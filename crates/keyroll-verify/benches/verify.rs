@@ -3,7 +3,7 @@
 //!
 //! Also prints the index's memory per key version (heap held, counted by the allocator, and RSS
 //! growth) and its load time.
-//! Run: `cargo bench -p keyroll-server --bench verify` (results in docs/benchmarks.md).
+//! Run: `cargo bench -p keyroll-verify --bench verify` (results in docs/benchmarks.md).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
