@@ -7,7 +7,7 @@
 //!   older revision never overwrites a newer one, so concurrent admin requests cannot leave the
 //!   index behind the store.
 //! - Layout, for the hot path at 1M versions (SPEC §12): per shard, a probe table of [`Slot`]s
-//!   (open addressing, linear probing) holding the kid, the record's position and the consumer
+//!   (open addressing, linear probing in Robin Hood order) holding the kid, the record's position and the consumer
 //!   inline, and a `Vec<Record>` of everything else. A lookup reads one slot (no control bytes,
 //!   no second table of positions), then the record and the consumer entry, whose addresses
 //!   both come from the slot, so their cache misses overlap instead of following each other.
@@ -193,15 +193,19 @@ impl Record {
 enum Probe {
     /// The slot holding the kid.
     Found(usize),
-    /// The empty slot where it would go.
-    Vacant(usize),
+    /// The kid is absent (the probe met an empty slot, or an occupant nearer its own home
+    /// than the kid would be).
+    Vacant,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     records: Vec<Record>,
-    /// Open addressing with linear probing; `None` is empty. Always at least one empty slot
-    /// (load factor ≤ 0.9), so every probe ends. Nothing is ever removed, so no tombstones.
+    /// Open addressing with linear probing, Robin Hood ordered: along a run, no slot sits
+    /// nearer its home than the slot before it minus one, so a probe for an absent kid stops
+    /// after about as many slots as a hit takes (plain linear probing at 0.85 full scans ≈ 23
+    /// slots for every unknown kid). `None` is empty; at least one slot always is (load factor
+    /// ≤ 0.9), so every probe ends. Nothing is ever removed, so no tombstones.
     slots: Vec<Option<Slot>>,
     /// Revocation reasons by record position: rare, so kept out of every record. The std map:
     /// hashbrown is built without its default hasher (only `HashTable` is used from it), so a
@@ -223,23 +227,34 @@ fn sized_for(n: usize) -> usize {
 }
 
 impl Shard {
+    /// How far slot `i`'s occupant sits from its home (the kid is inline: no other memory).
+    #[inline]
+    fn displacement(i: usize, s: &Slot, cap: usize) -> usize {
+        let h = home(kid_hash(&s.kid), cap);
+        if i >= h { i - h } else { i + cap - h }
+    }
+
     #[inline]
     fn probe(&self, hash: u64, kid: &Kid) -> Probe {
         let cap = self.slots.len();
         if cap == 0 {
-            return Probe::Vacant(0);
+            return Probe::Vacant;
         }
         let mut i = home(hash, cap);
+        let mut d = 0;
         loop {
             match self.slots.get(i) {
                 Some(Some(s)) if s.kid == *kid => return Probe::Found(i),
+                // A kid this far from home would have displaced this occupant.
+                Some(Some(s)) if Self::displacement(i, s, cap) < d => return Probe::Vacant,
                 Some(Some(_)) => {}
-                _ => return Probe::Vacant(i),
+                _ => return Probe::Vacant,
             }
             i += 1;
             if i == cap {
                 i = 0;
             }
+            d += 1;
         }
     }
 
@@ -247,7 +262,7 @@ impl Shard {
     fn find(&self, hash: u64, kid: &Kid) -> Option<&Slot> {
         match self.probe(hash, kid) {
             Probe::Found(i) => self.slots.get(i)?.as_ref(),
-            Probe::Vacant(_) => None,
+            Probe::Vacant => None,
         }
     }
 
@@ -264,24 +279,49 @@ impl Shard {
         let old = std::mem::take(&mut self.slots);
         self.slots.resize_with(cap, || None);
         for slot in old.into_iter().flatten() {
-            if let Probe::Vacant(i) = self.probe(kid_hash(&slot.kid), &slot.kid)
-                && let Some(empty) = self.slots.get_mut(i)
-            {
-                *empty = Some(slot);
-            }
+            self.place(kid_hash(&slot.kid), slot);
         }
     }
 
     /// Adds a slot for a kid not in the table.
     fn insert_new(&mut self, hash: u64, slot: Slot) {
-        // At most 0.9 full: longer runs would cost the unknown-kid path more than the memory.
+        // At most 0.9 full: longer runs would cost every probe more than the memory saved.
         if (self.records.len() + 1) * 10 > self.slots.len() * 9 {
             self.resize((self.slots.len() * 3 / 2).max(16));
         }
-        if let Probe::Vacant(i) = self.probe(hash, &slot.kid)
-            && let Some(empty) = self.slots.get_mut(i)
-        {
-            *empty = Some(slot);
+        self.place(hash, slot);
+    }
+
+    /// Robin Hood insertion: walk from home; where an occupant sits nearer its home than the
+    /// one being placed, they swap and the occupant walks on. Needs an empty slot somewhere.
+    fn place(&mut self, hash: u64, slot: Slot) {
+        let cap = self.slots.len();
+        if cap == 0 {
+            return;
+        }
+        let mut carried = slot;
+        let mut i = home(hash, cap);
+        let mut d = 0;
+        for _ in 0..cap {
+            match self.slots.get_mut(i) {
+                Some(empty @ None) => {
+                    *empty = Some(carried);
+                    return;
+                }
+                Some(Some(occupant)) => {
+                    let od = Self::displacement(i, occupant, cap);
+                    if od < d {
+                        std::mem::swap(occupant, &mut carried);
+                        d = od;
+                    }
+                }
+                None => return,
+            }
+            i += 1;
+            if i == cap {
+                i = 0;
+            }
+            d += 1;
         }
     }
 
@@ -711,7 +751,7 @@ impl Index {
                     *old = record;
                     p
                 }
-                Probe::Vacant(_) => {
+                Probe::Vacant => {
                     let p = u32::try_from(shard.records.len()).unwrap_or(u32::MAX);
                     shard.records.push(record);
                     shard.insert_new(
@@ -1051,7 +1091,7 @@ mod probe_tests {
         assert!(shard.get(kid_hash(&absent), &absent).is_none());
         assert!(matches!(
             shard.probe(kid_hash(&absent), &absent),
-            Probe::Vacant(12)
+            Probe::Vacant
         ));
     }
 
@@ -1064,7 +1104,7 @@ mod probe_tests {
         assert_eq!(shard.get(kid_hash(&b), &b).unwrap().1.version, 2);
         assert!(matches!(
             shard.probe(kid_hash(&absent), &absent),
-            Probe::Vacant(1)
+            Probe::Vacant
         ));
     }
 
@@ -1085,6 +1125,19 @@ mod probe_tests {
             assert!(shard.records.len() * 10 <= shard.slots.len() * 9);
         }
         shard.resize(sized_for(all.len()));
+        // Robin Hood order: along a run, each occupant is at most one slot further from its
+        // home than the one before it (what lets a probe for an absent kid stop early).
+        let cap = shard.slots.len();
+        for i in 0..cap {
+            if let (Some(Some(a)), Some(Some(b))) =
+                (shard.slots.get(i), shard.slots.get((i + 1) % cap))
+            {
+                assert!(
+                    Shard::displacement((i + 1) % cap, b, cap)
+                        <= Shard::displacement(i, a, cap) + 1
+                );
+            }
+        }
         for (i, kid) in all.iter().enumerate() {
             assert_eq!(
                 shard.get(kid_hash(kid), kid).unwrap().1.version,
