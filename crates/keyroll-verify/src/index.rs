@@ -7,10 +7,11 @@
 //!   older revision never overwrites a newer one, so concurrent admin requests cannot leave the
 //!   index behind the store.
 //! - Layout, for the hot path at 1M versions (SPEC §12): per shard, a probe table of [`Slot`]s
-//!   (open addressing, linear probing in Robin Hood order) holding the kid, the record's position and the consumer
-//!   inline, and a `Vec<Record>` of everything else. A lookup reads one slot (no control bytes,
-//!   no second table of positions), then the record and the consumer entry, whose addresses
-//!   both come from the slot, so their cache misses overlap instead of following each other.
+//!   (open addressing, linear probing in Robin Hood order) holding the kid, the record's
+//!   position and the consumer inline, and a `Vec<Record>` of everything else. A lookup reads
+//!   one slot (no control bytes, no second table of positions), then the record and the
+//!   consumer entry, whose addresses both come from the slot, so their cache misses overlap
+//!   instead of following each other.
 //!   (The previous `hashbrown::HashTable<u32>` of positions cost four dependent misses per
 //!   allowed lookup: control bytes, position, record, consumer.)
 //! - Memory: a record is 88 bytes and a slot 24 at a load factor of at most 0.9 (sized to 0.85
