@@ -246,8 +246,11 @@ impl Shard {
         loop {
             match self.slots.get(i) {
                 Some(Some(s)) if s.kid == *kid => return Probe::Found(i),
-                // A kid this far from home would have displaced this occupant.
-                Some(Some(s)) if Self::displacement(i, s, cap) < d => return Probe::Vacant,
+                // A kid this far from home would have displaced this occupant (never at its
+                // home slot: no occupant is nearer than that, so no hash to compute there).
+                Some(Some(s)) if d > 0 && Self::displacement(i, s, cap) < d => {
+                    return Probe::Vacant;
+                }
                 Some(Some(_)) => {}
                 _ => return Probe::Vacant,
             }
