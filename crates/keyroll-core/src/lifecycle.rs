@@ -1004,3 +1004,8 @@ impl Consumer {
 
 #[cfg(test)]
 mod tests;
+
+// Which versions `Settle` has something to write down for, as a pure function of plain facts (the
+// sweeper's scan of the verifier's index decides with it).
+mod due;
+pub use due::{DueFacts, consumer_is_due, is_due};

@@ -8,5 +8,5 @@
 pub mod index;
 pub mod verify;
 
-pub use index::{ConsumerEntry, Index, Lookup, Query, Recording};
+pub use index::{ConsumerEntry, Index, Lookup, Query, Recording, Secret};
 pub use verify::{Verification, verify};

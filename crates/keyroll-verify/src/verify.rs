@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use keyroll_core::{
-    DecisionCode, Fingerprint, Kid, MalformedKey, SecretHash, State, Timestamp, VersionNumber,
-    fingerprint, parse_key,
+    DecisionCode, Fingerprint, Kid, MalformedKey, State, Timestamp, VersionNumber, fingerprint,
+    parse_key,
 };
 
 pub use crate::index::Recording;
-use crate::index::{ConsumerEntry, Index, Lookup, Query};
+use crate::index::{ConsumerEntry, Index, Lookup, Query, Secret};
 use keyroll_core::rfc3339;
 
 /// Where the key was found, for messages.
@@ -358,11 +358,10 @@ pub fn verify<R: AsRef<str>>(
     };
     let kid = parsed.kid();
     let key_environment = parsed.environment();
-    let secret: SecretHash = parsed.secret_hash();
     let lookup = index.lookup(
         &Query {
             kid: &kid,
-            secret: &secret,
+            secret: Secret::Key(&parsed),
             key_environment,
             required_environment: environment,
             required_scopes,
