@@ -39,6 +39,9 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
+const X_KEYROLL_SCOPES: HeaderName = HeaderName::from_static("x-keyroll-scopes");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_OPERATOR_CHECK: HeaderName = HeaderName::from_static(OPERATOR_CHECK_HEADER);
 
 /// Header an operator's tool sends so that its check does not count as the consumer using the
 /// key (SPEC §6): `keyroll verify` and monitoring probes must not keep an old version "in use".
@@ -83,7 +86,7 @@ fn params(uri: &Uri) -> Params<'_> {
 
 /// A header's text; `Err` names it when it is there but not visible ASCII (a gateway header
 /// that cannot be read must not be treated as absent: that would widen the check).
-fn text_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+fn text_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, String> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -132,7 +135,7 @@ fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Resu
             ),
         );
     }
-    let scopes = match text_header(headers, "x-keyroll-scopes") {
+    let scopes = match text_header(headers, &X_KEYROLL_SCOPES) {
         Ok(s) => s,
         Err(reason) => return fail(p, reason),
     };
@@ -145,7 +148,7 @@ fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Resu
     }
     // The gateway's header wins over the query: Envoy appends the client's own query string to
     // the auth path, so a query parameter could come from the caller rather than the gateway.
-    match text_header(headers, "x-keyroll-environment") {
+    match text_header(headers, &X_ENVIRONMENT) {
         Ok(Some(e)) => p.environment = Some(Cow::Borrowed(e)),
         Ok(None) => {}
         Err(reason) => return fail(p, reason),
@@ -161,7 +164,7 @@ fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Resu
             ),
         );
     }
-    match text_header(headers, OPERATOR_CHECK_HEADER) {
+    match text_header(headers, &X_OPERATOR_CHECK) {
         Ok(Some(v)) => match operator_check(v) {
             Ok(r) => p.recording = r,
             Err(reason) => return fail(p, reason),
@@ -179,14 +182,14 @@ fn presented(headers: &HeaderMap) -> Presented<'_> {
         if raw.len() > 7 && raw[..7].eq_ignore_ascii_case(b"bearer ") {
             return Presented::Key(raw[7..].trim_ascii());
         }
-        if headers.get("x-api-key").is_none() {
+        if headers.get(&X_API_KEY).is_none() {
             return Presented::Unreadable {
                 reason: "the Authorization header does not use the Bearer scheme",
                 raw,
             };
         }
     }
-    match headers.get("x-api-key") {
+    match headers.get(&X_API_KEY) {
         Some(v) => Presented::Key(v.as_bytes().trim_ascii()),
         None => Presented::Missing,
     }
@@ -410,8 +413,9 @@ fn respond(
     let code = v.code;
     if code.allowed() {
         // The allowed answer is the hot path: header values are shared or static where they
-        // can be, not formatted and copied per request.
+        // can be, not formatted and copied per request, and the map is sized once.
         let mut response = Response::new(Body::empty());
+        *response.headers_mut() = HeaderMap::with_capacity(8);
         let h = response.headers_mut();
         if let Some(c) = v.consumer() {
             let (consumer, environment) = identity_values(c.reference(), c.environment());
@@ -555,7 +559,7 @@ pub async fn verify_json(
         )));
     }
     let environment = required(req.environment.as_deref(), &state);
-    let header_check = match text_header(&headers, OPERATOR_CHECK_HEADER) {
+    let header_check = match text_header(&headers, &X_OPERATOR_CHECK) {
         Ok(Some(v)) => Some(operator_check(v).map_err(ApiError::bad_request)?),
         Ok(None) => None,
         Err(reason) => return Err(ApiError::bad_request(reason)),
