@@ -202,7 +202,7 @@ def main() -> int:
     for p in problems:
         print(p)
     if problems:
-        print(f"import-cycles: {len(problems)} problem(s) in {SRC}", file=sys.stderr)
+        print(f"import-cycles: {len(problems)} problem(s) in {SRC}")
         return 1
     print(f"import-cycles: {len(modules)} modules, no cycle, http imported only inside http/")
     return 0

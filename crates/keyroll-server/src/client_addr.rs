@@ -4,7 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A CIDR block of proxies whose `X-Forwarded-For` / `X-Real-IP` are believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,9 +93,10 @@ pub fn client_addr(
 ) -> Option<ClientAddr> {
     let peer = peer?;
     if trusted.iter().any(|n| n.contains(peer.ip())) {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let forwarded = text("x-real-ip")
-            .or_else(|| text("x-forwarded-for").and_then(|f| f.rsplit(',').next()))
+        // Constant names: no parsing of a header name per request.
+        let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let forwarded = text(&X_REAL_IP)
+            .or_else(|| text(&X_FORWARDED_FOR).and_then(|f| f.rsplit(',').next()))
             .and_then(|a| a.trim().parse::<IpAddr>().ok());
         if let Some(ip) = forwarded {
             return Some(ClientAddr::Forwarded(ip));

@@ -20,9 +20,8 @@ use crate::config::Explain;
 use crate::decided::{DecisionFacts, DecisionRecord, Edge, Origin, RequiredEnvironment};
 use crate::http::auth::Admin;
 use crate::http::decision_http;
-use crate::http::{
-    ApiError, ApiJson, ProblemExtras, current_request_id, problem_with, request_id_from,
-};
+use crate::http::{ApiError, ApiJson, ProblemExtras, current_request_id, problem_with};
+use crate::request_id::EdgeRequestId;
 use crate::state::AppState;
 use keyroll_core::{http_date, rfc3339};
 use keyroll_verify::verify::{Presented, Recording, Verification, verify};
@@ -40,6 +39,9 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
+const X_KEYROLL_SCOPES: HeaderName = HeaderName::from_static("x-keyroll-scopes");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_OPERATOR_CHECK: HeaderName = HeaderName::from_static(OPERATOR_CHECK_HEADER);
 
 /// Header an operator's tool sends so that its check does not count as the consumer using the
 /// key (SPEC §6): `keyroll verify` and monitoring probes must not keep an old version "in use".
@@ -84,7 +86,7 @@ fn params(uri: &Uri) -> Params<'_> {
 
 /// A header's text; `Err` names it when it is there but not visible ASCII (a gateway header
 /// that cannot be read must not be treated as absent: that would widen the check).
-fn text_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, String> {
+fn text_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, String> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -133,7 +135,7 @@ fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Resu
             ),
         );
     }
-    let scopes = match text_header(headers, "x-keyroll-scopes") {
+    let scopes = match text_header(headers, &X_KEYROLL_SCOPES) {
         Ok(s) => s,
         Err(reason) => return fail(p, reason),
     };
@@ -146,7 +148,7 @@ fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Resu
     }
     // The gateway's header wins over the query: Envoy appends the client's own query string to
     // the auth path, so a query parameter could come from the caller rather than the gateway.
-    match text_header(headers, "x-keyroll-environment") {
+    match text_header(headers, &X_ENVIRONMENT) {
         Ok(Some(e)) => p.environment = Some(Cow::Borrowed(e)),
         Ok(None) => {}
         Err(reason) => return fail(p, reason),
@@ -162,7 +164,7 @@ fn gateway_params<'h>(headers: &'h HeaderMap, uri: &'h Uri) -> (Params<'h>, Resu
             ),
         );
     }
-    match text_header(headers, OPERATOR_CHECK_HEADER) {
+    match text_header(headers, &X_OPERATOR_CHECK) {
         Ok(Some(v)) => match operator_check(v) {
             Ok(r) => p.recording = r,
             Err(reason) => return fail(p, reason),
@@ -180,14 +182,14 @@ fn presented(headers: &HeaderMap) -> Presented<'_> {
         if raw.len() > 7 && raw[..7].eq_ignore_ascii_case(b"bearer ") {
             return Presented::Key(raw[7..].trim_ascii());
         }
-        if headers.get("x-api-key").is_none() {
+        if headers.get(&X_API_KEY).is_none() {
             return Presented::Unreadable {
                 reason: "the Authorization header does not use the Bearer scheme",
                 raw,
             };
         }
     }
-    match headers.get("x-api-key") {
+    match headers.get(&X_API_KEY) {
         Some(v) => Presented::Key(v.as_bytes().trim_ascii()),
         None => Presented::Missing,
     }
@@ -319,14 +321,14 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let now = state.clock.now();
-    let request_id = request_id_from(headers);
+    let request_id = EdgeRequestId::of(headers);
     let (p, judgeable) = gateway_params(headers, uri);
     // Validated by `gateway_params` when the request is judgeable; an invalid one is dropped for
     // the log and metrics label of a `malformed_request`.
     let environment = required(p.environment.as_deref(), &state);
     let mut facts = http_facts(
         Edge::ForwardAuth,
-        &request_id,
+        request_id.as_str(),
         headers,
         peer,
         &state.config.trusted_proxies,
@@ -352,28 +354,93 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         verification: &v,
     };
     hand_off(&state, &record);
-    respond(&record, state.config.explain, p.bodyless)
+    respond(&record, &request_id, state.config.explain, p.bodyless)
+}
+
+/// Versions below this get a static `X-Keyroll-Version` value (no formatting per request).
+const STATIC_VERSIONS: u32 = 128;
+
+/// `v<n>` as a header value from a table made once, for the common small versions.
+fn version_value(n: u32) -> Option<HeaderValue> {
+    static TABLE: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..STATIC_VERSIONS)
+            .map(|i| {
+                // Leaked once (a few hundred bytes): a static value is cloned without a copy
+                // or a reference count.
+                let text: &'static str = Box::leak(format!("v{i}").into_boxed_str());
+                HeaderValue::from_static(text)
+            })
+            .collect()
+    });
+    table.get(usize::try_from(n).ok()?).cloned()
+}
+
+/// The `X-Keyroll-Consumer` and `-Environment` values of the consumer this worker thread
+/// answered for last, made once and then shared (traffic comes in runs of the same consumer);
+/// another consumer replaces them.
+fn identity_values(
+    reference: &str,
+    environment: &str,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    type Cached = Option<(Box<str>, Option<HeaderValue>, Option<HeaderValue>)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            // The environment is part of the reference (`ENV/NAME`): one comparison covers both.
+            Some((r, c, e)) if **r == *reference => (c.clone(), e.clone()),
+            _ => {
+                let c = HeaderValue::from_str(reference).ok();
+                let e = HeaderValue::from_str(environment).ok();
+                *last = Some((reference.into(), c.clone(), e.clone()));
+                (c, e)
+            }
+        }
+    })
 }
 
 /// Builds the forward-auth answer for a verification.
-fn respond(record: &DecisionRecord<'_>, explain: Explain, bodyless: bool) -> Response {
+fn respond(
+    record: &DecisionRecord<'_>,
+    id: &EdgeRequestId<'_>,
+    explain: Explain,
+    bodyless: bool,
+) -> Response {
     let (v, request_id) = (record.verification, record.facts.request_id);
     let code = v.code;
     if code.allowed() {
+        // The allowed answer is the hot path: header values are shared or static where they
+        // can be, not formatted and copied per request, and the map is sized once.
         let mut response = Response::new(Body::empty());
+        *response.headers_mut() = HeaderMap::with_capacity(8);
         let h = response.headers_mut();
         if let Some(c) = v.consumer() {
-            insert(h, X_CONSUMER, c.reference());
-            insert(h, X_ENVIRONMENT, c.environment());
+            let (consumer, environment) = identity_values(c.reference(), c.environment());
+            if let Some(value) = consumer {
+                h.insert(X_CONSUMER, value);
+            }
+            if let Some(value) = environment {
+                h.insert(X_ENVIRONMENT, value);
+            }
         }
         if let Some(kid) = v.kid {
             insert(h, X_KID, kid.as_str());
         }
         if let Some(n) = v.version() {
-            insert(h, X_VERSION, &n.to_string());
+            match version_value(n.0) {
+                Some(value) => {
+                    h.insert(X_VERSION, value);
+                }
+                None => insert(h, X_VERSION, &n.to_string()),
+            }
         }
         h.insert(X_CODE, HeaderValue::from_static(code.as_str()));
-        insert(h, X_REQUEST_ID, request_id);
+        if let Some(value) = id.header_value() {
+            h.insert(X_REQUEST_ID, value);
+        }
         if let Some(sunset) = v.sunset() {
             // RFC 9745: `Deprecation: @<unix seconds>`; RFC 8594: `Sunset: <HTTP-date>`.
             let since = v.deprecated_since().unwrap_or(sunset);
@@ -492,7 +559,7 @@ pub async fn verify_json(
         )));
     }
     let environment = required(req.environment.as_deref(), &state);
-    let header_check = match text_header(&headers, OPERATOR_CHECK_HEADER) {
+    let header_check = match text_header(&headers, &X_OPERATOR_CHECK) {
         Ok(Some(v)) => Some(operator_check(v).map_err(ApiError::bad_request)?),
         Ok(None) => None,
         Err(reason) => return Err(ApiError::bad_request(reason)),
