@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use keyroll_core::{Command, ConsumerSpec, ConsumerUpdate, Environment, Policy};
 use keyroll_proto as proto;
 use serde_json::{Value, json};
 
 use super::render::consumer_json;
-use super::{PolicyFields, consumer_ref, expiry, name_error, owner, request, respond, scopes};
+use super::{Caller, PolicyFields, consumer_ref, expiry, name_error, owner, respond, scopes};
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, ApiPath};
 use crate::service::{self, Change, Planned};
@@ -26,14 +26,11 @@ use crate::state::AppState;
     security(("admin_token" = ["consumers:write"])))]
 pub async fn create_consumer(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     body: ApiJson<proto::CreateConsumer>,
 ) -> Result<Response, ApiError> {
-    admin.require("consumers:write")?;
-    let request = request(&admin, &headers, &method, &uri, &body.body_hash)?;
+    caller.admin.require("consumers:write")?;
+    let request = caller.request(&body.body_hash)?;
     let req = body.value;
     let r = consumer_ref(&req.environment, &req.name)?;
     let spec = ConsumerSpec {
@@ -135,18 +132,14 @@ pub async fn get_consumer(
     responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem),
         (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request")),
     security(("admin_token" = ["consumers:write"])))]
-#[allow(clippy::too_many_arguments)]
 pub async fn update_consumer(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath((env, name)): ApiPath<(String, String)>,
     body: ApiJson<proto::UpdateConsumer>,
 ) -> Result<Response, ApiError> {
-    admin.require("consumers:write")?;
-    let request = request(&admin, &headers, &method, &uri, &body.body_hash)?;
+    caller.admin.require("consumers:write")?;
+    let request = caller.request(&body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
     let new_scopes = body.value.scopes.as_deref().map(scopes).transpose()?;
     let new_owner = body
@@ -195,21 +188,17 @@ pub async fn update_consumer(
 }
 
 /// Disable or enable: the command, and the confirmation a protected environment needs.
-#[allow(clippy::too_many_arguments)]
 async fn switch(
     state: Arc<AppState>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     (env, name): (String, String),
     command: Command,
     action: &'static str,
     confirm: Option<(bool, [u8; 32])>,
 ) -> Result<Response, ApiError> {
-    admin.require("consumers:write")?;
+    caller.admin.require("consumers:write")?;
     let body_hash = confirm.map_or([0; 32], |(_, h)| h);
-    let request = request(&admin, &headers, &method, &uri, &body_hash)?;
+    let request = caller.request(&body_hash)?;
     let r = consumer_ref(&env, &name)?;
     if let Some((yes, _)) = confirm {
         service::require_confirmation(&state, &r, yes, action).await?;
@@ -250,26 +239,12 @@ async fn switch(
     security(("admin_token" = ["consumers:write"])))]
 pub async fn disable(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
     body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
     let confirm = Some((body.value.confirm, body.body_hash));
-    switch(
-        state,
-        admin,
-        method,
-        uri,
-        headers,
-        path,
-        Command::Disable,
-        "disable",
-        confirm,
-    )
-    .await
+    switch(state, caller, path, Command::Disable, "disable", confirm).await
 }
 
 /// `POST /v1/consumers/{env}/{name}/enable`.
@@ -280,22 +255,8 @@ pub async fn disable(
     security(("admin_token" = ["consumers:write"])))]
 pub async fn enable(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    switch(
-        state,
-        admin,
-        method,
-        uri,
-        headers,
-        path,
-        Command::Enable,
-        "enable",
-        None,
-    )
-    .await
+    switch(state, caller, path, Command::Enable, "enable", None).await
 }

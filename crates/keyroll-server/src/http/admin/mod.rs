@@ -15,8 +15,12 @@ pub mod versions;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyroll_core::{
     ConsumerName, ConsumerRef, Environment, LifecycleError, OnStall, Policy, RetirePolicy, Scope,
@@ -27,6 +31,7 @@ use crate::http::ApiError;
 use crate::http::auth::Admin;
 use crate::service::idempotency::IdempotencyKey;
 use crate::service::{Actor, Answer, Idempotency, Request, ServiceError};
+use crate::state::AppState;
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> ApiError {
@@ -73,32 +78,58 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-/// The service request of an admin call: the token as actor, the client address, the request
-/// id, and the `Idempotency-Key` with the request's fingerprint.
-fn request(
-    admin: &Admin,
-    headers: &HeaderMap,
-    method: &Method,
-    uri: &Uri,
-    body_hash: &[u8; 32],
-) -> Result<Request, ApiError> {
-    let idempotency = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = IdempotencyKey::parse(v.as_bytes())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            Some(Idempotency::new(
-                key,
-                method.as_str(),
-                uri.path(),
+/// An authenticated admin call, with what the service needs of it besides the body: the actor,
+/// and the `Idempotency-Key` with the method and path its fingerprint covers.
+#[derive(Debug)]
+pub struct Caller {
+    /// The authenticated token.
+    pub admin: Admin,
+    /// The header, parsed; its error is answered only after the scope check, as before.
+    idempotency: Result<Option<IdempotencyKey>, String>,
+    method: Method,
+    path: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let admin = Admin::from_request_parts(parts, state).await?;
+        let idempotency = parts
+            .headers
+            .get("idempotency-key")
+            .map(|v| IdempotencyKey::parse(v.as_bytes()).map_err(|e| e.to_string()))
+            .transpose();
+        Ok(Caller {
+            admin,
+            idempotency,
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+}
+
+impl Caller {
+    /// The service request for a body whose canonical JSON hashes to `body_hash`.
+    fn request(&self, body_hash: &[u8; 32]) -> Result<Request, ApiError> {
+        let idempotency = match &self.idempotency {
+            Ok(None) => None,
+            Ok(Some(key)) => Some(Idempotency::new(
+                key.clone(),
+                self.method.as_str(),
+                &self.path,
                 body_hash,
-            ))
-        }
-    };
-    Ok(Request {
-        actor: actor(admin),
-        idempotency,
-    })
+            )),
+            Err(e) => return Err(ApiError::bad_request(e.clone())),
+        };
+        Ok(Request {
+            actor: actor(&self.admin),
+            idempotency,
+        })
+    }
 }
 
 /// The audit actor of an admin call.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::Response;
 use keyroll_core::{
     Command, Consumer, Effect, StoredState, Timestamp, Usage, VersionNumber, rfc3339,
@@ -13,8 +13,7 @@ use keyroll_proto as proto;
 use serde_json::{Value, json};
 
 use super::render::version_json;
-use super::{consumer_ref, duration, expiry, no_secret_in, request, respond, version_number};
-use crate::http::auth::Admin;
+use super::{Caller, consumer_ref, duration, expiry, no_secret_in, respond, version_number};
 use crate::http::{ApiError, ApiJson, ApiPath};
 use crate::service::{self, Change, Planned};
 use crate::state::AppState;
@@ -29,18 +28,14 @@ use crate::state::AppState;
         (status = 422, body = proto::Problem, description = "`expiry_within_grace`, or `idempotency_key_reused`"),
         (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
-#[allow(clippy::too_many_arguments)]
 pub async fn rotate(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath((env, name)): ApiPath<(String, String)>,
     body: ApiJson<proto::RotateRequest>,
 ) -> Result<Response, ApiError> {
-    admin.require("keys:write")?;
-    let request = request(&admin, &headers, &method, &uri, &body.body_hash)?;
+    caller.admin.require("keys:write")?;
+    let request = caller.request(&body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
     let grace = match body.value.grace.as_deref() {
         Some(g) => duration("grace", g)?,
@@ -140,18 +135,14 @@ pub async fn rotate(
         (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
         (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
-#[allow(clippy::too_many_arguments)]
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath((env, name, version)): ApiPath<(String, String, String)>,
     body: ApiJson<proto::RevokeRequest>,
 ) -> Result<Response, ApiError> {
-    admin.require("keys:write")?;
-    let request = request(&admin, &headers, &method, &uri, &body.body_hash)?;
+    caller.admin.require("keys:write")?;
+    let request = caller.request(&body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
     let n = version_number(&version)?;
     let reason = body.value.reason.clone();
@@ -225,18 +216,14 @@ fn version_answer(state: &AppState, c: &Consumer, n: VersionNumber, at: Timestam
         (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
         (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
-#[allow(clippy::too_many_arguments)]
 pub async fn retire(
     State(state): State<Arc<AppState>>,
-    admin: Admin,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     ApiPath((env, name, version)): ApiPath<(String, String, String)>,
     body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
-    admin.require("keys:write")?;
-    let request = request(&admin, &headers, &method, &uri, &body.body_hash)?;
+    caller.admin.require("keys:write")?;
+    let request = caller.request(&body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
     let n = version_number(&version)?;
     service::require_confirmation(&state, &r, body.value.confirm, "retire").await?;
