@@ -27,7 +27,7 @@ use axum::routing::{any, get, post};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use crate::request_id::{new_request_id, request_id_from};
+use crate::request_id::{new_request_id, request_id_from};
 use crate::state::AppState;
 
 /// Largest accepted admin or verify request body.

@@ -14,7 +14,7 @@ use keyroll_proto as proto;
 use keyroll_store::{AdminTokenEntry, TokenRevocation};
 
 use crate::admin_token::{self, TokenState};
-use crate::http::admin::actor;
+use crate::http::admin::{actor, no_secret_in};
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, ApiPath};
 use crate::service;
@@ -54,23 +54,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
             "a token name is 1 to 64 printable characters",
         ));
     }
-    refuse_pasted_secret("name", name)
-}
-
-/// Free text is stored, logged and returned: a pasted token or key must not be.
-fn refuse_pasted_secret(field: &str, text: &str) -> Result<(), ApiError> {
-    let key_shaped = text
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
-        .any(|w| keyroll_core::parse_key(w.as_bytes()).is_ok());
-    if admin_token::contains_token(text) || key_shaped {
-        return Err(unprocessable(
-            "secret_in_text",
-            format!(
-                "the {field} looks like it contains a secret (an admin token or a key); it would be stored and logged, so it is refused"
-            ),
-        ));
-    }
-    Ok(())
+    no_secret_in("name", name)
 }
 
 fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
@@ -239,7 +223,7 @@ pub async fn revoke_token(
             "a reason is at most 500 printable characters",
         ));
     }
-    refuse_pasted_secret("reason", &reason)?;
+    no_secret_in("reason", &reason)?;
     let target = existing(&state, &id).await?;
     no_escalation(&admin, &target.token.scopes, "revoke a token")?;
     let at = state.clock.now();

@@ -312,3 +312,34 @@ impl PolicyFields {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Randomness;
+
+    #[test]
+    fn finds_pasted_tokens_and_keys_and_never_repeats_them() {
+        let (plain, _) = crate::admin_token::generate(
+            "t",
+            &["admin"],
+            keyroll_core::Timestamp::EPOCH,
+            &mut Randomness::os().entropy(),
+        )
+        .unwrap();
+        let e = no_secret_in("reason", &format!("leaked: {plain}.")).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "secret_in_text")
+        );
+        assert!(!e.detail.contains(&plain));
+        assert!(no_secret_in("reason", "laptop lost").is_ok());
+        let key = keyroll_core::issue_key(
+            &Environment::parse("prod").unwrap(),
+            &mut Randomness::os().entropy(),
+        )
+        .unwrap();
+        let e = no_secret_in("owner", &format!("team={}", key.reveal())).unwrap_err();
+        assert!(!e.detail.contains(key.reveal()));
+    }
+}
