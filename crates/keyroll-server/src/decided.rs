@@ -48,6 +48,12 @@ impl<'a> RequiredEnvironment<'a> {
         keyroll_core::Environment::is_valid(name).then_some(RequiredEnvironment(name))
     }
 
+    /// An environment that is one by type (the configuration's, validated when it was loaded):
+    /// no check again per request.
+    pub fn of(environment: &'a keyroll_core::Environment) -> RequiredEnvironment<'a> {
+        RequiredEnvironment(environment.as_str())
+    }
+
     /// The name.
     pub fn as_str(&self) -> &'a str {
         self.0

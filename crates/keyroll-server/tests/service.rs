@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyroll_core::{
-    Command, ConsumerName, ConsumerRef, ConsumerSpec, EntropyUnavailable, Environment, Policy,
-    RetireReason, StoredState, Timestamp, VersionNumber,
+    ConsumerName, ConsumerRef, ConsumerSpec, EntropyUnavailable, Environment, Policy, RetireReason,
+    StoredState, Timestamp, VersionNumber,
 };
 use keyroll_server::clock::{Clock, RandomSource, Randomness};
 use keyroll_server::service::idempotency::IdempotencyKey;
 use keyroll_server::service::{
-    self, Actor, Answer, Change, Idempotency, Planned, Request, ServiceError,
+    self, Actor, Answer, Change, Idempotency, Request, Rotation, ServiceError,
 };
 use keyroll_server::{AppState, Config, Overrides};
 use keyroll_store::{EnvironmentRecord, SqliteStore};
@@ -132,27 +132,17 @@ async fn rotate_on(
         params: &params,
         status: 201,
     };
-    service::change(
+    let rotation = Rotation {
+        grace,
+        enforce: false,
+        expires_in: None,
+    };
+    service::rotate(
         state,
         request,
         &app(),
+        rotation,
         change,
-        |c, usage, at| {
-            let (issued, new_version) = service::issue(&state.randomness, &c.environment, None)?;
-            let t = c.apply(
-                Command::Rotate {
-                    grace,
-                    enforce: false,
-                    new_version,
-                },
-                usage,
-                at,
-            )?;
-            Ok(Planned {
-                issued: Some(issued),
-                ..Planned::from_transition(t)
-            })
-        },
         |_, p, _| json!({ "key": p.issued.as_ref().map(|k| k.reveal().to_owned()) }),
     )
     .await

@@ -275,7 +275,7 @@ fn required<'a>(named: Option<&'a str>, state: &'a AppState) -> Option<RequiredE
             .config
             .verify_environment
             .as_ref()
-            .and_then(|e| RequiredEnvironment::new(e.as_str()))
+            .map(RequiredEnvironment::of)
     })
 }
 

@@ -12,7 +12,9 @@ use keyroll_store::{ConsumerWrite, StoreError};
 use serde_json::{Value, json};
 
 use super::effects::{after_write, stall_sources};
-use super::{Answer, Change, MAX_ATTEMPTS, Planned, Request, ServiceError, audit, issue, usage_of};
+use super::{
+    Answer, Change, MAX_ATTEMPTS, Planned, Request, Rotation, ServiceError, audit, issue, usage_of,
+};
 use crate::state::AppState;
 
 /// Creates a consumer and its first key. `render` builds the answer from the new consumer and
@@ -79,6 +81,40 @@ pub async fn create_consumer(
         }
         Err(ServiceError::KidsExhausted)
     })
+    .await
+}
+
+/// Rotates `r`: a new key (shown once, expiring `expires_in` after issue if given), older valid
+/// versions retiring after `grace`. The one rotation every writer uses (admin API now; the
+/// scheduler and the agent next).
+pub async fn rotate(
+    state: &AppState,
+    request: &Request,
+    r: &ConsumerRef,
+    rotation: Rotation,
+    change: Change<'_>,
+    render: impl Fn(&Consumer, &Planned, Timestamp) -> Value,
+) -> Result<Answer, ServiceError> {
+    self::change(
+        state,
+        request,
+        r,
+        change,
+        |c, usage, at| {
+            let expires_at = rotation.expires_in.map(|d| at.saturating_add(d));
+            let (issued, new_version) = issue(&state.randomness, &c.environment, expires_at)?;
+            let command = Command::Rotate {
+                grace: rotation.grace,
+                enforce: rotation.enforce,
+                new_version,
+            };
+            Ok(Planned {
+                issued: Some(issued),
+                ..Planned::from_transition(c.apply(command, usage, at)?)
+            })
+        },
+        render,
+    )
     .await
 }
 

@@ -24,7 +24,7 @@ use keyroll_store::EnvironmentRecord;
 use serde_json::{Value, json};
 
 pub use audit::Actor;
-pub use consumers::{change, create_consumer, settle};
+pub use consumers::{change, create_consumer, rotate, settle};
 pub use error::ServiceError;
 pub use idempotency::{Idempotency, Replayed};
 
@@ -51,6 +51,17 @@ impl Request {
             idempotency: None,
         }
     }
+}
+
+/// What a rotation asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// How long older valid versions keep working.
+    pub grace: std::time::Duration,
+    /// Retire exactly at the deadline, whatever traffic says.
+    pub enforce: bool,
+    /// A hard expiry of the new key, after its issue.
+    pub expires_in: Option<std::time::Duration>,
 }
 
 /// A computed change to one consumer, before it is written.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::render::version_json;
 use super::{Caller, consumer_ref, duration, expiry, no_secret_in, respond, version_number};
 use crate::http::{ApiError, ApiJson, ApiPath};
-use crate::service::{self, Change, Planned};
+use crate::service::{self, Change, Planned, Rotation};
 use crate::state::AppState;
 
 /// `POST /v1/consumers/{env}/{name}/rotate`: issues the next version; older ones retire after
@@ -67,63 +67,42 @@ pub async fn rotate(
         params: &params,
         status: StatusCode::CREATED.as_u16(),
     };
-    let answer = service::change(
-        &state,
-        &request,
-        &r,
-        change,
-        |c, usage, at| {
-            let (issued, new_version) = service::issue(
-                &state.randomness,
-                &c.environment,
-                expires_in.map(|d| at.saturating_add(d)),
-            )?;
-            let t = c.apply(
-                Command::Rotate {
-                    grace,
-                    enforce,
-                    new_version,
-                },
-                usage,
-                at,
-            )?;
-            Ok(Planned {
-                issued: Some(issued),
-                ..Planned::from_transition(t)
-            })
-        },
-        |_, p, _at| {
-            let new = p.consumer.active_version();
-            let answer = proto::Rotated {
-                consumer: r.to_string(),
-                key: p.issued.as_ref().map(|k| k.reveal().to_owned()),
-                kid: new.map(|v| v.kid.to_string()).unwrap_or_default(),
-                version: new.map(|v| v.number.0).unwrap_or(0),
-                retiring: p
-                    .effects
-                    .iter()
-                    .filter_map(|e| match e {
-                        Effect::Retiring { version, deadline } => Some(proto::Retiring {
-                            version: version.0,
-                            deadline: rfc3339(*deadline),
-                        }),
-                        _ => None,
-                    })
-                    .collect(),
-                retired: p
-                    .effects
-                    .iter()
-                    .filter_map(|e| match e {
-                        Effect::Retired { version, .. } => Some(version.0),
-                        _ => None,
-                    })
-                    .collect(),
-                replayed: false,
-                key_unavailable: None,
-            };
-            serde_json::to_value(answer).unwrap_or(Value::Null)
-        },
-    )
+    let rotation = Rotation {
+        grace,
+        enforce,
+        expires_in,
+    };
+    let answer = service::rotate(&state, &request, &r, rotation, change, |_, p, _at| {
+        let new = p.consumer.active_version();
+        let answer = proto::Rotated {
+            consumer: r.to_string(),
+            key: p.issued.as_ref().map(|k| k.reveal().to_owned()),
+            kid: new.map(|v| v.kid.to_string()).unwrap_or_default(),
+            version: new.map(|v| v.number.0).unwrap_or(0),
+            retiring: p
+                .effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Retiring { version, deadline } => Some(proto::Retiring {
+                        version: version.0,
+                        deadline: rfc3339(*deadline),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+            retired: p
+                .effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Retired { version, .. } => Some(version.0),
+                    _ => None,
+                })
+                .collect(),
+            replayed: false,
+            key_unavailable: None,
+        };
+        serde_json::to_value(answer).unwrap_or(Value::Null)
+    })
     .await?;
     Ok(respond(answer, StatusCode::CREATED, None))
 }
