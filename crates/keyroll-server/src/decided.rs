@@ -81,7 +81,8 @@ pub struct DecisionFacts<'a> {
     pub peer: Option<SocketAddr>,
     /// The client, after the trusted-proxy rule ([`crate::client_addr::client_addr`]).
     pub client: Option<ClientAddr>,
-    /// The original request, when there is one.
+    /// The original request, when there is one and something reads it: only the decision's
+    /// log line does, so an edge may leave it out when that line is not enabled.
     pub origin: Option<Origin<'a>>,
     /// The client's `User-Agent` (empty when absent).
     pub user_agent: &'a str,

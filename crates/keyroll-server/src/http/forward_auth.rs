@@ -332,7 +332,7 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         headers,
         peer,
         &state.config.trusted_proxies,
-        Some(origin(headers, method, uri)),
+        None,
         environment,
         p.recording,
         now,
@@ -349,6 +349,11 @@ pub async fn forward_auth(State(state): State<Arc<AppState>>, request: Request) 
         Err(reason) => Verification::bad_request(reason),
     };
     facts.latency_us = micros_since(started);
+    // Only the log line reads the original request: an allowed decision that is not logged (the
+    // common case) skips its four header lookups.
+    if crate::logging::decision_enabled(v.code, state.config.log_allowed_at_info) {
+        facts.origin = Some(origin(headers, method, uri));
+    }
     let record = DecisionRecord {
         facts: &facts,
         verification: &v,
