@@ -43,6 +43,26 @@ impl Paint {
 }
 
 /// Prints one status answer.
+/// One line on the consumer's schedule and delivery; none when it has neither.
+fn schedule_line(s: &proto::ScheduleEntry) -> Option<String> {
+    let delivery = format!("delivery {}", s.delivery);
+    let when = |t: &Option<String>| t.clone().unwrap_or_else(|| "?".into());
+    Some(match s.state.as_str() {
+        "unscheduled" if s.delivery == "manual" => return None,
+        "unscheduled" => format!("no schedule; {delivery}"),
+        "scheduled" => format!(
+            "next rotation due {} (every {}); {delivery}",
+            when(&s.next_due),
+            s.rotate_every.as_deref().unwrap_or("?")
+        ),
+        "due" => format!("rotation due since {}; {delivery}", when(&s.next_due)),
+        _ => {
+            let why: Vec<&str> = s.blockers.iter().map(|b| b.message.as_str()).collect();
+            format!("rotation blocked: {}; {delivery}", why.join("; "))
+        }
+    })
+}
+
 pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) -> Printed {
     for c in items {
         let owner = c
@@ -52,6 +72,9 @@ pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) -> Printed {
             .unwrap_or_default();
         say!("{}{owner}", paint.wrap("1", &c.consumer))?;
         say!("  {}", paint.verdict(&c.verdict_code, &c.verdict))?;
+        if let Some(line) = c.schedule.as_ref().and_then(schedule_line) {
+            say!("  {line}")?;
+        }
         for v in &c.versions {
             let deadline = v
                 .deadline

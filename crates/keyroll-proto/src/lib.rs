@@ -657,6 +657,9 @@ pub struct ConsumerStatus {
     /// `idle`, `never_used`, `disabled`, `no_valid_key`, `no_active_key` (the newest version is
     /// expired or revoked while older ones still retire).
     pub verdict_code: String,
+    /// Its place in the rotation schedule (when due, what blocks it, how keys are delivered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleEntry>,
     /// Versions, newest first.
     pub versions: Vec<VersionStatus>,
 }

@@ -77,9 +77,20 @@ pub async fn status(
         .flat_map(|c| c.consumer.versions.iter().map(|v| v.kid))
         .collect();
     let usage = state.store.usage(&kids, at.saturating_sub(DAY)).await?;
+    let snapshot = crate::schedule::Snapshot::read(&state, at).await?;
     let items = consumers
         .iter()
-        .map(|c| consumer_status(&state, &c.consumer, &usage, at))
+        .map(|c| {
+            let mut status = consumer_status(&state, &c.consumer, &usage, at);
+            let r = ConsumerRef {
+                environment: c.consumer.environment.clone(),
+                name: c.consumer.name.clone(),
+            };
+            status.schedule = snapshot
+                .consumer(&r)
+                .map(|settled| snapshot.place(settled).to_proto());
+            status
+        })
         .collect();
     Ok(Json(proto::List { items }))
 }
@@ -179,6 +190,7 @@ pub fn consumer_status(
         disabled: c.disabled,
         verdict: verdict.describe(),
         verdict_code: verdict.code().into(),
+        schedule: None,
         versions,
     }
 }

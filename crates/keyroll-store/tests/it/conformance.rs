@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyroll_core::{
-    Command, Consumer, ConsumerName, ConsumerRef, Effect, Entropy, EntropyUnavailable, Environment,
-    IssuedKey, Kid, NewVersion, OnStall, Policy, RetirePolicy, Scope, SecretHash, StoredState,
-    Timestamp, Usage, VersionNumber, issue_key,
+    Command, Consumer, ConsumerName, ConsumerRef, ConsumerUpdate, Delivery, Effect, Entropy,
+    EntropyUnavailable, Environment, IssuedKey, Kid, NewVersion, OnStall, Policy, RetirePolicy,
+    Schedule, Scope, SecretHash, StoredState, Timestamp, Usage, VersionNumber, issue_key,
 };
 use keyroll_store::{
     AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
@@ -62,6 +62,7 @@ macro_rules! conformance_suite {
             idempotency_sealed_key_round_trips_and_is_cleared_after_its_window,
             admin_token_lifecycle,
             admin_token_last_admin_guard,
+            schedule_fields_and_ordering_round_trip,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
@@ -2202,4 +2203,122 @@ pub async fn no_secret_in_admin_token_lifecycle_columns(backend: &dyn Backend) {
             );
         }
     }
+}
+
+/// A consumer's schedule, delivery path and policy baseline, the per-version `rotation.due` and
+/// `key.expiring` marks, and an environment's ordering rule survive a write and a reload (both
+/// the per-consumer reads and `load_all`).
+pub async fn schedule_fields_and_ordering_round_trip(store: &dyn Store) {
+    make_env(store, "staging", false).await;
+    let prod = EnvironmentRecord {
+        name: env("prod"),
+        protected: true,
+        rotate_after: Some(env("staging")),
+        created_at: at(1),
+    };
+    store
+        .create_environment(&prod, &audit(1, "environment.created", "environment prod"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_environment(&env("prod")).await.unwrap(),
+        Some(prod.clone())
+    );
+    // An ordering rule naming an unknown environment is refused; the record is unchanged.
+    let unknown = EnvironmentRecord {
+        rotate_after: Some(env("qa")),
+        ..prod.clone()
+    };
+    assert!(matches!(
+        store
+            .update_environment(
+                &unknown,
+                &audit(2, "environment.updated", "environment prod")
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let cleared = EnvironmentRecord {
+        rotate_after: None,
+        protected: false,
+        ..prod.clone()
+    };
+    store
+        .update_environment(
+            &cleared,
+            &audit(3, "environment.updated", "environment prod"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_environment(&env("prod")).await.unwrap(),
+        Some(cleared)
+    );
+    let missing = EnvironmentRecord {
+        name: env("dev"),
+        ..prod.clone()
+    };
+    assert!(matches!(
+        store
+            .update_environment(
+                &missing,
+                &audit(4, "environment.updated", "environment dev")
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let (mut drafted, _) = draft("staging", "api", 7, 2_000);
+    drafted.schedule = Schedule {
+        rotate_every: Some(Duration::from_secs(30 * 86_400)),
+        grace: Some(Duration::from_secs(7_200)),
+        delivery: Delivery::Ci,
+    };
+    let created = store
+        .create_consumer(
+            &drafted,
+            &[audit(2_000, "consumer.created", "staging/api")],
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.consumer.schedule, drafted.schedule);
+    let managed = apply(
+        store,
+        &created,
+        Command::Update(ConsumerUpdate {
+            owner: Some(Some("team".into())),
+            schedule: Some(Schedule {
+                rotate_every: None,
+                ..drafted.schedule
+            }),
+            managed: Some(true),
+            ..Default::default()
+        }),
+        3_000,
+    )
+    .await
+    .unwrap();
+    let baseline = managed.consumer.managed.clone().expect("a baseline");
+    assert_eq!(baseline.owner.as_deref(), Some("team"));
+    assert_eq!(baseline.schedule.rotate_every, None);
+    let due = apply(
+        store,
+        &managed,
+        Command::RaiseDue { due_at: at(3_500) },
+        4_000,
+    )
+    .await
+    .unwrap();
+    assert!(due.consumer.versions[0].due_raised);
+    let reference = consumer_ref("staging", "api");
+    let read = store.get_consumer(&reference).await.unwrap().unwrap();
+    assert_eq!(read, due);
+    let all = store.load_all().await.unwrap();
+    assert_eq!(
+        all.iter().find(|c| c.id == due.id).map(|c| &c.consumer),
+        Some(&due.consumer),
+        "load_all reads the same fields"
+    );
 }
