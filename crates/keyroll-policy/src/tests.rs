@@ -1,0 +1,1 @@
+//! Tests at the crate's boundary: text in, errors or plans out.
