@@ -27,7 +27,7 @@ pub use render::render;
 pub use saved::{
     FORMAT, Pin, PinnedConsumer, PinnedEnvironment, SavedPlan, SavedPlanError, check_pin,
 };
-pub use settings::{Delivery, FIELDS, Settings};
+pub use settings::{Delivery, FIELDS, Settings, show_duration};
 
 #[cfg(test)]
 mod tests;

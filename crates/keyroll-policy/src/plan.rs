@@ -187,7 +187,10 @@ impl Plan {
             || !self.environments_to_update.is_empty()
             || !self.consumers_to_create.is_empty()
             || !self.consumers_to_update.is_empty()
-            || self.not_in_file.iter().any(|n| n.action == Unnamed::Disable)
+            || self
+                .not_in_file
+                .iter()
+                .any(|n| n.action == Unnamed::Disable)
     }
 }
 
@@ -294,7 +297,12 @@ fn environments(desired: &Policy, live: &LiveState, p: &mut Plan) {
     let mut extra: Vec<String> = live
         .environments
         .iter()
-        .filter(|e| !desired.environments.iter().any(|d| d.name.as_str() == e.name))
+        .filter(|e| {
+            !desired
+                .environments
+                .iter()
+                .any(|d| d.name.as_str() == e.name)
+        })
         .map(|e| e.name.clone())
         .collect();
     extra.sort();
@@ -373,7 +381,8 @@ fn schedule(live: &LiveState, p: &mut Plan) {
         }
     }
     // RFC 3339 UTC strings of one format sort by time.
-    p.next_due.sort_by(|a, b| a.at.cmp(&b.at).then(a.consumer.cmp(&b.consumer)));
+    p.next_due
+        .sort_by(|a, b| a.at.cmp(&b.at).then(a.consumer.cmp(&b.consumer)));
     p.rotations_due.sort_by(|a, b| a.consumer.cmp(&b.consumer));
     p.blocked.sort_by(|a, b| a.consumer.cmp(&b.consumer));
 }

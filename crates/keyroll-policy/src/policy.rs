@@ -7,11 +7,11 @@ use std::ops::Range;
 use std::time::Duration;
 
 use keyroll_core::{
-    ConsumerName, ConsumerRef, Environment, OnStall, RetirePolicy, Scope, format_duration,
-    key_shaped_runs, parse_duration,
+    ConsumerName, ConsumerRef, Environment, OnStall, RetirePolicy, Scope, key_shaped_runs,
+    parse_duration,
 };
 
-use crate::settings::{Delivery, Settings};
+use crate::settings::{Delivery, Settings, show_duration};
 use crate::tree::{self, Key, Node, Value};
 
 /// One thing wrong with a policy file, where it is, and what was expected there.
@@ -256,7 +256,11 @@ impl Cx<'_> {
     }
 
     /// `[[environment]]` / `[[consumer]]`: an array of tables, each with its span.
-    fn tables<'n>(&mut self, node: &'n Node, name: &str) -> Vec<(&'n Range<usize>, &'n [(Key, Node)])> {
+    fn tables<'n>(
+        &mut self,
+        node: &'n Node,
+        name: &str,
+    ) -> Vec<(&'n Range<usize>, &'n [(Key, Node)])> {
         let Value::Array(items) = &node.value else {
             self.error(
                 &node.span,
@@ -369,11 +373,7 @@ impl Cx<'_> {
                         }
                     }
                 }
-                "grace" => {
-                    p.grace = self
-                        .duration("grace", node)
-                        .map(|d| (d, node.span.clone()))
-                }
+                "grace" => p.grace = self.duration("grace", node).map(|d| (d, node.span.clone())),
                 "idle" => p.idle = self.duration("idle", node),
                 "retire" => {
                     if let Some(s) = self.string("retire", node) {
@@ -441,8 +441,8 @@ impl Cx<'_> {
                 &at,
                 format!(
                     "grace {} must be shorter than rotate_every {}",
-                    format_duration(grace),
-                    format_duration(*every)
+                    show_duration(grace),
+                    show_duration(*every)
                 ),
             );
         }
@@ -475,7 +475,10 @@ impl Cx<'_> {
             }
             let Some((name, name_span)) = name else {
                 if !t.iter().any(|(k, _)| k.name == "name") {
-                    self.error(span, "[[environment]] without a name: expected name = \"…\"");
+                    self.error(
+                        span,
+                        "[[environment]] without a name: expected name = \"…\"",
+                    );
                 }
                 continue;
             };
@@ -483,7 +486,10 @@ impl Cx<'_> {
                 let line = self.line_of(first);
                 self.error(
                     &name_span,
-                    format!("duplicate environment {:?}: already declared at line {line}", name.as_str()),
+                    format!(
+                        "duplicate environment {:?}: already declared at line {line}",
+                        name.as_str()
+                    ),
                 );
                 continue;
             }
@@ -671,11 +677,17 @@ impl Cx<'_> {
             let settings = Settings {
                 scopes: scopes.clone(),
                 owner: owner.clone(),
-                retire: p.retire.unwrap_or(RetirePolicy::WhenIdle).as_str().to_owned(),
-                idle: format_duration(p.idle.unwrap_or(DEFAULT_IDLE)),
+                retire: p
+                    .retire
+                    .unwrap_or(RetirePolicy::WhenIdle)
+                    .as_str()
+                    .to_owned(),
+                idle: show_duration(p.idle.unwrap_or(DEFAULT_IDLE)),
                 on_stall: p.on_stall.unwrap_or(OnStall::Extend).as_str().to_owned(),
-                rotate_every: p.rotate_every.as_ref().map(|(d, _)| format_duration(*d)),
-                grace: Some(format_duration(p.grace.as_ref().map_or(DEFAULT_GRACE, |(d, _)| *d))),
+                rotate_every: p.rotate_every.as_ref().map(|(d, _)| show_duration(*d)),
+                grace: Some(show_duration(
+                    p.grace.as_ref().map_or(DEFAULT_GRACE, |(d, _)| *d),
+                )),
                 delivery: delivery.as_str().to_owned(),
             }
             .canonical();
@@ -712,7 +724,10 @@ impl Cx<'_> {
     fn owner(&mut self, s: &str, span: &Range<usize>) -> Option<String> {
         if key_shaped_runs(s).next().is_some() {
             // The value is not repeated: it looks like a key.
-            self.error(span, "owner looks like it contains an API key: expected a team or person");
+            self.error(
+                span,
+                "owner looks like it contains an API key: expected a team or person",
+            );
             return None;
         }
         if s.chars().count() > 200 || s.chars().any(char::is_control) {

@@ -73,7 +73,10 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
                 writeln!(s, "      {}: {} -> {}", f.field, f.from, f.to)?;
             }
             if c.enable {
-                writeln!(s, "      disabled: yes -> no (the file names it, so it is enabled)")?;
+                writeln!(
+                    s,
+                    "      disabled: yes -> no (the file names it, so it is enabled)"
+                )?;
             }
             if c.adopt {
                 writeln!(
@@ -131,7 +134,11 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
                 (Unnamed::Ignore, true) => "disabled: left as it is",
                 (Unnamed::Ignore, false) => "not managed by a policy: left as it is",
             };
-            let mark = if n.action == Unnamed::Disable { "-" } else { " " };
+            let mark = if n.action == Unnamed::Disable {
+                "-"
+            } else {
+                " "
+            };
             writeln!(s, "  {mark} {}/{}: {what}", n.environment, n.name)?;
         }
         writeln!(s)?;
@@ -143,7 +150,10 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
         )?;
         for d in &p.rotations_due {
             let delivery = d.delivery.as_deref().unwrap_or("manual");
-            let since = d.at.as_deref().map(|a| format!(", due since {a}")).unwrap_or_default();
+            let since =
+                d.at.as_deref()
+                    .map(|a| format!(", due since {a}"))
+                    .unwrap_or_default();
             writeln!(s, "  {} (delivery {delivery}{since})", d.consumer)?;
         }
         writeln!(s)?;

@@ -104,14 +104,22 @@ pub enum SavedPlanError {
     #[error("not a keyroll plan: {0}")]
     Malformed(#[from] serde_json::Error),
     /// Another format or version.
-    #[error("unsupported plan format {0:?}: expected {FORMAT:?} (made by another keyroll version?)")]
+    #[error(
+        "unsupported plan format {0:?}: expected {FORMAT:?} (made by another keyroll version?)"
+    )]
     Format(String),
 }
 
 impl SavedPlan {
     /// Saves `plan`, computed from `live` for the policy `policy_file` with text hash
     /// `policy_sha256`.
-    pub fn new(policy_file: &str, policy_sha256: &str, prune: bool, plan: Plan, live: &LiveState) -> SavedPlan {
+    pub fn new(
+        policy_file: &str,
+        policy_sha256: &str,
+        prune: bool,
+        plan: Plan,
+        live: &LiveState,
+    ) -> SavedPlan {
         SavedPlan {
             format: FORMAT.to_owned(),
             policy_file: policy_file.to_owned(),
@@ -182,7 +190,9 @@ pub fn check_pin(saved: &SavedPlan, live: &LiveState) -> Vec<String> {
         for field in FIELDS {
             let (from, to) = (w.settings.shown(field), c.settings.shown(field));
             if from != to || (field == "owner" && w.settings.owner != c.settings.owner) {
-                out.push(format!("{name}: {field} changed since the plan ({from} -> {to})"));
+                out.push(format!(
+                    "{name}: {field} changed since the plan ({from} -> {to})"
+                ));
             }
         }
         if w.disabled != c.disabled {

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use keyroll_core::{format_duration, parse_duration};
+use std::time::Duration;
+
+use keyroll_core::parse_duration;
 
 /// How a new key reaches a consumer (SPEC §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +84,23 @@ pub const FIELDS: [&str; 8] = [
 
 fn duration(s: &str) -> String {
     // A value the server sent that keyroll cannot read is compared as written.
-    parse_duration(s).map_or_else(|_| s.to_owned(), format_duration)
+    parse_duration(s).map_or_else(|_| s.to_owned(), show_duration)
+}
+
+/// A duration in the largest unit that holds it exactly (`30d`, `36h`, `90m`, `0s`): one
+/// spelling per value, which `parse_duration` reads back, and shorter than humantime's
+/// (`1month 13h 26m 24s` for 31 days).
+pub fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let secs = d.as_secs();
+    for (unit, name) in [(86_400, "d"), (3_600, "h"), (60, "m")] {
+        if secs != 0 && secs % unit == 0 {
+            return format!("{}{name}", secs / unit);
+        }
+    }
+    format!("{secs}s")
 }
 
 impl Settings {

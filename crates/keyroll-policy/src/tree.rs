@@ -59,10 +59,7 @@ impl Value {
 pub(crate) fn parse(text: &str) -> Result<Vec<(Key, Node)>, (String, Option<Range<usize>>)> {
     let root: BTreeMap<Spanned<String>, Spanned<Raw>> =
         toml::from_str(text).map_err(|e| (e.message().to_owned(), e.span()))?;
-    let mut entries: Vec<(Key, Node)> = root
-        .into_iter()
-        .map(|(k, v)| (key(k), node(v)))
-        .collect();
+    let mut entries: Vec<(Key, Node)> = root.into_iter().map(|(k, v)| (key(k), node(v))).collect();
     entries.sort_by_key(|(k, _)| k.span.start);
     Ok(entries)
 }
@@ -85,8 +82,10 @@ fn node(v: Spanned<Raw>) -> Node {
         Raw::Datetime => Value::Datetime,
         Raw::Array(items) => Value::Array(items.into_iter().map(node).collect()),
         Raw::Table(entries) => {
-            let mut entries: Vec<(Key, Node)> =
-                entries.into_iter().map(|(k, v)| (key(k), node(v))).collect();
+            let mut entries: Vec<(Key, Node)> = entries
+                .into_iter()
+                .map(|(k, v)| (key(k), node(v)))
+                .collect();
             // Written order, so that errors come out in the order a reader meets them.
             entries.sort_by_key(|(k, _)| k.span.start);
             Value::Table(entries)
@@ -228,12 +227,18 @@ mod tests {
         let (k, v) = &root[0];
         assert_eq!(&text[k.span.clone()], "a");
         assert_eq!(&text[v.span.clone()], "1");
-        let Value::Table(t) = &root[1].1.value else { panic!() };
+        let Value::Table(t) = &root[1].1.value else {
+            panic!()
+        };
         assert_eq!(&text[t[0].0.span.clone()], "b");
         assert_eq!(&text[t[0].1.span.clone()], "\"x\"");
         assert!(matches!(t[1].1.value, Value::Datetime));
-        let Value::Array(arr) = &root[2].1.value else { panic!() };
-        let Value::Table(t) = &arr[0].value else { panic!() };
+        let Value::Array(arr) = &root[2].1.value else {
+            panic!()
+        };
+        let Value::Table(t) = &arr[0].value else {
+            panic!()
+        };
         assert_eq!(&text[t[0].0.span.clone()], "c");
     }
 }
