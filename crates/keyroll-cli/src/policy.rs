@@ -276,11 +276,12 @@ fn write_plan_file(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// `keyroll apply -f FILE` or `keyroll apply PLAN.json`.
 pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Result<ExitCode> {
-    let live = live_state(client).await?;
+    // The file is read and checked before the server is asked anything.
     let (plan, file) = match (&args.plan, &args.file) {
         (Some(path), _) => {
             let saved = SavedPlan::from_json(&read_text(path)?)
                 .with_context(|| format!("cannot read the plan {}", path.display()))?;
+            let live = live_state(client).await?;
             let changed = keyroll_policy::check_pin(&saved, &live);
             if !changed.is_empty() {
                 return Err(Failure::new(
@@ -300,6 +301,7 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Res
         }
         (None, Some(file)) => {
             let policy = load(file)?;
+            let live = live_state(client).await?;
             (
                 keyroll_policy::plan(&policy, &live, args.prune),
                 policy.file,
