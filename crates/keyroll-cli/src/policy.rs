@@ -52,7 +52,12 @@ pub struct ApplyArgs {
     #[arg(value_name = "PLAN.json", required_unless_present = "file")]
     plan: Option<PathBuf>,
     /// Plan this policy file and apply it.
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "plan")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "plan"
+    )]
     file: Option<PathBuf>,
     /// With -f: disable (never delete) consumers a policy applied before that the file no
     /// longer names. A saved plan keeps the choice it was made with.
@@ -129,7 +134,11 @@ pub fn check(cmd: PolicyCmd, out: Output) -> anyhow::Result<ExitCode> {
                         })
                     })
                     .collect();
-                let _ = writeln!(err, "{}", serde_json::json!({ "valid": false, "errors": list }));
+                let _ = writeln!(
+                    err,
+                    "{}",
+                    serde_json::json!({ "valid": false, "errors": list })
+                );
             } else {
                 let _ = writeln!(err, "{errors}");
             }
@@ -163,7 +172,12 @@ async fn live_state(client: &Client) -> anyhow::Result<LiveState> {
                 rotate_after: e.rotate_after,
             })
             .collect(),
-        consumers: consumers.body.items.into_iter().map(live_consumer).collect(),
+        consumers: consumers
+            .body
+            .items
+            .into_iter()
+            .map(live_consumer)
+            .collect(),
         schedule: schedule
             .body
             .entries
@@ -253,7 +267,13 @@ async fn plan_inner(
     let plan = keyroll_policy::plan(&policy, &live, args.prune);
     print_plan(&plan, &policy.file, out)?;
     if let Some(path) = &args.out {
-        let saved = SavedPlan::new(&policy.file, &policy.sha256, args.prune, plan.clone(), &live);
+        let saved = SavedPlan::new(
+            &policy.file,
+            &policy.sha256,
+            args.prune,
+            plan.clone(),
+            &live,
+        );
         write_plan_file(path, &saved.to_json())?;
         if !out.json {
             say!(
@@ -352,7 +372,12 @@ fn approve(yes: bool) -> anyhow::Result<()> {
     if answer.trim() == "yes" {
         Ok(())
     } else {
-        Err(Failure::new(Exit::Error, "not_approved", "not applied: the plan was not approved; nothing was changed").into())
+        Err(Failure::new(
+            Exit::Error,
+            "not_approved",
+            "not applied: the plan was not approved; nothing was changed",
+        )
+        .into())
     }
 }
 
@@ -379,8 +404,16 @@ impl Step<'_> {
 
 fn steps(plan: &Plan) -> Vec<Step<'_>> {
     let mut s: Vec<Step<'_>> = Vec::new();
-    s.extend(plan.environments_to_create.iter().map(Step::CreateEnvironment));
-    s.extend(plan.environments_to_update.iter().map(Step::UpdateEnvironment));
+    s.extend(
+        plan.environments_to_create
+            .iter()
+            .map(Step::CreateEnvironment),
+    );
+    s.extend(
+        plan.environments_to_update
+            .iter()
+            .map(Step::UpdateEnvironment),
+    );
     s.extend(plan.consumers_to_create.iter().map(Step::CreateConsumer));
     s.extend(plan.consumers_to_update.iter().map(Step::UpdateConsumer));
     s.extend(
@@ -393,7 +426,12 @@ fn steps(plan: &Plan) -> Vec<Step<'_>> {
 }
 
 /// Makes the changes one by one, a line each; a failure says what was done and what was not.
-async fn run(plan: &Plan, client: &Client, out_dir: Option<&Path>, out: Output) -> anyhow::Result<()> {
+async fn run(
+    plan: &Plan,
+    client: &Client,
+    out_dir: Option<&Path>,
+    out: Output,
+) -> anyhow::Result<()> {
     let steps = steps(plan);
     let mut results = Vec::new();
     for (i, step) in steps.iter().enumerate() {
@@ -416,7 +454,11 @@ async fn run(plan: &Plan, client: &Client, out_dir: Option<&Path>, out: Output) 
         let v = serde_json::json!({ "applied": results.len(), "results": results });
         say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
     } else {
-        say!("Applied {} change{}.", steps.len(), if steps.len() == 1 { "" } else { "s" })?;
+        say!(
+            "Applied {} change{}.",
+            steps.len(),
+            if steps.len() == 1 { "" } else { "s" }
+        )?;
     }
     Ok(())
 }
@@ -451,7 +493,8 @@ async fn run_step(
                 })
                 .await?;
             progress(format!("Created environment {}.", e.name))?;
-            results.push(serde_json::json!({ "action": "create_environment", "environment": e.name }));
+            results
+                .push(serde_json::json!({ "action": "create_environment", "environment": e.name }));
         }
         Step::UpdateEnvironment(e) => {
             let protected = e.changes.iter().any(|c| c.field == "protected");
@@ -466,7 +509,8 @@ async fn run_step(
                 )
                 .await?;
             progress(format!("Changed environment {}.", e.name))?;
-            results.push(serde_json::json!({ "action": "update_environment", "environment": e.name }));
+            results
+                .push(serde_json::json!({ "action": "update_environment", "environment": e.name }));
         }
         Step::CreateConsumer(c) => {
             let s = &c.settings;
@@ -502,7 +546,10 @@ async fn run_step(
                         print_new_key(&format!("{what}; its key could not be written"), Some(key))?;
                         return Err(e);
                     }
-                    progress(format!("{what}: key written to {} (mode 0600).", path.display()))?;
+                    progress(format!(
+                        "{what}: key written to {} (mode 0600).",
+                        path.display()
+                    ))?;
                     result["key_file"] = serde_json::json!(path.display().to_string());
                 }
                 (None, key) if out.json => {

@@ -117,10 +117,10 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyErrors> {
     };
     let policy = cx.policy();
     let mut errors = cx.errors;
-    if errors.is_empty() {
-        if let Some(policy) = policy {
-            return Ok(policy);
-        }
+    if errors.is_empty()
+        && let Some(policy) = policy
+    {
+        return Ok(policy);
     }
     errors.sort_by_key(|e| (e.line, e.column));
     errors.dedup();
@@ -158,6 +158,9 @@ impl PolicyFields {
         }
     }
 }
+
+/// A `[[environment]]` or `[[consumer]]` block: where it is, and its entries.
+type Block<'n> = (&'n Range<usize>, &'n [(Key, Node)]);
 
 struct Cx<'a> {
     file: &'a str,
@@ -256,11 +259,7 @@ impl Cx<'_> {
     }
 
     /// `[[environment]]` / `[[consumer]]`: an array of tables, each with its span.
-    fn tables<'n>(
-        &mut self,
-        node: &'n Node,
-        name: &str,
-    ) -> Vec<(&'n Range<usize>, &'n [(Key, Node)])> {
+    fn tables<'n>(&mut self, node: &'n Node, name: &str) -> Vec<Block<'n>> {
         let Value::Array(items) = &node.value else {
             self.error(
                 &node.span,
@@ -448,10 +447,7 @@ impl Cx<'_> {
         }
     }
 
-    fn environments(
-        &mut self,
-        tables: &[(&Range<usize>, &[(Key, Node)])],
-    ) -> Vec<(Range<usize>, DesiredEnvironment)> {
+    fn environments(&mut self, tables: &[Block<'_>]) -> Vec<(Range<usize>, DesiredEnvironment)> {
         let mut out: Vec<(Range<usize>, DesiredEnvironment)> = Vec::new();
         // rotate_after as written, checked once every name is known.
         let mut after: Vec<(Environment, String, Range<usize>)> = Vec::new();
@@ -580,7 +576,7 @@ impl Cx<'_> {
 
     fn consumers(
         &mut self,
-        tables: &[(&Range<usize>, &[(Key, Node)])],
+        tables: &[Block<'_>],
         defaults: &PolicyFields,
         envs: &[(Range<usize>, DesiredEnvironment)],
     ) -> Vec<DesiredConsumer> {

@@ -55,8 +55,14 @@ impl Value {
     }
 }
 
+/// A table's entries, in written order.
+pub(crate) type Entries = Vec<(Key, Node)>;
+
+/// A TOML syntax error: toml's message and where, when it knows.
+pub(crate) type SyntaxError = (String, Option<Range<usize>>);
+
 /// Parses `text` into a tree; a syntax error comes back with toml's message and byte range.
-pub(crate) fn parse(text: &str) -> Result<Vec<(Key, Node)>, (String, Option<Range<usize>>)> {
+pub(crate) fn parse(text: &str) -> Result<Entries, SyntaxError> {
     let root: BTreeMap<Spanned<String>, Spanned<Raw>> =
         toml::from_str(text).map_err(|e| (e.message().to_owned(), e.span()))?;
     let mut entries: Vec<(Key, Node)> = root.into_iter().map(|(k, v)| (key(k), node(v))).collect();

@@ -81,19 +81,27 @@ fn check_plan_apply_and_plan_again() {
     let r = s_.cli(&["plan", "-f", s(&policy)]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stdout
-            .contains("Environments to create:\n  + staging\n  + prod (protected, rotates after staging)\n"),
+        r.stdout.contains(
+            "Environments to create:\n  + staging\n  + prod (protected, rotates after staging)\n"
+        ),
         "{}",
         r.stdout
     );
     for c in CONSUMERS {
-        assert!(r.stdout.contains(&format!("  + {c}\n")), "{c}:\n{}", r.stdout);
+        assert!(
+            r.stdout.contains(&format!("  + {c}\n")),
+            "{c}:\n{}",
+            r.stdout
+        );
     }
     let r = s_.cli(&["plan", "-f", s(&policy), "--output", "json"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["changes"], true);
-    assert_eq!(v["plan"]["consumers_to_create"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        v["plan"]["consumers_to_create"].as_array().unwrap().len(),
+        5
+    );
 
     // Not on a terminal and without --yes: refused, nothing applied.
     let r = s_.cli(&["apply", "-f", s(&policy)]);
@@ -103,7 +111,11 @@ fn check_plan_apply_and_plan_again() {
 
     let r = s_.cli(&["apply", "-f", s(&policy), "--yes", "--out-dir", s(&keys)]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("Created environment prod."), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Created environment prod."),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains("kr_"), "a key on stdout:\n{}", r.stdout);
     for c in CONSUMERS {
         let (env, name) = c.split_once('/').unwrap();
@@ -116,15 +128,26 @@ fn check_plan_apply_and_plan_again() {
         let v = s_.cli(&["verify", key, "--env", env]);
         assert_eq!(v.code, 0, "{c}: {}{}", v.stdout, v.stderr);
     }
-    let mode = std::fs::metadata(keys.join("prod")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(keys.join("prod"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700);
     let shown = s_.cli(&["consumer", "show", "prod/billing-app"]);
-    assert!(shown.stdout.contains("invoices:read, invoices:write"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains("invoices:read, invoices:write"),
+        "{}",
+        shown.stdout
+    );
 
     let r = s_.cli(&["plan", "-f", s(&policy)]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stdout.contains(&format!("No changes: the live state matches {}.", s(&policy))),
+        r.stdout.contains(&format!(
+            "No changes: the live state matches {}.",
+            s(&policy)
+        )),
         "{}",
         r.stdout
     );
@@ -152,7 +175,9 @@ fn a_saved_plan_goes_stale_and_drift_shows_apart() {
     let r = s_.cli(&["plan", "-f", s(&policy), "--out", s(&plan_json)]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     assert!(
-        r.stdout.contains("  ~ prod/deploy-bot\n      scopes: [deploy:write] -> [deploy:read, deploy:write]\n"),
+        r.stdout.contains(
+            "  ~ prod/deploy-bot\n      scopes: [deploy:write] -> [deploy:read, deploy:write]\n"
+        ),
         "{}",
         r.stdout
     );
@@ -161,7 +186,13 @@ fn a_saved_plan_goes_stale_and_drift_shows_apart() {
     assert_eq!(saved["format"], "keyroll-plan/1");
 
     // Someone changes prod by hand in between.
-    let r = s_.cli(&["consumer", "set", "prod/billing-app", "--owner", "someone-else"]);
+    let r = s_.cli(&[
+        "consumer",
+        "set",
+        "prod/billing-app",
+        "--owner",
+        "someone-else",
+    ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let r = s_.cli(&["apply", s(&plan_json), "--yes"]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
@@ -174,7 +205,11 @@ fn a_saved_plan_goes_stale_and_drift_shows_apart() {
         r.stderr
     );
     let show = s_.cli(&["consumer", "show", "prod/deploy-bot"]);
-    assert!(!show.stdout.contains("deploy:read"), "applied anyway:\n{}", show.stdout);
+    assert!(
+        !show.stdout.contains("deploy:read"),
+        "applied anyway:\n{}",
+        show.stdout
+    );
 
     // A fresh plan shows the hand change as drift, apart from the intended change.
     let r = s_.cli(&["plan", "-f", s(&policy)]);
@@ -189,7 +224,11 @@ fn a_saved_plan_goes_stale_and_drift_shows_apart() {
         "{}",
         r.stdout
     );
-    assert!(!r.stdout[intended..drift].contains("billing-app"), "{}", r.stdout);
+    assert!(
+        !r.stdout[intended..drift].contains("billing-app"),
+        "{}",
+        r.stdout
+    );
 
     // A new plan of the new state applies, and puts the owner back.
     let r = s_.cli(&["plan", "-f", s(&policy), "--out", s(&plan_json)]);
@@ -197,7 +236,11 @@ fn a_saved_plan_goes_stale_and_drift_shows_apart() {
     let r = s_.cli(&["apply", s(&plan_json), "--yes"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let show = s_.cli(&["consumer", "show", "prod/billing-app"]);
-    assert!(show.stdout.contains("owner:  payments-team"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("owner:  payments-team"),
+        "{}",
+        show.stdout
+    );
     assert_eq!(s_.cli(&["plan", "-f", s(&policy)]).code, 0);
 }
 
@@ -212,9 +255,16 @@ fn an_existing_key_file_refuses_the_whole_apply() {
     std::fs::write(&existing, "kr_prod_old_key\n").unwrap();
     let r = s_.cli(&["apply", "-f", s(&policy), "--yes", "--out-dir", s(&keys)]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains(&existing.display().to_string()), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&existing.display().to_string()),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("Nothing was changed"), "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "kr_prod_old_key\n");
+    assert_eq!(
+        std::fs::read_to_string(&existing).unwrap(),
+        "kr_prod_old_key\n"
+    );
     let envs = s_.cli(&["env", "list"]);
     assert!(!envs.stdout.contains("staging"), "{}", envs.stdout);
     assert!(!keys.join("staging").exists());
@@ -235,11 +285,24 @@ fn prune_disables_only_managed_consumers_the_file_no_longer_names() {
     std::fs::write(&policy, &text[..cut]).unwrap();
     let r = s_.cli(&["plan", "-f", s(&policy)]);
     assert_eq!(r.code, 0, "without --prune nothing changes:\n{}", r.stdout);
-    assert!(r.stdout.contains("prod/partner-feed: managed by the policy: kept"), "{}", r.stdout);
-    assert!(r.stdout.contains("prod/hand-made: not managed by a policy"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("prod/partner-feed: managed by the policy: kept"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("prod/hand-made: not managed by a policy"),
+        "{}",
+        r.stdout
+    );
     let r = s_.cli(&["apply", "-f", s(&policy), "--prune", "--yes"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("Disabled prod/partner-feed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Disabled prod/partner-feed"),
+        "{}",
+        r.stdout
+    );
     let show = s_.cli(&["consumer", "show", "prod/partner-feed"]);
     assert!(show.stdout.contains("(DISABLED)"), "{}", show.stdout);
     let show = s_.cli(&["consumer", "show", "prod/hand-made"]);
