@@ -227,6 +227,27 @@ enum EnvCmd {
         /// Rotations here need confirmation.
         #[arg(long)]
         protected: bool,
+        /// A rotation here waits until the same consumer's rotation in this environment has
+        /// completed (e.g. `--rotate-after staging` for prod).
+        #[arg(long, value_name = "ENV")]
+        rotate_after: Option<String>,
+    },
+    /// Change an environment's protection or ordering rule.
+    Set {
+        /// The environment.
+        name: String,
+        /// Rotations here need confirmation.
+        #[arg(long, conflicts_with = "unprotected")]
+        protected: bool,
+        /// Rotations here no longer need confirmation.
+        #[arg(long)]
+        unprotected: bool,
+        /// Rotate only after the same consumer's completed rotation in ENV.
+        #[arg(long, value_name = "ENV", conflicts_with = "no_rotate_after")]
+        rotate_after: Option<String>,
+        /// Remove the ordering rule.
+        #[arg(long)]
+        no_rotate_after: bool,
     },
     /// List environments.
     List,
@@ -249,6 +270,8 @@ enum ConsumerCmd {
         expires_in: Option<String>,
         #[command(flatten)]
         policy: PolicyFlags,
+        #[command(flatten)]
+        schedule: ScheduleFlags,
     },
     /// Change a consumer's scopes, owner or retirement policy.
     Set {
@@ -265,6 +288,11 @@ enum ConsumerCmd {
         owner: Option<String>,
         #[command(flatten)]
         policy: PolicyFlags,
+        #[command(flatten)]
+        schedule: ScheduleFlags,
+        /// Remove the rotation schedule.
+        #[arg(long, conflicts_with = "rotate_every")]
+        no_schedule: bool,
     },
     /// List consumers.
     List {
@@ -305,6 +333,36 @@ struct PolicyFlags {
     /// At the deadline of a version still in use: `extend` (once, default) or `retire`.
     #[arg(long)]
     on_stall: Option<String>,
+}
+
+/// When a consumer rotates by itself and how its new keys reach it (SPEC §7).
+#[derive(Debug, Args)]
+struct ScheduleFlags {
+    /// Rotate on a schedule: a new version falls due this long after the active one was issued
+    /// (e.g. 30d).
+    #[arg(long)]
+    rotate_every: Option<String>,
+    /// The grace window of a scheduled rotation, and of `keyroll rotate` without --grace
+    /// (default 48h).
+    #[arg(long)]
+    grace: Option<String>,
+    /// How a new key reaches the consumer: agent, ci or manual (default; the schedule then only
+    /// says it is due).
+    #[arg(long)]
+    delivery: Option<String>,
+}
+
+impl ScheduleFlags {
+    fn check(&self) -> anyhow::Result<()> {
+        check_duration("rotate-every", self.rotate_every.as_ref())?;
+        check_duration("grace", self.grace.as_ref())?;
+        if let Some(d) = &self.delivery {
+            keyroll_core::Delivery::parse(d)
+                .with_context(|| format!("--delivery {d:?}: expected agent, ci or manual"))
+                .or_usage()?;
+        }
+        Ok(())
+    }
 }
 
 impl PolicyFlags {
@@ -407,6 +465,22 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => exit::report(&e, json),
+    }
+}
+
+/// `prod (protected, rotates after staging)`.
+fn describe_env(e: &proto::Environment) -> String {
+    let mut notes = Vec::new();
+    if e.protected {
+        notes.push("protected".to_owned());
+    }
+    if let Some(after) = &e.rotate_after {
+        notes.push(format!("rotates after {after}"));
+    }
+    if notes.is_empty() {
+        e.name.clone()
+    } else {
+        format!("{} ({})", e.name, notes.join(", "))
     }
 }
 
@@ -534,18 +608,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out.init(&done.token, done.path.as_deref())?;
         }
-        Cmd::Env(EnvCmd::Create { name, protected }) => {
+        Cmd::Env(EnvCmd::Create {
+            name,
+            protected,
+            rotate_after,
+        }) => {
             Environment::parse(&name).or_usage()?;
+            if let Some(e) = &rotate_after {
+                Environment::parse(e).context("--rotate-after").or_usage()?;
+            }
             let a = client(&cli.global)?
-                .create_environment(&proto::CreateEnvironment { name, protected })
+                .create_environment(&proto::CreateEnvironment {
+                    name,
+                    protected,
+                    rotate_after,
+                })
                 .await?;
             out.json_or(&a.json, || {
-                say!(
-                    "Created environment {}{}.",
-                    a.body.name,
-                    if a.body.protected { " (protected)" } else { "" }
-                )
+                say!("Created environment {}.", describe_env(&a.body))
             })?;
+        }
+        Cmd::Env(EnvCmd::Set {
+            name,
+            protected,
+            unprotected,
+            rotate_after,
+            no_rotate_after,
+        }) => {
+            Environment::parse(&name).or_usage()?;
+            if let Some(e) = &rotate_after {
+                Environment::parse(e).context("--rotate-after").or_usage()?;
+            }
+            let req = proto::UpdateEnvironment {
+                protected: (protected || unprotected).then_some(protected),
+                rotate_after: if no_rotate_after {
+                    Some(None)
+                } else {
+                    rotate_after.map(Some)
+                },
+            };
+            if req.protected.is_none() && req.rotate_after.is_none() {
+                return Err(usage(
+                    "nothing to change: give --protected, --unprotected, --rotate-after ENV or \
+                     --no-rotate-after",
+                ));
+            }
+            let a = client(&cli.global)?.update_environment(&name, &req).await?;
+            out.json_or(&a.json, || say!("Environment {}.", describe_env(&a.body)))?;
         }
         Cmd::Env(EnvCmd::List) => {
             let a = client(&cli.global)?.list_environments().await?;
@@ -557,10 +666,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             owner,
             expires_in,
             policy,
+            schedule,
         }) => {
             let r = consumer_ref(&consumer)?;
             check_duration("expires-in", expires_in.as_ref())?;
             policy.check()?;
+            schedule.check()?;
             for s in &scopes {
                 keyroll_core::Scope::parse(s).or_usage()?;
             }
@@ -573,6 +684,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 retire: policy.retire,
                 idle: policy.idle,
                 on_stall: policy.on_stall,
+                rotate_every: schedule.rotate_every,
+                grace: schedule.grace,
+                delivery: schedule.delivery,
+                managed: false,
             };
             let a = client(&cli.global)?.create_consumer(&req, None).await?;
             out.json_or(&a.json, || {
@@ -586,9 +701,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clear_scopes,
             owner,
             policy,
+            schedule,
+            no_schedule,
         }) => {
             let r = consumer_ref(&consumer)?;
             policy.check()?;
+            schedule.check()?;
             for s in &scopes {
                 keyroll_core::Scope::parse(s).or_usage()?;
             }
@@ -605,6 +723,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 retire: policy.retire,
                 idle: policy.idle,
                 on_stall: policy.on_stall,
+                rotate_every: if no_schedule {
+                    Some(None)
+                } else {
+                    schedule.rotate_every.map(Some)
+                },
+                grace: schedule.grace.map(Some),
+                delivery: schedule.delivery,
+                managed: None,
             };
             let a = client(&cli.global)?
                 .update_consumer(r.environment.as_str(), r.name.as_str(), &req)

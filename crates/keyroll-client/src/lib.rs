@@ -221,6 +221,49 @@ impl Client {
             .await
     }
 
+    /// `PATCH /v1/environments/{name}`.
+    pub async fn update_environment(
+        &self,
+        name: &str,
+        req: &proto::UpdateEnvironment,
+    ) -> Result<Answer<proto::Environment>, ClientError> {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/v1/environments/{}", urlencode(name)),
+            Some(req),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/schedule`: every consumer's place in the rotation schedule (one environment's
+    /// with `environment`).
+    pub async fn schedule(
+        &self,
+        environment: Option<&str>,
+    ) -> Result<Answer<proto::Schedule>, ClientError> {
+        let path = match environment {
+            Some(e) => format!("/v1/schedule?environment={}", urlencode(e)),
+            None => "/v1/schedule".into(),
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `GET /v1/consumers/{env}/{name}/preflight`: the checklist before a rotation.
+    pub async fn preflight(
+        &self,
+        env: &str,
+        name: &str,
+    ) -> Result<Answer<proto::Preflight>, ClientError> {
+        self.call(
+            reqwest::Method::GET,
+            &consumer_path(env, name, "/preflight"),
+            None,
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/consumers`.
     pub async fn create_consumer(
         &self,

@@ -23,6 +23,10 @@ pub use key::{
     random_base62,
 };
 pub use lifecycle::{
+    Blocker, DEFAULT_GRACE, Delivery, EXPIRY_WARNING, ManagedSpec, Schedule, ScheduleState,
+    Waiting, expiring_versions, next_due, ordering_waits, schedule_state,
+};
+pub use lifecycle::{
     Command, Consumer, ConsumerSpec, ConsumerUpdate, Effect, KeyVersion, LifecycleError,
     NewVersion, OnStall, Policy, RetirePolicy, RetireReason, State, StoredState, Transition, Usage,
     VersionNumber, VersionView, effective_deadline, effective_state, extension_if_stalled,

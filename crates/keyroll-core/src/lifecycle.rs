@@ -355,6 +355,10 @@ pub struct KeyVersion {
     pub extended: bool,
     /// A `version.unused` event was recorded for it (nobody used it 24h after issue).
     pub unused_reported: bool,
+    /// While active: a `rotation.due` event was raised for it (once per version).
+    pub due_raised: bool,
+    /// A `key.expiring` event was raised for its hard expiry (once).
+    pub expiry_warned: bool,
 }
 
 /// How long after its issue an unused active version is reported.
@@ -440,6 +444,10 @@ pub struct Consumer {
     pub created_at: Timestamp,
     /// How its old versions are retired.
     pub policy: Policy,
+    /// When it rotates by itself and how its new keys are delivered.
+    pub schedule: Schedule,
+    /// The settings the last policy `apply` left it with; `None`: not managed by a policy.
+    pub managed: Option<ManagedSpec>,
     /// Versions in issue order.
     pub versions: Vec<KeyVersion>,
 }
@@ -476,6 +484,17 @@ pub enum Command {
     Update(ConsumerUpdate),
     /// Write down what time has already decided: retiring versions past their deadline.
     Settle,
+    /// Record that the active version's scheduled rotation fell due (`rotation.due`, once per
+    /// version). Only the schedule's runner sends it, when [`schedule_state`] says due or blocked.
+    RaiseDue {
+        /// Since when it is due.
+        due_at: Timestamp,
+    },
+    /// Record that these versions' hard expiry is near (`key.expiring`, once per version).
+    WarnExpiring {
+        /// The versions ([`expiring_versions`]).
+        versions: Vec<VersionNumber>,
+    },
 }
 
 /// The fields [`Command::Update`] changes; `None` leaves a field as it is.
@@ -487,6 +506,11 @@ pub struct ConsumerUpdate {
     pub owner: Option<Option<String>>,
     /// The new retirement policy.
     pub policy: Option<Policy>,
+    /// The new schedule.
+    pub schedule: Option<Schedule>,
+    /// `Some(true)`: record the settings after this update as the policy's baseline;
+    /// `Some(false)`: no longer managed by a policy.
+    pub managed: Option<bool>,
 }
 
 /// What a new consumer is: everything but its first key.
@@ -502,6 +526,10 @@ pub struct ConsumerSpec {
     pub owner: Option<String>,
     /// Its retirement policy.
     pub policy: Policy,
+    /// Its schedule.
+    pub schedule: Schedule,
+    /// Created by a policy `apply`: its settings become the policy's baseline.
+    pub managed: bool,
 }
 
 /// What a command changed, in order.
@@ -542,11 +570,38 @@ pub enum Effect {
     Enabled,
     /// The consumer was created (its first version is a separate [`Effect::Issued`]).
     Created,
-    /// Scopes, owner or policy changed.
+    /// Scopes, owner, policy, schedule or the policy baseline changed.
     Updated,
+    /// The active version's scheduled rotation fell due.
+    Due {
+        /// The active version.
+        version: VersionNumber,
+        /// Since when.
+        due_at: Timestamp,
+    },
+    /// A version's hard expiry is within [`EXPIRY_WARNING`].
+    Expiring {
+        /// Which.
+        version: VersionNumber,
+        /// Its expiry.
+        expires_at: Timestamp,
+    },
 }
 
 impl Effect {
+    /// The version it is about, if it is about one.
+    pub fn version(&self) -> Option<VersionNumber> {
+        match self {
+            Effect::Issued(v) | Effect::Unused(v) | Effect::Revoked(v) => Some(*v),
+            Effect::Retiring { version, .. }
+            | Effect::Retired { version, .. }
+            | Effect::Stalled { version, .. }
+            | Effect::Due { version, .. }
+            | Effect::Expiring { version, .. } => Some(*version),
+            Effect::Disabled | Effect::Enabled | Effect::Created | Effect::Updated => None,
+        }
+    }
+
     /// A stable event name for the audit log.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -558,6 +613,8 @@ impl Effect {
             Effect::Revoked(_) => "version.revoked",
             Effect::Disabled => "consumer.disabled",
             Effect::Enabled => "consumer.enabled",
+            Effect::Due { .. } => "rotation.due",
+            Effect::Expiring { .. } => "key.expiring",
             Effect::Created => "consumer.created",
             Effect::Updated => "consumer.updated",
         }
@@ -660,6 +717,8 @@ impl Consumer {
             disabled: false,
             created_at: now,
             policy: Policy::default(),
+            schedule: Schedule::default(),
+            managed: None,
             versions: vec![KeyVersion {
                 number: VersionNumber(1),
                 kid: first.kid,
@@ -677,6 +736,8 @@ impl Consumer {
                 grace: Duration::ZERO,
                 extended: false,
                 unused_reported: false,
+                due_raised: false,
+                expiry_warned: false,
             }],
         }
     }
@@ -694,6 +755,10 @@ impl Consumer {
             now,
         );
         consumer.policy = spec.policy;
+        consumer.schedule = spec.schedule;
+        if spec.managed {
+            consumer.managed = Some(ManagedSpec::of(&consumer));
+        }
         Transition {
             consumer,
             effects: vec![Effect::Created, Effect::Issued(VersionNumber(1))],
@@ -772,7 +837,7 @@ impl Consumer {
                 next.rotate(grace, enforce, new_version, now, &mut effects)?;
             }
             Command::Update(update) => {
-                let before = (next.scopes.clone(), next.owner.clone(), next.policy);
+                let before = next.clone();
                 if let Some(mut scopes) = update.scopes {
                     scopes.sort();
                     scopes.dedup();
@@ -784,8 +849,45 @@ impl Consumer {
                 if let Some(policy) = update.policy {
                     next.policy = policy;
                 }
-                if (next.scopes.clone(), next.owner.clone(), next.policy) != before {
+                if let Some(schedule) = update.schedule {
+                    next.schedule = schedule;
+                }
+                match update.managed {
+                    Some(true) => next.managed = Some(ManagedSpec::of(&next)),
+                    Some(false) => next.managed = None,
+                    None => {}
+                }
+                if next != before {
                     effects.push(Effect::Updated);
+                }
+            }
+            Command::RaiseDue { due_at } => {
+                if let Some(v) = next
+                    .versions
+                    .iter_mut()
+                    .rev()
+                    .find(|v| v.state == StoredState::Active)
+                    && !v.due_raised
+                {
+                    v.due_raised = true;
+                    effects.push(Effect::Due {
+                        version: v.number,
+                        due_at,
+                    });
+                }
+            }
+            Command::WarnExpiring { versions } => {
+                for v in next.versions.iter_mut() {
+                    if versions.contains(&v.number)
+                        && !v.expiry_warned
+                        && let Some(expires_at) = v.expires_at
+                    {
+                        v.expiry_warned = true;
+                        effects.push(Effect::Expiring {
+                            version: v.number,
+                            expires_at,
+                        });
+                    }
                 }
             }
             Command::Retire { version } => next.retire(version, usage, now, &mut effects)?,
@@ -928,6 +1030,8 @@ impl Consumer {
             grace: Duration::ZERO,
             extended: false,
             unused_reported: false,
+            due_raised: false,
+            expiry_warned: false,
         });
         effects.push(Effect::Issued(number));
         Ok(())
@@ -1009,3 +1113,10 @@ mod tests;
 // sweeper's scan of the verifier's index decides with it).
 mod due;
 pub use due::{DueFacts, consumer_is_due, is_due};
+
+// When rotations fall due, whether they may run, which versions near their expiry.
+pub mod schedule;
+pub use schedule::{
+    Blocker, DEFAULT_GRACE, Delivery, EXPIRY_WARNING, ManagedSpec, Schedule, ScheduleState,
+    Waiting, expiring_versions, next_due, ordering_waits, schedule_state,
+};

@@ -92,6 +92,27 @@ pub struct CreateEnvironment {
     /// Rotations here need explicit confirmation.
     #[serde(default)]
     pub protected: bool,
+    /// A rotation here waits until the same consumer's rotation in this environment has
+    /// completed (its old version retired, not stalled): `staging` for `prod`.
+    #[serde(default)]
+    pub rotate_after: Option<String>,
+}
+
+/// `PATCH /v1/environments/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEnvironment {
+    /// Rotations here need explicit confirmation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<bool>,
+    /// The environment whose rotations must complete first; `null` removes the rule.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub rotate_after: Option<Option<String>>,
 }
 
 /// An environment.
@@ -101,6 +122,9 @@ pub struct Environment {
     pub name: String,
     /// Rotations need explicit confirmation.
     pub protected: bool,
+    /// A rotation here waits for the same consumer's completed rotation in this environment.
+    #[serde(default)]
+    pub rotate_after: Option<String>,
     /// When it was created.
     pub created_at: String,
 }
@@ -131,6 +155,20 @@ pub struct CreateConsumer {
     /// `extend` (default) or `retire`.
     #[serde(default)]
     pub on_stall: Option<String>,
+    /// Rotate on a schedule: a new version falls due this long after the active one was issued
+    /// (`30d`); absent: no schedule.
+    #[serde(default)]
+    pub rotate_every: Option<String>,
+    /// The grace window of a scheduled rotation (`48h` when absent).
+    #[serde(default)]
+    pub grace: Option<String>,
+    /// How a new key reaches the consumer: `agent`, `ci` or `manual` (default).
+    #[serde(default)]
+    pub delivery: Option<String>,
+    /// Created by a policy `apply`: the settings are recorded as the policy's baseline, so a later
+    /// change made outside the policy shows as drift.
+    #[serde(default)]
+    pub managed: bool,
 }
 
 /// `PATCH /v1/consumers/{env}/{name}`.
@@ -152,6 +190,71 @@ pub struct UpdateConsumer {
     /// `extend` or `retire`.
     #[serde(default)]
     pub on_stall: Option<String>,
+    /// The rotation period; `null` removes the schedule.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub rotate_every: Option<Option<String>>,
+    /// The grace window of a scheduled rotation; `null` returns to the default (`48h`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub grace: Option<Option<String>>,
+    /// `agent`, `ci` or `manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// `true`: record the settings after this change as the policy's baseline (a policy
+    /// `apply`); `false`: the consumer is no longer managed by a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
+}
+
+/// The settings a policy `apply` left a consumer with: what drift is measured against.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ManagedSettings {
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Retire policy.
+    pub retire: String,
+    /// Idle window.
+    pub idle: String,
+    /// Stall rule.
+    pub on_stall: String,
+    /// Rotation period.
+    pub rotate_every: Option<String>,
+    /// Grace window of a scheduled rotation.
+    pub grace: Option<String>,
+    /// Delivery path.
+    pub delivery: String,
+}
+
+/// `Option<Option<T>>` in JSON: absent = leave as is, `null` = clear, a value = set.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 /// One key version of a consumer.
@@ -219,8 +322,24 @@ pub struct Consumer {
     pub idle: String,
     /// What a deadline does to a version still in use: `extend` (once) or `retire`.
     pub on_stall: String,
+    /// The rotation period (`30d`); `null`: not scheduled.
+    #[serde(default)]
+    pub rotate_every: Option<String>,
+    /// The grace window of a scheduled rotation; `null`: the default, `48h`.
+    #[serde(default)]
+    pub grace: Option<String>,
+    /// How a new key reaches it: `agent`, `ci` or `manual`.
+    #[serde(default = "manual")]
+    pub delivery: String,
+    /// The settings the last policy `apply` left it with; `null`: not managed by a policy.
+    #[serde(default)]
+    pub managed: Option<ManagedSettings>,
     /// Its versions.
     pub versions: Vec<KeyVersion>,
+}
+
+fn manual() -> String {
+    "manual".into()
 }
 
 /// A new consumer and its first key, shown this once.
@@ -382,6 +501,117 @@ pub struct UsageSource {
     pub last_seen: String,
     /// Requests recorded from it.
     pub count: u64,
+}
+
+/// `GET /v1/schedule`: every consumer's place in the rotation schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Schedule {
+    /// The server's time the schedule was computed at.
+    pub now: String,
+    /// One entry per consumer, by environment and name.
+    pub entries: Vec<ScheduleEntry>,
+}
+
+/// One consumer's place in the schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ScheduleEntry {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// Its environment.
+    pub environment: String,
+    /// Its name.
+    pub name: String,
+    /// `agent`, `ci` or `manual`.
+    pub delivery: String,
+    /// The environment is protected (a CLI rotation needs `--yes`).
+    pub protected: bool,
+    /// `unscheduled` (no `rotate_every`), `scheduled` (next rotation in the future), `due`
+    /// (rotate now), `blocked` (due, but something must happen first: see `blockers`).
+    pub state: String,
+    /// The rotation period.
+    pub rotate_every: Option<String>,
+    /// The active version.
+    pub active_version: Option<u32>,
+    /// When the active version was issued.
+    pub active_since: Option<String>,
+    /// When the next rotation falls (or fell) due.
+    pub next_due: Option<String>,
+    /// Why a due rotation cannot run yet.
+    pub blockers: Vec<Blocker>,
+}
+
+/// Why a due rotation waits.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Blocker {
+    /// Stable code: `disabled`, `no_active_version`, `rotation_in_progress`, `stalled`,
+    /// `ordering`.
+    pub code: String,
+    /// What to do about it, in words.
+    pub message: String,
+}
+
+/// `GET /v1/consumers/{env}/{name}/preflight`: the checklist before a rotation. Changes nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Preflight {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The server's time.
+    pub now: String,
+    /// The environment is protected: the rotation needs confirmation.
+    pub protected: bool,
+    /// How the new key would reach the consumer.
+    pub delivery: String,
+    /// The grace window the rotation would get.
+    pub grace: String,
+    /// Its place in the schedule.
+    pub schedule: ScheduleEntry,
+    /// The ordering rule of its environment.
+    pub ordering: OrderingCheck,
+    /// Versions still valid, with their traffic.
+    pub versions: Vec<PreflightVersion>,
+    /// What would happen at which time if it were rotated now.
+    pub timeline: Vec<TimelineStep>,
+    /// What the operator should know first.
+    pub warnings: Vec<String>,
+}
+
+/// The `rotate_after` rule of a consumer's environment, and whether it holds now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct OrderingCheck {
+    /// The environment that must rotate first, if any.
+    pub rotate_after: Option<String>,
+    /// The rule holds (or there is none).
+    pub satisfied: bool,
+    /// In words.
+    pub detail: String,
+}
+
+/// A valid version in a preflight, with its traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PreflightVersion {
+    /// `3` for v3.
+    pub version: u32,
+    /// State now.
+    pub state: String,
+    /// Requests recorded in the last 24 hours.
+    pub requests_24h: u64,
+    /// Requests recorded in the last hour.
+    pub requests_1h: u64,
+    /// Its share of the consumer's requests in the last hour (0 to 1).
+    pub share_1h: f64,
+    /// When last seen.
+    pub last_used_at: Option<String>,
+    /// Sources seen in the last 24 hours.
+    pub sources: Vec<UsageSource>,
+}
+
+/// One step of what a rotation would set in motion.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TimelineStep {
+    /// When.
+    pub at: String,
+    /// What happens.
+    pub what: String,
 }
 
 /// A version in `GET /v1/status`.

@@ -32,6 +32,27 @@ pub struct RawConfig {
     pub history: HistoryConfig,
     /// The HTTP listener's limits.
     pub http: HttpConfig,
+    /// The rotation schedule.
+    pub schedule: ScheduleConfig,
+}
+
+/// `[schedule]`: the server's run of the rotation schedule (SPEC §7).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Run the schedule in this server: raise `rotation.due` and `key.expiring` (default true).
+    pub enabled: bool,
+    /// How often the schedule is looked at (default `30s`).
+    pub interval: String,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            enabled: true,
+            interval: "30s".into(),
+        }
+    }
 }
 
 /// `[http]`: what one client may hold of the listener.
@@ -162,6 +183,7 @@ impl Default for RawConfig {
             usage: UsageConfig::default(),
             history: HistoryConfig::default(),
             http: HttpConfig::default(),
+            schedule: ScheduleConfig::default(),
         }
     }
 }
@@ -232,6 +254,10 @@ pub struct Config {
     pub log_flood_window: Duration,
     /// The HTTP listener's limits.
     pub http: HttpLimits,
+    /// The schedule runs in this server.
+    pub schedule_enabled: bool,
+    /// How often it is looked at.
+    pub schedule_interval: Duration,
 }
 
 /// The validated `[http]` section.
@@ -286,7 +312,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
     "listen",
     "data_dir",
     "database_url",
@@ -296,6 +322,7 @@ const ENV_KEYS: [&str; 9] = [
     "history",
     "usage",
     "http",
+    "schedule",
 ];
 
 impl Config {
@@ -452,7 +479,10 @@ impl Config {
             });
         }
         let http = resolve_http(&raw.http, positive)?;
+        let schedule_interval = positive("schedule.interval", &raw.schedule.interval)?;
         Ok(Config {
+            schedule_enabled: raw.schedule.enabled,
+            schedule_interval,
             http,
             history_size: raw.history.size,
             log_flood_limit: raw.log.flood_limit,

@@ -60,6 +60,16 @@ pub async fn sweeper(state: Arc<AppState>, stop: watch::Receiver<bool>) {
     .await;
 }
 
+/// The rotation schedule: one [`crate::schedule::run_once`] every `schedule_interval` until
+/// `stop`. The first run is at start, so schedules missed while the server was down are caught
+/// up then (once: a due time is a function of the active version, not of missed periods).
+pub async fn scheduler(state: Arc<AppState>, stop: watch::Receiver<bool>) {
+    every(state.config.schedule_interval, stop, || async {
+        crate::schedule::run_once(&state).await;
+    })
+    .await;
+}
+
 /// Usage: a flush every `usage_flush_interval` until `stop`, then a last one.
 pub async fn usage(state: Arc<AppState>, stop: watch::Receiver<bool>) {
     every(state.config.usage_flush_interval, stop, || {

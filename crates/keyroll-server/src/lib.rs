@@ -16,6 +16,7 @@ pub mod listener;
 pub mod logging;
 pub mod observe;
 pub mod request_id;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod sweeper;
@@ -105,6 +106,10 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
         let observer = tokio::spawn(jobs::observer(Arc::clone(&state), stop_rx.clone()));
+        let scheduler = state
+            .config
+            .schedule_enabled
+            .then(|| tokio::spawn(jobs::scheduler(Arc::clone(&state), stop_rx.clone())));
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
         let app = http::router(Arc::clone(&state));
@@ -112,6 +117,9 @@ impl Server {
         // In-flight requests are done: stop the background tasks; the flusher writes a last batch.
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
+        }
         let _ = flusher.await;
         let _ = observer.await;
         tracing::info!(event = "server.stopped", "keyroll stopped");

@@ -52,6 +52,7 @@ async fn world_with(randomness: Randomness) -> World {
     let prod = EnvironmentRecord {
         name: Environment::parse("prod").unwrap(),
         protected: false,
+        rotate_after: None,
         created_at: t0(),
     };
     let actor = Actor::system("rq_setup".into());
@@ -103,6 +104,8 @@ async fn create(w: &World, request: &Request) -> Result<Answer, ServiceError> {
         scopes: vec![],
         owner: None,
         policy: Policy::default(),
+        schedule: Default::default(),
+        managed: false,
     };
     let params = json!({});
     let change = Change {

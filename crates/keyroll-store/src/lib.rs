@@ -52,6 +52,8 @@ pub struct EnvironmentRecord {
     pub name: Environment,
     /// Rotations need explicit confirmation.
     pub protected: bool,
+    /// A rotation here waits for the same consumer's completed rotation in this environment.
+    pub rotate_after: Option<Environment>,
     /// When it was created.
     pub created_at: Timestamp,
 }
@@ -277,6 +279,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Creates an environment. `AlreadyExists` if the name is taken.
     async fn create_environment(
+        &self,
+        env: &EnvironmentRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Changes an environment's settings (the record's `created_at` is ignored) with its audit
+    /// entry, in one transaction. `NotFound` if it does not exist.
+    async fn update_environment(
         &self,
         env: &EnvironmentRecord,
         audit: &AuditRecord,

@@ -11,9 +11,11 @@ use std::fmt;
 use std::time::Duration;
 
 use keyroll_core::{
-    Consumer, ConsumerName, Environment, Fingerprint, KeyVersion, Kid, OnStall, Policy,
-    RetirePolicy, Scope, SecretHash, StoredState, Timestamp, VersionNumber,
+    Consumer, ConsumerName, Delivery, Environment, Fingerprint, KeyVersion, Kid, ManagedSpec,
+    OnStall, Policy, RetirePolicy, Schedule, Scope, SecretHash, StoredState, Timestamp,
+    VersionNumber,
 };
+use serde_json::{Value, json};
 
 use crate::{StoreError, StoredConsumer};
 
@@ -21,7 +23,7 @@ use crate::{StoreError, StoredConsumer};
 macro_rules! consumer_columns {
     () => {
         "id, environment, name, scopes, owner, disabled, revision, created_at, retire_policy, \
-         idle_ms, on_stall"
+         idle_ms, on_stall, rotate_every_ms, rotation_grace_ms, delivery, managed_spec"
     };
 }
 pub(crate) use consumer_columns;
@@ -31,7 +33,7 @@ macro_rules! version_columns {
     () => {
         "consumer_id, version, kid, secret_hash, fingerprint, state, created_at, deadline, \
          expires_at, retired_at, revoked_at, revoke_reason, replaced_by, enforced, grace_ms, \
-         extended, unused_reported"
+         extended, unused_reported, due_raised, expiry_warned"
     };
 }
 pub(crate) use version_columns;
@@ -49,6 +51,10 @@ pub(crate) struct ConsumerColumns<'r> {
     pub retire_policy: &'r str,
     pub idle_ms: i64,
     pub on_stall: &'r str,
+    pub rotate_every_ms: Option<i64>,
+    pub rotation_grace_ms: Option<i64>,
+    pub delivery: &'r str,
+    pub managed_spec: Option<&'r str>,
 }
 
 /// Names a consumers row in `Corrupt` messages.
@@ -74,6 +80,21 @@ impl ConsumerColumns<'_> {
                     idle: duration(self.idle_ms, "idle_ms", place)?,
                     on_stall: on_stall(self.on_stall, place)?,
                 },
+                schedule: Schedule {
+                    rotate_every: self
+                        .rotate_every_ms
+                        .map(|v| duration(v, "rotate_every_ms", place))
+                        .transpose()?,
+                    grace: self
+                        .rotation_grace_ms
+                        .map(|v| duration(v, "rotation_grace_ms", place))
+                        .transpose()?,
+                    delivery: delivery(self.delivery, "delivery", place)?,
+                },
+                managed: self
+                    .managed_spec
+                    .map(|text| managed_spec(text, place))
+                    .transpose()?,
                 versions: Vec::new(),
             },
         })
@@ -99,6 +120,8 @@ pub(crate) struct VersionColumns<'r> {
     pub grace_ms: i64,
     pub extended: bool,
     pub unused_reported: bool,
+    pub due_raised: bool,
+    pub expiry_warned: bool,
 }
 
 /// Names a key_versions row in `Corrupt` messages.
@@ -130,6 +153,8 @@ impl VersionColumns<'_> {
             grace: duration(self.grace_ms, "grace_ms", place)?,
             extended: self.extended,
             unused_reported: self.unused_reported,
+            due_raised: self.due_raised,
+            expiry_warned: self.expiry_warned,
         };
         Ok((self.consumer_id, version))
     }
@@ -391,6 +416,111 @@ pub(crate) fn policy_values(
         format!("the idle window of {}", consumer.reference())
     })?;
     Ok((policy.retire.as_str(), idle, policy.on_stall.as_str()))
+}
+
+/// The schedule columns of a consumer: `rotate_every_ms, rotation_grace_ms, delivery,
+/// managed_spec`.
+pub(crate) type ScheduleValues = (Option<i64>, Option<i64>, &'static str, Option<String>);
+
+/// Writes a consumer's schedule and policy baseline.
+pub(crate) fn schedule_values(consumer: &Consumer) -> Result<ScheduleValues, StoreError> {
+    let ms = |d: Option<Duration>, what: &str| {
+        d.map(|d| duration_value(d, || format!("the {what} of {}", consumer.reference())))
+            .transpose()
+    };
+    let s = &consumer.schedule;
+    Ok((
+        ms(s.rotate_every, "rotation period")?,
+        ms(s.grace, "rotation grace")?,
+        s.delivery.as_str(),
+        consumer
+            .managed
+            .as_ref()
+            .map(|m| managed_spec_value(m, consumer))
+            .transpose()?,
+    ))
+}
+
+/// The policy baseline as JSON text: durations in milliseconds, names as text.
+fn managed_spec_value(m: &ManagedSpec, consumer: &Consumer) -> Result<String, StoreError> {
+    let ms = |d: Duration, what: &str| {
+        duration_value(d, || {
+            format!("the {what} of {}'s baseline", consumer.reference())
+        })
+    };
+    let optional = |d: Option<Duration>, what: &str| d.map(|d| ms(d, what)).transpose();
+    Ok(json!({
+        "scopes": m.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+        "owner": m.owner,
+        "retire": m.policy.retire.as_str(),
+        "idle_ms": ms(m.policy.idle, "idle window")?,
+        "on_stall": m.policy.on_stall.as_str(),
+        "rotate_every_ms": optional(m.schedule.rotate_every, "rotation period")?,
+        "grace_ms": optional(m.schedule.grace, "rotation grace")?,
+        "delivery": m.schedule.delivery.as_str(),
+    })
+    .to_string())
+}
+
+/// Reads the policy baseline written by [`schedule_values`].
+fn managed_spec(text: &str, place: Place<'_>) -> Result<ManagedSpec, StoreError> {
+    const COLUMN: &str = "managed_spec";
+    let bad = |what: &str| corrupt(place, COLUMN, format_args!("{what}"));
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let text_of = |key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(&format!("{key} is missing or not text")))
+    };
+    let ms_of = |key: &str| -> Result<Option<Duration>, StoreError> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(n) => n
+                .as_u64()
+                .map(|n| Some(Duration::from_millis(n)))
+                .ok_or_else(|| bad(&format!("{key} is not a number of milliseconds"))),
+        }
+    };
+    let scopes = v
+        .get("scopes")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("scopes is missing"))?
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .and_then(|s| Scope::parse(s).ok())
+                .ok_or_else(|| bad("a scope is not a valid scope"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ManagedSpec {
+        scopes,
+        owner: v.get("owner").and_then(Value::as_str).map(str::to_owned),
+        policy: Policy {
+            retire: retire_policy(text_of("retire")?, place)?,
+            idle: ms_of("idle_ms")?.ok_or_else(|| bad("idle_ms is missing"))?,
+            on_stall: on_stall(text_of("on_stall")?, place)?,
+        },
+        schedule: Schedule {
+            rotate_every: ms_of("rotate_every_ms")?,
+            grace: ms_of("grace_ms")?,
+            delivery: delivery(text_of("delivery")?, COLUMN, place)?,
+        },
+    })
+}
+
+/// Reads a delivery path.
+pub(crate) fn delivery(
+    value: &str,
+    column: &str,
+    place: Place<'_>,
+) -> Result<Delivery, StoreError> {
+    Delivery::parse(value).ok_or_else(|| {
+        corrupt(
+            place,
+            column,
+            format_args!("{value:?} is not agent, ci or manual"),
+        )
+    })
 }
 
 /// Reads an HTTP status.

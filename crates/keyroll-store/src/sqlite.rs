@@ -287,6 +287,14 @@ impl crate::Store for SqliteStore {
         self.environment_create(env, audit).await
     }
 
+    async fn update_environment(
+        &self,
+        env: &EnvironmentRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.environment_update(env, audit).await
+    }
+
     async fn list_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.environment_list().await
     }

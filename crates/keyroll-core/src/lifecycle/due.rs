@@ -199,6 +199,8 @@ mod tests {
             disabled: false,
             created_at: ts(0),
             policy,
+            schedule: Default::default(),
+            managed: None,
             versions: versions
                 .iter()
                 .enumerate()
@@ -219,6 +221,8 @@ mod tests {
                     grace: Duration::from_secs(v.grace_s),
                     extended: v.extended,
                     unused_reported: v.unused_reported,
+                    due_raised: false,
+                    expiry_warned: false,
                 })
                 .collect(),
         }

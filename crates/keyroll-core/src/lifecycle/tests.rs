@@ -280,6 +280,8 @@ fn creation_is_a_command_with_its_effects() {
             on_stall: OnStall::Retire,
             ..Policy::default()
         },
+        schedule: Default::default(),
+        managed: false,
     };
     let t = Consumer::created(spec, new_version(7), at(5));
     assert_eq!(
@@ -306,6 +308,7 @@ fn update_changes_only_what_it_names_and_says_so_once() {
                 scopes: Some(vec![Scope::parse("z").unwrap(), Scope::parse("z").unwrap()]),
                 owner: Some(None),
                 policy: None,
+                ..Default::default()
             }),
             &Usage::NONE,
             at(1),
@@ -324,6 +327,7 @@ fn update_changes_only_what_it_names_and_says_so_once() {
                 scopes: Some(vec![Scope::parse("z").unwrap()]),
                 owner: Some(None),
                 policy: None,
+                ..Default::default()
             }),
             &Usage::NONE,
             at(2),
@@ -714,4 +718,104 @@ fn extra_active_versions_name_all_but_the_newest() {
         broken.active_version().map(|v| v.number),
         Some(VersionNumber(2))
     );
+}
+
+#[test]
+fn a_due_rotation_and_a_near_expiry_are_raised_once_per_version() {
+    let c = consumer();
+    let t = c
+        .apply(Command::RaiseDue { due_at: at(10) }, &Usage::NONE, at(11))
+        .unwrap();
+    assert_eq!(
+        t.effects,
+        vec![Effect::Due {
+            version: VersionNumber(1),
+            due_at: at(10)
+        }]
+    );
+    let again = t
+        .consumer
+        .apply(Command::RaiseDue { due_at: at(10) }, &Usage::NONE, at(12))
+        .unwrap();
+    assert!(again.effects.is_empty(), "raised once per version");
+    let rotated = again
+        .consumer
+        .apply(rotate(60, 2), &Usage::NONE, at(13))
+        .unwrap();
+    let next = rotated
+        .consumer
+        .apply(Command::RaiseDue { due_at: at(20) }, &Usage::NONE, at(21))
+        .unwrap();
+    assert_eq!(
+        next.effects,
+        vec![Effect::Due {
+            version: VersionNumber(2),
+            due_at: at(20)
+        }],
+        "the new version's period raises its own"
+    );
+    let mut expiring = consumer();
+    expiring.versions[0].expires_at = Some(at(1000));
+    let w = expiring
+        .apply(
+            Command::WarnExpiring {
+                versions: vec![VersionNumber(1)],
+            },
+            &Usage::NONE,
+            at(900),
+        )
+        .unwrap();
+    assert_eq!(
+        w.effects,
+        vec![Effect::Expiring {
+            version: VersionNumber(1),
+            expires_at: at(1000)
+        }]
+    );
+    assert!(
+        w.consumer
+            .apply(
+                Command::WarnExpiring {
+                    versions: vec![VersionNumber(1)]
+                },
+                &Usage::NONE,
+                at(901)
+            )
+            .unwrap()
+            .effects
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_update_marked_managed_records_the_settings_after_it_as_the_baseline() {
+    let c = consumer();
+    let t = c
+        .apply(
+            Command::Update(ConsumerUpdate {
+                scopes: Some(vec![Scope::parse("x").unwrap()]),
+                managed: Some(true),
+                ..Default::default()
+            }),
+            &Usage::NONE,
+            at(1),
+        )
+        .unwrap();
+    let baseline = t.consumer.managed.clone().unwrap();
+    assert_eq!(baseline.scopes, vec![Scope::parse("x").unwrap()]);
+    assert_eq!(t.effects, vec![Effect::Updated]);
+    // An out-of-band change leaves the baseline where the policy put it: that is drift.
+    let drifted = t
+        .consumer
+        .apply(
+            Command::Update(ConsumerUpdate {
+                owner: Some(Some("someone".into())),
+                ..Default::default()
+            }),
+            &Usage::NONE,
+            at(2),
+        )
+        .unwrap();
+    assert_eq!(drifted.consumer.managed, Some(baseline));
+    assert_ne!(drifted.consumer.owner, t.consumer.owner);
 }

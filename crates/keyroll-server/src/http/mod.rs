@@ -11,6 +11,7 @@ pub mod forward_auth;
 pub mod keys;
 pub mod observe;
 pub mod openapi;
+pub mod schedule;
 pub mod status;
 pub mod tokens;
 
@@ -43,7 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/v1/environments/{name}",
-            get(admin::environments::get_environment),
+            get(admin::environments::get_environment)
+                .patch(admin::environments::update_environment),
         )
         .route(
             "/v1/consumers",
@@ -73,6 +75,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/consumers/{env}/{name}/versions/{version}/retire",
             post(admin::versions::retire),
         )
+        .route(
+            "/v1/consumers/{env}/{name}/preflight",
+            get(schedule::preflight),
+        )
+        .route("/v1/schedule", get(schedule::schedule))
         .route("/v1/keys/{kid}", get(keys::get_key))
         .route("/v1/verify", post(forward_auth::verify_json))
         .route("/v1/status", get(status::status))

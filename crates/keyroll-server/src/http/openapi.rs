@@ -29,6 +29,9 @@ use crate::http::{admin, forward_auth};
         admin::environments::create_environment,
         admin::environments::list_environments,
         admin::environments::get_environment,
+        admin::environments::update_environment,
+        crate::http::schedule::schedule,
+        crate::http::schedule::preflight,
         admin::consumers::create_consumer,
         admin::consumers::list_consumers,
         admin::consumers::get_consumer,
@@ -167,6 +170,7 @@ fn links(path: &str, item: &mut Map<String, Value>) {
         "/v1/consumers" => (
             &[
                 "get_consumer",
+                "preflight",
                 "update_consumer",
                 "rotate",
                 "disable",
@@ -181,7 +185,7 @@ fn links(path: &str, item: &mut Map<String, Value>) {
             }),
         ),
         "/v1/environments" => (
-            &["get_environment"][..],
+            &["get_environment", "update_environment"][..],
             json!({ "name": "$response.body#/name" }),
         ),
         "/v1/tokens" => (
@@ -409,6 +413,25 @@ fn body_rules(schemas: &mut Map<String, Value>) {
         ("CreateToken", "scopes", admin_scopes),
         ("CreateToken", "expires_in", nullable(POSITIVE_DURATION)),
     ];
+    let delivery = json!({ "type": ["string", "null"], "enum": ["agent", "ci", "manual", null] });
+    let schedule: [(&str, &str, Value); 8] = [
+        (
+            "CreateConsumer",
+            "rotate_every",
+            nullable(POSITIVE_DURATION),
+        ),
+        ("CreateConsumer", "grace", nullable(POSITIVE_DURATION)),
+        ("CreateConsumer", "delivery", delivery.clone()),
+        (
+            "UpdateConsumer",
+            "rotate_every",
+            nullable(POSITIVE_DURATION),
+        ),
+        ("UpdateConsumer", "grace", nullable(POSITIVE_DURATION)),
+        ("UpdateConsumer", "delivery", delivery),
+        ("CreateEnvironment", "rotate_after", nullable(ENVIRONMENT)),
+        ("UpdateEnvironment", "rotate_after", nullable(ENVIRONMENT)),
+    ];
     let more: [(&str, &str, Value); 3] = [
         (
             "RevokeToken",
@@ -418,7 +441,7 @@ fn body_rules(schemas: &mut Map<String, Value>) {
         ("RotateToken", "overlap", nullable(DURATION)),
         ("VerifyRequest", "environment", nullable(ENVIRONMENT)),
     ];
-    for (schema, field, rule) in rules.into_iter().chain(more) {
+    for (schema, field, rule) in rules.into_iter().chain(more).chain(schedule) {
         if let Some(prop) = schemas
             .get_mut(schema)
             .and_then(|s| s.get_mut("properties"))
@@ -526,7 +549,7 @@ mod tests {
             .filter_map(|(_, _, op)| op["operationId"].as_str().map(str::to_owned))
             .collect();
         let created = &doc["paths"]["/v1/consumers"]["post"]["responses"]["201"]["links"];
-        assert_eq!(created.as_object().map(Map::len), Some(7));
+        assert_eq!(created.as_object().map(Map::len), Some(8));
         for (path, status) in [("/v1/consumers", "201"), ("/v1/tokens", "201")] {
             let links = &doc["paths"][path]["post"]["responses"][status]["links"];
             for (name, link) in links.as_object().into_iter().flatten() {

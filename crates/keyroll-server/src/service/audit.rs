@@ -27,6 +27,15 @@ impl Actor {
         }
     }
 
+    /// The schedule's runner (`rotation.due`, `key.expiring`), under a fresh request id.
+    pub fn scheduler(request_id: String) -> Actor {
+        Actor {
+            id: "scheduler".into(),
+            request_id,
+            remote_addr: None,
+        }
+    }
+
     /// An audit record of `action` on `target` by this actor at `at`.
     pub fn audit(
         &self,
@@ -96,7 +105,27 @@ pub fn effect_detail(
                 "retire": consumer.policy.retire.as_str(),
                 "idle": keyroll_core::format_duration(consumer.policy.idle),
                 "on_stall": consumer.policy.on_stall.as_str(),
+                "rotate_every": consumer.schedule.rotate_every.map(keyroll_core::format_duration),
+                "grace": consumer.schedule.grace.map(keyroll_core::format_duration),
+                "delivery": consumer.schedule.delivery.as_str(),
+                "managed": consumer.managed.is_some(),
             }),
+        ),
+        Effect::Due { version, due_at } => on_version(
+            *version,
+            json!({
+                "kid": kid(*version),
+                "due_at": rfc3339(*due_at),
+                "delivery": consumer.schedule.delivery.as_str(),
+                "rotate_every": consumer.schedule.rotate_every.map(keyroll_core::format_duration),
+            }),
+        ),
+        Effect::Expiring {
+            version,
+            expires_at,
+        } => on_version(
+            *version,
+            json!({ "kid": kid(*version), "expires_at": rfc3339(*expires_at) }),
         ),
         Effect::Disabled | Effect::Enabled => (reference.to_owned(), None, json!({})),
     }
@@ -160,6 +189,8 @@ mod tests {
                 scopes: vec![Scope::parse("read").unwrap()],
                 owner: Some("team".into()),
                 policy: Default::default(),
+                schedule: Default::default(),
+                managed: false,
             },
             NewVersion {
                 kid: key.kid,

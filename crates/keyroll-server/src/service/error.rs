@@ -25,6 +25,10 @@ pub enum ServiceError {
         /// When its first request was answered.
         first_used: Timestamp,
     },
+    /// The request is well-formed but cannot be applied as it is (a schedule whose grace
+    /// outlasts its period, an ordering rule that would form a cycle); the text says why.
+    #[error("{0}")]
+    Invalid(String),
     /// A protected environment's change was not confirmed (the text says how to confirm).
     #[error("{0}")]
     ConfirmationRequired(String),

@@ -12,6 +12,7 @@
 pub mod audit;
 mod consumers;
 mod effects;
+mod environments;
 pub mod error;
 pub mod idempotency;
 pub mod tokens;
@@ -20,11 +21,11 @@ use keyroll_core::{
     Consumer, ConsumerRef, Effect, Environment, IssuedKey, NewVersion, Timestamp, VersionNumber,
     issue_key,
 };
-use keyroll_store::EnvironmentRecord;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub use audit::Actor;
 pub use consumers::{change, create_consumer, rotate, settle};
+pub use environments::{EnvironmentChange, create_environment, update_environment};
 pub use error::ServiceError;
 pub use idempotency::{Idempotency, Replayed};
 
@@ -139,6 +140,24 @@ pub fn issue(
     Ok((key, v))
 }
 
+/// The grace a rotation of `r` gets when the request names none: the consumer's scheduled
+/// grace if it has one, else the server's `[rotation] default_grace`.
+pub async fn default_grace(
+    state: &AppState,
+    r: &ConsumerRef,
+) -> Result<std::time::Duration, ServiceError> {
+    let stored = state
+        .store
+        .get_consumer(r)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("consumer {r} does not exist")))?;
+    Ok(stored
+        .consumer
+        .schedule
+        .grace
+        .unwrap_or(state.config.default_grace))
+}
+
 /// Refuses a change in a protected environment that was not confirmed.
 pub async fn require_confirmation(
     state: &AppState,
@@ -167,28 +186,4 @@ pub async fn require_confirmation(
          --yes (CLI) or \"confirm\": true in the JSON body.{urgency}",
         r.environment
     )))
-}
-
-/// Creates an environment (audited).
-pub async fn create_environment(
-    state: &AppState,
-    actor: &Actor,
-    name: Environment,
-    protected: bool,
-) -> Result<EnvironmentRecord, ServiceError> {
-    let at = state.clock.now();
-    let record = EnvironmentRecord {
-        name: name.clone(),
-        protected,
-        created_at: at,
-    };
-    let audit = actor.audit(
-        at,
-        "environment.created",
-        format!("environment {name}"),
-        &json!({ "protected": protected }),
-    );
-    state.store.create_environment(&record, &audit).await?;
-    tracing::info!(event = "environment.created", environment = %name, actor = actor.id.as_str(), "environment {name} created");
-    Ok(record)
 }

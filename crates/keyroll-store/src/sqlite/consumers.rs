@@ -34,14 +34,16 @@ use crate::{
 /// Only rows whose key material is unchanged are updated (see `upsert_versions`).
 const UPSERT_VERSION: &str = "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, \
      fingerprint, state, created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, \
-     replaced_by, enforced, grace_ms, extended, unused_reported) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+     replaced_by, enforced, grace_ms, extended, unused_reported, due_raised, expiry_warned) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+     ?19) \
      ON CONFLICT (consumer_id, version) DO UPDATE SET state = excluded.state, \
      deadline = excluded.deadline, expires_at = excluded.expires_at, \
      retired_at = excluded.retired_at, revoked_at = excluded.revoked_at, \
      revoke_reason = excluded.revoke_reason, replaced_by = excluded.replaced_by, \
      enforced = excluded.enforced, grace_ms = excluded.grace_ms, extended = excluded.extended, \
-     unused_reported = excluded.unused_reported \
+     unused_reported = excluded.unused_reported, due_raised = excluded.due_raised, \
+     expiry_warned = excluded.expiry_warned \
      WHERE key_versions.kid = excluded.kid AND key_versions.secret_hash = excluded.secret_hash \
      AND key_versions.fingerprint = excluded.fingerprint \
      AND key_versions.created_at = excluded.created_at";
@@ -120,11 +122,14 @@ impl SqliteStore {
         let doing = format!("creating consumer {reference}");
         let created_at = consumer.created_at.unix_millis();
         let (retire_policy, idle_ms, on_stall) = rows::policy_values(consumer)?;
+        let (rotate_every_ms, rotation_grace_ms, delivery, managed_spec) =
+            rows::schedule_values(consumer)?;
         let mut tx = self.begin_write(&doing).await?;
         let inserted = sqlx::query(
             "INSERT INTO consumers (environment, name, scopes, owner, disabled, revision, \
-             created_at, updated_at, retire_policy, idle_ms, on_stall) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6, ?7, ?8, ?9)",
+             created_at, updated_at, retire_policy, idle_ms, on_stall, rotate_every_ms, \
+             rotation_grace_ms, delivery, managed_spec) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .bind(consumer.environment.as_str())
         .bind(consumer.name.as_str())
@@ -135,6 +140,10 @@ impl SqliteStore {
         .bind(retire_policy)
         .bind(idle_ms)
         .bind(on_stall)
+        .bind(rotate_every_ms)
+        .bind(rotation_grace_ms)
+        .bind(delivery)
+        .bind(managed_spec)
         .execute(&mut *tx)
         .await
         .map_err(|e| match violation(&e) {
@@ -191,6 +200,8 @@ impl SqliteStore {
         let consumer = write.consumer;
         let doing = format!("writing consumer {}", consumer.reference());
         let (retire_policy, idle_ms, on_stall) = rows::policy_values(consumer)?;
+        let (rotate_every_ms, rotation_grace_ms, delivery, managed_spec) =
+            rows::schedule_values(consumer)?;
         let mut tx = self.begin_write(&doing).await?;
         // `updated_at` is the time of the latest audited change this write carries; a write
         // without audit entries leaves it as it was rather than reading a clock here.
@@ -198,7 +209,8 @@ impl SqliteStore {
         let updated = sqlx::query(
             "UPDATE consumers SET scopes = ?1, owner = ?2, disabled = ?3, \
              revision = revision + 1, updated_at = COALESCE(?4, updated_at), \
-             retire_policy = ?9, idle_ms = ?10, on_stall = ?11 \
+             retire_policy = ?9, idle_ms = ?10, on_stall = ?11, rotate_every_ms = ?12, \
+             rotation_grace_ms = ?13, delivery = ?14, managed_spec = ?15 \
              WHERE id = ?5 AND environment = ?6 AND name = ?7 AND revision = ?8",
         )
         .bind(rows::join_scopes(&consumer.scopes))
@@ -212,6 +224,10 @@ impl SqliteStore {
         .bind(retire_policy)
         .bind(idle_ms)
         .bind(on_stall)
+        .bind(rotate_every_ms)
+        .bind(rotation_grace_ms)
+        .bind(delivery)
+        .bind(managed_spec)
         .execute(&mut *tx)
         .await
         .map_err(|e| self.fail(&doing, e))?;
@@ -320,6 +336,8 @@ impl SqliteStore {
                 .bind(grace)
                 .bind(v.extended)
                 .bind(v.unused_reported)
+                .bind(v.due_raised)
+                .bind(v.expiry_warned)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| match violation(&e) {

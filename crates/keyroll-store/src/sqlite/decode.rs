@@ -49,6 +49,10 @@ pub(super) fn consumer_from_row(row: &SqliteRow) -> Result<StoredConsumer, Store
         retire_policy: get(row, 8, place)?,
         idle_ms: get(row, 9, place)?,
         on_stall: get(row, 10, place)?,
+        rotate_every_ms: get(row, 11, place)?,
+        rotation_grace_ms: get(row, 12, place)?,
+        delivery: get(row, 13, place)?,
+        managed_spec: get(row, 14, place)?,
     };
     columns.validate(place)
 }
@@ -79,11 +83,13 @@ pub(super) fn version_from_row(row: &SqliteRow) -> Result<(i64, KeyVersion), Sto
         grace_ms: get(row, 14, place)?,
         extended: get(row, 15, place)?,
         unused_reported: get(row, 16, place)?,
+        due_raised: get(row, 17, place)?,
+        expiry_warned: get(row, 18, place)?,
     };
     columns.validate(place)
 }
 
-/// An `environments` row: `name, protected, created_at`.
+/// An `environments` row: `name, protected, created_at, rotate_after`.
 pub(super) fn environment_from_row(row: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
     let table = || "environments row".to_owned();
     let name: &str = get(row, 0, &table)?;
@@ -93,6 +99,9 @@ pub(super) fn environment_from_row(row: &SqliteRow) -> Result<EnvironmentRecord,
         name: rows::environment(name, "name", place)?,
         protected: get(row, 1, place)?,
         created_at: Timestamp::from_unix_millis(get(row, 2, place)?),
+        rotate_after: get::<Option<&str>>(row, 3, place)?
+            .map(|e| rows::environment(e, "rotate_after", place))
+            .transpose()?,
     })
 }
 

@@ -153,6 +153,10 @@ fn consumer(row: &Row<'_>) -> Result<StoredConsumer, StoreError> {
         retire_policy: text(row, 8, place)?,
         idle_ms: int(row, 9, place)?,
         on_stall: text(row, 10, place)?,
+        rotate_every_ms: optional(row, 11, place, int)?,
+        rotation_grace_ms: optional(row, 12, place, int)?,
+        delivery: text(row, 13, place)?,
+        managed_spec: optional(row, 14, place, text)?,
     };
     columns.validate(place)
 }
@@ -181,6 +185,8 @@ fn version(row: &Row<'_>) -> Result<(i64, keyroll_core::KeyVersion), StoreError>
         grace_ms: int(row, 14, place)?,
         extended: flag(row, 15, place)?,
         unused_reported: flag(row, 16, place)?,
+        due_raised: flag(row, 17, place)?,
+        expiry_warned: flag(row, 18, place)?,
     };
     columns.validate(place)
 }

@@ -166,6 +166,7 @@ async fn make_env(store: &dyn Store, name: &str, protected: bool) {
     let record = EnvironmentRecord {
         name: env(name),
         protected,
+        rotate_after: None,
         created_at: at(1_000),
     };
     store
@@ -255,13 +256,7 @@ async fn apply_with(
 
 /// The outbox event for an effect.
 pub fn event(when: i64, effect: &Effect, consumer: &str) -> EventRecord {
-    let version = match effect {
-        Effect::Issued(v) | Effect::Unused(v) | Effect::Revoked(v) => Some(v.0),
-        Effect::Retiring { version, .. }
-        | Effect::Retired { version, .. }
-        | Effect::Stalled { version, .. } => Some(version.0),
-        Effect::Disabled | Effect::Enabled | Effect::Created | Effect::Updated => None,
-    };
+    let version = effect.version().map(|v| v.0);
     EventRecord {
         seq: 0,
         at: at(when),
@@ -342,6 +337,7 @@ pub async fn environments_create_list_get_duplicate(store: &dyn Store) {
         Some(EnvironmentRecord {
             name: env("prod"),
             protected: true,
+            rotate_after: None,
             created_at: at(1_000)
         })
     );
@@ -358,6 +354,7 @@ pub async fn environments_create_list_get_duplicate(store: &dyn Store) {
     let again = EnvironmentRecord {
         name: env("prod"),
         protected: false,
+        rotate_after: None,
         created_at: at(5),
     };
     let err = store

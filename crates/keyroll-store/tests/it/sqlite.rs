@@ -210,6 +210,7 @@ async fn a_read_only_database_refuses_writes_as_unavailable() {
     let record = EnvironmentRecord {
         name: env("prod"),
         protected: false,
+        rotate_after: None,
         created_at: conformance::at(1),
     };
     let err = store
@@ -271,6 +272,7 @@ async fn reopening_keeps_data_and_settings() {
     let record = EnvironmentRecord {
         name: env("prod"),
         protected: true,
+        rotate_after: None,
         created_at: conformance::at(7),
     };
     backend
@@ -351,6 +353,7 @@ async fn the_audit_log_and_the_outbox_are_append_only() {
     let record = EnvironmentRecord {
         name: env("prod"),
         protected: false,
+        rotate_after: None,
         created_at: conformance::at(1),
     };
     backend
@@ -451,6 +454,7 @@ async fn damaged_rows_are_reported_as_corrupt_with_what_is_wrong() {
         let record = EnvironmentRecord {
             name: env("prod"),
             protected: false,
+            rotate_after: None,
             created_at: conformance::at(1),
         };
         store
@@ -918,6 +922,7 @@ async fn writes_work_again_once_a_full_disk_has_space() {
             let record = EnvironmentRecord {
                 name: env(&name),
                 protected: false,
+                rotate_after: None,
                 created_at: conformance::at(n),
             };
             let audit = audit(n, "environment.created", &format!("environment {name}"));
@@ -989,6 +994,7 @@ async fn a_deleted_or_replaced_database_file_refuses_writes_and_fails_the_ping()
         let record = EnvironmentRecord {
             name: env(name),
             protected: false,
+            rotate_after: None,
             created_at: conformance::at(n),
         };
         let audit = audit(n, "environment.created", &format!("environment {name}"));
@@ -1029,6 +1035,7 @@ async fn the_installation_id_is_recorded_once_and_emptiness_reported() {
     let record = EnvironmentRecord {
         name: env("prod"),
         protected: false,
+        rotate_after: None,
         created_at: conformance::at(1),
     };
     store

@@ -248,6 +248,8 @@ mod probe {
                         idle: Duration::from_secs(*idle_s),
                         on_stall: OnStall::Extend,
                     },
+                    schedule: Default::default(),
+                    managed: None,
                     versions: versions
                         .iter()
                         .enumerate()
@@ -268,6 +270,8 @@ mod probe {
                             grace: Duration::from_secs(v.grace_s),
                             extended: v.extended,
                             unused_reported: v.unused_reported,
+                            due_raised: false,
+                            expiry_warned: false,
                         })
                         .collect(),
                 };

@@ -7,12 +7,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
-use keyroll_core::{Command, ConsumerSpec, ConsumerUpdate, Environment, Policy};
+use keyroll_core::{Command, ConsumerSpec, ConsumerUpdate, Environment, Policy, Schedule};
 use keyroll_proto as proto;
 use serde_json::{Value, json};
 
 use super::render::consumer_json;
-use super::{Caller, PolicyFields, consumer_ref, expiry, name_error, owner, respond, scopes};
+use super::{
+    Caller, PolicyFields, ScheduleFields, consumer_ref, expiry, name_error, owner, respond, scopes,
+};
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, ApiPath};
 use crate::service::{self, Change, Planned};
@@ -44,9 +46,20 @@ pub async fn create_consumer(
             req.on_stall.as_deref(),
         )?
         .apply(Policy::default()),
+        schedule: ScheduleFields::parse(
+            Some(req.rotate_every.as_deref()),
+            Some(req.grace.as_deref()),
+            req.delivery.as_deref(),
+        )?
+        .apply(Schedule::default())?,
+        managed: req.managed,
     };
     let expires_in = expiry("expires_in", req.expires_in.as_deref())?;
-    let params = json!({ "scopes": req.scopes, "owner": spec.owner, "expires_in": req.expires_in });
+    let params = json!({
+        "scopes": req.scopes, "owner": spec.owner, "expires_in": req.expires_in,
+        "rotate_every": req.rotate_every, "grace": req.grace, "delivery": req.delivery,
+        "managed": req.managed,
+    });
     let change = Change {
         command: "consumer.create",
         params: &params,
@@ -126,7 +139,12 @@ pub async fn get_consumer(
     )))
 }
 
-/// `PATCH /v1/consumers/{env}/{name}`: scopes, owner.
+/// A schedule refused against the stored one, as the service's rejection.
+fn invalid_schedule(e: ApiError) -> service::ServiceError {
+    service::ServiceError::Invalid(e.detail)
+}
+
+/// `PATCH /v1/consumers/{env}/{name}`: scopes, owner, policy, schedule, delivery, baseline.
 #[utoipa::path(patch, path = "/v1/consumers/{env}/{name}", tag = "consumers", request_body = proto::UpdateConsumer,
     params(("env" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem),
@@ -155,7 +173,17 @@ pub async fn update_consumer(
         u.idle.as_deref(),
         u.on_stall.as_deref(),
     )?;
-    let params = json!({ "scopes": u.scopes, "owner": u.owner, "retire": u.retire, "idle": u.idle, "on_stall": u.on_stall });
+    let schedule = ScheduleFields::parse(
+        u.rotate_every.as_ref().map(Option::as_deref),
+        u.grace.as_ref().map(Option::as_deref),
+        u.delivery.as_deref(),
+    )?;
+    let params = json!({
+        "scopes": u.scopes, "owner": u.owner, "retire": u.retire, "idle": u.idle,
+        "on_stall": u.on_stall, "rotate_every": u.rotate_every, "grace": u.grace,
+        "delivery": u.delivery, "managed": u.managed,
+    });
+    let managed = u.managed;
     let change = Change {
         command: "consumer.update",
         params: &params,
@@ -171,6 +199,12 @@ pub async fn update_consumer(
                 scopes: new_scopes.clone(),
                 owner: new_owner.clone(),
                 policy: (!policy.is_empty()).then(|| policy.apply(c.policy)),
+                schedule: if schedule.is_empty() {
+                    None
+                } else {
+                    Some(schedule.apply(c.schedule).map_err(invalid_schedule)?)
+                },
+                managed,
             };
             Ok(Planned::from_transition(c.apply(
                 Command::Update(update),

@@ -23,8 +23,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyroll_core::{
-    ConsumerName, ConsumerRef, Environment, LifecycleError, OnStall, Policy, RetirePolicy, Scope,
-    VersionNumber, parse_duration, rfc3339,
+    ConsumerName, ConsumerRef, Delivery, Environment, LifecycleError, OnStall, Policy,
+    RetirePolicy, Schedule, Scope, VersionNumber, parse_duration, rfc3339,
 };
 
 use crate::http::ApiError;
@@ -60,6 +60,9 @@ impl From<ServiceError> for ApiError {
             ),
             // 428: the request is right but needs a precondition, and retrying it with the
             // confirmation is the whole fix.
+            ServiceError::Invalid(detail) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
+            }
             ServiceError::ConfirmationRequired(detail) => ApiError::new(
                 StatusCode::PRECONDITION_REQUIRED,
                 "confirmation_required",
@@ -163,11 +166,11 @@ fn respond(answer: Answer, status: StatusCode, location: Option<String>) -> Resp
     }
 }
 
-fn name_error(e: keyroll_core::NameError) -> ApiError {
+pub(crate) fn name_error(e: keyroll_core::NameError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
-fn consumer_ref(env: &str, name: &str) -> Result<ConsumerRef, ApiError> {
+pub(crate) fn consumer_ref(env: &str, name: &str) -> Result<ConsumerRef, ApiError> {
     Ok(ConsumerRef {
         environment: Environment::parse(env).map_err(name_error)?,
         name: ConsumerName::parse(name).map_err(name_error)?,
@@ -310,6 +313,81 @@ impl PolicyFields {
             idle: self.idle.unwrap_or(base.idle),
             on_stall: self.on_stall.unwrap_or(base.on_stall),
         }
+    }
+}
+
+/// The schedule fields a request names: `Some(None)` clears a duration.
+#[derive(Debug, Clone, Copy, Default)]
+struct ScheduleFields {
+    rotate_every: Option<Option<Duration>>,
+    grace: Option<Option<Duration>>,
+    delivery: Option<Delivery>,
+}
+
+impl ScheduleFields {
+    fn parse(
+        rotate_every: Option<Option<&str>>,
+        grace: Option<Option<&str>>,
+        delivery: Option<&str>,
+    ) -> Result<ScheduleFields, ApiError> {
+        let positive = |field: &str, text: &str| {
+            let d = duration(field, text)?;
+            if d.is_zero() {
+                return Err(ApiError::bad_request(format!(
+                    "{field}: must be longer than 0 (leave it out, or send null, for none)"
+                )));
+            }
+            Ok(d)
+        };
+        let rotate_every = rotate_every
+            .map(|v| v.map(|t| positive("rotate_every", t)).transpose())
+            .transpose()?;
+        let grace = grace
+            .map(|v| v.map(|t| positive("grace", t)).transpose())
+            .transpose()?;
+        let delivery = delivery
+            .map(|d| {
+                Delivery::parse(d).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "delivery: {d:?} is not a delivery path; expected agent, ci or manual"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(ScheduleFields {
+            rotate_every,
+            grace,
+            delivery,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rotate_every.is_none() && self.grace.is_none() && self.delivery.is_none()
+    }
+
+    /// `base` with the named fields replaced; the grace of a scheduled rotation must end before
+    /// the next one falls due, or every rotation would start inside the previous one's window.
+    fn apply(self, base: Schedule) -> Result<Schedule, ApiError> {
+        let s = Schedule {
+            rotate_every: self.rotate_every.unwrap_or(base.rotate_every),
+            grace: self.grace.unwrap_or(base.grace),
+            delivery: self.delivery.unwrap_or(base.delivery),
+        };
+        if let Some(every) = s.rotate_every
+            && s.grace_or_default() >= every
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_schedule",
+                format!(
+                    "grace ({}) must be shorter than rotate_every ({}): the old key must retire \
+                     before the next rotation falls due",
+                    keyroll_core::format_duration(s.grace_or_default()),
+                    keyroll_core::format_duration(every)
+                ),
+            ));
+        }
+        Ok(s)
     }
 }
 

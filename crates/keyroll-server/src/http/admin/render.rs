@@ -2,9 +2,11 @@
 //! knows of their use.
 
 use keyroll_core::{
-    Consumer, KeyVersion, Policy, Timestamp, extension_if_stalled, is_extended_at, rfc3339,
+    Consumer, KeyVersion, ManagedSpec, Policy, Timestamp, extension_if_stalled, format_duration,
+    is_extended_at, rfc3339,
 };
 use keyroll_proto as proto;
+use keyroll_store::EnvironmentRecord;
 use keyroll_verify::index::Index;
 
 /// A version as the API shows it at `now`.
@@ -45,12 +47,40 @@ pub fn consumer_json(c: &Consumer, index: &Index, now: Timestamp) -> proto::Cons
         disabled: c.disabled,
         created_at: rfc3339(c.created_at),
         retire: c.policy.retire.as_str().into(),
-        idle: keyroll_core::format_duration(c.policy.idle),
+        idle: format_duration(c.policy.idle),
         on_stall: c.policy.on_stall.as_str().into(),
+        rotate_every: c.schedule.rotate_every.map(format_duration),
+        grace: c.schedule.grace.map(format_duration),
+        delivery: c.schedule.delivery.as_str().into(),
+        managed: c.managed.as_ref().map(managed_json),
         versions: c
             .versions
             .iter()
             .map(|v| version_json(v, &c.policy, index.last_used(&v.kid), now))
             .collect(),
+    }
+}
+
+/// The settings a policy `apply` left a consumer with.
+pub fn managed_json(m: &ManagedSpec) -> proto::ManagedSettings {
+    proto::ManagedSettings {
+        scopes: m.scopes.iter().map(ToString::to_string).collect(),
+        owner: m.owner.clone(),
+        retire: m.policy.retire.as_str().into(),
+        idle: format_duration(m.policy.idle),
+        on_stall: m.policy.on_stall.as_str().into(),
+        rotate_every: m.schedule.rotate_every.map(format_duration),
+        grace: m.schedule.grace.map(format_duration),
+        delivery: m.schedule.delivery.as_str().into(),
+    }
+}
+
+/// An environment as the API shows it.
+pub fn environment_json(e: &EnvironmentRecord) -> proto::Environment {
+    proto::Environment {
+        name: e.name.to_string(),
+        protected: e.protected,
+        rotate_after: e.rotate_after.as_ref().map(ToString::to_string),
+        created_at: rfc3339(e.created_at),
     }
 }

@@ -39,7 +39,7 @@ pub async fn rotate(
     let r = consumer_ref(&env, &name)?;
     let grace = match body.value.grace.as_deref() {
         Some(g) => duration("grace", g)?,
-        None => state.config.default_grace,
+        None => service::default_grace(&state, &r).await?,
     };
     let expires_in = expiry("expires_in", body.value.expires_in.as_deref())?;
     // The new key must outlive the grace window, or it expires while the old one (which it
