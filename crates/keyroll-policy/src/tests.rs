@@ -571,7 +571,13 @@ fn the_schedule_is_shown_but_never_a_change() {
         entry(
             "staging/partner-feed",
             "scheduled",
-            Some("2026-12-10T00:00:00Z"),
+            Some("2026-12-10T00:00:00.61Z"),
+            vec![],
+        ),
+        entry(
+            "prod/partner-feed",
+            "scheduled",
+            Some("2026-12-10T00:00:00.614Z"),
             vec![],
         ),
         entry(
@@ -589,7 +595,14 @@ fn the_schedule_is_shown_but_never_a_change() {
     assert!(!p.has_changes());
     assert_eq!(p.rotations_due.len(), 1);
     let next: Vec<&str> = p.next_due.iter().map(|d| d.consumer.as_str()).collect();
-    assert_eq!(next, ["staging/partner-feed", "prod/deploy-bot"]);
+    assert_eq!(
+        next,
+        [
+            "staging/partner-feed",
+            "prod/partner-feed",
+            "prod/deploy-bot"
+        ]
+    );
     let shown = render(&p, "policy.toml");
     assert!(shown.contains("Rotations due now"), "{shown}");
     assert!(
@@ -599,7 +612,7 @@ fn the_schedule_is_shown_but_never_a_change() {
         "{shown}"
     );
     assert!(
-        shown.contains("Next rotations:\n  2026-12-10T00:00:00Z  staging/partner-feed\n"),
+        shown.contains("Next rotations:\n  2026-12-10T00:00:00.61Z  staging/partner-feed\n  2026-12-10T00:00:00.614Z  prod/partner-feed\n"),
         "{shown}"
     );
 }
