@@ -380,9 +380,14 @@ fn schedule(live: &LiveState, p: &mut Plan) {
             _ => {}
         }
     }
-    // RFC 3339 UTC strings of one format sort by time.
-    p.next_due
-        .sort_by(|a, b| a.at.cmp(&b.at).then(a.consumer.cmp(&b.consumer)));
+    // By time, not by text: RFC 3339 strings with fractions of varying length (`.61Z`,
+    // `.614Z`) do not sort as text.
+    p.next_due.sort_by_cached_key(|d| {
+        (
+            d.at.as_deref().and_then(keyroll_core::parse_rfc3339),
+            d.consumer.clone(),
+        )
+    });
     p.rotations_due.sort_by(|a, b| a.consumer.cmp(&b.consumer));
     p.blocked.sort_by(|a, b| a.consumer.cmp(&b.consumer));
 }
