@@ -309,3 +309,88 @@ fn prune_disables_only_managed_consumers_the_file_no_longer_names() {
     assert!(!show.stdout.contains("(DISABLED)"), "{}", show.stdout);
     assert_eq!(s_.cli(&["plan", "-f", s(&policy), "--prune"]).code, 0);
 }
+
+/// Runs `keyroll ARGS` on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_a_terminal(s_: &harness::Server, args: &[&str], answer: &str) -> harness::Run {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let line: Vec<String> = std::iter::once(harness::BIN.to_owned())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect();
+    let mut child = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("KEYROLL_SERVER", s_.url())
+        .env("KEYROLL_DATA_DIR", s_.data_dir())
+        .env_remove("KEYROLL_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    harness::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn on_a_terminal_apply_asks_and_only_yes_approves() {
+    if !harness::require_program("script", "apt-get install util-linux") {
+        return;
+    }
+    let s_ = harness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.toml", &example());
+    let keys = dir.path().join("keys");
+    let args = ["apply", "-f", s(&policy), "--out-dir", s(&keys)];
+    let r = on_a_terminal(&s_, &args, "no\n");
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Only 'yes' approves"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("the plan was not approved; nothing was changed"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s_.cli(&["plan", "-f", s(&policy)]).code, 2);
+    let r = on_a_terminal(&s_, &args, "yes\n");
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Applied 7 changes."), "{}", r.stdout);
+    assert_eq!(s_.cli(&["plan", "-f", s(&policy)]).code, 0);
+}
+
+#[test]
+fn a_failure_midway_says_what_was_done_and_what_was_not() {
+    let s_ = harness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.toml", &example());
+    let plan_json = dir.path().join("plan.json");
+    let r = s_.cli(&["plan", "-f", s(&policy), "--out", s(&plan_json)]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    // A plan edited by hand after review: its third consumer names an environment that will
+    // not exist. The pin still matches, so apply starts, and stops there.
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_json).unwrap()).unwrap();
+    saved["plan"]["consumers_to_create"][2]["environment"] = "qa".into();
+    std::fs::write(&plan_json, saved.to_string()).unwrap();
+    let r = s_.cli(&["apply", s(&plan_json), "--yes"]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("Created prod/billing-app"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("apply stopped at step 5 of 7 (create qa/deploy-bot); the 4 before it were made (listed above); not done: create prod/deploy-bot, create prod/partner-feed"),
+        "{}",
+        r.stderr
+    );
+}
