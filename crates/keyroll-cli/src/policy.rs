@@ -330,7 +330,11 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Res
         (None, None) => return Err(usage("give a saved plan (PLAN.json) or -f FILE")),
     };
     if !plan.has_changes() {
-        say!("No changes: the live state matches {file}.")?;
+        if out.json {
+            say!("{}", serde_json::json!({ "applied": 0, "results": [] }))?;
+        } else {
+            say!("No changes: the live state matches {file}.")?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let keys: Vec<PathBuf> = match &args.out_dir {
