@@ -4,7 +4,9 @@
 
 mod decisions;
 mod exit;
+mod keyfiles;
 mod output;
+mod policy;
 mod scan;
 mod status;
 mod token;
@@ -206,6 +208,14 @@ enum Cmd {
     /// Admin tokens: create (shown once), list, revoke, rotate with an overlap.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// Policy files (policy as code): `keyroll policy check -f FILE` validates one offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// What applying a policy file would change. Exits 0 (no changes), 2 (changes) or 1 (any
+    /// error), like `terraform plan -detailed-exitcode`.
+    Plan(policy::PlanArgs),
+    /// Apply a policy file (-f FILE) or a plan saved by `keyroll plan --out` (PLAN.json).
+    Apply(policy::ApplyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -936,6 +946,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
         Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
+        Cmd::Policy(cmd) => return policy::check(cmd, out),
+        Cmd::Plan(args) => {
+            let global = &cli.global;
+            return Ok(policy::plan(args, || client(global), out).await);
+        }
+        Cmd::Apply(args) => return policy::apply(args, &client(&cli.global)?, out).await,
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());

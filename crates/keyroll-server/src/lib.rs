@@ -102,6 +102,7 @@ impl Server {
     /// returns.
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
+        let stop_signal = shutdown_signal();
         let state = Arc::clone(&self.state);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
@@ -113,7 +114,7 @@ impl Server {
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
         let app = http::router(Arc::clone(&state));
-        listener::serve(self.listener, app, state.config.http, shutdown_signal()).await;
+        listener::serve(self.listener, app, state.config.http, stop_signal).await;
         // In-flight requests are done: stop the background tasks; the flusher writes a last batch.
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
@@ -127,27 +128,37 @@ impl Server {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM that arrives between "listening" and the first poll must
+/// shut down gracefully, not kill the process with the default action.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {},
+                () = wait(int) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!(
+            event = "server.stopping",
+            "shutting down: finishing in-flight requests"
+        );
     }
-    tracing::info!(
-        event = "server.stopping",
-        "shutting down: finishing in-flight requests"
-    );
 }
