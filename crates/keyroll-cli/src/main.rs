@@ -2,6 +2,7 @@
 //! parsers before anything is sent, and every failure ends as one line on stderr (one JSON
 //! object under `--output json`) and the exit code of its kind (see `exit.rs`).
 
+mod audit;
 mod decisions;
 mod exit;
 mod output;
@@ -206,6 +207,9 @@ enum Cmd {
     /// Admin tokens: create (shown once), list, revoke, rotate with an overlap.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// The audit log: list entries, verify its hash chain (exit 3 on a broken link).
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -810,6 +814,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
         Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
+        Cmd::Audit(cmd) => return audit::run(cmd, &client(&cli.global)?, out).await,
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());
