@@ -16,8 +16,9 @@ fn sql(s: &Server, statements: &str) -> bool {
         return false;
     }
     let out = Command::new("sqlite3")
+        .args(["-bail", "-cmd", ".timeout 5000"])
         .arg(s.data_dir().join("keyroll.db"))
-        .arg(format!(".timeout 5000\n{statements}"))
+        .arg(statements)
         .output()
         .unwrap();
     assert!(
@@ -30,8 +31,7 @@ fn sql(s: &Server, statements: &str) -> bool {
 
 /// What an operator with write access to the file does first: the schema's append-only triggers
 /// are no obstacle to them.
-const DROP_GUARDS: &str =
-    "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;";
+const DROP_GUARDS: &str = "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;";
 
 /// A server with changes of several kinds in its log.
 fn with_changes() -> Server {
@@ -40,7 +40,9 @@ fn with_changes() -> Server {
     s.consumer("prod/app", &["--scope", "read"]);
     s.consumer("prod/other", &[]);
     s.rotate("prod/app", &["--grace", "1h"]);
-    let set = s.cli(&["consumer", "set", "prod/app", "--scope", "read", "--scope", "write"]);
+    let set = s.cli(&[
+        "consumer", "set", "prod/app", "--scope", "read", "--scope", "write",
+    ]);
     assert_eq!(set.code, 0, "{}", set.stderr);
     s
 }
@@ -100,8 +102,10 @@ fn verify_passes_after_changes_of_every_kind_and_prints_the_head() {
     let run = verify(&s, &[]);
     let head = head_of(&run);
     assert!(
-        run.stdout
-            .contains(&format!("Audit chain intact: {} entries checked.", all.len())),
+        run.stdout.contains(&format!(
+            "Audit chain intact: {} entries checked.",
+            all.len()
+        )),
         "{}",
         run.stdout
     );
@@ -127,12 +131,19 @@ fn verify_passes_after_changes_of_every_kind_and_prints_the_head() {
     assert!(updated["remote_addr"].as_str().is_some());
     let detail: Value = serde_json::from_str(updated["detail"].as_str().unwrap()).unwrap();
     assert_eq!(detail["before"]["scopes"], serde_json::json!(["read"]));
-    assert_eq!(detail["after"]["scopes"], serde_json::json!(["read", "write"]));
+    assert_eq!(
+        detail["after"]["scopes"],
+        serde_json::json!(["read", "write"])
+    );
 
     let table = s.cli(&["audit", "list"]);
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(table.stdout.starts_with("SEQ"), "{}", table.stdout);
-    assert!(table.stdout.contains("consumer.updated"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("consumer.updated"),
+        "{}",
+        table.stdout
+    );
     s.assert_no_secret_leaked(&[listed.to_string(), table.stdout]);
 }
 
@@ -153,8 +164,9 @@ fn an_edited_entry_is_named() {
     let run = verify(&s, &[]);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.stdout
-            .contains(&format!("broken at entry 3 (seq {target}): the entry was edited")),
+        run.stdout.contains(&format!(
+            "broken at entry 3 (seq {target}): the entry was edited"
+        )),
         "{}",
         run.stdout
     );
@@ -170,7 +182,10 @@ fn a_removed_entry_is_named_by_the_entry_after_it() {
     let all = entries(&s, &[]);
     if !sql(
         &s,
-        &format!("{DROP_GUARDS} DELETE FROM audit_log WHERE seq = {};", seq(&all[2])),
+        &format!(
+            "{DROP_GUARDS} DELETE FROM audit_log WHERE seq = {};",
+            seq(&all[2])
+        ),
     ) {
         return;
     }
@@ -204,8 +219,9 @@ fn reordered_entries_are_found() {
     let run = verify(&s, &[]);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.stdout
-            .contains(&format!("broken at entry 3 (seq {a}): entries were reordered")),
+        run.stdout.contains(&format!(
+            "broken at entry 3 (seq {a}): entries were reordered"
+        )),
         "{}",
         run.stdout
     );
@@ -225,11 +241,15 @@ fn a_removed_tail_is_found_only_with_the_expected_head() {
     let plain = verify(&s, &[]);
     assert_ne!(head_of(&plain), old_head, "what remains is a valid chain");
     let expecting = verify(&s, &["--expect-head", &old_head]);
-    assert_eq!(expecting.code, 3, "{}\n{}", expecting.stdout, expecting.stderr);
+    assert_eq!(
+        expecting.code, 3,
+        "{}\n{}",
+        expecting.stdout, expecting.stderr
+    );
     assert!(
-        expecting
-            .stdout
-            .contains(&format!("no entry of the audit chain has the expected head {old_head}")),
+        expecting.stdout.contains(&format!(
+            "no entry of the audit chain has the expected head {old_head}"
+        )),
         "{}",
         expecting.stdout
     );
@@ -253,7 +273,9 @@ fn list_filters_by_target_actor_and_time() {
     assert!(mine.iter().all(|e| e["actor"] == token_id.as_str()));
     assert_eq!(
         mine.len(),
-        all.iter().filter(|e| e["actor"] == token_id.as_str()).count()
+        all.iter()
+            .filter(|e| e["actor"] == token_id.as_str())
+            .count()
     );
     assert!(mine.len() < all.len(), "start-up's entry is by system");
     assert!(entries(&s, &["--actor", "sweeper"]).is_empty());
@@ -273,16 +295,31 @@ fn list_filters_by_target_actor_and_time() {
 fn a_token_without_audit_read_is_refused() {
     let s = harness::start();
     let created = json(&s.cli(&[
-        "token", "create", "--scope", "consumers:read", "--output", "json",
+        "token",
+        "create",
+        "--scope",
+        "consumers:read",
+        "--output",
+        "json",
     ]));
     let reader = created["token"].as_str().unwrap();
     let run = s.cli(&["--token", reader, "audit", "verify"]);
     assert_eq!(run.code, 5, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("audit:read"), "{}", run.stderr);
     let auditor = json(&s.cli(&[
-        "token", "create", "--scope", "audit:read", "--output", "json",
+        "token",
+        "create",
+        "--scope",
+        "audit:read",
+        "--output",
+        "json",
     ]));
-    let run = s.cli(&["--token", auditor["token"].as_str().unwrap(), "audit", "verify"]);
+    let run = s.cli(&[
+        "--token",
+        auditor["token"].as_str().unwrap(),
+        "audit",
+        "verify",
+    ]);
     head_of(&run);
 }
 
