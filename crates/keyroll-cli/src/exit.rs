@@ -18,7 +18,8 @@ pub enum Exit {
     Error,
     /// Invalid arguments or configuration, refused by keyroll or by the server (HTTP 400, 422).
     Usage,
-    /// `verify`: the key is rejected; `scan`: a key found fails the check.
+    /// `verify`: the key is rejected; `scan`: a key found fails the check; `audit verify`: the
+    /// audit chain is broken.
     Rejected,
     /// The server cannot be reached (connection refused, DNS, timeout, connection lost).
     Unreachable,
@@ -71,7 +72,9 @@ impl Exit {
             Exit::Ok => "success (verify: the key is allowed; scan: every key passes)",
             Exit::Error => "any other error (a local file, an unexpected answer, stdout full)",
             Exit::Usage => "invalid arguments or configuration (also HTTP 400/422 from the server)",
-            Exit::Rejected => "verify: the key is rejected; scan: a key fails the check",
+            Exit::Rejected => {
+                "verify: the key is rejected; scan: a key fails the check; audit verify: the chain is broken"
+            }
             Exit::Unreachable => "the server cannot be reached (refused, DNS, timeout, cut off)",
             Exit::Auth => "no admin token, or the server refused it (HTTP 401/403)",
             Exit::NotFound => "what was named does not exist (HTTP 404)",

@@ -2,6 +2,7 @@
 //! parsers before anything is sent, and every failure ends as one line on stderr (one JSON
 //! object under `--output json`) and the exit code of its kind (see `exit.rs`).
 
+mod audit;
 mod decisions;
 mod exit;
 mod keyfiles;
@@ -216,6 +217,9 @@ enum Cmd {
     Plan(policy::PlanArgs),
     /// Apply a policy file (-f FILE) or a plan saved by `keyroll plan --out` (PLAN.json).
     Apply(policy::ApplyArgs),
+    /// The audit log: list entries, verify its hash chain (exit 3 on a broken link).
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -952,6 +956,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(policy::plan(args, || client(global), out).await);
         }
         Cmd::Apply(args) => return policy::apply(args, &client(&cli.global)?, out).await,
+        Cmd::Audit(cmd) => return audit::run(cmd, &client(&cli.global)?, out).await,
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());

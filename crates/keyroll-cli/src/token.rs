@@ -15,8 +15,8 @@ pub enum TokenCmd {
     /// Create an admin token with the given scopes and print it once.
     Create {
         /// Granted scope (repeatable): admin, environments:write, consumers:read,
-        /// consumers:write, keys:read, keys:write, verify, tokens:read, tokens:write. The
-        /// calling token must hold each one.
+        /// consumers:write, keys:read, keys:write, verify, tokens:read, tokens:write,
+        /// audit:read. The calling token must hold each one.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// Hard expiry, from now (humantime: 1h, 90d).

@@ -652,3 +652,46 @@ impl Client {
             .await
     }
 }
+
+/// Which audit entries [`Client::audit`] asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only entries at or after this time (RFC 3339) or within this duration (`1h`).
+    pub since: Option<String>,
+    /// Only entries on this target (`ENV/NAME` also matches its versions).
+    pub target: Option<String>,
+    /// Only entries by this actor.
+    pub actor: Option<String>,
+    /// Only entries after this position.
+    pub after: Option<i64>,
+    /// At most this many (1 to 1000).
+    pub limit: Option<u32>,
+}
+
+impl Client {
+    /// `GET /v1/audit`: one page of audit entries, oldest first, with the chain's head.
+    pub async fn audit(
+        &self,
+        filter: &AuditFilter,
+    ) -> Result<Answer<proto::AuditPage>, ClientError> {
+        let after = filter.after.map(|n| n.to_string());
+        let limit = filter.limit.map(|n| n.to_string());
+        let params = [
+            ("since", filter.since.as_deref()),
+            ("target", filter.target.as_deref()),
+            ("actor", filter.actor.as_deref()),
+            ("after", after.as_deref()),
+            ("limit", limit.as_deref()),
+        ];
+        let query: Vec<String> = params
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(v))))
+            .collect();
+        let path = if query.is_empty() {
+            "/v1/audit".to_owned()
+        } else {
+            format!("/v1/audit?{}", query.join("&"))
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+}

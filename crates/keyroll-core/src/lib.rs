@@ -5,6 +5,7 @@
 //! randomness through the [`Entropy`] trait, so every rule here is a plain function that tests
 //! can drive to any instant.
 
+pub mod audit_chain;
 pub mod base62;
 pub mod decision;
 pub mod duration;

@@ -828,3 +828,45 @@ pub struct RotateToken {
     #[serde(default)]
     pub overlap: Option<String>,
 }
+
+/// One audit-log entry (`GET /v1/audit`) with its links in the hash chain (SPEC §8). Never a
+/// secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the log; page with `?after=`.
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// When, in unix milliseconds: what the chain covers.
+    pub at_unix_ms: i64,
+    /// Who: an admin token id, `sweeper`, `scheduler`, `system` (start-up).
+    pub actor: String,
+    /// What: `consumer.created`, `version.issued`, `admin_token.revoked`, …
+    pub action: String,
+    /// On what: `prod/billing-app`, `prod/billing-app v2`, `environment prod`, …
+    pub target: String,
+    /// The details (command, parameters, effect; before and after for updates) as the exact
+    /// JSON text the chain covers: parse it to read it.
+    pub detail: String,
+    /// The request that caused it.
+    pub request_id: Option<String>,
+    /// From where (the client's address).
+    pub remote_addr: Option<String>,
+    /// The previous entry's hash, hex (64 zeros for the first); null only for a row written
+    /// outside keyroll.
+    pub prev_hash: Option<String>,
+    /// This entry's hash, hex: SHA-256 of its canonical encoding and `prev_hash`.
+    pub hash: Option<String>,
+}
+
+/// `GET /v1/audit`: matching entries oldest first, and the head of the whole chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuditPage {
+    /// The entries, oldest first.
+    pub items: Vec<AuditEntry>,
+    /// The hash of the newest entry of the whole log as stored (64 zeros when it is empty),
+    /// whatever the filters: what the server says; `keyroll audit verify` recomputes it.
+    pub head: String,
+    /// The newest entry's position, if there is one.
+    pub head_seq: Option<i64>,
+}

@@ -5,7 +5,7 @@ use keyroll_core::{Entropy, EntropyUnavailable, SecretHash, Timestamp, random_ba
 use keyroll_store::{AdminTokenEntry, AdminTokenRecord};
 
 /// Every scope an admin token can carry.
-pub const SCOPES: [&str; 9] = [
+pub const SCOPES: [&str; 10] = [
     "admin",
     "environments:write",
     "consumers:read",
@@ -15,6 +15,7 @@ pub const SCOPES: [&str; 9] = [
     "verify",
     "tokens:read",
     "tokens:write",
+    "audit:read",
 ];
 
 /// A parsed presented token.

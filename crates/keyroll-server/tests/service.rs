@@ -435,7 +435,7 @@ async fn a_version_still_in_use_at_its_deadline_stalls_once_then_retires() {
         .iter()
         .find(|a| a.action == "version.retired")
         .unwrap();
-    assert_eq!(retired.actor, "system");
+    assert_eq!(retired.actor, "sweeper");
     let detail: Value = serde_json::from_str(&retired.detail).unwrap();
     assert_eq!(detail["effect"]["reason"], RetireReason::Deadline.as_str());
 }

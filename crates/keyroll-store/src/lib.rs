@@ -7,6 +7,9 @@
 //!   entries and the idempotency record together, guarded by the consumer's `revision`
 //!   (optimistic concurrency: a concurrent writer gets [`StoreError::Conflict`] and retries).
 //! - No column holds a secret: only SHA-256 digests of key and admin-token secrets.
+//! - The audit log is a hash chain (`keyroll_core::audit_chain`): the store links each entry to
+//!   the previous one inside the transaction that appends it, so concurrent writers keep one
+//!   chain and an entry exists, linked, exactly when its change committed.
 //! - Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`); one
 //!   conformance suite (`tests/it/conformance.rs`) runs against every backend.
 
@@ -72,7 +75,7 @@ pub struct StoredConsumer {
 /// One audit-log entry (SPEC §8). `detail` is JSON text made by the caller, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
-    /// Position in the log; ignored on append.
+    /// Position in the log; ignored on append (the store assigns it, since the chain covers it).
     pub seq: i64,
     /// When.
     pub at: Timestamp,
@@ -88,6 +91,33 @@ pub struct AuditRecord {
     pub request_id: Option<String>,
     /// From where.
     pub remote_addr: Option<String>,
+}
+
+/// An audit entry as stored, with its links in the hash chain (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainedAudit {
+    /// The entry.
+    pub entry: AuditRecord,
+    /// The previous entry's hash as stored (32 zero bytes for the first); `None` only for a row
+    /// written outside keyroll.
+    pub prev_hash: Option<keyroll_core::audit_chain::ChainHash>,
+    /// This entry's hash as stored; `None` only for a row written outside keyroll.
+    pub hash: Option<keyroll_core::audit_chain::ChainHash>,
+}
+
+/// Which audit entries [`Store::query_audit`] returns, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only entries on this target, or on a part of it (`prod/app` also matches `prod/app v2`).
+    pub target: Option<String>,
+    /// Only entries by this actor.
+    pub actor: Option<String>,
+    /// Only entries after this position (paging).
+    pub after_seq: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
 }
 
 /// A response remembered under an `Idempotency-Key`, to be replayed on retry. The caller strips
@@ -346,6 +376,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The newest audit entries, newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Audit entries matching `query` with their chain links, oldest first (in `seq` order).
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<ChainedAudit>, StoreError>;
 
     /// Adds a batch of usage in one transaction: `last_used_at` becomes the later of stored and
     /// given, hourly counts and source counts are added, and each version keeps only its

@@ -61,9 +61,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite};
 
 use crate::{
-    AdminGuard, AdminTokenEntry, AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord,
-    EventRecord, IdempotencyRecord, Installation, StoreError, StoredConsumer, TokenRevocation,
-    UsageDelta, VersionUsage,
+    AdminGuard, AdminTokenEntry, AdminTokenRecord, AuditQuery, AuditRecord, ChainedAudit,
+    ConsumerWrite, EnvironmentRecord, EventRecord, IdempotencyRecord, Installation, StoreError,
+    StoredConsumer, TokenRevocation, UsageDelta, VersionUsage,
 };
 use errors::{migrate_error, open_error};
 use health::{FileId, file_id};
@@ -213,13 +213,15 @@ impl SqliteStore {
             None => None,
         };
         tracing::debug!(database = %location, "opened SQLite store");
-        Ok(SqliteStore {
+        let store = SqliteStore {
             pool,
             location,
             file,
             identity,
             outage: Arc::new(Mutex::new(None)),
-        })
+        };
+        store.chain_unchained_audit().await?;
+        Ok(store)
     }
 
     /// Starts a write transaction holding the write lock (see the module documentation).
@@ -354,6 +356,10 @@ impl crate::Store for SqliteStore {
 
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         self.audit_list(limit).await
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<ChainedAudit>, StoreError> {
+        self.audit_query(query).await
     }
 
     async fn record_usage(&self, batch: &[UsageDelta], max_sources: u32) -> Result<(), StoreError> {

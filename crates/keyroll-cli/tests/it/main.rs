@@ -8,6 +8,7 @@
 )]
 
 mod admin_semantics;
+mod audit;
 mod bad_input;
 mod cli_errors;
 mod environment_and_reasons;

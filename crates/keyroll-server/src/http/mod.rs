@@ -5,6 +5,7 @@
 //! request id available to every error response through a task-local.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod decision_http;
 pub mod forward_auth;
@@ -84,6 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/verify", post(forward_auth::verify_json))
         .route("/v1/status", get(status::status))
         .route("/v1/events", get(status::events))
+        .route("/v1/audit", get(audit::audit))
         .route("/v1/decisions", get(observe::decisions))
         .route(
             "/v1/tokens",

@@ -43,6 +43,7 @@ use crate::http::{admin, forward_auth};
         admin::consumers::enable,
         crate::http::status::status,
         crate::http::status::events,
+        crate::http::audit::audit,
         crate::http::keys::get_key,
         crate::http::observe::metrics,
         crate::http::observe::decisions,
@@ -96,6 +97,10 @@ const BASE62_ID: &str = "^[0-9A-Za-z]{12}$";
 const DURATION: &str = "^(0|[1-9][0-9]{0,3}(ms|s|m|h|d))$";
 /// A duration that must be longer than 0.
 const POSITIVE_DURATION: &str = "^[1-9][0-9]{0,3}(ms|s|m|h|d)$";
+/// `since` of `/v1/audit`: a duration as [`DURATION`], or an RFC 3339 UTC time. The days stop at
+/// 28 so that every string the pattern admits is a real date; the server reads every RFC 3339
+/// time.
+const AUDIT_SINCE: &str = r"^(0|[1-9][0-9]{0,3}(ms|s|m|h|d)|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z)$";
 /// A character that is not Unicode White_Space (what `str::trim` removes): spelled out, because
 /// `\s` differs between regex dialects (U+0085, U+FEFF).
 const NOT_WHITESPACE: &str = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
@@ -336,6 +341,9 @@ fn param_rules(path: &str, p: &mut Value) {
         }
         ("query", "consumer") => json!({ "type": "string", "pattern": CONSUMER_REF }),
         ("query", "fingerprint") => json!({ "type": "string", "pattern": "^fp_[0-9a-fA-F]{16}$" }),
+        ("query", "since") if path == "/v1/audit" => {
+            json!({ "type": "string", "pattern": AUDIT_SINCE })
+        }
         ("query", "since") => json!({ "type": "string", "pattern": DURATION }),
         ("query", "code") => {
             let codes: Vec<&str> = DecisionCode::ALL

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 /// Who made a change, under which request, from where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
-    /// An admin token id, or `system` for what time and traffic decided.
+    /// An admin token id; `sweeper` or `scheduler` for what time and traffic decided; `system`
+    /// for start-up.
     pub id: String,
     /// The request id (also in the log lines of the change).
     pub request_id: String,
@@ -18,7 +19,7 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// keyroll itself (the sweeper, the scheduler, start-up), under a fresh request id.
+    /// keyroll itself at start-up, under a fresh request id.
     pub fn system(request_id: String) -> Actor {
         Actor {
             id: "system".into(),
@@ -27,7 +28,16 @@ impl Actor {
         }
     }
 
-    /// The schedule's runner (`rotation.due`, `key.expiring`), under a fresh request id.
+    /// The sweeper (deadlines, stalls, idle retirements), under a fresh request id.
+    pub fn sweeper(request_id: String) -> Actor {
+        Actor {
+            id: "sweeper".into(),
+            request_id,
+            remote_addr: None,
+        }
+    }
+
+    /// The rotation scheduler, under a fresh request id.
     pub fn scheduler(request_id: String) -> Actor {
         Actor {
             id: "scheduler".into(),
@@ -96,21 +106,7 @@ pub fn effect_detail(
             *n,
             json!({ "kid": kid(*n), "issued_at": consumer.version(*n).map(|v| rfc3339(v.created_at)) }),
         ),
-        Effect::Created | Effect::Updated => (
-            reference.to_owned(),
-            None,
-            json!({
-                "scopes": consumer.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "owner": consumer.owner,
-                "retire": consumer.policy.retire.as_str(),
-                "idle": keyroll_core::format_duration(consumer.policy.idle),
-                "on_stall": consumer.policy.on_stall.as_str(),
-                "rotate_every": consumer.schedule.rotate_every.map(keyroll_core::format_duration),
-                "grace": consumer.schedule.grace.map(keyroll_core::format_duration),
-                "delivery": consumer.schedule.delivery.as_str(),
-                "managed": consumer.managed.is_some(),
-            }),
-        ),
+        Effect::Created | Effect::Updated => (reference.to_owned(), None, settings(consumer)),
         Effect::Due { version, due_at } => on_version(
             *version,
             json!({
@@ -131,11 +127,31 @@ pub fn effect_detail(
     }
 }
 
-/// One audit entry and one event per effect of a change, in order. `extra[i]` adds fields to
-/// effect `i`'s details (who was still using a stalled version).
+/// A consumer's settings (scopes, owner, retirement policy): what `consumer.created` records and
+/// `consumer.updated` records before and after. Never a secret.
+fn settings(consumer: &Consumer) -> Value {
+    json!({
+        "scopes": consumer.scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "owner": consumer.owner,
+        "retire": consumer.policy.retire.as_str(),
+        "idle": keyroll_core::format_duration(consumer.policy.idle),
+        "on_stall": consumer.policy.on_stall.as_str(),
+        "rotate_every": consumer.schedule.rotate_every.map(keyroll_core::format_duration),
+        "grace": consumer.schedule.grace.map(keyroll_core::format_duration),
+        "delivery": consumer.schedule.delivery.as_str(),
+        "managed": consumer.managed.is_some(),
+    })
+}
+
+/// One audit entry and one event per effect of a change, in order. `before` is the consumer as
+/// it was (`None` for a creation): the audit entry of `consumer.updated` records its settings
+/// before and after. `extra[i]` adds fields to effect `i`'s details (who was still using a
+/// stalled version).
+#[allow(clippy::too_many_arguments)]
 pub fn audit_and_events(
     actor: &Actor,
     at: Timestamp,
+    before: Option<&Consumer>,
     consumer: &Consumer,
     command: &str,
     params: &Value,
@@ -152,12 +168,12 @@ pub fn audit_and_events(
         {
             d.extend(m.clone());
         }
-        audit.push(actor.audit(
-            at,
-            e.kind(),
-            target,
-            &json!({ "command": command, "params": params, "effect": detail }),
-        ));
+        let mut entry = json!({ "command": command, "params": params, "effect": detail });
+        if let (Effect::Updated, Some(before)) = (e, before) {
+            entry["before"] = settings(before);
+            entry["after"] = settings(consumer);
+        }
+        audit.push(actor.audit(at, e.kind(), target, &entry));
         events.push(EventRecord {
             seq: 0,
             at,
@@ -209,6 +225,7 @@ mod tests {
         let (audit, events) = audit_and_events(
             &actor,
             Timestamp::from_unix_millis(1_000),
+            None,
             &t.consumer,
             "consumer.create",
             &params,

@@ -44,6 +44,7 @@ pub async fn create_consumer(
             let (audit, events) = audit::audit_and_events(
                 &request.actor,
                 at,
+                None,
                 &t.consumer,
                 change.command,
                 change.params,
@@ -139,7 +140,10 @@ pub async fn change(
 /// Writes down what time and traffic decided for one consumer (deadlines, stalls, idle
 /// retirements, unused versions): the sweeper's step. Returns the effects written.
 pub async fn settle(state: &AppState, r: &ConsumerRef) -> Result<Vec<Effect>, ServiceError> {
-    let request = Request::system();
+    let request = Request {
+        actor: audit::Actor::sweeper(crate::request_id::new_request_id()),
+        idempotency: None,
+    };
     let params = json!({});
     let (_, effects) = write(
         state,
@@ -246,6 +250,7 @@ async fn write(
         let (audit, events) = audit::audit_and_events(
             &request.actor,
             at,
+            Some(&stored.consumer),
             &planned.consumer,
             change.command,
             change.params,

@@ -1,33 +1,97 @@
 //! The audit log and the event outbox on SQLite: appended inside the transaction of the change
-//! they describe, read newest first (audit) or after a position (events).
+//! they describe, read in `seq` order (audit, with its hash chain) or after a position (events).
 //!
 //! Invariants:
 //! - Nothing is appended on its own: [`SqliteStore::append_audit`] and
 //!   [`SqliteStore::append_events`] take the connection of the caller's write transaction, so an
 //!   entry exists exactly when its change committed (one lifecycle change = one transaction).
-//! - Both tables are append-only (triggers of the schema refuse an `UPDATE` or `DELETE`); `seq`
-//!   is the database's, the caller's is ignored.
+//! - The audit log is one hash chain (`keyroll_core::audit_chain`). The link is computed here,
+//!   inside the write transaction, from the last entry read in that same transaction: writes
+//!   begin with `BEGIN IMMEDIATE`, so no other writer can append between the read and the
+//!   insert, and two concurrent changes can never both link to the same entry. `seq` is chosen
+//!   here too (the chain covers it): one past the highest ever assigned (`sqlite_sequence`), so a
+//!   position is never reused, not even one whose row was removed.
+//! - Entries written before the chain existed (migration 0006) are chained once, at open, while
+//!   no entry has a hash yet ([`SqliteStore::chain_unchained_audit`]); a row without hashes found
+//!   later is left as it is, for `keyroll audit verify` to report.
+//! - Both tables are append-only (triggers of the schema refuse an `UPDATE` or `DELETE`, except
+//!   filling in the hashes of an unchained audit entry); the caller's `seq` is ignored.
 //! - No column holds a secret: `detail` is JSON text made by the caller without one.
 
+use keyroll_core::audit_chain::{ChainEntry, ChainHash, GENESIS, link};
+use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::SqliteStore;
-use super::decode::{audit_from_row, event_from_row};
-use crate::{AuditRecord, EventRecord, StoreError};
+use super::decode::{chained_audit_from_row, event_from_row};
+use crate::{AuditQuery, AuditRecord, ChainedAudit, EventRecord, StoreError};
+
+/// The columns of an audit row as [`chained_audit_from_row`] reads them.
+const AUDIT_COLUMNS: &str =
+    "seq, at, actor, action, target, detail, request_id, remote_addr, prev_hash, hash";
+
+fn chain_entry(seq: i64, e: &AuditRecord) -> ChainEntry<'_> {
+    ChainEntry {
+        seq,
+        at: e.at,
+        actor: &e.actor,
+        action: &e.action,
+        target: &e.target,
+        detail: &e.detail,
+        request_id: e.request_id.as_deref(),
+        remote_addr: e.remote_addr.as_deref(),
+    }
+}
 
 impl SqliteStore {
-    /// Appends audit entries inside the caller's transaction.
+    /// Appends audit entries inside the caller's write transaction, each linked to the one
+    /// before it.
     pub(super) async fn append_audit(
         &self,
         conn: &mut SqliteConnection,
         entries: &[AuditRecord],
         doing: &str,
     ) -> Result<(), StoreError> {
-        for entry in entries {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        let mut prev = match last {
+            None => GENESIS,
+            Some(row) => {
+                let seq: i64 = row.try_get(0).map_err(|e| self.fail(doing, e))?;
+                let hash: Option<Vec<u8>> = row.try_get(1).map_err(|e| self.fail(doing, e))?;
+                // Only a manual edit leaves the last entry without a hash; linking to anything
+                // else would hide it, and a change whose entry cannot be written is not made.
+                hash.as_deref()
+                    .and_then(ChainHash::from_slice)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "{} ({doing}): audit_log row (seq {seq}) has no valid hash, so the \
+                             audit chain cannot be continued; see keyroll audit verify",
+                            self.location
+                        ))
+                    })?
+            }
+        };
+        let highest: i64 = sqlx::query_scalar(
+            "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'), 0), \
+             COALESCE((SELECT max(seq) FROM audit_log), 0))",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        for (seq, entry) in (highest + 1..).zip(entries) {
+            let hash = link(&prev, &chain_entry(seq, entry));
             sqlx::query(
-                "INSERT INTO audit_log (at, actor, action, target, detail, request_id, remote_addr) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO audit_log \
+                 (seq, at, actor, action, target, detail, request_id, remote_addr, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
+            .bind(seq)
             .bind(entry.at.unix_millis())
             .bind(entry.actor.as_str())
             .bind(entry.action.as_str())
@@ -35,11 +99,61 @@ impl SqliteStore {
             .bind(entry.detail.as_str())
             .bind(entry.request_id.as_deref())
             .bind(entry.remote_addr.as_deref())
+            .bind(&prev.0[..])
+            .bind(&hash.0[..])
             .execute(&mut *conn)
             .await
             .map_err(|e| self.fail(doing, e))?;
+            prev = hash;
         }
         Ok(())
+    }
+
+    /// Chains the entries written before the chain existed, once: when entries exist and none
+    /// has a hash yet (the first open after migration 0006). Later, a row without hashes is a
+    /// manual edit and stays as it is, for verification to report.
+    pub(super) async fn chain_unchained_audit(&self) -> Result<(), StoreError> {
+        let doing = "chaining the audit log's earlier entries";
+        // Whether there is anything to do, decided first by a read: an up-to-date database
+        // opened read-only must still open.
+        const TO_CHAIN: &str = "SELECT EXISTS (SELECT 1 FROM audit_log) \
+             AND NOT EXISTS (SELECT 1 FROM audit_log WHERE hash IS NOT NULL)";
+        let to_chain: bool = sqlx::query_scalar(TO_CHAIN)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        if !to_chain {
+            return Ok(());
+        }
+        let mut tx = self.begin_write(doing).await?;
+        // Again inside the write lock: another process may have chained them meanwhile.
+        let to_chain: bool = sqlx::query_scalar(TO_CHAIN)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        if !to_chain {
+            return Ok(());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        let mut prev = GENESIS;
+        for row in &rows {
+            let stored = chained_audit_from_row(row)?;
+            let hash = link(&prev, &chain_entry(stored.entry.seq, &stored.entry));
+            sqlx::query("UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3")
+                .bind(&prev.0[..])
+                .bind(&hash.0[..])
+                .bind(stored.entry.seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(doing, e))?;
+            prev = hash;
+        }
+        self.commit_write(tx, doing).await
     }
 
     /// Appends events to the outbox inside the caller's transaction.
@@ -67,15 +181,41 @@ impl SqliteStore {
     }
 
     pub(super) async fn audit_list(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, target, detail, request_id, remote_addr \
-             FROM audit_log ORDER BY seq DESC LIMIT ?1",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT ?1"
+        ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.fail("reading the audit log", e))?;
-        rows.iter().map(audit_from_row).collect()
+        rows.iter()
+            .map(|r| chained_audit_from_row(r).map(|c| c.entry))
+            .collect()
+    }
+
+    pub(super) async fn audit_query(
+        &self,
+        q: &AuditQuery,
+    ) -> Result<Vec<ChainedAudit>, StoreError> {
+        // A target matches itself and what is inside it: `prod/app` matches `prod/app v2`
+        // (compared as a prefix, not with LIKE, whose wildcards names may contain).
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log \
+             WHERE (?1 IS NULL OR at >= ?1) \
+             AND (?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || ' ') \
+             AND (?3 IS NULL OR actor = ?3) \
+             AND (?4 IS NULL OR seq > ?4) \
+             ORDER BY seq LIMIT ?5"
+        ))
+        .bind(q.since.map(|t| t.unix_millis()))
+        .bind(q.target.as_deref())
+        .bind(q.actor.as_deref())
+        .bind(q.after_seq)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail("reading the audit log", e))?;
+        rows.iter().map(chained_audit_from_row).collect()
     }
 
     pub(super) async fn event_list(

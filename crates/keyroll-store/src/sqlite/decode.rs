@@ -6,13 +6,14 @@
 //! column, never a panic. The bulk reads of [`load`](super::load) go through rusqlite and
 //! read their columns there, with the same `rows` validation.
 
+use keyroll_core::audit_chain::ChainHash;
 use keyroll_core::{KeyVersion, Kid, Timestamp};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite};
 
 use crate::rows::{self, Place};
 use crate::{
-    AdminTokenEntry, AdminTokenRecord, AuditRecord, EnvironmentRecord, EventRecord,
+    AdminTokenEntry, AdminTokenRecord, AuditRecord, ChainedAudit, EnvironmentRecord, EventRecord,
     IdempotencyRecord, Installation, SourceSeen, StoreError, StoredConsumer,
 };
 
@@ -105,21 +106,31 @@ pub(super) fn environment_from_row(row: &SqliteRow) -> Result<EnvironmentRecord,
     })
 }
 
-/// An `audit_log` row: `seq, at, actor, action, target, detail, request_id, remote_addr`.
-pub(super) fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+/// An `audit_log` row: `seq, at, actor, action, target, detail, request_id, remote_addr,
+/// prev_hash, hash`. A hash that is not 32 bytes (only a manual edit makes one) reads as none,
+/// for verification to report rather than for the read to fail.
+pub(super) fn chained_audit_from_row(row: &SqliteRow) -> Result<ChainedAudit, StoreError> {
     let table = || "audit_log row".to_owned();
     let seq: i64 = get(row, 0, &table)?;
     let place = || format!("audit_log row (seq {seq})");
     let place: Place<'_> = &place;
-    Ok(AuditRecord {
-        seq,
-        at: Timestamp::from_unix_millis(get(row, 1, place)?),
-        actor: get(row, 2, place)?,
-        action: get(row, 3, place)?,
-        target: get(row, 4, place)?,
-        detail: get(row, 5, place)?,
-        request_id: get(row, 6, place)?,
-        remote_addr: get(row, 7, place)?,
+    let hash = |i| -> Result<Option<ChainHash>, StoreError> {
+        let bytes: Option<Vec<u8>> = get(row, i, place)?;
+        Ok(bytes.as_deref().and_then(ChainHash::from_slice))
+    };
+    Ok(ChainedAudit {
+        entry: AuditRecord {
+            seq,
+            at: Timestamp::from_unix_millis(get(row, 1, place)?),
+            actor: get(row, 2, place)?,
+            action: get(row, 3, place)?,
+            target: get(row, 4, place)?,
+            detail: get(row, 5, place)?,
+            request_id: get(row, 6, place)?,
+            remote_addr: get(row, 7, place)?,
+        },
+        prev_hash: hash(8)?,
+        hash: hash(9)?,
     })
 }
 

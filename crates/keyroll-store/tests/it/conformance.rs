@@ -8,13 +8,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyroll_core::audit_chain::{self, ChainEntry, Head, StoredLink};
 use keyroll_core::{
     Command, Consumer, ConsumerName, ConsumerRef, ConsumerUpdate, Delivery, Effect, Entropy,
     EntropyUnavailable, Environment, IssuedKey, Kid, NewVersion, OnStall, Policy, RetirePolicy,
     Schedule, Scope, SecretHash, StoredState, Timestamp, Usage, VersionNumber, issue_key,
 };
 use keyroll_store::{
-    AdminTokenRecord, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
+    AdminTokenRecord, AuditQuery, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
     IdempotencyRecord, SourceSeen, Store, StoreError, StoredConsumer, UsageDelta, VersionUsage,
 };
 
@@ -62,6 +63,8 @@ macro_rules! conformance_suite {
             idempotency_sealed_key_round_trips_and_is_cleared_after_its_window,
             admin_token_lifecycle,
             admin_token_last_admin_guard,
+            audit_chain_links_every_change,
+            audit_query_filters_and_pages,
             schedule_fields_and_ordering_round_trip,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
@@ -2203,6 +2206,245 @@ pub async fn no_secret_in_admin_token_lifecycle_columns(backend: &dyn Backend) {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit log's hash chain (SPEC §8)
+
+/// Every entry, oldest first, checked link by link with the core's verifier.
+async fn verified_chain(store: &dyn Store) -> (Vec<keyroll_store::ChainedAudit>, Head) {
+    let all = store
+        .query_audit(&AuditQuery {
+            limit: u32::MAX,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let links: Vec<StoredLink<'_>> = all
+        .iter()
+        .map(|c| StoredLink {
+            entry: ChainEntry {
+                seq: c.entry.seq,
+                at: c.entry.at,
+                actor: &c.entry.actor,
+                action: &c.entry.action,
+                target: &c.entry.target,
+                detail: &c.entry.detail,
+                request_id: c.entry.request_id.as_deref(),
+                remote_addr: c.entry.remote_addr.as_deref(),
+            },
+            prev_hash: c.prev_hash,
+            hash: c.hash,
+        })
+        .collect();
+    let head = audit_chain::verify(&links).unwrap();
+    (all, head)
+}
+
+pub async fn audit_chain_links_every_change(store: &dyn Store) {
+    let (empty, head) = verified_chain(store).await;
+    assert!(empty.is_empty());
+    assert_eq!(head.hash, audit_chain::GENESIS);
+
+    // Changes of every kind: an environment, a consumer, a rotation, an admin token.
+    make_env(store, "prod", false).await;
+    let app = create(store, "prod", "app", 1).await;
+    let rotated = apply(
+        store,
+        &app,
+        rotate(&env("prod"), 2, Duration::from_secs(3600), false),
+        3_000,
+    )
+    .await
+    .unwrap();
+    let token = AdminTokenRecord {
+        id: "tok_chain".to_owned(),
+        secret_hash: SecretHash::of(b"chain secret"),
+        name: "chain".to_owned(),
+        scopes: vec!["admin".to_owned()],
+        created_at: at(4_000),
+    };
+    store
+        .create_admin_token(
+            &token,
+            &audit(4_000, "admin_token.created", "admin token tok_chain"),
+        )
+        .await
+        .unwrap();
+    let (before_failure, head_before) = verified_chain(store).await;
+
+    // A write that fails appends nothing: the chain goes on from the last committed entry.
+    let err = apply(store, &app, Command::Disable, 5_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(verified_chain(store).await.1, head_before);
+
+    // Concurrent writers keep one chain: each links to the entry committed before it.
+    let other = create(store, "prod", "other", 3).await;
+    let (a, b) = tokio::join!(
+        apply(store, &rotated, Command::Disable, 6_000),
+        apply(store, &other, Command::Disable, 6_000),
+    );
+    a.unwrap();
+    b.unwrap();
+
+    let (all, head) = verified_chain(store).await;
+    assert_eq!(head.entries as usize, all.len());
+    assert_eq!(all.len(), before_failure.len() + 3);
+    assert_eq!(all[0].prev_hash, Some(audit_chain::GENESIS));
+    for pair in all.windows(2) {
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "each entry names the one before"
+        );
+        assert!(pair[1].entry.seq > pair[0].entry.seq);
+    }
+    assert_eq!(all.last().unwrap().hash, Some(head.hash));
+    assert_eq!(
+        all[..before_failure.len()],
+        before_failure[..],
+        "appending never changes an earlier entry"
+    );
+    let kinds: Vec<&str> = all.iter().map(|c| c.entry.action.as_str()).collect();
+    for kind in [
+        "environment.created",
+        "consumer.created",
+        "version.issued",
+        "version.retiring",
+        "admin_token.created",
+        "consumer.disabled",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    // `list_audit` reads the same entries, newest first.
+    let newest_first = store.list_audit(u32::MAX).await.unwrap();
+    let chained: Vec<AuditRecord> = all.iter().rev().map(|c| c.entry.clone()).collect();
+    assert_eq!(newest_first, chained);
+}
+
+pub async fn audit_query_filters_and_pages(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let app = create(store, "prod", "app", 1).await;
+    // A rotation whose entries name the versions, as the server writes them.
+    let t = app
+        .consumer
+        .apply(
+            rotate(&env("prod"), 2, Duration::from_secs(3600), false),
+            &Usage::NONE,
+            at(5_000),
+        )
+        .unwrap();
+    store
+        .write_consumer(ConsumerWrite {
+            expected_revision: app.revision,
+            id: app.id,
+            consumer: &t.consumer,
+            audit: &[
+                audit(5_000, "version.retiring", "prod/app v1"),
+                audit(5_000, "version.issued", "prod/app v2"),
+            ],
+            idempotency: None,
+            events: &[],
+        })
+        .await
+        .unwrap();
+    // A consumer whose name starts with the other's: a target filter must not match it.
+    let (longer, _) = draft("prod", "app-two", 3, 6_000);
+    let by_sweeper = AuditRecord {
+        actor: "sweeper".to_owned(),
+        ..audit(6_000, "consumer.created", "prod/app-two")
+    };
+    store
+        .create_consumer(&longer, &[by_sweeper], &[], None)
+        .await
+        .unwrap();
+    let query = |q: AuditQuery| async move {
+        store
+            .query_audit(&AuditQuery {
+                limit: q.limit.max(1),
+                ..q
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.entry.action, c.entry.target))
+            .collect::<Vec<_>>()
+    };
+    let pair = |a: &str, t: &str| (a.to_owned(), t.to_owned());
+    let all = query(AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(
+        all,
+        [
+            pair("environment.created", "environment prod"),
+            pair("consumer.created", "prod/app"),
+            pair("version.retiring", "prod/app v1"),
+            pair("version.issued", "prod/app v2"),
+            pair("consumer.created", "prod/app-two"),
+        ],
+        "oldest first"
+    );
+    let on_app = query(AuditQuery {
+        target: Some("prod/app".to_owned()),
+        limit: 100,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(
+        on_app,
+        all[1..4],
+        "a consumer's target matches its versions, not prod/app-two"
+    );
+    assert_eq!(
+        query(AuditQuery {
+            actor: Some("sweeper".to_owned()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await,
+        [pair("consumer.created", "prod/app-two")]
+    );
+    assert_eq!(
+        query(AuditQuery {
+            since: Some(at(5_000)),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    // Paging: after the second entry, two at a time.
+    let seqs: Vec<i64> = store
+        .query_audit(&AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.entry.seq)
+        .collect();
+    let page = query(AuditQuery {
+        after_seq: Some(seqs[1]),
+        limit: 2,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(page, all[2..4]);
+    assert!(
+        query(AuditQuery {
+            target: Some("prod/nothing".to_owned()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .is_empty()
+    );
 }
 
 /// A consumer's schedule, delivery path and policy baseline, the per-version `rotation.due` and

@@ -1049,3 +1049,106 @@ async fn the_installation_id_is_recorded_once_and_emptiness_reported() {
     assert_eq!(again.id, "abc", "the first id stays");
     assert!(!again.empty);
 }
+
+/// The audit entries, oldest first, with their hashes.
+async fn chain_of(store: &SqliteStore) -> Vec<keyroll_store::ChainedAudit> {
+    store
+        .query_audit(&keyroll_store::AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn verify_chain(
+    all: &[keyroll_store::ChainedAudit],
+) -> Result<keyroll_core::audit_chain::Head, keyroll_core::audit_chain::ChainBreak> {
+    use keyroll_core::audit_chain::{ChainEntry, StoredLink, verify};
+    let links: Vec<StoredLink<'_>> = all
+        .iter()
+        .map(|c| StoredLink {
+            entry: ChainEntry {
+                seq: c.entry.seq,
+                at: c.entry.at,
+                actor: &c.entry.actor,
+                action: &c.entry.action,
+                target: &c.entry.target,
+                detail: &c.entry.detail,
+                request_id: c.entry.request_id.as_deref(),
+                remote_addr: c.entry.remote_addr.as_deref(),
+            },
+            prev_hash: c.prev_hash,
+            hash: c.hash,
+        })
+        .collect();
+    verify(&links)
+}
+
+#[tokio::test]
+async fn entries_from_before_the_chain_are_chained_once_at_open() {
+    let backend = fresh().await;
+    for (i, name) in ["prod", "staging", "dev"].iter().enumerate() {
+        let record = EnvironmentRecord {
+            name: env(name),
+            protected: false,
+            rotate_after: None,
+            created_at: conformance::at(i as i64),
+        };
+        let entry = audit(
+            i as i64,
+            "environment.created",
+            &format!("environment {name}"),
+        );
+        backend
+            .store
+            .create_environment(&record, &entry)
+            .await
+            .unwrap();
+    }
+    let chained = chain_of(&backend.store).await;
+    drop(backend.store);
+
+    // The rows as migration 0006 finds them in a database of an earlier keyroll: no hashes. Its
+    // trigger lets exactly this be filled in later.
+    let trigger = include_str!("../../migrations/sqlite/0006_audit_chain.sql");
+    let trigger = &trigger[trigger.find("CREATE TRIGGER").unwrap()..];
+    let mut conn = raw(&backend.path).await;
+    sqlx::raw_sql(&format!(
+        "DROP TRIGGER audit_log_no_update; \
+         UPDATE audit_log SET prev_hash = NULL, hash = NULL; {trigger}"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+
+    let reopened = SqliteStore::open(&backend.path).await.unwrap();
+    assert_eq!(
+        chain_of(&reopened).await,
+        chained,
+        "chained at open as they would have been when written"
+    );
+    assert_eq!(verify_chain(&chained).unwrap().entries, 3);
+
+    // The trigger still refuses any other change.
+    let mut conn = raw(&backend.path).await;
+    let err = sqlx::query("UPDATE audit_log SET detail = '{}' WHERE seq = 2")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    // A row stripped of its hashes later is a manual edit: left as it is, for verify to report.
+    sqlx::raw_sql(
+        "DROP TRIGGER audit_log_no_update; \
+         UPDATE audit_log SET prev_hash = NULL, hash = NULL WHERE seq = 2",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    drop(reopened);
+    let again = SqliteStore::open(&backend.path).await.unwrap();
+    let broken = verify_chain(&chain_of(&again).await).unwrap_err();
+    assert_eq!((broken.position, broken.seq), (2, 2), "{broken}");
+}
