@@ -20,6 +20,7 @@ mod observe;
 mod policy;
 mod scan;
 mod slow_clients;
+mod stalled_plan;
 mod store_faults;
 mod tokens;
 mod usage;
