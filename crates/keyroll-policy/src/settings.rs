@@ -7,37 +7,9 @@ use std::time::Duration;
 
 use keyroll_core::parse_duration;
 
-/// How a new key reaches a consumer (SPEC §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Its agent fetches its own new key.
-    Agent,
-    /// `keyroll rotate --due` in the pipeline that hands the key on.
-    Ci,
-    /// Never rotated by the schedule: it shows as due.
-    Manual,
-}
-
-impl Delivery {
-    /// `agent` / `ci` / `manual`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Delivery::Agent => "agent",
-            Delivery::Ci => "ci",
-            Delivery::Manual => "manual",
-        }
-    }
-
-    /// Parses [`Delivery::as_str`].
-    pub fn parse(input: &str) -> Option<Delivery> {
-        match input {
-            "agent" => Some(Delivery::Agent),
-            "ci" => Some(Delivery::Ci),
-            "manual" => Some(Delivery::Manual),
-            _ => None,
-        }
-    }
-}
+/// How a new key reaches a consumer (SPEC §7): the core's, so the file, the wire and the
+/// lifecycle name the same three paths.
+pub use keyroll_core::Delivery;
 
 /// The settings a policy manages for one consumer. Durations are humantime strings; after
 /// [`Settings::canonical`] two equal settings are equal strings.

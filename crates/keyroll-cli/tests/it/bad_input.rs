@@ -425,3 +425,57 @@ fn serve_refuses_a_log_level_that_is_not_a_level() {
         "nothing was created before the configuration was checked"
     );
 }
+
+#[test]
+fn a_body_that_is_not_a_json_object_is_refused_by_every_endpoint_and_changes_nothing() {
+    let s = harness::start();
+    s.cli(&["env", "create", "staging"]);
+    s.cli(&["env", "create", "prod", "--rotate-after", "staging"]);
+    s.consumer("prod/app", &["--owner", "team"]);
+    let state = || {
+        let audit = s.cli(&["audit", "list", "--output", "json"]).stdout;
+        let consumer = s
+            .cli(&["consumer", "show", "prod/app", "--output", "json"])
+            .stdout;
+        let tokens = s.cli(&["token", "list", "--output", "json"]).stdout;
+        (audit, consumer, tokens)
+    };
+    let before = state();
+    let post = reqwest::Method::POST;
+    let patch = reqwest::Method::PATCH;
+    let writes = [
+        (post.clone(), "/v1/environments"),
+        (patch.clone(), "/v1/environments/prod"),
+        (post.clone(), "/v1/consumers"),
+        (patch, "/v1/consumers/prod/app"),
+        (post.clone(), "/v1/consumers/prod/app/rotate"),
+        (post.clone(), "/v1/consumers/prod/app/disable"),
+        (post.clone(), "/v1/consumers/prod/app/versions/1/revoke"),
+        (post.clone(), "/v1/consumers/prod/app/versions/1/retire"),
+        (post.clone(), "/v1/tokens"),
+        (post, "/v1/verify"),
+    ];
+    // serde would fill a struct from an array by position: `[null, null]` would mean "clear the
+    // ordering rule" to PATCH /v1/environments.
+    for body in ["[null, null]", "[]", "\"x\"", "7", "null", "true"] {
+        for (method, path) in &writes {
+            let (status, problem, ct) = admin(&s, method.clone(), path, body.as_bytes());
+            assert_eq!(status, 400, "{method} {path} {body}: {problem}");
+            assert_eq!(ct, "application/problem+json", "{method} {path}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("expected an object"),
+                "{method} {path} {body}: {problem}"
+            );
+        }
+    }
+    assert_eq!(state(), before, "nothing was written");
+    let envs = s.cli(&["env", "list", "--output", "json"]);
+    assert!(
+        envs.stdout.contains("\"rotate_after\": \"staging\""),
+        "{}",
+        envs.stdout
+    );
+}

@@ -323,6 +323,18 @@ pub struct ApiJson<T> {
     pub body_hash: [u8; 32],
 }
 
+/// `an array`, `a string`, … for error messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
@@ -341,6 +353,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
         let raw: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        // Every request body of the API is an object. serde would also fill a struct from an
+        // array by position (`[null, null]` read as "clear both fields"), which no client means.
+        if !raw.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "invalid JSON body: expected an object, got {}",
+                json_kind(&raw)
+            )));
+        }
         // The fingerprint of canonical JSON, so whitespace and field order do not make a retry
         // a different request.
         let body_hash = Sha256::digest(canonical_json(&raw).as_bytes()).into();
