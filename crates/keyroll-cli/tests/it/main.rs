@@ -16,6 +16,7 @@ mod harness;
 mod incident;
 mod nginx;
 mod observe;
+mod rotate_due;
 mod scan;
 mod slow_clients;
 mod store_faults;
