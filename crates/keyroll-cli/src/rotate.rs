@@ -123,10 +123,7 @@ fn idempotency_key() -> anyhow::Result<String> {
 #[derive(Debug)]
 enum Outcome {
     /// Rotated and handed on (`to` says where; `key` only when printed).
-    Rotated {
-        rotated: proto::Rotated,
-        to: String,
-    },
+    Rotated { rotated: proto::Rotated, to: String },
     /// `--dry-run`: would be rotated.
     WouldRotate,
     /// Not this command's to rotate, or not yet.
@@ -458,13 +455,7 @@ fn count(rows: &[Row], code: &str) -> usize {
     rows.iter().filter(|r| r.outcome.code() == code).count()
 }
 
-fn report(
-    rows: &[Row],
-    not_due: usize,
-    dry_run: bool,
-    handoff: &Handoff,
-    out: Output,
-) -> Printed {
+fn report(rows: &[Row], not_due: usize, dry_run: bool, handoff: &Handoff, out: Output) -> Printed {
     let summary = json!({
         "rotated": count(rows, "rotated"),
         "would_rotate": count(rows, "would_rotate"),
@@ -509,10 +500,9 @@ fn report(
             Outcome::Skipped { reason } => say!("Skipped {c}: {reason}.")?,
             Outcome::Refused { reason } => say!("Refused {c}: {reason}.")?,
             Outcome::Failed { error } => say!("Failed {c}: {}.", error.detail)?,
-            Outcome::HandoffFailed { rotated, detail } => say!(
-                "Failed {c}: {detail}. {}.",
-                recovery(&row.entry, rotated)
-            )?,
+            Outcome::HandoffFailed { rotated, detail } => {
+                say!("Failed {c}: {detail}. {}.", recovery(&row.entry, rotated))?
+            }
         }
     }
     let n = |k: &str| summary[k].as_u64().unwrap_or(0);
@@ -580,7 +570,13 @@ fn print_preflight(p: &proto::Preflight) -> Printed {
             .collect();
         if !rows.is_empty() {
             table(
-                &["    SOURCE", "USER-AGENT", "CLIENT-ID", "REQUESTS", "LAST SEEN"],
+                &[
+                    "    SOURCE",
+                    "USER-AGENT",
+                    "CLIENT-ID",
+                    "REQUESTS",
+                    "LAST SEEN",
+                ],
                 &rows,
             )?;
         }

@@ -9,6 +9,7 @@
 
 mod admin_semantics;
 mod bad_input;
+mod ci_examples;
 mod cli_errors;
 mod environment_and_reasons;
 mod forward_auth;

@@ -16,14 +16,7 @@ fn server() -> Server {
     ])
 }
 
-const CI: [&str; 6] = [
-    "--delivery",
-    "ci",
-    "--rotate-every",
-    "2s",
-    "--grace",
-    "1s",
-];
+const CI: [&str; 6] = ["--delivery", "ci", "--rotate-every", "2s", "--grace", "1s"];
 
 fn json(run: &harness::Run) -> serde_json::Value {
     serde_json::from_str(&run.stdout)
@@ -111,13 +104,13 @@ fn due_ci_consumers_rotate_in_order_and_protected_ones_need_yes() {
         "{}",
         dry.stdout
     );
-    assert!(
-        dry.stdout.contains("Nothing was changed"),
-        "{}",
-        dry.stdout
-    );
+    assert!(dry.stdout.contains("Nothing was changed"), "{}", dry.stdout);
     let dry = json(&s.cli(&["rotate", "--due", "--dry-run", "--output", "json"]));
-    assert_eq!(result(&dry, "staging/app")["outcome"], "would_rotate", "{dry}");
+    assert_eq!(
+        result(&dry, "staging/app")["outcome"],
+        "would_rotate",
+        "{dry}"
+    );
     assert_eq!(versions(&s, "staging/app").len(), 1);
 
     // The preflight of prod shows the unmet ordering rule and changes nothing.
@@ -205,7 +198,11 @@ fn due_ci_consumers_rotate_in_order_and_protected_ones_need_yes() {
     assert_eq!(versions(&s, "prod/app").len(), 1);
     let run = s.cli(&["rotate", "--due", "--out-dir", d, "--yes"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("Rotated prod/app: v2"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Rotated prod/app: v2"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("1 rotated"), "{}", run.stdout);
     let file = dir.join("prod").join("app.key");
     assert_eq!(mode(&file), 0o600);
@@ -216,7 +213,12 @@ fn due_ci_consumers_rotate_in_order_and_protected_ones_need_yes() {
         .unwrap()
         .push(key.rsplit('_').next().unwrap().to_owned());
     // Staging before prod.
-    let created = |c: &str| versions(&s, c)[1]["created_at"].as_str().unwrap().to_owned();
+    let created = |c: &str| {
+        versions(&s, c)[1]["created_at"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     let (st, pr) = (created("staging/app"), created("prod/app"));
     assert!(
         keyroll_core::parse_rfc3339(&st).unwrap() < keyroll_core::parse_rfc3339(&pr).unwrap(),
@@ -245,11 +247,7 @@ fn exec_gets_the_key_on_stdin_and_the_consumer_in_its_environment() {
     let doc = json(&run);
     assert!(!run.stdout.contains("kr_"), "a key in JSON: {}", run.stdout);
     // The command's own output goes to stderr, leaving stdout one JSON document.
-    assert!(
-        run.stderr.contains("pushed staging/a"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("pushed staging/a"), "{}", run.stderr);
     let a = result(&doc, "staging/a");
     assert_eq!(a["outcome"], "rotated", "{doc}");
     let b = result(&doc, "staging/b");
@@ -282,7 +280,10 @@ fn exec_gets_the_key_on_stdin_and_the_consumer_in_its_environment() {
     ] {
         assert!(env.lines().any(|l| l == line), "{line} not in {env}");
     }
-    assert!(!env.contains(&secret), "the key is in the command's environment");
+    assert!(
+        !env.contains(&secret),
+        "the key is in the command's environment"
+    );
     assert!(!env.contains("KEYROLL_TOKEN="), "{env}");
     let args = std::fs::read_to_string(out.path().join("args")).unwrap();
     assert_eq!(args.trim(), "", "the command got arguments");
