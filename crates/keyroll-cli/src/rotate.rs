@@ -229,6 +229,8 @@ pub async fn due(
         .partition(|e| matches!(e.state.as_str(), "due" | "blocked"));
     let mut rows: Vec<Row> = Vec::new();
     let mut todo = Vec::new();
+    // Reported in the schedule's order (environment, name), whatever happened to each.
+    let order: Vec<String> = fell_due.iter().map(|e| e.consumer.clone()).collect();
     for entry in fell_due {
         match skip_reason(&entry) {
             Some(reason) => rows.push(Row {
@@ -263,11 +265,22 @@ pub async fn due(
         };
         rows.push(Row { entry, outcome });
     }
+    rows.sort_by_key(|r| order.iter().position(|c| *c == r.entry.consumer));
     report(&rows, waiting.len(), flags.dry_run, &handoff, out)?;
-    Ok(rows
+    let failed = rows
         .iter()
-        .find_map(|r| r.outcome.failure())
-        .map_or(ExitCode::SUCCESS, ExitCode::from))
+        .filter(|r| r.outcome.failure().is_some())
+        .count();
+    let Some(exit) = rows.iter().find_map(|r| r.outcome.failure()) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !out.json {
+        // The report is on stdout; a CI log scanning stderr still sees that the run failed.
+        crate::output::note(format_args!(
+            "error: {failed} of the rotations due did not complete (see above)"
+        ));
+    }
+    Ok(exit.into())
 }
 
 /// Rotates one consumer and hands its key on.
@@ -530,6 +543,10 @@ pub async fn plan(client: &Client, r: &ConsumerRef, out: Output) -> anyhow::Resu
     Ok(())
 }
 
+fn requests(n: u64) -> String {
+    format!("{n} request{}", if n == 1 { "" } else { "s" })
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok { "[ok]" } else { "[!!]" }
 }
@@ -547,11 +564,11 @@ fn print_preflight(p: &proto::Preflight) -> Printed {
     }
     for v in &p.versions {
         say!(
-            "  v{} {}: {} requests in 24 h, {} in the last hour ({:.0}% of it), last used {}",
+            "  v{} {}: {} in 24 h, {} in the last hour ({:.0}% of it), last used {}",
             v.version,
             v.state,
-            v.requests_24h,
-            v.requests_1h,
+            requests(v.requests_24h),
+            requests(v.requests_1h),
             v.share_1h * 100.0,
             v.last_used_at.as_deref().unwrap_or("never")
         )?;
@@ -645,4 +662,79 @@ fn print_preflight(p: &proto::Preflight) -> Printed {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(state: &str, delivery: &str) -> proto::ScheduleEntry {
+        proto::ScheduleEntry {
+            consumer: "prod/app".into(),
+            environment: "prod".into(),
+            name: "app".into(),
+            delivery: delivery.into(),
+            protected: false,
+            state: state.into(),
+            rotate_every: Some("7d".into()),
+            active_version: Some(1),
+            active_since: None,
+            next_due: None,
+            blockers: vec![proto::Blocker {
+                code: "ordering".into(),
+                message: "waiting for staging/app to rotate first".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn only_due_ci_consumers_are_rotated_and_the_others_say_why() {
+        assert_eq!(skip_reason(&entry("due", "ci")), None);
+        let blocked = skip_reason(&entry("blocked", "ci")).unwrap_or_default();
+        assert!(
+            blocked.contains("blocked: waiting for staging/app"),
+            "{blocked}"
+        );
+        let manual = skip_reason(&entry("due", "manual")).unwrap_or_default();
+        assert!(manual.contains("keyroll rotate prod/app"), "{manual}");
+        let agent = skip_reason(&entry("due", "agent")).unwrap_or_default();
+        assert!(agent.contains("agent"), "{agent}");
+        assert_eq!(
+            key_path(Path::new("out"), &entry("due", "ci")),
+            Path::new("out/prod/app.key")
+        );
+    }
+
+    #[test]
+    fn unreachable_and_server_failures_are_retried_and_answers_are_not() {
+        let api = |status| ClientError::Api {
+            status,
+            problem: Box::new(proto::Problem {
+                type_uri: String::new(),
+                title: String::new(),
+                status,
+                detail: String::new(),
+                code: String::new(),
+                kid: None,
+                fingerprint: None,
+                consumer: None,
+                version: None,
+                request_id: String::new(),
+            }),
+        };
+        assert!(transient(&api(503)));
+        assert!(!transient(&api(409)));
+        assert!(!transient(&api(428)));
+        assert!(transient(&ClientError::Unreachable {
+            url: String::new(),
+            reason: String::new(),
+            kind: keyroll_client::Transport::Refused,
+        }));
+        let (a, b) = (
+            idempotency_key().unwrap_or_default(),
+            idempotency_key().unwrap_or_default(),
+        );
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()) && a != b);
+    }
 }
