@@ -307,7 +307,30 @@ fn an_existing_key_file_stops_the_run_before_any_rotation() {
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(run.stderr.contains("app.key"), "{}", run.stderr);
     assert_eq!(versions(&s, "staging/app").len(), 1, "rotated anyway");
+    // With neither --out-dir nor --exec the key is printed, once.
+    let run = s.cli(&["rotate", "--due"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let keys = harness::issued_keys(&run.stdout);
+    assert_eq!(keys.len(), 1, "{}", run.stdout);
+    assert!(run.stdout.contains("shown once"), "{}", run.stdout);
+    assert_eq!(verify(&s, &keys[0]).code, 0);
     // An unknown environment is named as such.
     let run = s.cli(&["rotate", "--due", "--env", "nope"]);
     assert_eq!(run.code, 6, "{}", run.stderr);
+}
+
+#[test]
+fn an_unreachable_server_is_retried_then_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "kra_x_y\n").unwrap();
+    let out = std::process::Command::new(harness::BIN)
+        .args(["rotate", "--due", "--data-dir"])
+        .arg(dir.path())
+        .env("KEYROLL_SERVER", "http://127.0.0.1:9")
+        .env_remove("KEYROLL_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert_eq!(stderr.matches("trying again").count(), 3, "{stderr}");
 }
