@@ -8,6 +8,7 @@ mod exit;
 mod keyfiles;
 mod output;
 mod policy;
+mod rotate;
 mod scan;
 mod status;
 mod token;
@@ -116,8 +117,9 @@ enum Cmd {
     Consumer(ConsumerCmd),
     /// Issue a new key version; older ones keep working for the grace window.
     Rotate {
-        /// ENV/NAME.
-        consumer: String,
+        /// ENV/NAME (none with --due).
+        #[arg(required_unless_present = "due")]
+        consumer: Option<String>,
         /// How long older versions keep working (humantime: 48h, 30d; 0 retires them now).
         #[arg(long)]
         grace: Option<String>,
@@ -133,6 +135,8 @@ enum Cmd {
         /// Confirm the change (required in a protected environment).
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        ci: rotate::CiFlags,
     },
     /// Revoke a version at once (leaks). Never gated by usage; needs --yes in a protected environment.
     Revoke {
@@ -459,6 +463,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    // For checking scripts and CI files without a server: the arguments parse, nothing runs.
+    if std::env::var_os("KEYROLL_CHECK_ARGS").is_some_and(|v| v == "1") {
+        return ExitCode::SUCCESS;
+    }
     let json = cli.global.output == Format::Json;
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -804,8 +812,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             expires_in,
             idempotency_key,
             yes,
+            ci,
         } => {
-            let r = consumer_ref(&consumer)?;
+            if ci.due {
+                let options = rotate::DueOptions {
+                    enforce,
+                    expires_in,
+                    yes,
+                };
+                return rotate::due(&client(&cli.global)?, &ci, &options, out).await;
+            }
+            let r = consumer_ref(consumer.as_deref().unwrap_or_default())?;
+            if ci.plan {
+                rotate::plan(&client(&cli.global)?, &r, out).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             check_duration("grace", grace.as_ref())?;
             check_duration("expires-in", expires_in.as_ref())?;
             let req = proto::RotateRequest {

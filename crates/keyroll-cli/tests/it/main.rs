@@ -10,6 +10,7 @@
 mod admin_semantics;
 mod audit;
 mod bad_input;
+mod ci_examples;
 mod cli_errors;
 mod environment_and_reasons;
 mod forward_auth;
@@ -18,6 +19,7 @@ mod incident;
 mod nginx;
 mod observe;
 mod policy;
+mod rotate_due;
 mod scan;
 mod slow_clients;
 mod stalled_plan;
