@@ -81,11 +81,27 @@ impl Snapshot {
     /// Reads the store. Consumers are settled in memory, so a grace window that ended but was
     /// not yet written down counts as ended.
     pub async fn read(state: &AppState, now: Timestamp) -> Result<Snapshot, ServiceError> {
+        let all = state.store.list_consumers(None).await?;
+        Snapshot::of(state, all, now).await
+    }
+
+    /// Only what a run of the schedule needs ([`keyroll_store::Store::list_schedule_candidates`]):
+    /// a run every 30 s must not read a million consumers that have no schedule.
+    pub async fn read_candidates(
+        state: &AppState,
+        now: Timestamp,
+    ) -> Result<Snapshot, ServiceError> {
+        let some = state.store.list_schedule_candidates().await?;
+        Snapshot::of(state, some, now).await
+    }
+
+    async fn of(
+        state: &AppState,
+        stored: Vec<keyroll_store::StoredConsumer>,
+        now: Timestamp,
+    ) -> Result<Snapshot, ServiceError> {
         let environments = state.store.list_environments().await?;
-        let consumers = state
-            .store
-            .list_consumers(None)
-            .await?
+        let consumers = stored
             .into_iter()
             .map(|s| settled(state, s.consumer, now))
             .collect();
@@ -169,8 +185,12 @@ pub struct RunOutcome {
 pub async fn run_once(state: &AppState) -> RunOutcome {
     let now = state.clock.now();
     let mut outcome = RunOutcome::default();
-    let placed = match place_all(state, None, now).await {
-        Ok(p) => p,
+    let placed = match Snapshot::read_candidates(state, now).await {
+        Ok(snapshot) => snapshot
+            .consumers
+            .iter()
+            .map(|c| snapshot.place(c))
+            .collect::<Vec<_>>(),
         Err(e) => {
             tracing::warn!(event = "schedule.failed", error = %e, "could not read the schedule; will retry");
             outcome.failed += 1;

@@ -351,6 +351,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         environment: Option<&Environment>,
     ) -> Result<Vec<StoredConsumer>, StoreError>;
 
+    /// The consumers the schedule's runner must look at, with their versions: every consumer
+    /// with a rotation period, every consumer with a valid version whose hard expiry was not yet
+    /// announced, and the same-named consumers of an environment another environment rotates
+    /// after. Every other consumer's schedule state is `unscheduled` with nothing to announce.
+    async fn list_schedule_candidates(&self) -> Result<Vec<StoredConsumer>, StoreError>;
+
     /// Writes a consumer's new state, its audit entries and idempotency record in one
     /// transaction. `Conflict` if the revision moved, `KidCollision`, `IdempotencyKeyUsed`.
     /// Returns the consumer as stored (with its new revision). Durations (`policy.idle`, a

@@ -330,6 +330,10 @@ impl crate::Store for SqliteStore {
         self.consumer_list(environment).await
     }
 
+    async fn list_schedule_candidates(&self) -> Result<Vec<StoredConsumer>, StoreError> {
+        self.consumer_schedule_candidates().await
+    }
+
     async fn write_consumer(&self, write: ConsumerWrite<'_>) -> Result<StoredConsumer, StoreError> {
         self.consumer_write(write).await
     }

@@ -54,6 +54,8 @@ pub(super) enum Filter<'a> {
     All,
     Environment(&'a Environment),
     One(&'a ConsumerRef),
+    /// What the schedule's runner looks at (the `schedule_candidates` view).
+    ScheduleCandidates,
 }
 
 impl<'a> Filter<'a> {
@@ -90,6 +92,10 @@ impl<'a> Filter<'a> {
                 "WHERE environment = ?1 AND name = ?2",
                 "WHERE consumer_id IN (SELECT id FROM consumers WHERE environment = ?1 AND name = ?2)"
             ),
+            Filter::ScheduleCandidates => pair!(
+                "WHERE id IN (SELECT id FROM schedule_candidates)",
+                "WHERE consumer_id IN (SELECT id FROM schedule_candidates)"
+            ),
         }
     }
 
@@ -101,7 +107,7 @@ impl<'a> Filter<'a> {
         'a: 'q,
     {
         match *self {
-            Filter::All => query,
+            Filter::All | Filter::ScheduleCandidates => query,
             Filter::Environment(env) => query.bind(env.as_str()),
             Filter::One(r) => query.bind(r.environment.as_str()).bind(r.name.as_str()),
         }
@@ -176,6 +182,16 @@ impl SqliteStore {
         let doing = format!("reading consumer {r}");
         let mut found = self.read_consumers(Filter::One(r), &doing).await?;
         Ok(found.pop())
+    }
+
+    pub(super) async fn consumer_schedule_candidates(
+        &self,
+    ) -> Result<Vec<StoredConsumer>, StoreError> {
+        self.read_consumers(
+            Filter::ScheduleCandidates,
+            "reading the schedule's consumers",
+        )
+        .await
     }
 
     pub(super) async fn consumer_list(

@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             audit_chain_links_every_change,
             audit_query_filters_and_pages,
             schedule_fields_and_ordering_round_trip,
+            schedule_candidates_are_what_the_schedule_must_look_at,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
@@ -2563,4 +2564,65 @@ pub async fn schedule_fields_and_ordering_round_trip(store: &dyn Store) {
         Some(&due.consumer),
         "load_all reads the same fields"
     );
+}
+
+/// The schedule's runner reads only consumers with a period, with a hard expiry not yet
+/// announced, or named by an ordering rule of a scheduled consumer.
+pub async fn schedule_candidates_are_what_the_schedule_must_look_at(store: &dyn Store) {
+    make_env(store, "staging", false).await;
+    let prod = EnvironmentRecord {
+        name: env("prod"),
+        protected: false,
+        rotate_after: Some(env("staging")),
+        created_at: at(1),
+    };
+    store
+        .create_environment(&prod, &audit(1, "environment.created", "environment prod"))
+        .await
+        .unwrap();
+    let schedule = Schedule {
+        rotate_every: Some(Duration::from_secs(86_400)),
+        ..Schedule::default()
+    };
+    // Drafts expire in 90 days; only the two expiry cases keep one.
+    let make = |env_name: &'static str, name: &'static str, seed: u64| async move {
+        let (mut c, _) = draft(env_name, name, seed, 2_000);
+        c.versions[0].expires_at = None;
+        c
+    };
+    let mut scheduled = make("prod", "api", 1).await;
+    scheduled.schedule = schedule;
+    let twin = make("staging", "api", 2).await;
+    let plain = make("staging", "other", 3).await;
+    let mut expiring = make("prod", "batch", 4).await;
+    expiring.versions[0].expires_at = Some(at(9_000_000));
+    let mut announced = make("prod", "old", 5).await;
+    announced.versions[0].expires_at = Some(at(9_000_000));
+    announced.versions[0].expiry_warned = true;
+    for c in [&scheduled, &twin, &plain, &expiring, &announced] {
+        store
+            .create_consumer(
+                c,
+                &[audit(2_000, "consumer.created", &c.reference())],
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let mut names: Vec<String> = store
+        .list_schedule_candidates()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.consumer.reference())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["prod/api", "prod/batch", "staging/api"]);
+    let read = store.list_schedule_candidates().await.unwrap();
+    let api = read
+        .iter()
+        .find(|s| s.consumer.reference() == "prod/api")
+        .unwrap();
+    assert_eq!(api.consumer, scheduled, "with every version and field");
 }
