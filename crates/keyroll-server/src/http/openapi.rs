@@ -334,6 +334,10 @@ fn param_rules(path: &str, p: &mut Value) {
         ("path", "env") | ("query", "environment") => {
             json!({ "type": "string", "pattern": ENVIRONMENT })
         }
+        // `/v1/environments/{name}` names an environment; everywhere else `name` is a consumer's.
+        ("path", "name") if path.starts_with("/v1/environments/") => {
+            json!({ "type": "string", "pattern": ENVIRONMENT })
+        }
         ("path", "name") => json!({ "type": "string", "pattern": CONSUMER_NAME }),
         ("path", "version") => json!({ "type": "string", "pattern": "^v?[1-9][0-9]{0,8}$" }),
         ("path", "kid" | "id") | ("query", "kid") => {
@@ -581,6 +585,13 @@ mod tests {
             .and_then(|ps| ps.iter().find(|p| p["name"] == "env"))
             .expect("env parameter");
         assert_eq!(env["schema"]["pattern"], ENVIRONMENT);
+        for method in ["get", "patch"] {
+            let name = doc["paths"]["/v1/environments/{name}"][method]["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == "name"))
+                .expect("name parameter");
+            assert_eq!(name["schema"]["pattern"], ENVIRONMENT, "{method}");
+        }
         let create = &doc["components"]["schemas"]["CreateConsumer"]["properties"];
         assert_eq!(create["name"]["pattern"], CONSUMER_NAME);
         assert!(create["name"]["description"].is_string(), "kept");
