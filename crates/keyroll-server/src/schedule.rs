@@ -95,7 +95,8 @@ impl Snapshot {
         Snapshot::of(state, some, now).await
     }
 
-    async fn of(
+    /// From consumers the caller already read: all of them, or the ordering rules see only part.
+    pub async fn of(
         state: &AppState,
         stored: Vec<keyroll_store::StoredConsumer>,
         now: Timestamp,

@@ -77,7 +77,13 @@ pub async fn status(
         .flat_map(|c| c.consumer.versions.iter().map(|v| v.kid))
         .collect();
     let usage = state.store.usage(&kids, at.saturating_sub(DAY)).await?;
-    let snapshot = crate::schedule::Snapshot::read(&state, at).await?;
+    // Unfiltered, `consumers` is every consumer: place them from it rather than reading the
+    // store a second time (`status --watch` asks every 2 s).
+    let snapshot = if only.is_none() && environment.is_none() {
+        crate::schedule::Snapshot::of(&state, consumers.clone(), at).await?
+    } else {
+        crate::schedule::Snapshot::read(&state, at).await?
+    };
     let items = consumers
         .iter()
         .map(|c| {
