@@ -91,12 +91,16 @@ async fn consumer(w: &World, env_name: &str, name: &str, every: Duration, delive
         },
         managed: false,
     };
+    create(w, spec, None).await;
+}
+
+async fn create(w: &World, spec: ConsumerSpec, expires_in: Option<Duration>) {
     let params = json!({});
     service::create_consumer(
         &w.state,
         &request(),
         spec,
-        None,
+        expires_in,
         Change {
             command: "consumer.create",
             params: &params,
@@ -240,21 +244,7 @@ async fn a_version_nearing_its_hard_expiry_raises_key_expiring_seven_days_ahead_
         schedule: Schedule::default(),
         managed: false,
     };
-    let params = json!({});
-    service::create_consumer(
-        &w.state,
-        &request(),
-        spec,
-        Some(30 * DAY),
-        Change {
-            command: "consumer.create",
-            params: &params,
-            status: 201,
-        },
-        |_, _, _| Value::Null,
-    )
-    .await
-    .unwrap();
+    create(&w, spec, Some(30 * DAY)).await;
     w.clock.advance(22 * DAY);
     assert_eq!(run_once(&w.state).await.expiring_raised, 0);
     w.clock.advance(DAY + Duration::from_secs(1));
