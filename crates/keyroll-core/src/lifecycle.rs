@@ -182,11 +182,14 @@ pub struct Policy {
     pub on_stall: OnStall,
 }
 
+/// The idle window of a consumer that names none.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             retire: RetirePolicy::WhenIdle,
-            idle: Duration::from_secs(3600),
+            idle: DEFAULT_IDLE,
             on_stall: OnStall::Extend,
         }
     }

@@ -87,10 +87,11 @@ pub struct Policy {
     pub consumers: Vec<DesiredConsumer>,
 }
 
-/// Defaults when `[defaults]` leaves a field out (SPEC §7).
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(48 * 3600);
-/// Default idle window.
-pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+/// Defaults when `[defaults]` leaves a field out (SPEC §7): the core's, so a consumer the file
+/// leaves at the default and one created by hand get the same grace and idle window.
+pub use keyroll_core::DEFAULT_GRACE;
+/// Default idle window: the core's [`keyroll_core::Policy::default`].
+pub const DEFAULT_IDLE: Duration = keyroll_core::lifecycle::DEFAULT_IDLE;
 
 const ROOT_FIELDS: &[&str] = &["defaults", "environment", "consumer"];
 const POLICY_FIELDS: &[&str] = &["rotate_every", "grace", "retire", "idle", "on_stall"];
