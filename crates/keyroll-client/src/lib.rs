@@ -151,8 +151,25 @@ impl Client {
         body: Option<&(dyn erased::Json + Sync)>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer<T>, ClientError> {
+        self.call_within(method, path, body, idempotency_key, None)
+            .await
+    }
+
+    /// [`Client::call`] with a whole-request timeout other than the client's 30 s (a long-poll
+    /// must outlast its own `wait`).
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&(dyn erased::Json + Sync)>,
+        idempotency_key: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer<T>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -693,5 +710,83 @@ impl Client {
             format!("/v1/audit?{}", query.join("&"))
         };
         self.call(reqwest::Method::GET, &path, None, None).await
+    }
+}
+
+/// Self-service: the calls of an agent, made with a client whose token is the consumer's key.
+impl Client {
+    /// `GET /v1/self`: the caller's consumer as its agent needs it. With `wait`, the server
+    /// holds the answer until the consumer's revision differs from `known` or `wait` passes.
+    pub async fn self_state(
+        &self,
+        wait: Option<Duration>,
+        known: Option<i64>,
+    ) -> Result<Answer<proto::SelfState>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(w) = wait {
+            query.push(format!("wait={}s", w.as_secs().max(1)));
+        }
+        if let Some(k) = known {
+            query.push(format!("known={k}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/self".to_owned()
+        } else {
+            format!("/v1/self?{}", query.join("&"))
+        };
+        let timeout = wait.map(|w| w + Duration::from_secs(15));
+        self.call_within(reqwest::Method::GET, &path, None, None, timeout)
+            .await
+    }
+
+    /// `POST /v1/self/rotate`: the next version, issued to this agent (plaintext once; the
+    /// same `idempotency_key` after a lost answer returns it again).
+    pub async fn self_rotate(
+        &self,
+        req: &proto::SelfRotateRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer<proto::Rotated>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/self/rotate",
+            Some(req),
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// `POST /v1/self/handover`: the newer version another agent (or this one before a crash)
+    /// was issued from the caller's version.
+    pub async fn self_handover(
+        &self,
+        req: &proto::HandoverRequest,
+    ) -> Result<Answer<proto::Handover>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/self/handover", Some(req), None)
+            .await
+    }
+
+    /// `POST /v1/self/report`: the agent's heartbeat, made with the key it holds now.
+    pub async fn self_report(
+        &self,
+        req: &proto::AgentReport,
+    ) -> Result<Answer<proto::AgentInfo>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/self/report", Some(req), None)
+            .await
+    }
+
+    /// `POST /v1/consumers/{env}/{name}/request-rotation` (admin): ask its agents to rotate.
+    pub async fn request_rotation(
+        &self,
+        env: &str,
+        name: &str,
+        req: &proto::RequestRotation,
+    ) -> Result<Answer<proto::Consumer>, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &consumer_path(env, name, "/request-rotation"),
+            Some(req),
+            None,
+        )
+        .await
     }
 }

@@ -870,3 +870,144 @@ pub struct AuditPage {
     /// The newest entry's position, if there is one.
     pub head_seq: Option<i64>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Self-service: what an agent (`keyroll agent`, `keyroll run`) asks, authenticated by its
+// consumer's own key (`Authorization: Bearer CONSUMER_KEY`). A consumer key reaches only these
+// paths and only its own consumer.
+
+/// Why an agent should rotate now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SelfRotate {
+    /// `due` (the schedule), `requested` (an operator: `keyroll rotate ENV/NAME --via-agent`)
+    /// or `superseded` (a newer version exists that the caller cannot fetch: it was issued but
+    /// never handed over, so the agent rotates again and the orphan retires unused).
+    pub reason: String,
+    /// Since when, when known.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// In words.
+    pub detail: String,
+}
+
+/// `GET /v1/self[?wait=25s&known=REVISION]`: the caller's consumer as its agent needs it.
+/// With `wait`, the answer is held until the consumer changes (its `revision` differs from
+/// `known`) or `wait` passes (at most 60 s), so an agent learns of a rotation at once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SelfState {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The key id of the key the caller authenticated with.
+    pub kid: String,
+    /// Its version.
+    pub version: u32,
+    /// Its state: `active` or `retiring`.
+    pub state: String,
+    /// When it stops working, if it is retiring.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// The newest active version.
+    pub active_version: u32,
+    /// A newer version the caller can fetch with `POST /v1/self/handover` (it was issued to
+    /// another agent of the same consumer, or to this one before a crash).
+    #[serde(default)]
+    pub handover: Option<u32>,
+    /// Set when the agent should rotate now (`POST /v1/self/rotate`).
+    #[serde(default)]
+    pub rotate: Option<SelfRotate>,
+    /// The grace window a self-rotation gives the old key.
+    pub grace: String,
+    /// How this consumer's keys are delivered: `agent`, `ci` or `manual`.
+    pub delivery: String,
+    /// Changes with every change to the consumer: pass it back as `known` to long-poll.
+    pub revision: i64,
+}
+
+/// `POST /v1/self/rotate`: issue the next version to this agent. Answered with [`Rotated`]
+/// (the plaintext `key` once; an `Idempotency-Key` makes a retry after a lost answer return it
+/// again). Refused with 409 `rotation_raced` when the active version is no longer
+/// `expect_active` (another agent rotated first: fetch its key with `POST /v1/self/handover`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SelfRotateRequest {
+    /// The agent's id (`agt_…`, chosen by the agent at its first start and kept in its state).
+    pub agent: String,
+    /// The active version the agent saw in [`SelfState`].
+    #[serde(default)]
+    pub expect_active: Option<u32>,
+}
+
+/// `POST /v1/self/handover`: the newest version, issued from the caller's version by another
+/// agent (or by this one before a crash), handed over to this agent. 404 `no_handover` when
+/// there is none.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct HandoverRequest {
+    /// The agent's id.
+    pub agent: String,
+}
+
+/// A key handed over to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Handover {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The plaintext key.
+    pub key: String,
+    /// Its key id.
+    pub kid: String,
+    /// Its version.
+    pub version: u32,
+}
+
+/// `POST /v1/self/report`, authenticated with the key the agent holds now (and has written
+/// where the app reads it): the agent's heartbeat. The first report of a version by an agent
+/// records the delivery (`version.delivered`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AgentReport {
+    /// The agent's id.
+    pub agent: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// How it delivers: `file` or `exec`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `ok`, or `degraded` with `detail` (a reload command failed, …).
+    #[serde(default)]
+    pub health: Option<String>,
+    /// In words.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// An agent as the server last heard of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The agent's id.
+    pub agent: String,
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `file` or `exec`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The version it holds (the key of its last report).
+    pub version: u32,
+    /// Its last report.
+    pub last_contact: String,
+    /// `ok` or `degraded`.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// In words.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/consumers/{env}/{name}/request-rotation`: ask the consumer's agents to rotate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RequestRotation {
+    /// Explicit confirmation, required in a protected environment.
+    #[serde(default)]
+    pub confirm: bool,
+}
