@@ -2,6 +2,7 @@
 //! parsers before anything is sent, and every failure ends as one line on stderr (one JSON
 //! object under `--output json`) and the exit code of its kind (see `exit.rs`).
 
+mod agent;
 mod audit;
 mod decisions;
 mod exit;
@@ -224,6 +225,12 @@ enum Cmd {
     /// The audit log: list entries, verify its hash chain (exit 3 on a broken link).
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Keep a consumer's key current in a file and rotate it by itself (`keyroll agent status`:
+    /// its health). Authenticates with the consumer's own key.
+    Agent(agent::AgentArgs),
+    /// Run a command with the consumer's key in its environment (KEYROLL_KEY), restarting it
+    /// gracefully on a new key; exits with the command's exit code.
+    Run(agent::run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -978,6 +985,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Apply(args) => return policy::apply(args, &client(&cli.global)?, out).await,
         Cmd::Audit(cmd) => return audit::run(cmd, &client(&cli.global)?, out).await,
+        Cmd::Agent(args) => return agent::agent(args, &cli.global.server, out).await,
+        Cmd::Run(args) => return agent::run::run(args, &cli.global.server).await,
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());

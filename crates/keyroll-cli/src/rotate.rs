@@ -112,7 +112,7 @@ where
 
 /// A fresh random `Idempotency-Key` (128 bits as 32 hex digits): strong enough for the server
 /// to keep the new key sealed for a replay, so a retry after a lost answer still gets it.
-fn idempotency_key() -> anyhow::Result<String> {
+pub(crate) fn idempotency_key() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
         .map_err(|e| anyhow::anyhow!("no randomness for an Idempotency-Key: {e}"))?;
