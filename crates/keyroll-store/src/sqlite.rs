@@ -38,6 +38,7 @@
 mod audit;
 mod consumers;
 mod decode;
+mod delivery;
 mod environments;
 mod errors;
 mod health;
@@ -61,9 +62,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite};
 
 use crate::{
-    AdminGuard, AdminTokenEntry, AdminTokenRecord, AuditQuery, AuditRecord, ChainedAudit,
-    ConsumerWrite, EnvironmentRecord, EventRecord, IdempotencyRecord, Installation, StoreError,
-    StoredConsumer, TokenRevocation, UsageDelta, VersionUsage,
+    AdminGuard, AdminTokenEntry, AdminTokenRecord, AgentRecord, AuditQuery, AuditRecord,
+    ChainedAudit, ConsumerWrite, DeliveryRecord, EnvironmentRecord, EventRecord, HandoverRecord,
+    IdempotencyRecord, Installation, StoreError, StoredConsumer, TokenRevocation, UsageDelta,
+    VersionUsage,
 };
 use errors::{migrate_error, open_error};
 use health::{FileId, file_id};
@@ -425,5 +427,37 @@ impl crate::Store for SqliteStore {
 
     async fn installation(&self, new_id: &str) -> Result<Installation, StoreError> {
         self.installation_get(new_id).await
+    }
+
+    async fn find_handover(
+        &self,
+        consumer_id: i64,
+        from_version: u32,
+    ) -> Result<Option<HandoverRecord>, StoreError> {
+        self.handover_find(consumer_id, from_version).await
+    }
+
+    async fn record_agent(
+        &self,
+        consumer_id: i64,
+        agent: &AgentRecord,
+        audit: &[AuditRecord],
+        events: &[EventRecord],
+    ) -> Result<bool, StoreError> {
+        self.agent_record(consumer_id, agent, audit, events).await
+    }
+
+    async fn list_agents(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agent_list(environment).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.delivery_list(environment).await
     }
 }

@@ -255,6 +255,7 @@ async fn apply_with(
             audit: &entries,
             idempotency: None,
             events: &events,
+            handover: None,
         })
         .await
 }
@@ -734,6 +735,7 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
             audit: &[audit(3_000, "consumer.disabled", "prod/billing-app")],
             idempotency: Some(&reused),
             events: &[],
+            handover: None,
         })
         .await
         .unwrap_err();
@@ -789,6 +791,7 @@ pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
                     audit: &[audit(5_000, "consumer.disabled", "prod/billing-app")],
                     idempotency: None,
                     events: &[],
+                    handover: None,
                 })
                 .await
         }
@@ -839,6 +842,7 @@ pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
             audit: &[],
             idempotency: None,
             events: &[],
+            handover: None,
         })
         .await
         .unwrap_err();
@@ -1110,6 +1114,7 @@ pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
             audit: &[audit(day_later, "consumer.updated", "prod/billing-app")],
             idempotency: None,
             events: &[],
+            handover: None,
         })
         .await
         .unwrap();
@@ -1136,6 +1141,7 @@ pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
                 audit: &[],
                 idempotency: None,
                 events: &[],
+                handover: None,
             })
             .await
             .unwrap_err();
@@ -1271,6 +1277,7 @@ pub async fn events_are_written_with_their_change_and_paged(store: &dyn Store) {
             audit: &[],
             idempotency: None,
             events: std::slice::from_ref(&stray),
+            handover: None,
         })
         .await
         .unwrap_err();
@@ -1286,6 +1293,7 @@ pub async fn events_are_written_with_their_change_and_paged(store: &dyn Store) {
             audit: &[],
             idempotency: None,
             events: std::slice::from_ref(&stray),
+            handover: None,
         })
         .await
         .unwrap();
@@ -1738,6 +1746,7 @@ pub async fn idempotency_sealed_key_round_trips_and_is_cleared_after_its_window(
             )],
             idempotency: Some(&inside),
             events: &[],
+            handover: None,
         })
         .await
         .unwrap();
@@ -2347,6 +2356,7 @@ pub async fn audit_query_filters_and_pages(store: &dyn Store) {
             ],
             idempotency: None,
             events: &[],
+            handover: None,
         })
         .await
         .unwrap();
