@@ -56,13 +56,41 @@ pub fn start_in(data: &Path) -> Server {
     spawn(tempfile::tempdir().unwrap(), data.to_owned(), &[], &[])
 }
 
+/// A server on `data` listening on `listen` (a fixed address, so that a restart is found where
+/// its clients look).
+pub fn start_at(data: &Path, listen: &str) -> Server {
+    spawn_on(
+        tempfile::tempdir().unwrap(),
+        data.to_owned(),
+        listen,
+        &[],
+        &[],
+    )
+}
+
+/// A free loopback address (bound and released; good enough for one test's restarts).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 fn spawn(dir: tempfile::TempDir, data: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    spawn_on(dir, data, "127.0.0.1:0", extra, env)
+}
+
+fn spawn_on(
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let mut child = Command::new(BIN)
         .envs(env.iter().copied())
         .args([
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--log-format",
             "json",
             "--data-dir",

@@ -8,6 +8,8 @@
 )]
 
 mod admin_semantics;
+mod agent;
+mod agent_chaos;
 mod audit;
 mod bad_input;
 mod ci_examples;
@@ -20,6 +22,7 @@ mod nginx;
 mod observe;
 mod policy;
 mod rotate_due;
+mod run;
 mod scan;
 mod self_service;
 mod slow_clients;
