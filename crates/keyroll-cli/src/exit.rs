@@ -19,7 +19,7 @@ pub enum Exit {
     /// Invalid arguments or configuration, refused by keyroll or by the server (HTTP 400, 422).
     Usage,
     /// `verify`: the key is rejected; `scan`: a key found fails the check; `audit verify`: the
-    /// audit chain is broken.
+    /// audit chain is broken; `agent status`: the agent is unhealthy.
     Rejected,
     /// The server cannot be reached (connection refused, DNS, timeout, connection lost).
     Unreachable,
@@ -73,7 +73,7 @@ impl Exit {
             Exit::Error => "any other error (a local file, an unexpected answer, stdout full)",
             Exit::Usage => "invalid arguments or configuration (also HTTP 400/422 from the server)",
             Exit::Rejected => {
-                "verify: the key is rejected; scan: a key fails the check; audit verify: the chain is broken"
+                "verify: the key is rejected; scan: a key fails the check; audit verify: the chain is broken; agent status: unhealthy"
             }
             Exit::Unreachable => "the server cannot be reached (refused, DNS, timeout, cut off)",
             Exit::Auth => "no admin token, or the server refused it (HTTP 401/403)",

@@ -20,9 +20,9 @@ pub enum Level {
 impl Level {
     fn as_str(self) -> &'static str {
         match self {
-            Level::Info => "INFO",
-            Level::Warn => "WARN",
-            Level::Error => "ERROR",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
         }
     }
 }
@@ -134,7 +134,7 @@ mod tests {
         );
         assert_eq!(
             line,
-            r#"{"ts":"2026-01-01T00:00:00.000Z","level":"WARN","event":"agent.poll_failed","consumer":"prod/billing","version":3,"message":"cannot reach the server","retry_in_ms":1500}"#
+            r#"{"ts":"2026-01-01T00:00:00.000Z","level":"warn","event":"agent.poll_failed","consumer":"prod/billing","version":3,"message":"cannot reach the server","retry_in_ms":1500}"#
         );
         let line = render(
             "t",

@@ -160,6 +160,7 @@ pub async fn run(args: RunArgs, server: &str) -> anyhow::Result<ExitCode> {
     );
     let mut restart_at: Option<Instant> = None;
     let mut next: Option<KeyUpdate> = None;
+    let mut updates_open = true;
     loop {
         let restart = async {
             match restart_at {
@@ -188,9 +189,10 @@ pub async fn run(args: RunArgs, server: &str) -> anyhow::Result<ExitCode> {
                 );
                 send(&child, sig);
             }
-            changed = rx.changed() => {
+            changed = rx.changed(), if updates_open => {
                 if changed.is_err() {
                     // The agent loop ended; the child keeps the key it has.
+                    updates_open = false;
                     continue;
                 }
                 let update = rx.borrow_and_update().clone();

@@ -367,7 +367,7 @@ fn with_the_server_down_the_agent_keeps_its_key_and_recovers_when_it_is_back() {
 
     let failed = agent.wait_for("agent.poll_failed", 1, Duration::from_secs(20));
     assert!(failed[0]["retry_in_ms"].is_u64(), "{}", failed[0]);
-    assert_eq!(failed[0]["level"], "WARN");
+    assert_eq!(failed[0]["level"], "warn");
     let st = status(&key_file, false);
     assert_eq!(st.code, 3, "unhealthy: {}{}", st.stdout, st.stderr);
     assert!(st.stdout.contains("UNREACHABLE"), "{}", st.stdout);
@@ -412,7 +412,7 @@ fn a_rejected_key_is_an_error_and_the_file_is_kept() {
     wait_reachable(&key_file);
     ok(s.cli(&["revoke", "prod/old", "v1", "--reason", "leaked", "--yes"]));
     let e = agent.wait_for("agent.key_rejected", 1, Duration::from_secs(15));
-    assert_eq!(e[0]["level"], "ERROR");
+    assert_eq!(e[0]["level"], "error");
     assert_eq!(e[0]["code"], "key_revoked");
     assert!(
         e[0]["message"]
