@@ -499,6 +499,12 @@ pub enum Command {
     /// Ask the consumer's agents to rotate the active version now (`rotation.requested`; a
     /// repeated request while one is open changes nothing).
     RequestRotation,
+    /// Record that this version was delivered to an agent but has not been seen in traffic
+    /// since (the app did not reload): `version.unused`, once per version, like the 24 h rule.
+    ReportUnseen {
+        /// Which.
+        version: VersionNumber,
+    },
     /// Record that these versions' hard expiry is near (`key.expiring`, once per version).
     WarnExpiring {
         /// The versions ([`expiring_versions`]).
@@ -905,6 +911,15 @@ impl Consumer {
                 if v.rotation_requested.is_none() {
                     v.rotation_requested = Some(now);
                     effects.push(Effect::RotationRequested(v.number));
+                }
+            }
+            Command::ReportUnseen { version } => {
+                if let Some(v) = next.versions.iter_mut().find(|v| v.number == version)
+                    && v.state == StoredState::Active
+                    && !v.unused_reported
+                {
+                    v.unused_reported = true;
+                    effects.push(Effect::Unused(version));
                 }
             }
             Command::WarnExpiring { versions } => {

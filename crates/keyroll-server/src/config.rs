@@ -44,6 +44,9 @@ pub struct ScheduleConfig {
     pub enabled: bool,
     /// How often the schedule is looked at (default `30s`).
     pub interval: String,
+    /// A version delivered to an agent and not seen in traffic this long after is reported
+    /// (`version.unused`, and a warning in status): the app did not reload (default `5m`).
+    pub unseen_after: String,
 }
 
 impl Default for ScheduleConfig {
@@ -51,6 +54,7 @@ impl Default for ScheduleConfig {
         ScheduleConfig {
             enabled: true,
             interval: "30s".into(),
+            unseen_after: "5m".into(),
         }
     }
 }
@@ -258,6 +262,8 @@ pub struct Config {
     pub schedule_enabled: bool,
     /// How often it is looked at.
     pub schedule_interval: Duration,
+    /// See [`ScheduleConfig::unseen_after`].
+    pub unseen_after: Duration,
 }
 
 /// The validated `[http]` section.
@@ -480,7 +486,9 @@ impl Config {
         }
         let http = resolve_http(&raw.http, positive)?;
         let schedule_interval = positive("schedule.interval", &raw.schedule.interval)?;
+        let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
         Ok(Config {
+            unseen_after,
             schedule_enabled: raw.schedule.enabled,
             schedule_interval,
             http,

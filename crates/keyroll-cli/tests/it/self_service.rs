@@ -252,3 +252,93 @@ fn a_superseded_holder_without_a_handover_is_told_to_rotate_again() {
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["version"], 3);
 }
+
+fn status_of(s: &Server, consumer: &str) -> Value {
+    let v: Value = harness::http()
+        .get(format!("{}/v1/status?consumer={consumer}", s.url()))
+        .bearer_auth(s.token())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v["items"][0].clone()
+}
+
+#[test]
+fn status_shows_deliveries_and_a_delivered_version_nobody_uses_is_reported() {
+    let s = harness::start_with_env(&[
+        ("KEYROLL_SCHEDULE__INTERVAL", "1s"),
+        ("KEYROLL_SCHEDULE__UNSEEN_AFTER", "1s"),
+        ("KEYROLL_USAGE__FLUSH_INTERVAL", "1s"),
+    ]);
+    ok(s.cli(&["env", "create", "prod"]));
+    let old = s.consumer("prod/billing", &["--delivery", "agent"]);
+    let before = status_of(&s, "prod/billing");
+    assert_eq!(before["delivery"]["mode"], "agent", "{before}");
+    assert!(before["delivery"]["agents"].as_array().unwrap().is_empty());
+
+    ok(s.cli(&["rotate", "prod/billing", "--via-agent"]));
+    let (status, rotated) = post(&s, &old, "/v1/self/rotate", json!({ "agent": AGENT_A }));
+    assert_eq!(status, 201, "{rotated}");
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    for agent in [AGENT_A, AGENT_B] {
+        let (status, _) = post(
+            &s,
+            &new,
+            "/v1/self/report",
+            json!({ "agent": agent, "host": "web" }),
+        );
+        assert_eq!(status, 200);
+    }
+    let d = &status_of(&s, "prod/billing")["delivery"];
+    assert_eq!(d["delivered_version"], 2, "{d}");
+    assert_eq!(d["delivered_to"], 2);
+    assert_eq!(d["seen_sources"], 0);
+    assert_eq!(
+        d["summary"], "delivered v2 to 2 agents; v2 seen from 0 sources",
+        "{d}"
+    );
+
+    // Nobody uses v2: after `unseen_after` the schedule reports it, once, and status warns.
+    let unused = s.events_at_least("version.unused", 1);
+    assert_eq!(unused[0]["version"], 2, "{unused:?}");
+    let d = &status_of(&s, "prod/billing")["delivery"];
+    let warnings = d["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("has not been seen in traffic")),
+        "{d}"
+    );
+    let text = s.cli(&["status", "prod/billing"]);
+    assert!(
+        text.stdout.contains("delivered v2 to 2 agents"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("agent agt_aaaaaaaaaaaaaaaa on web"),
+        "{}",
+        text.stdout
+    );
+
+    // Once the app uses v2 the warning goes; the event is not raised again.
+    let r = harness::http()
+        .get(format!("{}/v1/forward-auth", s.url()))
+        .bearer_auth(&new)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    let d = &status_of(&s, "prod/billing")["delivery"];
+    assert_eq!(d["seen_sources"], 1, "{d}");
+    assert!(
+        !d["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("has not been seen")),
+        "{d}"
+    );
+    assert_eq!(s.events("version.unused").len(), 1);
+}

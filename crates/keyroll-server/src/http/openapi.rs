@@ -555,8 +555,20 @@ mod tests {
             if path_params {
                 assert!(has("400"), "{method} {path} has path parameters but no 400");
             }
+            let consumer = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("consumer_key").is_some()));
+            if consumer {
+                assert!(
+                    path.starts_with("/v1/self"),
+                    "{method} {path}: only /v1/self takes a consumer key"
+                );
+                for s in ["401", "503"] {
+                    assert!(has(s), "{method} {path} does not list {s}");
+                }
+            }
             if path.starts_with("/v1/") && path != "/v1/forward-auth" {
-                assert!(admin, "{method} {path} names no admin token scope");
+                assert!(admin || consumer, "{method} {path} names no credential");
             }
         }
     }

@@ -479,6 +479,170 @@ pub async fn request_rotation(
     }
 }
 
+/// An agent silent this long is called out in status (it reports every 30 s).
+pub const AGENT_SILENT_AFTER: Duration = Duration::from_secs(120);
+
+/// How `c`'s keys reach it, from its agents' reports and deliveries and the status of its
+/// versions (newest first); `None` for a consumer with no agent and another delivery mode.
+pub fn delivery_status(
+    c: &keyroll_core::Consumer,
+    versions: &[keyroll_proto::VersionStatus],
+    agents: &[AgentRecord],
+    deliveries: &[keyroll_store::DeliveryRecord],
+    unseen_after: Duration,
+    now: Timestamp,
+) -> Option<keyroll_proto::DeliveryStatus> {
+    let r = c.reference();
+    let agents: Vec<&AgentRecord> = agents
+        .iter()
+        .filter(|a| a.consumer.to_string() == r)
+        .collect();
+    let deliveries: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.consumer.to_string() == r)
+        .collect();
+    if agents.is_empty() && c.schedule.delivery != keyroll_core::Delivery::Agent {
+        return None;
+    }
+    let delivered_version = deliveries.iter().map(|d| d.version).max();
+    let mut warnings = Vec::new();
+    let mut delivered_to = 0;
+    let mut seen_sources = 0;
+    let mut summary = None;
+    if let Some(n) = delivered_version {
+        let to: Vec<_> = deliveries.iter().filter(|d| d.version == n).collect();
+        delivered_to = u32::try_from(to.len()).unwrap_or(u32::MAX);
+        let status = versions.iter().find(|v| v.version == n);
+        seen_sources = status.map_or(0, |v| u32::try_from(v.sources.len()).unwrap_or(u32::MAX));
+        let plural = |k: u32, one: &str, many: &str| {
+            if k == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{k} {many}")
+            }
+        };
+        summary = Some(format!(
+            "delivered v{n} to {}; v{n} seen from {}",
+            plural(delivered_to, "agent", "agents"),
+            plural(seen_sources, "source", "sources")
+        ));
+        let first = to.iter().map(|d| d.delivered_at).min();
+        if let (Some(first), Some(v)) = (first, status)
+            && v.last_used_at.is_none()
+            && v.state == "active"
+            && now.duration_since(first) >= unseen_after
+        {
+            warnings.push(format!(
+                "v{n} was delivered at {} but has not been seen in traffic since: the app may \
+                 not have reloaded its key (check the agent's --on-change)",
+                rfc3339(first)
+            ));
+        }
+    }
+    let active = c.active_version().map(|v| v.number.0);
+    for a in &agents {
+        if now.duration_since(a.last_contact) >= AGENT_SILENT_AFTER {
+            warnings.push(format!(
+                "agent {} on {} has been silent since {}",
+                a.agent_id,
+                a.host.as_deref().unwrap_or("?"),
+                rfc3339(a.last_contact)
+            ));
+        }
+        if let Some(active) = active
+            && a.version < active
+        {
+            warnings.push(format!(
+                "agent {} still holds v{} (v{active} is active)",
+                a.agent_id, a.version
+            ));
+        }
+        if a.health.as_deref() == Some("degraded") {
+            warnings.push(format!(
+                "agent {} is degraded: {}",
+                a.agent_id,
+                a.detail.as_deref().unwrap_or("no detail")
+            ));
+        }
+    }
+    Some(keyroll_proto::DeliveryStatus {
+        mode: c.schedule.delivery.as_str().into(),
+        agents: agents.iter().map(|a| agent_info(a)).collect(),
+        delivered_version,
+        delivered_to,
+        seen_sources,
+        summary,
+        warnings,
+    })
+}
+
+/// Raises `version.unused` once for each active version delivered to an agent more than
+/// `unseen_after` ago and never seen in traffic (the app did not reload). Run with the schedule.
+pub async fn report_unseen(state: &AppState) -> Result<usize, ServiceError> {
+    let now = state.clock.now();
+    let deliveries = state.store.list_deliveries(None).await?;
+    let mut firsts: Vec<(ConsumerRef, u32, Timestamp)> = Vec::new();
+    for d in deliveries {
+        match firsts
+            .iter_mut()
+            .find(|(r, n, _)| *r == d.consumer && *n == d.version)
+        {
+            Some(f) => f.2 = f.2.min(d.delivered_at),
+            None => firsts.push((d.consumer, d.version, d.delivered_at)),
+        }
+    }
+    let mut raised = 0;
+    for (r, n, first) in firsts {
+        if now.duration_since(first) < state.config.unseen_after {
+            continue;
+        }
+        let Some(stored) = state.store.get_consumer(&r).await? else {
+            continue;
+        };
+        let Some(v) = stored.consumer.version(VersionNumber(n)) else {
+            continue;
+        };
+        if v.unused_reported
+            || v.state != keyroll_core::StoredState::Active
+            || state.index.last_used(&v.kid).is_some()
+        {
+            continue;
+        }
+        let request = Request {
+            actor: Actor::scheduler(crate::request_id::new_request_id()),
+            idempotency: None,
+        };
+        let params = json!({ "delivered_at": rfc3339(first) });
+        let version = VersionNumber(n);
+        let answer = super::change(
+            state,
+            &request,
+            &r,
+            Change {
+                command: "report-unseen",
+                params: &params,
+                status: 200,
+            },
+            |c, usage, at| {
+                Ok(Planned::from_transition(c.apply(
+                    Command::ReportUnseen { version },
+                    usage,
+                    at,
+                )?))
+            },
+            |_, _, _| Value::Null,
+        )
+        .await?;
+        if let Answer::Fresh { effects, .. } = answer
+            && !effects.is_empty()
+        {
+            tracing::warn!(event = "delivery.unseen", consumer = %r, version = n, delivered_at = %rfc3339(first), "v{n} of {r} was delivered to an agent at {} but has not been seen in traffic: the app may not have reloaded its key", rfc3339(first));
+            raised += 1;
+        }
+    }
+    Ok(raised)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
