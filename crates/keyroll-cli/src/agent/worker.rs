@@ -83,7 +83,10 @@ enum Trouble {
 
 fn classify(e: &ClientError) -> Trouble {
     match e {
-        ClientError::Api { status, problem } if matches!(status, 401 | 403) => Trouble::Rejected {
+        ClientError::Api {
+            status: 401 | 403,
+            problem,
+        } => Trouble::Rejected {
             code: problem.code.clone(),
             detail: problem.detail.clone(),
         },

@@ -232,7 +232,7 @@ fn the_agent_rotates_on_request_writes_0600_and_reloads_once() {
     assert!(!reloads.exists(), "no reload without a change");
 
     let asked = Instant::now();
-    request_rotation(&s, "prod/billing");
+    ok(s.cli(&["rotate", "prod/billing", "--via-agent"]));
     let written = agent.wait_for("agent.key_written", 1, Duration::from_secs(10));
     let took = asked.elapsed();
     assert!(
