@@ -106,6 +106,8 @@ async fn run_command(
         .arg(cmd)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
+        // Its own process group, so a timeout kills what it started too, not only `sh`.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = match command.spawn() {
         Ok(c) => c,
@@ -118,6 +120,9 @@ async fn run_command(
         },
         Ok(Err(e)) => (None, format!("cannot wait for the reload command: {e}")),
         Err(_) => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
             let _ = child.kill().await;
             (
                 None,

@@ -389,6 +389,8 @@ fn with_the_server_down_the_agent_keeps_its_key_and_recovers_when_it_is_back() {
     assert_eq!(s.token(), token);
     agent.wait_for("agent.server_back", 1, Duration::from_secs(70));
     wait_reachable(&late_file);
+    // The log line comes just before the state file is written.
+    wait_reachable(&key_file);
     let st = status(&key_file, false);
     assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
     // And it works: a rotation reaches both.
@@ -443,12 +445,23 @@ fn one_agent_keeps_several_consumers_from_a_config_file() {
     std::fs::write(
         &config,
         format!(
-            "server = \"{}\"\nstate_dir = \"state\"\n\n[[consumer]]\nconsumer = \"prod/billing\"\nkey_file = \"billing.key\"\non_change = \"echo billing >> {}\"\n\n[[consumer]]\nconsumer = \"prod/search\"\nkey_file = \"search.key\"\nkeep_previous = true\n",
+            "server = \"{}\"\nstate_dir = \"state\"\n\n[[consumer]]\nconsumer = \"prod/billing\"\nkey_file = \"billing.key\"\non_change = \"echo billing >> {}\"\n\n[[consumer]]\nconsumer = \"prod/search\"\nkey_file = \"search.key\"\nkeep_previous = true\nsignal = \"HUP\"\npid_file = \"search.pid\"\n",
             s.url(),
             dir.path().join("reloads").display()
         ),
     )
     .unwrap();
+    // The search app reloads on SIGHUP.
+    let hups = dir.path().join("hups");
+    let mut app = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup >> {}' HUP; while true; do sleep 0.05; done",
+            hups.display()
+        ))
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.path().join("search.pid"), app.id().to_string()).unwrap();
     let cfg = config.to_str().unwrap();
     // The file's server is used: the flag's default points nowhere.
     let agent = Agent::spawn(
@@ -486,6 +499,11 @@ fn one_agent_keeps_several_consumers_from_a_config_file() {
     wait_until("the billing reload", Duration::from_secs(10), || {
         std::fs::read_to_string(dir.path().join("reloads")).is_ok_and(|t| t == "billing\n")
     });
+    wait_until("the search app's SIGHUP", Duration::from_secs(10), || {
+        std::fs::read_to_string(&hups).is_ok_and(|t| t == "hup\n")
+    });
+    let _ = app.kill();
+    let _ = app.wait();
     let st = harness::cli_offline(&["agent", "status", "--config", cfg], dir.path());
     assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
     assert!(st.stdout.contains("prod/billing") && st.stdout.contains("prod/search"));
@@ -619,6 +637,7 @@ fn a_rotation_whose_answer_was_lost_is_recovered_with_the_same_idempotency_key()
     let rec = agent.wait_for("agent.recovered", 1, Duration::from_secs(15));
     assert_eq!(rec[0]["version"], 2, "{}", agent.text());
     assert_eq!(rec[0]["replayed"], true);
+    agent.wait_for("agent.key_written", 1, Duration::from_secs(10));
     assert_eq!(read_key(&key_file), issued["key"].as_str().unwrap());
     wait_until("the intent is cleared", Duration::from_secs(10), || {
         state(&key_file)["intent"].is_null()
