@@ -453,7 +453,7 @@ fn one_agent_keeps_several_consumers_from_a_config_file() {
     .unwrap();
     // The search app reloads on SIGHUP.
     let hups = dir.path().join("hups");
-    let mut app = std::process::Command::new("sh")
+    let mut app = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "trap 'echo hup >> {}' HUP; while true; do sleep 0.05; done",
