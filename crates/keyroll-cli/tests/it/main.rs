@@ -27,3 +27,4 @@ mod store_faults;
 mod tokens;
 mod usage;
 mod walkthrough;
+mod webhooks;

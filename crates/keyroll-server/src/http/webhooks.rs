@@ -246,17 +246,17 @@ pub async fn get_webhook(
 /// `DELETE /v1/webhooks/{id}`: the endpoint, its deliveries and their attempts.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
     params(("id" = String, Path, description = "the endpoint id (wh_…)")),
-    responses((status = 204, description = "removed"), (status = 404, body = proto::Problem)),
+    responses((status = 200, body = proto::Webhook, description = "removed; the endpoint as it was"), (status = 404, body = proto::Problem)),
     security(("admin_token" = ["webhooks:write"])))]
 pub async fn delete_webhook(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<proto::Webhook>, ApiError> {
     admin.require("webhooks:write")?;
     check_id(&id, "wh_", "webhook")?;
-    service::webhooks::delete(&state, &actor(&admin), &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let e = service::webhooks::delete(&state, &actor(&admin), &id).await?;
+    Ok(Json(view(&e, state.clock.now())))
 }
 
 /// `POST /v1/webhooks/{id}/rotate-secret`.

@@ -92,7 +92,11 @@ pub async fn create(
 }
 
 /// Removes an endpoint with its deliveries.
-pub async fn delete(state: &AppState, actor: &Actor, id: &str) -> Result<(), ServiceError> {
+pub async fn delete(
+    state: &AppState,
+    actor: &Actor,
+    id: &str,
+) -> Result<WebhookEndpoint, ServiceError> {
     let endpoint = existing(state, id).await?;
     let at = state.clock.now();
     let record = actor.audit(
@@ -109,7 +113,7 @@ pub async fn delete(state: &AppState, actor: &Actor, id: &str) -> Result<(), Ser
         request_id = actor.request_id.as_str(),
         "webhook endpoint {id} removed"
     );
-    Ok(())
+    Ok(endpoint)
 }
 
 /// Gives an endpoint a new secret; the current one keeps signing beside it for `overlap`.

@@ -73,39 +73,70 @@ impl Sender {
                 return 0;
             }
         };
-        let concurrency = state.config.webhooks.concurrency.max(1);
+        // One task per endpoint, sending its deliveries in order, one at a time (so a 410 stops
+        // the rest, and a receiver sees its messages in outbox order); at most `concurrency`
+        // endpoints at once.
+        let mut by_endpoint: Vec<(Option<WebhookEndpoint>, Vec<WebhookDelivery>)> = Vec::new();
+        for d in due {
+            match by_endpoint
+                .iter_mut()
+                .find(|(_, ds)| ds.first().is_some_and(|f| f.endpoint_id == d.endpoint_id))
+            {
+                Some((_, ds)) => ds.push(d),
+                None => {
+                    let endpoint = endpoints.iter().find(|e| e.id == d.endpoint_id).cloned();
+                    by_endpoint.push((endpoint, vec![d]));
+                }
+            }
+        }
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            state.config.webhooks.concurrency.max(1),
+        ));
+        let mut set = tokio::task::JoinSet::new();
+        for (endpoint, deliveries) in by_endpoint {
+            let (state, sender, limit) = (Arc::clone(state), self.clone(), Arc::clone(&limit));
+            set.spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return 0;
+                };
+                let mut endpoint = endpoint;
+                let mut made = 0;
+                for d in deliveries {
+                    let (attempted, next) = sender.attempt(&state, d, endpoint.clone()).await;
+                    made += usize::from(attempted);
+                    if next == Some(Next::DisableEndpoint)
+                        && let Some(e) = endpoint.as_mut()
+                    {
+                        e.disabled = Some((state.clock.now(), "410".into()));
+                    }
+                }
+                made
+            });
+        }
         let mut made = 0;
-        for chunk in due.chunks(concurrency) {
-            let mut set = tokio::task::JoinSet::new();
-            for d in chunk {
-                let endpoint = endpoints.iter().find(|e| e.id == d.endpoint_id).cloned();
-                let (state, sender, d) = (Arc::clone(state), self.clone(), d.clone());
-                set.spawn(async move { sender.attempt(&state, d, endpoint).await });
-            }
-            while let Some(done) = set.join_next().await {
-                made += usize::from(done.unwrap_or(false));
-            }
+        while let Some(done) = set.join_next().await {
+            made += done.unwrap_or(0);
         }
         made
     }
 
-    /// One attempt of `d` (or none, when its endpoint is gone or disabled); `true` if one was
-    /// made.
+    /// One attempt of `d` (or none, when its endpoint is gone or disabled): whether one was
+    /// made, and what follows it.
     async fn attempt(
         &self,
         state: &AppState,
         mut d: WebhookDelivery,
         endpoint: Option<WebhookEndpoint>,
-    ) -> bool {
+    ) -> (bool, Option<Next>) {
         let Some(endpoint) = endpoint else {
-            return false;
+            return (false, None);
         };
         let at = state.clock.now();
         if endpoint.disabled.is_some() {
             d.state = DeliveryState::Disabled;
             d.next_attempt_at = None;
             record(state, &d, None).await;
-            return false;
+            return (false, None);
         }
         let n = d.attempts.saturating_add(1);
         let started = Instant::now();
@@ -182,7 +213,7 @@ impl Sender {
         {
             tracing::warn!(event = "webhook.disable_failed", endpoint = endpoint.id.as_str(), error = %e, "could not disable webhook endpoint {}: {e}", endpoint.id);
         }
-        true
+        (true, Some(next))
     }
 
     /// Signs and POSTs the delivery's event; the answer, or why there was none.
