@@ -831,6 +831,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rotate::plan(&client(&cli.global)?, &r, out).await?;
                 return Ok(ExitCode::SUCCESS);
             }
+            if ci.via_agent {
+                rotate::via_agent(&client(&cli.global)?, &r, yes, out).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             check_duration("grace", grace.as_ref())?;
             check_duration("expires-in", expires_in.as_ref())?;
             let req = proto::RotateRequest {

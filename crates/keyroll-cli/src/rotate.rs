@@ -51,6 +51,58 @@ pub struct CiFlags {
     /// With --due: list what would rotate and change nothing.
     #[arg(long, conflicts_with = "consumer")]
     pub dry_run: bool,
+    /// Ask the consumer's agents to rotate it now (`keyroll agent` / `keyroll run` beside the
+    /// app): the agent rotates within a second and writes the new key where the app reads it,
+    /// and this command never sees the key.
+    #[arg(long, conflicts_with_all = ["due", "plan", "grace", "enforce", "expires_in", "idempotency_key"])]
+    pub via_agent: bool,
+}
+
+/// `keyroll rotate ENV/NAME --via-agent`: asks the consumer's agents to rotate.
+pub async fn via_agent(
+    client: &Client,
+    r: &ConsumerRef,
+    yes: bool,
+    out: Output,
+) -> anyhow::Result<()> {
+    let req = proto::RequestRotation { confirm: yes };
+    let a = client
+        .request_rotation(r.environment.as_str(), r.name.as_str(), &req)
+        .await?;
+    let agents = client.list_agents(Some(r.environment.as_str())).await?;
+    let mine: Vec<_> = agents
+        .body
+        .items
+        .iter()
+        .filter(|x| x.consumer == r.to_string())
+        .collect();
+    out.json_or(&a.json, || {
+        let active = a
+            .body
+            .versions
+            .iter()
+            .find(|v| v.state == "active")
+            .map_or(0, |v| v.version);
+        say!("Asked the agents of {r} to rotate v{active}.")?;
+        if mine.is_empty() {
+            say!(
+                "No agent of {r} has reported yet: start `keyroll agent --consumer {r} --key-file PATH` beside the app, or the request waits for one."
+            )?;
+        } else {
+            for x in &mine {
+                say!(
+                    "  agent {} on {} holds v{} (last contact {})",
+                    x.agent,
+                    x.host.as_deref().unwrap_or("?"),
+                    x.version,
+                    x.last_contact
+                )?;
+            }
+        }
+        say!("Watch it: keyroll status {r}")?;
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// What `--due` passes on to each rotation.

@@ -75,6 +75,36 @@ pub fn print_status(items: &[proto::ConsumerStatus], paint: Paint) -> Printed {
         if let Some(line) = c.schedule.as_ref().and_then(schedule_line) {
             say!("  {line}")?;
         }
+        if let Some(d) = &c.delivery {
+            say!(
+                "  delivery: {}{}",
+                d.mode,
+                d.summary
+                    .as_deref()
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_default()
+            )?;
+            for a in &d.agents {
+                say!(
+                    "    agent {} on {} ({}) holds v{}, last contact {}{}",
+                    a.agent,
+                    a.host.as_deref().unwrap_or("?"),
+                    a.mode.as_deref().unwrap_or("file"),
+                    a.version,
+                    a.last_contact,
+                    match a.health.as_deref() {
+                        Some("degraded") => " — degraded",
+                        _ => "",
+                    }
+                )?;
+            }
+            if d.agents.is_empty() {
+                say!("    no agent has reported yet")?;
+            }
+            for w in &d.warnings {
+                say!("  {}", paint.verdict("stalled", &format!("warning: {w}")))?;
+            }
+        }
         for v in &c.versions {
             let deadline = v
                 .deadline

@@ -774,6 +774,18 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/agents[?environment=E]` (admin): every agent's last report.
+    pub async fn list_agents(
+        &self,
+        environment: Option<&str>,
+    ) -> Result<Answer<proto::List<proto::AgentInfo>>, ClientError> {
+        let path = match environment {
+            Some(e) => format!("/v1/agents?environment={}", urlencode(e)),
+            None => "/v1/agents".to_owned(),
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
     /// `POST /v1/consumers/{env}/{name}/request-rotation` (admin): ask its agents to rotate.
     pub async fn request_rotation(
         &self,

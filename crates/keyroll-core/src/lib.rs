@@ -23,6 +23,7 @@ pub use key::{
     ParsedKey, SecretHash, assemble_key, fingerprint, issue_key, key_shaped_runs, parse_key,
     random_base62,
 };
+pub use lifecycle::{AgentAction, RotateReason, agent_action, holds_active};
 pub use lifecycle::{
     Blocker, DEFAULT_GRACE, Delivery, EXPIRY_WARNING, ManagedSpec, Schedule, ScheduleState,
     Waiting, expiring_versions, next_due, ordering_waits, schedule_state,

@@ -362,6 +362,9 @@ pub struct KeyVersion {
     pub due_raised: bool,
     /// A `key.expiring` event was raised for its hard expiry (once).
     pub expiry_warned: bool,
+    /// While active: an operator asked its agents to rotate it (`rotate --via-agent`), since
+    /// then. The next version does not carry it, so a rotation answers the request.
+    pub rotation_requested: Option<Timestamp>,
 }
 
 /// How long after its issue an unused active version is reported.
@@ -493,6 +496,15 @@ pub enum Command {
         /// Since when it is due.
         due_at: Timestamp,
     },
+    /// Ask the consumer's agents to rotate the active version now (`rotation.requested`; a
+    /// repeated request while one is open changes nothing).
+    RequestRotation,
+    /// Record that this version was delivered to an agent but has not been seen in traffic
+    /// since (the app did not reload): `version.unused`, once per version, like the 24 h rule.
+    ReportUnseen {
+        /// Which.
+        version: VersionNumber,
+    },
     /// Record that these versions' hard expiry is near (`key.expiring`, once per version).
     WarnExpiring {
         /// The versions ([`expiring_versions`]).
@@ -582,6 +594,8 @@ pub enum Effect {
         /// Since when.
         due_at: Timestamp,
     },
+    /// An operator asked the agents to rotate this active version.
+    RotationRequested(VersionNumber),
     /// A version's hard expiry is within [`EXPIRY_WARNING`].
     Expiring {
         /// Which.
@@ -595,7 +609,10 @@ impl Effect {
     /// The version it is about, if it is about one.
     pub fn version(&self) -> Option<VersionNumber> {
         match self {
-            Effect::Issued(v) | Effect::Unused(v) | Effect::Revoked(v) => Some(*v),
+            Effect::Issued(v)
+            | Effect::Unused(v)
+            | Effect::Revoked(v)
+            | Effect::RotationRequested(v) => Some(*v),
             Effect::Retiring { version, .. }
             | Effect::Retired { version, .. }
             | Effect::Stalled { version, .. }
@@ -617,6 +634,7 @@ impl Effect {
             Effect::Disabled => "consumer.disabled",
             Effect::Enabled => "consumer.enabled",
             Effect::Due { .. } => "rotation.due",
+            Effect::RotationRequested(_) => "rotation.requested",
             Effect::Expiring { .. } => "key.expiring",
             Effect::Created => "consumer.created",
             Effect::Updated => "consumer.updated",
@@ -692,6 +710,9 @@ pub enum LifecycleError {
     /// A revocation needs a reason: it is what the next person reads.
     #[error("a revocation needs a reason (1 to 500 characters)")]
     BadRevokeReason,
+    /// Nothing to rotate: the consumer has no active version (its newest was revoked or expired).
+    #[error("there is no active version to rotate; rotate the consumer to issue one")]
+    NoActiveVersion,
     /// No more version numbers.
     #[error("{consumer} has used every version number")]
     VersionsExhausted {
@@ -741,6 +762,7 @@ impl Consumer {
                 unused_reported: false,
                 due_raised: false,
                 expiry_warned: false,
+                rotation_requested: None,
             }],
         }
     }
@@ -877,6 +899,27 @@ impl Consumer {
                         version: v.number,
                         due_at,
                     });
+                }
+            }
+            Command::RequestRotation => {
+                let v = next
+                    .versions
+                    .iter_mut()
+                    .rev()
+                    .find(|v| v.state == StoredState::Active)
+                    .ok_or(LifecycleError::NoActiveVersion)?;
+                if v.rotation_requested.is_none() {
+                    v.rotation_requested = Some(now);
+                    effects.push(Effect::RotationRequested(v.number));
+                }
+            }
+            Command::ReportUnseen { version } => {
+                if let Some(v) = next.versions.iter_mut().find(|v| v.number == version)
+                    && v.state == StoredState::Active
+                    && !v.unused_reported
+                {
+                    v.unused_reported = true;
+                    effects.push(Effect::Unused(version));
                 }
             }
             Command::WarnExpiring { versions } => {
@@ -1035,6 +1078,7 @@ impl Consumer {
             unused_reported: false,
             due_raised: false,
             expiry_warned: false,
+            rotation_requested: None,
         });
         effects.push(Effect::Issued(number));
         Ok(())
@@ -1118,7 +1162,9 @@ mod due;
 pub use due::{DueFacts, consumer_is_due, is_due};
 
 // When rotations fall due, whether they may run, which versions near their expiry.
+pub mod agent;
 pub mod schedule;
+pub use agent::{AgentAction, RotateReason, agent_action, holds_active};
 pub use schedule::{
     Blocker, DEFAULT_GRACE, Delivery, EXPIRY_WARNING, ManagedSpec, Schedule, ScheduleState,
     Waiting, expiring_versions, next_due, ordering_waits, schedule_state,

@@ -662,6 +662,32 @@ pub struct ConsumerStatus {
     pub schedule: Option<ScheduleEntry>,
     /// Versions, newest first.
     pub versions: Vec<VersionStatus>,
+    /// How keys reach it, its agents and what they hold (when it is delivered by agents or an
+    /// agent has reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
+}
+
+/// How a consumer's keys are delivered, as `GET /v1/status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DeliveryStatus {
+    /// `agent`, `ci` or `manual`.
+    pub mode: String,
+    /// Its agents, by id.
+    pub agents: Vec<AgentInfo>,
+    /// The newest version delivered to an agent.
+    #[serde(default)]
+    pub delivered_version: Option<u32>,
+    /// To how many agents.
+    pub delivered_to: u32,
+    /// From how many sources that version was seen in traffic.
+    pub seen_sources: u32,
+    /// One line: `delivered v4 to 3 agents; v4 seen from 3 sources`.
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// What needs a look: a version delivered but never seen (the app did not reload), an agent
+    /// silent for long, an agent still on an older version.
+    pub warnings: Vec<String>,
 }
 
 /// An event from the outbox.

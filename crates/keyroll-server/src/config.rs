@@ -75,6 +75,9 @@ pub struct ScheduleConfig {
     pub enabled: bool,
     /// How often the schedule is looked at (default `30s`).
     pub interval: String,
+    /// A version delivered to an agent and not seen in traffic this long after is reported
+    /// (`version.unused`, and a warning in status): the app did not reload (default `5m`).
+    pub unseen_after: String,
 }
 
 impl Default for ScheduleConfig {
@@ -82,6 +85,7 @@ impl Default for ScheduleConfig {
         ScheduleConfig {
             enabled: true,
             interval: "30s".into(),
+            unseen_after: "5m".into(),
         }
     }
 }
@@ -292,6 +296,8 @@ pub struct Config {
     pub schedule_interval: Duration,
     /// The webhook sender.
     pub webhooks: WebhookSettings,
+    /// See [`ScheduleConfig::unseen_after`].
+    pub unseen_after: Duration,
 }
 
 /// The validated `[webhooks]` section.
@@ -545,8 +551,10 @@ impl Config {
                 });
             },
         };
+        let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
         Ok(Config {
             webhooks,
+            unseen_after,
             schedule_enabled: raw.schedule.enabled,
             schedule_interval,
             http,

@@ -66,6 +66,10 @@ pub async fn sweeper(state: Arc<AppState>, stop: watch::Receiver<bool>) {
 pub async fn scheduler(state: Arc<AppState>, stop: watch::Receiver<bool>) {
     every(state.config.schedule_interval, stop, || async {
         crate::schedule::run_once(&state).await;
+        // Delivered but never seen: the app did not reload its key.
+        if let Err(e) = crate::service::delivery::report_unseen(&state).await {
+            tracing::warn!(event = "schedule.failed", error = %e, "could not check delivered versions for traffic");
+        }
     })
     .await;
 }

@@ -162,6 +162,30 @@ pub fn place(
     }
 }
 
+/// One consumer's place at `now`, reading only what its ordering rule looks at.
+pub async fn place_one(
+    state: &AppState,
+    c: Consumer,
+    now: Timestamp,
+) -> Result<Placed, ServiceError> {
+    let environments = state.store.list_environments().await?;
+    let rotate_after = environments
+        .iter()
+        .find(|e| e.name == c.environment)
+        .and_then(|e| e.rotate_after.clone());
+    let mut all = vec![settled(state, c, now)];
+    if let Some(after) = rotate_after {
+        let twin = ConsumerRef {
+            environment: after,
+            name: all[0].name.clone(),
+        };
+        if let Some(t) = state.store.get_consumer(&twin).await? {
+            all.push(settled(state, t.consumer, now));
+        }
+    }
+    Ok(place(&all[0], &environments, &all, now))
+}
+
 /// `c` as `Settle` would leave it at `now` (pure; nothing is written).
 fn settled(state: &AppState, c: Consumer, now: Timestamp) -> Consumer {
     let seen = usage_of(state, &c);

@@ -33,9 +33,17 @@ pub struct AppState {
     /// Woken after a write that appended events, so the webhook sender does not wait for its
     /// interval.
     pub webhook_wake: tokio::sync::Notify,
+    /// Ticks after every committed consumer change and agent delivery: agents' long-polls
+    /// (`GET /v1/self?wait=`) wait on it instead of polling.
+    pub changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
+    /// Wakes every long-poll: something was committed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// A shared state around a store whose index is loaded by [`AppState::load`].
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<AppState> {
         AppState::with(store, config, Clock::system(), Randomness::os())
@@ -72,6 +80,7 @@ impl AppState {
             usage,
             config,
             ready: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(0),
             clock,
             randomness,
             master_key,

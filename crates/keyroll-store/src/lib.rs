@@ -228,6 +228,9 @@ pub struct ConsumerWrite<'a> {
     pub idempotency: Option<&'a IdempotencyRecord>,
     /// Events to append to the outbox (rotations, retirements, stalls, revocations, …).
     pub events: &'a [EventRecord],
+    /// A new version sealed for the other holders of the version that asked for it (an agent's
+    /// self-rotation), written in the same transaction.
+    pub handover: Option<&'a HandoverRecord>,
 }
 
 /// One event in the outbox (SPEC §10: delivered as webhooks by a later release). Appended in the
@@ -409,6 +412,58 @@ pub struct DeliveryQuery {
 
 /// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] (and, for several
 /// nodes sharing state, a PostgreSQL store with the same conformance suite).
+/// A version sealed (AEAD) under a key derived from the secret of an older version of the same
+/// consumer, so any holder of that older key can fetch it (SPEC §10: several agents of one
+/// consumer, or one agent after a crash). The database holds only the older secret's hash, from
+/// which the sealing key cannot be derived. Deleted when the older version stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoverRecord {
+    /// The sealed version.
+    pub version: u32,
+    /// The version whose secret seals it.
+    pub from_version: u32,
+    /// Nonce and ciphertext.
+    pub sealed: Vec<u8>,
+    /// When it was sealed.
+    pub created_at: Timestamp,
+}
+
+/// An agent's last report (`POST /v1/self/report`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Its consumer.
+    pub consumer: ConsumerRef,
+    /// The id the agent chose (`agt_…`).
+    pub agent_id: String,
+    /// The host it runs on, as it says.
+    pub host: Option<String>,
+    /// `file` or `exec`.
+    pub mode: Option<String>,
+    /// The version of the key it reported with.
+    pub version: u32,
+    /// `ok` or `degraded`.
+    pub health: Option<String>,
+    /// In words.
+    pub detail: Option<String>,
+    /// Its first report.
+    pub first_seen: Timestamp,
+    /// Its last report.
+    pub last_contact: Timestamp,
+}
+
+/// The first report of a version by an agent: the moment the agent had written it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The consumer.
+    pub consumer: ConsumerRef,
+    /// The version.
+    pub version: u32,
+    /// The agent.
+    pub agent_id: String,
+    /// When.
+    pub delivered_at: Timestamp,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`, for logs and `/readyz`.
@@ -630,4 +685,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         id: &str,
     ) -> Result<Option<(WebhookDelivery, Vec<WebhookAttempt>)>, StoreError>;
+
+    /// The newest version of consumer `consumer_id` sealed from `from_version`, if any.
+    async fn find_handover(
+        &self,
+        consumer_id: i64,
+        from_version: u32,
+    ) -> Result<Option<HandoverRecord>, StoreError>;
+
+    /// Records an agent's report of consumer `consumer_id` (its row is inserted or replaced,
+    /// `first_seen` kept). When this is the agent's first report of `agent.version`, also records
+    /// the delivery and appends `audit` and `events` in the same transaction; returns whether it
+    /// was (a repeated report appends nothing).
+    async fn record_agent(
+        &self,
+        consumer_id: i64,
+        agent: &AgentRecord,
+        audit: &[AuditRecord],
+        events: &[EventRecord],
+    ) -> Result<bool, StoreError>;
+
+    /// Agents, by consumer then agent id; only `environment`'s when given.
+    async fn list_agents(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Deliveries, by consumer, version and agent; only `environment`'s when given.
+    async fn list_deliveries(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
 }

@@ -33,7 +33,7 @@ macro_rules! version_columns {
     () => {
         "consumer_id, version, kid, secret_hash, fingerprint, state, created_at, deadline, \
          expires_at, retired_at, revoked_at, revoke_reason, replaced_by, enforced, grace_ms, \
-         extended, unused_reported, due_raised, expiry_warned"
+         extended, unused_reported, due_raised, expiry_warned, rotation_requested_ms"
     };
 }
 pub(crate) use version_columns;
@@ -122,6 +122,7 @@ pub(crate) struct VersionColumns<'r> {
     pub unused_reported: bool,
     pub due_raised: bool,
     pub expiry_warned: bool,
+    pub rotation_requested_ms: Option<i64>,
 }
 
 /// Names a key_versions row in `Corrupt` messages.
@@ -155,6 +156,7 @@ impl VersionColumns<'_> {
             unused_reported: self.unused_reported,
             due_raised: self.due_raised,
             expiry_warned: self.expiry_warned,
+            rotation_requested: time(self.rotation_requested_ms),
         };
         Ok((self.consumer_id, version))
     }

@@ -39,6 +39,7 @@
 mod audit;
 mod consumers;
 mod decode;
+mod delivery;
 mod environments;
 mod errors;
 mod health;
@@ -63,9 +64,10 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite};
 
 use crate::{
-    AdminGuard, AdminTokenEntry, AdminTokenRecord, AuditQuery, AuditRecord, ChainedAudit,
-    ConsumerWrite, EnvironmentRecord, EventRecord, IdempotencyRecord, Installation, StoreError,
-    StoredConsumer, TokenRevocation, UsageDelta, VersionUsage,
+    AdminGuard, AdminTokenEntry, AdminTokenRecord, AgentRecord, AuditQuery, AuditRecord,
+    ChainedAudit, ConsumerWrite, DeliveryRecord, EnvironmentRecord, EventRecord, HandoverRecord,
+    IdempotencyRecord, Installation, StoreError, StoredConsumer, TokenRevocation, UsageDelta,
+    VersionUsage,
 };
 use crate::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use errors::{migrate_error, open_error};
@@ -504,5 +506,37 @@ impl crate::Store for SqliteStore {
         id: &str,
     ) -> Result<Option<(WebhookDelivery, Vec<WebhookAttempt>)>, StoreError> {
         self.webhook_delivery_get(id).await
+    }
+
+    async fn find_handover(
+        &self,
+        consumer_id: i64,
+        from_version: u32,
+    ) -> Result<Option<HandoverRecord>, StoreError> {
+        self.handover_find(consumer_id, from_version).await
+    }
+
+    async fn record_agent(
+        &self,
+        consumer_id: i64,
+        agent: &AgentRecord,
+        audit: &[AuditRecord],
+        events: &[EventRecord],
+    ) -> Result<bool, StoreError> {
+        self.agent_record(consumer_id, agent, audit, events).await
+    }
+
+    async fn list_agents(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agent_list(environment).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        environment: Option<&Environment>,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.delivery_list(environment).await
     }
 }

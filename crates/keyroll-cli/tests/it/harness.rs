@@ -252,6 +252,11 @@ impl Server {
         String::from_utf8_lossy(&db).into_owned()
     }
 
+    /// Every server log line so far, as one text.
+    pub fn logs_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
     /// Asserts that no issued secret appears in the server's log, the CLI transcript (outside
     /// the once-shown key), or the database files.
     pub fn assert_no_secret_leaked(&self, extra_text: &[String]) {

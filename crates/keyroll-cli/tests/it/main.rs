@@ -21,6 +21,7 @@ mod observe;
 mod policy;
 mod rotate_due;
 mod scan;
+mod self_service;
 mod slow_clients;
 mod stalled_plan;
 mod store_faults;

@@ -223,6 +223,7 @@ mod tests {
                     unused_reported: v.unused_reported,
                     due_raised: false,
                     expiry_warned: false,
+                    rotation_requested: None,
                 })
                 .collect(),
         }

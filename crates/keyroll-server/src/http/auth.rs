@@ -32,7 +32,7 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
-    fn from_parts(parts: &Parts, state: &AppState) -> RequestInfo {
+    pub(crate) fn from_parts(parts: &Parts, state: &AppState) -> RequestInfo {
         let request_id = current_request_id();
         let peer = parts
             .extensions

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod observe;
 pub mod openapi;
 pub mod schedule;
+pub mod self_service;
 pub mod status;
 pub mod tokens;
 pub mod webhooks;
@@ -82,6 +83,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(schedule::preflight),
         )
         .route("/v1/schedule", get(schedule::schedule))
+        .route("/v1/self", get(self_service::self_state))
+        .route("/v1/self/rotate", post(self_service::self_rotate))
+        .route("/v1/self/handover", post(self_service::self_handover))
+        .route("/v1/self/report", post(self_service::self_report))
+        .route("/v1/agents", get(self_service::list_agents))
+        .route(
+            "/v1/consumers/{env}/{name}/request-rotation",
+            post(self_service::request_rotation),
+        )
         .route("/v1/keys/{kid}", get(keys::get_key))
         .route("/v1/verify", post(forward_auth::verify_json))
         .route("/v1/status", get(status::status))

@@ -61,6 +61,12 @@ use crate::http::{admin, forward_auth};
         crate::http::webhooks::list_deliveries,
         crate::http::webhooks::get_delivery,
         crate::http::webhooks::replay_delivery,
+        crate::http::self_service::self_state,
+        crate::http::self_service::self_rotate,
+        crate::http::self_service::self_handover,
+        crate::http::self_service::self_report,
+        crate::http::self_service::request_rotation,
+        crate::http::self_service::list_agents,
     ),
     modifiers(&AdminToken),
 )]
@@ -151,6 +157,12 @@ fn complete(doc: &mut Value) {
             "in": "header",
             "name": "X-API-Key",
             "description": "a consumer's key (kr_<env>_<kid>_<secret>); `Authorization: Bearer <key>` is read first when present",
+        });
+        schemes["consumer_key"] = json!({
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "kr_<env>_<kid>_<secret>",
+            "description": "a consumer's own key: the agent's credential for /v1/self (its own consumer only)",
         });
     }
     if let Some(schemas) = doc
@@ -284,6 +296,10 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>, schemas: &Map<Str
         .get("security")
         .and_then(Value::as_array)
         .is_some_and(|s| s.iter().any(|r| r.get("admin_token").is_some()));
+    let consumer = op
+        .get("security")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|r| r.get("consumer_key").is_some()));
     if path == "/v1/forward-auth" {
         op.insert("security".into(), json!([{ "api_key": [] }, {}]));
     }
@@ -325,7 +341,14 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>, schemas: &Map<Str
             .entry(status)
             .or_insert_with(|| problem_response(description));
     };
-    if admin && (body || validated_params) {
+    if consumer {
+        add(
+            "401",
+            "no consumer key, or one that is not valid now; the code says why (`key_retired`, `key_revoked`, …)",
+        );
+        add("503", "the store is unavailable (`storage_unavailable`)");
+    }
+    if (admin || consumer) && (body || validated_params) {
         add(
             "400",
             "the request is malformed: a parameter, a header or the body (`invalid_request`)",
@@ -589,8 +612,20 @@ mod tests {
             if path_params {
                 assert!(has("400"), "{method} {path} has path parameters but no 400");
             }
+            let consumer = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("consumer_key").is_some()));
+            if consumer {
+                assert!(
+                    path.starts_with("/v1/self"),
+                    "{method} {path}: only /v1/self takes a consumer key"
+                );
+                for s in ["401", "503"] {
+                    assert!(has(s), "{method} {path} does not list {s}");
+                }
+            }
             if path.starts_with("/v1/") && path != "/v1/forward-auth" {
-                assert!(admin, "{method} {path} names no admin token scope");
+                assert!(admin || consumer, "{method} {path} names no credential");
             }
         }
     }

@@ -84,10 +84,34 @@ pub async fn status(
     } else {
         crate::schedule::Snapshot::read(&state, at).await?
     };
+    let agents = state
+        .store
+        .list_agents(
+            environment
+                .as_ref()
+                .or(only.as_ref().map(|r| &r.environment)),
+        )
+        .await?;
+    let deliveries = state
+        .store
+        .list_deliveries(
+            environment
+                .as_ref()
+                .or(only.as_ref().map(|r| &r.environment)),
+        )
+        .await?;
     let items = consumers
         .iter()
         .map(|c| {
             let mut status = consumer_status(&state, &c.consumer, &usage, at);
+            status.delivery = crate::service::delivery::delivery_status(
+                &c.consumer,
+                &status.versions,
+                &agents,
+                &deliveries,
+                state.config.unseen_after,
+                at,
+            );
             let r = ConsumerRef {
                 environment: c.consumer.environment.clone(),
                 name: c.consumer.name.clone(),
@@ -198,6 +222,7 @@ pub fn consumer_status(
         verdict_code: verdict.code().into(),
         schedule: None,
         versions,
+        delivery: None,
     }
 }
 

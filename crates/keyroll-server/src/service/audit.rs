@@ -37,6 +37,16 @@ impl Actor {
         }
     }
 
+    /// A consumer's agent, authenticated by the consumer's own key: the actor id names the
+    /// agent and the key id it presented.
+    pub fn agent(agent: &str, kid: &str, request_id: String, remote_addr: Option<String>) -> Actor {
+        Actor {
+            id: format!("agent:{agent} (kid {kid})"),
+            request_id,
+            remote_addr,
+        }
+    }
+
     /// The rotation scheduler, under a fresh request id.
     pub fn scheduler(request_id: String) -> Actor {
         Actor {
@@ -110,6 +120,10 @@ pub fn effect_detail(
         } => on_version(
             *version,
             json!({ "kid": kid(*version), "deadline": rfc3339(*deadline), "extended_until": rfc3339(*until) }),
+        ),
+        Effect::RotationRequested(n) => on_version(
+            *n,
+            json!({ "kid": kid(*n), "delivery": consumer.schedule.delivery.as_str() }),
         ),
         Effect::Unused(n) => on_version(
             *n,

@@ -59,6 +59,7 @@ pub async fn create_consumer(
             {
                 Ok(stored) => {
                     state.index.upsert(stored.revision, &stored.consumer);
+                    state.changed();
                     after_write(state, &request.actor, &r, &t.effects, &events);
                     return Ok(Answer::Fresh {
                         body: with_key,
@@ -272,10 +273,12 @@ async fn write(
             audit: &audit,
             idempotency: idem.as_ref(),
             events: &events,
+            handover: planned.handover.as_ref(),
         };
         match state.store.write_consumer(write).await {
             Ok(written) => {
                 state.index.upsert(written.revision, &written.consumer);
+                state.changed();
                 after_write(state, &request.actor, r, &planned.effects, &events);
                 return Ok((with_key, planned.effects));
             }

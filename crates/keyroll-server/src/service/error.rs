@@ -38,6 +38,13 @@ pub enum ServiceError {
     /// Every attempt at a fresh key id collided (practically impossible with 128-bit kids).
     #[error("could not allocate a unique key id; retry")]
     KidsExhausted,
+    /// An agent's rotation lost the race to another agent of the same consumer: the active
+    /// version is no longer the one it saw (the text says what to do).
+    #[error("{0}")]
+    Raced(String),
+    /// No newer version was left for holders of the caller's key.
+    #[error("{0}")]
+    NoHandover(String),
     /// The store failed or refused.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -11,6 +11,7 @@
 
 pub mod audit;
 mod consumers;
+pub mod delivery;
 mod effects;
 mod environments;
 pub mod error;
@@ -75,6 +76,8 @@ pub struct Planned {
     pub effects: Vec<Effect>,
     /// The new key, when the change issued one (shown once; sealed for replays).
     pub issued: Option<IssuedKey>,
+    /// The new key sealed for the other holders of the key that asked (an agent's rotation).
+    pub handover: Option<keyroll_store::HandoverRecord>,
 }
 
 impl Planned {
@@ -84,6 +87,7 @@ impl Planned {
             consumer: t.consumer,
             effects: t.effects,
             issued: None,
+            handover: None,
         }
     }
 }

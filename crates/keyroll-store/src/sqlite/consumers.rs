@@ -34,16 +34,18 @@ use crate::{
 /// Only rows whose key material is unchanged are updated (see `upsert_versions`).
 const UPSERT_VERSION: &str = "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, \
      fingerprint, state, created_at, deadline, expires_at, retired_at, revoked_at, revoke_reason, \
-     replaced_by, enforced, grace_ms, extended, unused_reported, due_raised, expiry_warned) \
+     replaced_by, enforced, grace_ms, extended, unused_reported, due_raised, expiry_warned, \
+     rotation_requested_ms) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19) \
+     ?19, ?20) \
      ON CONFLICT (consumer_id, version) DO UPDATE SET state = excluded.state, \
      deadline = excluded.deadline, expires_at = excluded.expires_at, \
      retired_at = excluded.retired_at, revoked_at = excluded.revoked_at, \
      revoke_reason = excluded.revoke_reason, replaced_by = excluded.replaced_by, \
      enforced = excluded.enforced, grace_ms = excluded.grace_ms, extended = excluded.extended, \
      unused_reported = excluded.unused_reported, due_raised = excluded.due_raised, \
-     expiry_warned = excluded.expiry_warned \
+     expiry_warned = excluded.expiry_warned, \
+     rotation_requested_ms = excluded.rotation_requested_ms \
      WHERE key_versions.kid = excluded.kid AND key_versions.secret_hash = excluded.secret_hash \
      AND key_versions.fingerprint = excluded.fingerprint \
      AND key_versions.created_at = excluded.created_at";
@@ -267,6 +269,8 @@ impl SqliteStore {
                 consumer.versions.len()
             )));
         }
+        self.write_handover(&mut tx, write.id, write.handover, &doing)
+            .await?;
         self.append_audit(&mut tx, write.audit, &doing).await?;
         self.append_events(&mut tx, write.events, &doing).await?;
         self.remember_idempotency(&mut tx, write.idempotency, &doing)
@@ -354,6 +358,7 @@ impl SqliteStore {
                 .bind(v.unused_reported)
                 .bind(v.due_raised)
                 .bind(v.expiry_warned)
+                .bind(v.rotation_requested.map(Timestamp::unix_millis))
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| match violation(&e) {

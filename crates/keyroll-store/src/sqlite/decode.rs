@@ -86,6 +86,7 @@ pub(super) fn version_from_row(row: &SqliteRow) -> Result<(i64, KeyVersion), Sto
         unused_reported: get(row, 16, place)?,
         due_raised: get(row, 17, place)?,
         expiry_warned: get(row, 18, place)?,
+        rotation_requested_ms: get(row, 19, place)?,
     };
     columns.validate(place)
 }

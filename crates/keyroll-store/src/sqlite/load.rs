@@ -187,6 +187,7 @@ fn version(row: &Row<'_>) -> Result<(i64, keyroll_core::KeyVersion), StoreError>
         unused_reported: flag(row, 16, place)?,
         due_raised: flag(row, 17, place)?,
         expiry_warned: flag(row, 18, place)?,
+        rotation_requested_ms: optional(row, 19, place, int)?,
     };
     columns.validate(place)
 }

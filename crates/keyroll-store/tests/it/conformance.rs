@@ -258,6 +258,7 @@ async fn apply_with(
             audit: &entries,
             idempotency: None,
             events: &events,
+            handover: None,
         })
         .await
 }
@@ -737,6 +738,7 @@ pub async fn idempotency_key_reuse(store: &dyn Store) {
             audit: &[audit(3_000, "consumer.disabled", "prod/billing-app")],
             idempotency: Some(&reused),
             events: &[],
+            handover: None,
         })
         .await
         .unwrap_err();
@@ -792,6 +794,7 @@ pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
                     audit: &[audit(5_000, "consumer.disabled", "prod/billing-app")],
                     idempotency: None,
                     events: &[],
+                    handover: None,
                 })
                 .await
         }
@@ -842,6 +845,7 @@ pub async fn write_guards_refuse_bad_writes(store: &dyn Store) {
             audit: &[],
             idempotency: None,
             events: &[],
+            handover: None,
         })
         .await
         .unwrap_err();
@@ -1113,6 +1117,7 @@ pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
             audit: &[audit(day_later, "consumer.updated", "prod/billing-app")],
             idempotency: None,
             events: &[],
+            handover: None,
         })
         .await
         .unwrap();
@@ -1139,6 +1144,7 @@ pub async fn policy_and_stall_fields_round_trip(store: &dyn Store) {
                 audit: &[],
                 idempotency: None,
                 events: &[],
+                handover: None,
             })
             .await
             .unwrap_err();
@@ -1274,6 +1280,7 @@ pub async fn events_are_written_with_their_change_and_paged(store: &dyn Store) {
             audit: &[],
             idempotency: None,
             events: std::slice::from_ref(&stray),
+            handover: None,
         })
         .await
         .unwrap_err();
@@ -1289,6 +1296,7 @@ pub async fn events_are_written_with_their_change_and_paged(store: &dyn Store) {
             audit: &[],
             idempotency: None,
             events: std::slice::from_ref(&stray),
+            handover: None,
         })
         .await
         .unwrap();
@@ -1741,6 +1749,7 @@ pub async fn idempotency_sealed_key_round_trips_and_is_cleared_after_its_window(
             )],
             idempotency: Some(&inside),
             events: &[],
+            handover: None,
         })
         .await
         .unwrap();
@@ -2350,6 +2359,7 @@ pub async fn audit_query_filters_and_pages(store: &dyn Store) {
             ],
             idempotency: None,
             events: &[],
+            handover: None,
         })
         .await
         .unwrap();

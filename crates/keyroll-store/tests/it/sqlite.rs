@@ -687,6 +687,7 @@ async fn a_database_of_schema_version_1_is_upgraded_with_default_policies() {
             audit: &[],
             idempotency: None,
             events: &events,
+            handover: None,
         })
         .await
         .unwrap();

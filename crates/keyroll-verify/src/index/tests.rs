@@ -272,6 +272,7 @@ mod probe {
                             unused_reported: v.unused_reported,
                             due_raised: false,
                             expiry_warned: false,
+                            rotation_requested: None,
                         })
                         .collect(),
                 };

@@ -46,6 +46,9 @@ impl From<ServiceError> for ApiError {
                 LifecycleError::RetireActive { .. }
                 | LifecycleError::NotRetiring { .. }
                 | LifecycleError::VersionsExhausted { .. } => ApiError::conflict(e.to_string()),
+                LifecycleError::NoActiveVersion => {
+                    ApiError::new(StatusCode::CONFLICT, "no_active_version", e.to_string())
+                }
             },
             ServiceError::Busy(_) => ApiError::conflict(e.to_string()),
             // The header is not echoed: it is what protects a sealed key.
@@ -73,6 +76,12 @@ impl From<ServiceError> for ApiError {
                 "entropy_unavailable",
                 detail,
             ),
+            ServiceError::Raced(detail) => {
+                ApiError::new(StatusCode::CONFLICT, "rotation_raced", detail)
+            }
+            ServiceError::NoHandover(detail) => {
+                ApiError::new(StatusCode::NOT_FOUND, "no_handover", detail)
+            }
             ServiceError::KidsExhausted => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", e.to_string())
             }
@@ -117,7 +126,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 impl Caller {
     /// The service request for a body whose canonical JSON hashes to `body_hash`.
-    fn request(&self, body_hash: &[u8; 32]) -> Result<Request, ApiError> {
+    pub(crate) fn request(&self, body_hash: &[u8; 32]) -> Result<Request, ApiError> {
         let idempotency = match &self.idempotency {
             Ok(None) => None,
             Ok(Some(key)) => Some(Idempotency::new(
@@ -146,7 +155,7 @@ pub(crate) fn actor(admin: &Admin) -> Actor {
 
 /// The HTTP answer of a service answer: `status` when fresh, the remembered one on a replay
 /// (with `Idempotent-Replayed: true`); `location` for a created resource.
-fn respond(answer: Answer, status: StatusCode, location: Option<String>) -> Response {
+pub(crate) fn respond(answer: Answer, status: StatusCode, location: Option<String>) -> Response {
     match answer {
         Answer::Fresh { body, .. } => {
             let mut response = (status, Json(body)).into_response();

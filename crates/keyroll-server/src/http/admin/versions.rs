@@ -73,35 +73,7 @@ pub async fn rotate(
         expires_in,
     };
     let answer = service::rotate(&state, &request, &r, rotation, change, |_, p, _at| {
-        let new = p.consumer.active_version();
-        let answer = proto::Rotated {
-            consumer: r.to_string(),
-            key: p.issued.as_ref().map(|k| k.reveal().to_owned()),
-            kid: new.map(|v| v.kid.to_string()).unwrap_or_default(),
-            version: new.map(|v| v.number.0).unwrap_or(0),
-            retiring: p
-                .effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::Retiring { version, deadline } => Some(proto::Retiring {
-                        version: version.0,
-                        deadline: rfc3339(*deadline),
-                    }),
-                    _ => None,
-                })
-                .collect(),
-            retired: p
-                .effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::Retired { version, .. } => Some(version.0),
-                    _ => None,
-                })
-                .collect(),
-            replayed: false,
-            key_unavailable: None,
-        };
-        serde_json::to_value(answer).unwrap_or(Value::Null)
+        rotated(&r, p)
     })
     .await?;
     Ok(respond(answer, StatusCode::CREATED, None))
@@ -239,4 +211,37 @@ pub async fn retire(
     )
     .await?;
     Ok(respond(answer, StatusCode::OK, None))
+}
+
+/// The answer to a rotation (admin or agent): the new key once, what started retiring.
+pub(crate) fn rotated(r: &keyroll_core::ConsumerRef, p: &Planned) -> Value {
+    let new = p.consumer.active_version();
+    let answer = proto::Rotated {
+        consumer: r.to_string(),
+        key: p.issued.as_ref().map(|k| k.reveal().to_owned()),
+        kid: new.map(|v| v.kid.to_string()).unwrap_or_default(),
+        version: new.map(|v| v.number.0).unwrap_or(0),
+        retiring: p
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Retiring { version, deadline } => Some(proto::Retiring {
+                    version: version.0,
+                    deadline: rfc3339(*deadline),
+                }),
+                _ => None,
+            })
+            .collect(),
+        retired: p
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Retired { version, .. } => Some(version.0),
+                _ => None,
+            })
+            .collect(),
+        replayed: false,
+        key_unavailable: None,
+    };
+    serde_json::to_value(answer).unwrap_or(Value::Null)
 }
