@@ -28,3 +28,4 @@ mod store_faults;
 mod tokens;
 mod usage;
 mod walkthrough;
+mod webhooks;
