@@ -13,6 +13,7 @@ mod rotate;
 mod scan;
 mod status;
 mod token;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -214,6 +215,9 @@ enum Cmd {
     /// Admin tokens: create (shown once), list, revoke, rotate with an overlap.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// Signed webhooks: endpoints (secret shown once), deliveries, replays.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCmd),
     /// Policy files (policy as code): `keyroll policy check -f FILE` validates one offline.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -982,6 +986,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
         Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
+        Cmd::Webhook(cmd) => webhook::run(cmd, &client(&cli.global)?, out).await?,
         Cmd::Policy(cmd) => return policy::check(cmd, out),
         Cmd::Plan(args) => {
             let global = &cli.global;

@@ -802,3 +802,92 @@ impl Client {
         .await
     }
 }
+
+/// Webhooks: endpoints (the secret shown once), deliveries and replays.
+impl Client {
+    /// `POST /v1/webhooks`: the answer carries the `whsec_` secret, once.
+    pub async fn create_webhook(
+        &self,
+        req: &proto::CreateWebhook,
+    ) -> Result<Answer<proto::WebhookSecret>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/webhooks", Some(req), None)
+            .await
+    }
+
+    /// `GET /v1/webhooks`.
+    pub async fn list_webhooks(&self) -> Result<Answer<proto::List<proto::Webhook>>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/webhooks", None, None)
+            .await
+    }
+
+    /// `GET /v1/webhooks/{id}`.
+    pub async fn get_webhook(&self, id: &str) -> Result<Answer<proto::Webhook>, ClientError> {
+        let path = format!("/v1/webhooks/{}", urlencode(id));
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `DELETE /v1/webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: &str) -> Result<Answer<proto::Webhook>, ClientError> {
+        let path = format!("/v1/webhooks/{}", urlencode(id));
+        self.call(reqwest::Method::DELETE, &path, None, None).await
+    }
+
+    /// `POST /v1/webhooks/{id}/rotate-secret`: the new secret, once.
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        req: &proto::RotateWebhookSecret,
+    ) -> Result<Answer<proto::WebhookSecret>, ClientError> {
+        let path = format!("/v1/webhooks/{}/rotate-secret", urlencode(id));
+        self.call(reqwest::Method::POST, &path, Some(req), None)
+            .await
+    }
+
+    /// `POST /v1/webhooks/{id}/enable`.
+    pub async fn enable_webhook(&self, id: &str) -> Result<Answer<proto::Webhook>, ClientError> {
+        let path = format!("/v1/webhooks/{}/enable", urlencode(id));
+        self.call(reqwest::Method::POST, &path, None, None).await
+    }
+
+    /// `GET /v1/webhook-deliveries[?endpoint=&state=&limit=]`, newest first.
+    pub async fn webhook_deliveries(
+        &self,
+        endpoint: Option<&str>,
+        state: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Answer<proto::List<proto::WebhookDeliveryInfo>>, ClientError> {
+        let limit = limit.map(|l| l.to_string());
+        let query: Vec<String> = [
+            ("endpoint", endpoint),
+            ("state", state),
+            ("limit", limit.as_deref()),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(v))))
+        .collect();
+        let path = if query.is_empty() {
+            "/v1/webhook-deliveries".to_owned()
+        } else {
+            format!("/v1/webhook-deliveries?{}", query.join("&"))
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `GET /v1/webhook-deliveries/{id}`: with its attempts.
+    pub async fn webhook_delivery(
+        &self,
+        id: &str,
+    ) -> Result<Answer<proto::WebhookDeliveryInfo>, ClientError> {
+        let path = format!("/v1/webhook-deliveries/{}", urlencode(id));
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `POST /v1/webhook-deliveries/{id}/replay`: one more attempt now, same `webhook-id`.
+    pub async fn replay_webhook_delivery(
+        &self,
+        id: &str,
+    ) -> Result<Answer<proto::WebhookDeliveryInfo>, ClientError> {
+        let path = format!("/v1/webhook-deliveries/{}/replay", urlencode(id));
+        self.call(reqwest::Method::POST, &path, None, None).await
+    }
+}

@@ -1037,3 +1037,139 @@ pub struct RequestRotation {
     #[serde(default)]
     pub confirm: bool,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks (SPEC §10): endpoints, their secrets (shown once), deliveries and their attempts.
+
+/// `POST /v1/webhooks`: register an endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where deliveries are POSTed (`http://…`; private and loopback addresses only when the
+    /// server's `webhooks.allow_private` / `webhooks.allow_loopback` say so).
+    pub url: String,
+    /// Event types to receive (`rotation.started`, `version.retired`, …), or `["*"]` for every
+    /// event. Absent: the rotation events (`rotation.*`, `version.retired`, `version.revoked`,
+    /// `version.unused`, `version.delivered`, `key.expiring`).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// A label for people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A registered endpoint: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Webhook {
+    /// `wh_…`.
+    pub id: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// The event types it receives (`*`: all).
+    pub events: Vec<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// When it was registered.
+    pub created_at: String,
+    /// `enabled` or `disabled` (it answered 410 Gone; `POST …/enable` re-enables it).
+    pub state: String,
+    /// When it was disabled.
+    #[serde(default)]
+    pub disabled_at: Option<String>,
+    /// Why.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// Until when the secret before the last rotation still signs (both signatures are sent).
+    #[serde(default)]
+    pub previous_secret_until: Option<String>,
+}
+
+/// `POST /v1/webhooks` (201) and `POST /v1/webhooks/{id}/rotate-secret`: the endpoint and its
+/// secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct WebhookSecret {
+    /// The endpoint.
+    pub webhook: Webhook,
+    /// `whsec_…`: verify deliveries with it (any Standard Webhooks library). Not shown again.
+    pub secret: String,
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RotateWebhookSecret {
+    /// How long the old secret keeps signing beside the new one (`24h` by default; `0` stops
+    /// it at once).
+    #[serde(default)]
+    pub overlap: Option<String>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct WebhookAttemptInfo {
+    /// 1 for the first.
+    pub n: u32,
+    /// When.
+    pub at: String,
+    /// The HTTP status, absent without an answer.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// What went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The `Retry-After` the endpoint sent, in seconds.
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+}
+
+/// One event delivered (or to be) to one endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct WebhookDeliveryInfo {
+    /// `whd_…`.
+    pub id: String,
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// The event's position in the outbox.
+    pub event_seq: i64,
+    /// `webhook-id` (`msg_<event seq>`), the same on every attempt and replay.
+    pub msg_id: String,
+    /// `pending`, `delivered`, `failed` or `disabled`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
+    /// The last attempt's HTTP status.
+    #[serde(default)]
+    pub last_status: Option<u16>,
+    /// The last attempt's failure.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When it was enqueued.
+    pub created_at: String,
+    /// When it was delivered.
+    #[serde(default)]
+    pub delivered_at: Option<String>,
+    /// Its attempts, oldest first (`GET /v1/webhook-deliveries/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<WebhookAttemptInfo>>,
+}
+
+/// `GET /v1/webhook-deliveries` query.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// Only to this endpoint (`wh_…`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Only in this state: `pending`, `delivered`, `failed`, `disabled`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}

@@ -5,7 +5,7 @@ use keyroll_core::{Entropy, EntropyUnavailable, SecretHash, Timestamp, random_ba
 use keyroll_store::{AdminTokenEntry, AdminTokenRecord};
 
 /// Every scope an admin token can carry.
-pub const SCOPES: [&str; 10] = [
+pub const SCOPES: [&str; 12] = [
     "admin",
     "environments:write",
     "consumers:read",
@@ -16,6 +16,8 @@ pub const SCOPES: [&str; 10] = [
     "tokens:read",
     "tokens:write",
     "audit:read",
+    "webhooks:read",
+    "webhooks:write",
 ];
 
 /// A parsed presented token.
@@ -102,6 +104,7 @@ pub fn grants(held: &[String], scope: &str) -> bool {
     let implied_by: &[&str] = match scope {
         "keys:read" => &["consumers:read"],
         "tokens:read" => &["tokens:write"],
+        "webhooks:read" => &["webhooks:write"],
         _ => &[],
     };
     held.iter()

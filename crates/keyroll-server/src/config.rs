@@ -34,6 +34,37 @@ pub struct RawConfig {
     pub http: HttpConfig,
     /// The rotation schedule.
     pub schedule: ScheduleConfig,
+    /// Signed webhooks.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[webhooks]`: the sender of signed webhooks (SPEC §10).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Send webhooks from this server (default true).
+    pub enabled: bool,
+    /// How often the outbox and due retries are looked at (default `1s`); a written event
+    /// wakes the sender at once.
+    pub interval: String,
+    /// Allow endpoints on loopback addresses (127.0.0.0/8, ::1). Off by default.
+    pub allow_loopback: bool,
+    /// Allow endpoints on private, link-local, CGNAT and unique-local addresses. Off by default.
+    pub allow_private: bool,
+    /// Deliveries in flight at once (default 8).
+    pub concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            enabled: true,
+            interval: "1s".into(),
+            allow_loopback: false,
+            allow_private: false,
+            concurrency: 8,
+        }
+    }
 }
 
 /// `[schedule]`: the server's run of the rotation schedule (SPEC §7).
@@ -188,6 +219,7 @@ impl Default for RawConfig {
             history: HistoryConfig::default(),
             http: HttpConfig::default(),
             schedule: ScheduleConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -262,8 +294,25 @@ pub struct Config {
     pub schedule_enabled: bool,
     /// How often it is looked at.
     pub schedule_interval: Duration,
+    /// The webhook sender.
+    pub webhooks: WebhookSettings,
     /// See [`ScheduleConfig::unseen_after`].
     pub unseen_after: Duration,
+}
+
+/// The validated `[webhooks]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// The sender runs in this server.
+    pub enabled: bool,
+    /// Its period.
+    pub interval: Duration,
+    /// Loopback targets allowed.
+    pub allow_loopback: bool,
+    /// Private targets allowed.
+    pub allow_private: bool,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
 }
 
 /// The validated `[http]` section.
@@ -318,7 +367,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "database_url",
@@ -329,6 +378,7 @@ const ENV_KEYS: [&str; 10] = [
     "usage",
     "http",
     "schedule",
+    "webhooks",
 ];
 
 impl Config {
@@ -486,8 +536,24 @@ impl Config {
         }
         let http = resolve_http(&raw.http, positive)?;
         let schedule_interval = positive("schedule.interval", &raw.schedule.interval)?;
+        let webhooks = WebhookSettings {
+            enabled: raw.webhooks.enabled,
+            interval: positive("webhooks.interval", &raw.webhooks.interval)?,
+            allow_loopback: raw.webhooks.allow_loopback,
+            allow_private: raw.webhooks.allow_private,
+            concurrency: if (1..=256).contains(&raw.webhooks.concurrency) {
+                raw.webhooks.concurrency
+            } else {
+                return Err(ConfigError::Invalid {
+                    key: "webhooks.concurrency",
+                    value: raw.webhooks.concurrency.to_string(),
+                    reason: "expected 1 to 256".into(),
+                });
+            },
+        };
         let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
         Ok(Config {
+            webhooks,
             unseen_after,
             schedule_enabled: raw.schedule.enabled,
             schedule_interval,
@@ -662,6 +728,30 @@ mod tests {
             );
             assert!(err.contains("trace, debug, info, warn, error"), "{err}");
         }
+    }
+
+    #[test]
+    fn webhook_settings_come_from_the_file_and_the_environment() {
+        let c = Config::resolve(RawConfig::default()).unwrap();
+        assert!(c.webhooks.enabled && !c.webhooks.allow_loopback && !c.webhooks.allow_private);
+        assert_eq!(c.webhooks.interval, Duration::from_secs(1));
+        assert_eq!(c.webhooks.concurrency, 8);
+        // The environment's naming (`KEYROLL_WEBHOOKS__ALLOW_LOOPBACK=true`) is exercised by the
+        // end-to-end tests, which start real servers with it; a file sets the same keys.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyroll.toml");
+        std::fs::write(
+            &path,
+            "[webhooks]\nallow_loopback = true\nconcurrency = 2\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert!(c.webhooks.allow_loopback);
+        assert!(!c.webhooks.allow_private);
+        assert_eq!(c.webhooks.concurrency, 2);
+        std::fs::write(&path, "[webhooks]\nconcurrency = 0\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("webhooks.concurrency"), "{err}");
     }
 
     #[test]

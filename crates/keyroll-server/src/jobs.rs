@@ -95,3 +95,25 @@ pub async fn flush_usage(state: &AppState) {
         Flushed::Failed => state.observer.usage_flush_failed(),
     }
 }
+
+/// The webhook sender: one [`crate::webhooks::sender::Sender::tick`] every `[webhooks]
+/// interval`, and at once when a write appended events (`AppState::webhook_wake`), until `stop`.
+pub async fn webhooks(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let sender = match crate::webhooks::sender::Sender::new(&state.config.webhooks) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(event = "webhook.sender_unavailable", error = %e, "webhooks will not be sent: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(state.config.webhooks.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.webhook_wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+        sender.tick(&state).await;
+    }
+}

@@ -14,6 +14,7 @@ pub mod installation;
 pub mod jobs;
 pub mod listener;
 pub mod logging;
+pub mod master_key;
 pub mod observe;
 pub mod request_id;
 pub mod schedule;
@@ -21,6 +22,7 @@ pub mod service;
 pub mod state;
 pub mod sweeper;
 pub mod usage;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,7 +69,18 @@ impl Server {
             tracing::warn!(event = "admin_token.created", path = %path.display(), "first start: created an admin token with scope admin in {} (mode 0600); keep it safe", path.display());
         }
         check_installation(&config, &earlier, &installation)?;
-        let state = AppState::new(store, config);
+        let master_key = master_key::MasterKey::load(
+            std::env::var(master_key::MASTER_KEY_ENV).ok().as_deref(),
+            &config.data_dir,
+            clock::Randomness::os(),
+        )?;
+        let state = AppState::with_master_key(
+            store,
+            config,
+            clock::Clock::system(),
+            clock::Randomness::os(),
+            master_key,
+        );
         let started = std::time::Instant::now();
         let loaded = state.load().await?;
         tracing::info!(
@@ -111,6 +124,11 @@ impl Server {
             .config
             .schedule_enabled
             .then(|| tokio::spawn(jobs::scheduler(Arc::clone(&state), stop_rx.clone())));
+        let webhooks = state
+            .config
+            .webhooks
+            .enabled
+            .then(|| tokio::spawn(jobs::webhooks(Arc::clone(&state), stop_rx.clone())));
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
         let app = http::router(Arc::clone(&state));
@@ -120,6 +138,9 @@ impl Server {
         let _ = sweeper.await;
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
+        }
+        if let Some(webhooks) = webhooks {
+            let _ = webhooks.await;
         }
         let _ = flusher.await;
         let _ = observer.await;

@@ -28,6 +28,11 @@ pub struct AppState {
     pub clock: Clock,
     /// Every random byte of the server comes from here.
     pub randomness: Randomness,
+    /// Seals the secrets the server must read again (webhook signing secrets).
+    pub master_key: crate::master_key::MasterKey,
+    /// Woken after a write that appended events, so the webhook sender does not wait for its
+    /// interval.
+    pub webhook_wake: tokio::sync::Notify,
     /// Ticks after every committed consumer change and agent delivery: agents' long-polls
     /// (`GET /v1/self?wait=`) wait on it instead of polling.
     pub changes: tokio::sync::watch::Sender<u64>,
@@ -51,6 +56,22 @@ impl AppState {
         clock: Clock,
         randomness: Randomness,
     ) -> Arc<AppState> {
+        // A state without a data dir (tests, embedding) seals under a key of its own.
+        let master_key = match crate::master_key::MasterKey::ephemeral(randomness.clone()) {
+            Ok(k) => k,
+            Err(_) => crate::master_key::MasterKey::from_bytes([0; 32], randomness.clone()),
+        };
+        AppState::with_master_key(store, config, clock, randomness, master_key)
+    }
+
+    /// A shared state with a chosen clock, randomness and master key (what start-up builds).
+    pub fn with_master_key(
+        store: Arc<dyn Store>,
+        config: Config,
+        clock: Clock,
+        randomness: Randomness,
+        master_key: crate::master_key::MasterKey,
+    ) -> Arc<AppState> {
         let usage = crate::usage::UsageRecorder::new(config.usage_enabled);
         Arc::new(AppState {
             index: Index::new(),
@@ -62,6 +83,8 @@ impl AppState {
             changes: tokio::sync::watch::Sender::new(0),
             clock,
             randomness,
+            master_key,
+            webhook_wake: tokio::sync::Notify::new(),
         })
     }
 

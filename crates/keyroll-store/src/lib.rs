@@ -294,6 +294,122 @@ pub struct VersionUsage {
     pub sources: Vec<SourceSeen>,
 }
 
+/// A registered webhook endpoint. Its secrets are only ever sealed (by the server, under its
+/// master key); the store never sees them in the clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// `wh_…`.
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The event types it receives, or `["*"]` for all.
+    pub events: Vec<String>,
+    /// A label for people.
+    pub description: Option<String>,
+    /// The signing secret, sealed.
+    pub sealed_secret: Vec<u8>,
+    /// The secret before the last rotation, sealed, with the end of the overlap during which it
+    /// still signs.
+    pub previous_secret: Option<(Vec<u8>, Timestamp)>,
+    /// When it was registered.
+    pub created_at: Timestamp,
+    /// When it was disabled (a 410 answer), and why.
+    pub disabled: Option<(Timestamp, String)>,
+}
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// An attempt was answered 2xx.
+    Delivered,
+    /// The retry schedule is exhausted.
+    Failed,
+    /// The endpoint was disabled (it answered 410) before the delivery succeeded.
+    Disabled,
+}
+
+impl DeliveryState {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Disabled => "disabled",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        Some(match s {
+            "pending" => DeliveryState::Pending,
+            "delivered" => DeliveryState::Delivered,
+            "failed" => DeliveryState::Failed,
+            "disabled" => DeliveryState::Disabled,
+            _ => return None,
+        })
+    }
+}
+
+/// One event to be delivered to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// `whd_…`.
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event's position in the outbox.
+    pub event_seq: i64,
+    /// `webhook-id`: `msg_<event seq>`, stable across retries and replays.
+    pub msg_id: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<Timestamp>,
+    /// The last attempt's HTTP status, if it got one.
+    pub last_status: Option<u16>,
+    /// The last attempt's failure, in words.
+    pub last_error: Option<String>,
+    /// When it was enqueued.
+    pub created_at: Timestamp,
+    /// When an attempt succeeded.
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    /// The delivery.
+    pub delivery_id: String,
+    /// 1 for the first attempt.
+    pub n: u32,
+    /// When it was made.
+    pub at: Timestamp,
+    /// The HTTP status, or `None` without an answer.
+    pub status: Option<u16>,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// What went wrong, in words.
+    pub error: Option<String>,
+    /// The `Retry-After` the endpoint sent, in milliseconds.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Which deliveries [`Store::list_webhook_deliveries`] returns, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Only to this endpoint.
+    pub endpoint_id: Option<String>,
+    /// Only in this state.
+    pub state: Option<DeliveryState>,
+    /// At most this many.
+    pub limit: u32,
+}
+
 /// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] (and, for several
 /// nodes sharing state, a PostgreSQL store with the same conformance suite).
 /// A version sealed (AEAD) under a key derived from the secret of an older version of the same
@@ -496,6 +612,79 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The installation this database belongs to. A database without an id yet (new, or made
     /// before ids existed) records `new_id`.
     async fn installation(&self, new_id: &str) -> Result<Installation, StoreError>;
+
+    /// Registers a webhook endpoint with its audit entry, in one transaction. `AlreadyExists`
+    /// if the id is taken.
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// One webhook endpoint.
+    async fn get_webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError>;
+
+    /// Every webhook endpoint, oldest first.
+    async fn list_webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
+
+    /// Writes an endpoint's secrets and disabled state (url, events, description and creation
+    /// time are kept) with its audit entries and events, in one transaction. `NotFound` if it
+    /// does not exist.
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        audit: &[AuditRecord],
+        events: &[EventRecord],
+    ) -> Result<(), StoreError>;
+
+    /// Removes an endpoint, its deliveries and their attempts, with its audit entry. `NotFound`
+    /// if it does not exist.
+    async fn delete_webhook_endpoint(
+        &self,
+        id: &str,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+
+    /// The last event seq the webhook sender enqueued deliveries for.
+    async fn webhook_cursor(&self) -> Result<i64, StoreError>;
+
+    /// Adds `deliveries` and moves the cursor from `from` to `to`, in one transaction:
+    /// `Conflict` if the cursor is no longer at `from` (another sender enqueued them), so each
+    /// event is enqueued once.
+    async fn enqueue_webhook_deliveries(
+        &self,
+        from: i64,
+        to: i64,
+        deliveries: &[WebhookDelivery],
+    ) -> Result<(), StoreError>;
+
+    /// Pending deliveries due at `now` (next attempt at or before it), soonest first, at most
+    /// `limit`.
+    async fn due_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// Records an attempt (if any) and the delivery's new state, in one transaction.
+    /// `NotFound` if the delivery does not exist (its endpoint was deleted meanwhile).
+    async fn record_webhook_attempt(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Option<&WebhookAttempt>,
+    ) -> Result<(), StoreError>;
+
+    /// Deliveries matching `query`, newest first.
+    async fn list_webhook_deliveries(
+        &self,
+        query: &DeliveryQuery,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// One delivery with its attempts, oldest first.
+    async fn get_webhook_delivery(
+        &self,
+        id: &str,
+    ) -> Result<Option<(WebhookDelivery, Vec<WebhookAttempt>)>, StoreError>;
 
     /// The newest version of consumer `consumer_id` sealed from `from_version`, if any.
     async fn find_handover(

@@ -7,6 +7,7 @@
 //! - [`audit`]: the audit log and the event outbox; [`idempotency`]: `Idempotency-Key` records;
 //! - [`environments`], [`tokens`] (admin tokens), [`installation`], [`usage`];
 //! - [`load`]: the bulk reads at start (`load_all`, `last_used_all`) through rusqlite;
+//! - [`webhooks`]: webhook endpoints, deliveries, attempts and the sender's cursor;
 //! - [`health`]: the outage state, the write probe and the database file's identity;
 //! - [`decode`]: every sqlx row to a record; [`errors`]: every SQLite failure to a
 //!   [`StoreError`].
@@ -47,6 +48,7 @@ mod installation;
 mod load;
 mod tokens;
 mod usage;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -67,6 +69,7 @@ use crate::{
     IdempotencyRecord, Installation, StoreError, StoredConsumer, TokenRevocation, UsageDelta,
     VersionUsage,
 };
+use crate::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use errors::{migrate_error, open_error};
 use health::{FileId, file_id};
 
@@ -427,6 +430,82 @@ impl crate::Store for SqliteStore {
 
     async fn installation(&self, new_id: &str) -> Result<Installation, StoreError> {
         self.installation_get(new_id).await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.webhook_endpoint_create(endpoint, audit).await
+    }
+
+    async fn get_webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpoint>, StoreError> {
+        self.webhook_endpoint_get(id).await
+    }
+
+    async fn list_webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        self.webhook_endpoint_list().await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        audit: &[AuditRecord],
+        events: &[EventRecord],
+    ) -> Result<(), StoreError> {
+        self.webhook_endpoint_update(endpoint, audit, events).await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        id: &str,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.webhook_endpoint_delete(id, audit).await
+    }
+
+    async fn webhook_cursor(&self) -> Result<i64, StoreError> {
+        self.webhook_cursor_get().await
+    }
+
+    async fn enqueue_webhook_deliveries(
+        &self,
+        from: i64,
+        to: i64,
+        deliveries: &[WebhookDelivery],
+    ) -> Result<(), StoreError> {
+        self.webhook_enqueue(from, to, deliveries).await
+    }
+
+    async fn due_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.webhook_due(now, limit).await
+    }
+
+    async fn record_webhook_attempt(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Option<&WebhookAttempt>,
+    ) -> Result<(), StoreError> {
+        self.webhook_record_attempt(delivery, attempt).await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        query: &DeliveryQuery,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.webhook_delivery_list(query).await
+    }
+
+    async fn get_webhook_delivery(
+        &self,
+        id: &str,
+    ) -> Result<Option<(WebhookDelivery, Vec<WebhookAttempt>)>, StoreError> {
+        self.webhook_delivery_get(id).await
     }
 
     async fn find_handover(

@@ -31,3 +31,4 @@ mod store_faults;
 mod tokens;
 mod usage;
 mod walkthrough;
+mod webhooks;

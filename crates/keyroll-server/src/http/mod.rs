@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod self_service;
 pub mod status;
 pub mod tokens;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -104,6 +105,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokens/{id}", get(tokens::get_token))
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke_token))
         .route("/v1/tokens/{id}/rotate", post(tokens::rotate_token))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_webhook).delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{id}/enable", post(webhooks::enable_webhook))
+        .route("/v1/webhook-deliveries", get(webhooks::list_deliveries))
+        .route("/v1/webhook-deliveries/{id}", get(webhooks::get_delivery))
+        .route(
+            "/v1/webhook-deliveries/{id}/replay",
+            post(webhooks::replay_delivery),
+        )
         .route("/readyz", get(admin::health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)

@@ -52,6 +52,15 @@ use crate::http::{admin, forward_auth};
         crate::http::tokens::get_token,
         crate::http::tokens::revoke_token,
         crate::http::tokens::rotate_token,
+        crate::http::webhooks::create_webhook,
+        crate::http::webhooks::list_webhooks,
+        crate::http::webhooks::get_webhook,
+        crate::http::webhooks::delete_webhook,
+        crate::http::webhooks::rotate_secret,
+        crate::http::webhooks::enable_webhook,
+        crate::http::webhooks::list_deliveries,
+        crate::http::webhooks::get_delivery,
+        crate::http::webhooks::replay_delivery,
         crate::http::self_service::self_state,
         crate::http::self_service::self_rotate,
         crate::http::self_service::self_handover,
@@ -98,6 +107,12 @@ const CONSUMER_NAME: &str = "^[a-z][a-z0-9-]{0,62}$";
 const CONSUMER_REF: &str = "^[a-z][a-z0-9]{0,15}/[a-z][a-z0-9-]{0,62}$";
 /// 12 base62 characters: a kid, or an admin token id.
 const BASE62_ID: &str = "^[0-9A-Za-z]{12}$";
+/// A webhook endpoint id.
+const WEBHOOK_ID: &str = "^wh_[0-9A-Za-z]{16}$";
+/// A webhook delivery id.
+const DELIVERY_ID: &str = "^whd_[0-9A-Za-z]{16}$";
+/// An event type a webhook subscribes to.
+const EVENT_TYPE: &str = "^([a-z_]+(\\.[a-z_]+)+|\\*)$";
 /// A humantime duration in its simplest form, or `0`. The server reads more (`1h 30m`); the
 /// schema names the form clients are told to send.
 const DURATION: &str = "^(0|[1-9][0-9]{0,3}(ms|s|m|h|d))$";
@@ -208,6 +223,15 @@ fn links(path: &str, item: &mut Map<String, Value>) {
         "/v1/tokens" => (
             &["get_token", "rotate_token", "revoke_token"][..],
             json!({ "id": "$response.body#/info/id" }),
+        ),
+        "/v1/webhooks" => (
+            &[
+                "get_webhook",
+                "delete_webhook",
+                "rotate_secret",
+                "enable_webhook",
+            ][..],
+            json!({ "id": "$response.body#/webhook/id" }),
         ),
         _ => return,
     };
@@ -363,6 +387,16 @@ fn param_rules(path: &str, p: &mut Value) {
         }
         ("path", "name") => json!({ "type": "string", "pattern": CONSUMER_NAME }),
         ("path", "version") => json!({ "type": "string", "pattern": "^v?[1-9][0-9]{0,8}$" }),
+        ("path", "id") if path.starts_with("/v1/webhooks/") => {
+            json!({ "type": "string", "pattern": WEBHOOK_ID })
+        }
+        ("path", "id") if path.starts_with("/v1/webhook-deliveries/") => {
+            json!({ "type": "string", "pattern": DELIVERY_ID })
+        }
+        ("query", "endpoint") => json!({ "type": "string", "pattern": WEBHOOK_ID }),
+        ("query", "state") if path == "/v1/webhook-deliveries" => {
+            json!({ "type": "string", "enum": ["pending", "delivered", "failed", "disabled"] })
+        }
         ("path", "kid" | "id") | ("query", "kid") => {
             json!({ "type": "string", "pattern": BASE62_ID })
         }
@@ -476,7 +510,30 @@ fn body_rules(schemas: &mut Map<String, Value>) {
         ("RotateToken", "overlap", nullable(DURATION)),
         ("VerifyRequest", "environment", nullable(ENVIRONMENT)),
     ];
-    for (schema, field, rule) in rules.into_iter().chain(more).chain(schedule) {
+    let webhooks: [(&str, &str, Value); 4] = [
+        (
+            "CreateWebhook",
+            "events",
+            json!({ "type": ["array", "null"], "minItems": 1, "items": { "type": "string", "pattern": EVENT_TYPE, "maxLength": 64 } }),
+        ),
+        (
+            "CreateWebhook",
+            "description",
+            json!({ "type": ["string", "null"], "maxLength": 200, "pattern": NO_CONTROL }),
+        ),
+        (
+            "CreateWebhook",
+            "url",
+            json!({ "type": "string", "maxLength": 2048, "pattern": "^http://" }),
+        ),
+        ("RotateWebhookSecret", "overlap", nullable(DURATION)),
+    ];
+    for (schema, field, rule) in rules
+        .into_iter()
+        .chain(more)
+        .chain(schedule)
+        .chain(webhooks)
+    {
         if let Some(prop) = schemas
             .get_mut(schema)
             .and_then(|s| s.get_mut("properties"))

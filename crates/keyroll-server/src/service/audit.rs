@@ -56,6 +56,15 @@ impl Actor {
         }
     }
 
+    /// The webhook sender (an endpoint disabled by its 410 answer), under a fresh request id.
+    pub fn webhooks(request_id: String) -> Actor {
+        Actor {
+            id: "webhooks".into(),
+            request_id,
+            remote_addr: None,
+        }
+    }
+
     /// An audit record of `action` on `target` by this actor at `at`.
     pub fn audit(
         &self,

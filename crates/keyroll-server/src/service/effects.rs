@@ -18,6 +18,9 @@ pub(super) fn after_write(
     effects: &[Effect],
     events: &[EventRecord],
 ) {
+    if !events.is_empty() {
+        state.webhook_wake.notify_one();
+    }
     for (e, event) in effects.iter().zip(events) {
         if let Some(o) = outcome(e) {
             state.observer.rotation(r.environment.as_str(), o);

@@ -17,6 +17,7 @@ mod environments;
 pub mod error;
 pub mod idempotency;
 pub mod tokens;
+pub mod webhooks;
 
 use keyroll_core::{
     Consumer, ConsumerRef, Effect, Environment, IssuedKey, NewVersion, Timestamp, VersionNumber,

@@ -265,3 +265,86 @@ pub(super) fn usage_source_from_row(row: &SqliteRow) -> Result<(&str, SourceSeen
     };
     Ok((kid, source))
 }
+
+/// A `webhook_endpoints` row: `id, url, events, description, sealed_secret,
+/// sealed_previous_secret, previous_secret_until, created_at, disabled_at, disabled_reason`.
+pub(super) fn webhook_endpoint_from_row(
+    row: &SqliteRow,
+) -> Result<crate::WebhookEndpoint, StoreError> {
+    let id: String = get(row, 0, &|| "webhook_endpoints row".to_owned())?;
+    let place = || format!("webhook_endpoints row ({id:?})");
+    let place: Place<'_> = &place;
+    let events: String = get(row, 2, place)?;
+    let events: Vec<String> =
+        serde_json::from_str(&events).map_err(|e| rows::corrupt(place, "events", e))?;
+    let previous: Option<Vec<u8>> = get(row, 5, place)?;
+    let until: Option<i64> = get(row, 6, place)?;
+    let disabled_at: Option<i64> = get(row, 8, place)?;
+    let reason: Option<String> = get(row, 9, place)?;
+    Ok(crate::WebhookEndpoint {
+        url: get(row, 1, place)?,
+        events,
+        description: get(row, 3, place)?,
+        sealed_secret: get(row, 4, place)?,
+        previous_secret: previous
+            .zip(until)
+            .map(|(s, t)| (s, Timestamp::from_unix_millis(t))),
+        created_at: Timestamp::from_unix_millis(get(row, 7, place)?),
+        disabled: disabled_at.map(|t| (Timestamp::from_unix_millis(t), reason.unwrap_or_default())),
+        id,
+    })
+}
+
+/// A `webhook_deliveries` row: `id, endpoint_id, event_seq, msg_id, state, attempts,
+/// next_attempt_at, last_status, last_error, created_at, delivered_at`.
+pub(super) fn webhook_delivery_from_row(
+    row: &SqliteRow,
+) -> Result<crate::WebhookDelivery, StoreError> {
+    let id: String = get(row, 0, &|| "webhook_deliveries row".to_owned())?;
+    let place = || format!("webhook_deliveries row ({id:?})");
+    let place: Place<'_> = &place;
+    let state: String = get(row, 4, place)?;
+    let state = crate::DeliveryState::parse(&state)
+        .ok_or_else(|| rows::corrupt(place, "state", format!("unknown state {state:?}")))?;
+    let attempts: i64 = get(row, 5, place)?;
+    let last_status: Option<i64> = get(row, 7, place)?;
+    Ok(crate::WebhookDelivery {
+        endpoint_id: get(row, 1, place)?,
+        event_seq: get(row, 2, place)?,
+        msg_id: get(row, 3, place)?,
+        state,
+        attempts: u32::try_from(attempts).map_err(|e| rows::corrupt(place, "attempts", e))?,
+        next_attempt_at: get::<Option<i64>>(row, 6, place)?.map(Timestamp::from_unix_millis),
+        last_status: last_status
+            .map(|s| rows::http_status(s, place))
+            .transpose()?,
+        last_error: get(row, 8, place)?,
+        created_at: Timestamp::from_unix_millis(get(row, 9, place)?),
+        delivered_at: get::<Option<i64>>(row, 10, place)?.map(Timestamp::from_unix_millis),
+        id,
+    })
+}
+
+/// A `webhook_attempts` row: `delivery_id, n, at, status, duration_ms, error, retry_after_ms`.
+pub(super) fn webhook_attempt_from_row(
+    row: &SqliteRow,
+) -> Result<crate::WebhookAttempt, StoreError> {
+    let delivery_id: String = get(row, 0, &|| "webhook_attempts row".to_owned())?;
+    let n: i64 = get(row, 1, &|| "webhook_attempts row".to_owned())?;
+    let place = || format!("webhook_attempts row ({delivery_id:?}, {n})");
+    let place: Place<'_> = &place;
+    let status: Option<i64> = get(row, 3, place)?;
+    let duration: i64 = get(row, 4, place)?;
+    let retry_after: Option<i64> = get(row, 6, place)?;
+    Ok(crate::WebhookAttempt {
+        n: u32::try_from(n).map_err(|e| rows::corrupt(place, "n", e))?,
+        at: Timestamp::from_unix_millis(get(row, 2, place)?),
+        status: status.map(|s| rows::http_status(s, place)).transpose()?,
+        duration_ms: rows::counter(duration, "duration_ms", place)?,
+        error: get(row, 5, place)?,
+        retry_after_ms: retry_after
+            .map(|r| rows::counter(r, "retry_after_ms", place))
+            .transpose()?,
+        delivery_id,
+    })
+}

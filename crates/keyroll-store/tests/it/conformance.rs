@@ -67,11 +67,14 @@ macro_rules! conformance_suite {
             audit_query_filters_and_pages,
             schedule_fields_and_ordering_round_trip,
             schedule_candidates_are_what_the_schedule_must_look_at,
+            webhook_endpoints_round_trip_update_and_delete,
+            webhook_deliveries_enqueue_once_and_record_attempts,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
             idempotency_columns_hold_neither_header_nor_key,
             no_secret_in_admin_token_lifecycle_columns,
+            no_secret_in_webhook_columns,
         );
     };
     (@store $fresh:path; $($name:ident),* $(,)?) => {
@@ -2635,4 +2638,383 @@ pub async fn schedule_candidates_are_what_the_schedule_must_look_at(store: &dyn 
         .find(|s| s.consumer.reference() == "prod/api")
         .unwrap();
     assert_eq!(api.consumer, scheduled, "with every version and field");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks: endpoints, deliveries, attempts, the sender's cursor
+
+fn endpoint(id: &str, sealed: &[u8], created: i64) -> keyroll_store::WebhookEndpoint {
+    keyroll_store::WebhookEndpoint {
+        id: id.to_owned(),
+        url: format!("https://hooks.example/{id}"),
+        events: vec!["rotation.started".into(), "version.retired".into()],
+        description: Some("ops pager".into()),
+        sealed_secret: sealed.to_vec(),
+        previous_secret: None,
+        created_at: at(created),
+        disabled: None,
+    }
+}
+
+fn delivery(id: &str, endpoint_id: &str, seq: i64, next: i64) -> keyroll_store::WebhookDelivery {
+    keyroll_store::WebhookDelivery {
+        id: id.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        event_seq: seq,
+        msg_id: format!("msg_{seq}"),
+        state: keyroll_store::DeliveryState::Pending,
+        attempts: 0,
+        next_attempt_at: Some(at(next)),
+        last_status: None,
+        last_error: None,
+        created_at: at(next),
+        delivered_at: None,
+    }
+}
+
+pub async fn webhook_endpoints_round_trip_update_and_delete(store: &dyn Store) {
+    let a = endpoint("wh_a", b"sealed-a", 1_000);
+    let mut b = endpoint("wh_b", b"sealed-b", 2_000);
+    b.events = vec!["*".into()];
+    b.description = None;
+    let before = audit_len(store).await;
+    store
+        .create_webhook_endpoint(&a, &audit(1_000, "webhook.created", "webhook wh_a"))
+        .await
+        .unwrap();
+    store
+        .create_webhook_endpoint(&b, &audit(2_000, "webhook.created", "webhook wh_b"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_webhook_endpoint(&a, &audit(3_000, "webhook.created", "webhook wh_a"))
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        audit_len(store).await,
+        before + 2,
+        "a refused create audits nothing"
+    );
+    assert_eq!(
+        store.get_webhook_endpoint("wh_a").await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(store.get_webhook_endpoint("wh_none").await.unwrap(), None);
+    assert_eq!(
+        store.list_webhook_endpoints().await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    let mut rotated = a.clone();
+    rotated.sealed_secret = b"sealed-a2".to_vec();
+    rotated.previous_secret = Some((b"sealed-a".to_vec(), at(9_000)));
+    rotated.disabled = Some((at(4_000), "410 Gone".into()));
+    let event = EventRecord {
+        seq: 0,
+        at: at(4_000),
+        kind: "webhook.disabled".into(),
+        consumer: String::new(),
+        version: None,
+        detail: "{}".into(),
+    };
+    let seq_before = store.list_events(0, 1000).await.unwrap().len();
+    store
+        .update_webhook_endpoint(
+            &rotated,
+            &[audit(4_000, "webhook.disabled", "webhook wh_a")],
+            std::slice::from_ref(&event),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_webhook_endpoint("wh_a").await.unwrap(),
+        Some(rotated)
+    );
+    let events = store.list_events(0, 1000).await.unwrap();
+    assert_eq!(events.len(), seq_before + 1);
+    assert_eq!(events.last().unwrap().kind, "webhook.disabled");
+    let mut ghost = a.clone();
+    ghost.id = "wh_ghost".into();
+    assert!(matches!(
+        store.update_webhook_endpoint(&ghost, &[], &[]).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .enqueue_webhook_deliveries(
+            store.webhook_cursor().await.unwrap(),
+            100,
+            &[delivery("whd_1", "wh_b", 100, 5_000)],
+        )
+        .await
+        .unwrap();
+    store
+        .delete_webhook_endpoint("wh_b", &audit(5_000, "webhook.deleted", "webhook wh_b"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_webhook_endpoint("wh_b").await.unwrap(), None);
+    assert_eq!(
+        store.get_webhook_delivery("whd_1").await.unwrap(),
+        None,
+        "deliveries go with their endpoint"
+    );
+    assert!(matches!(
+        store
+            .delete_webhook_endpoint("wh_b", &audit(5_000, "webhook.deleted", "webhook wh_b"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+pub async fn webhook_deliveries_enqueue_once_and_record_attempts(store: &dyn Store) {
+    use keyroll_store::{DeliveryQuery, DeliveryState, WebhookAttempt};
+    store
+        .create_webhook_endpoint(
+            &endpoint("wh_a", b"sealed", 1_000),
+            &audit(1_000, "webhook.created", "webhook wh_a"),
+        )
+        .await
+        .unwrap();
+    let start = store.webhook_cursor().await.unwrap();
+    store
+        .enqueue_webhook_deliveries(
+            start,
+            start + 2,
+            &[
+                delivery("whd_1", "wh_a", start + 1, 2_000),
+                delivery("whd_2", "wh_a", start + 2, 3_000),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.webhook_cursor().await.unwrap(), start + 2);
+    // A second sender that read the same cursor enqueues nothing twice.
+    assert!(matches!(
+        store
+            .enqueue_webhook_deliveries(
+                start,
+                start + 2,
+                &[delivery("whd_3", "wh_a", start + 1, 2_000)]
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .enqueue_webhook_deliveries(
+                start + 2,
+                start + 3,
+                &[delivery("whd_4", "wh_gone", start + 3, 2_000)]
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.webhook_cursor().await.unwrap(),
+        start + 2,
+        "nothing moved"
+    );
+    let due: Vec<String> = store
+        .due_webhook_deliveries(at(2_500), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(due, ["whd_1"]);
+    assert_eq!(
+        store
+            .due_webhook_deliveries(at(3_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .due_webhook_deliveries(at(3_000), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let mut d = delivery("whd_1", "wh_a", start + 1, 2_000);
+    d.attempts = 1;
+    d.last_status = Some(500);
+    d.last_error = Some("HTTP 500".into());
+    d.next_attempt_at = Some(at(7_000));
+    let first = WebhookAttempt {
+        delivery_id: "whd_1".into(),
+        n: 1,
+        at: at(2_000),
+        status: Some(500),
+        duration_ms: 12,
+        error: Some("HTTP 500".into()),
+        retry_after_ms: Some(5_000),
+    };
+    store
+        .record_webhook_attempt(&d, Some(&first))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.record_webhook_attempt(&d, Some(&first)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    d.attempts = 2;
+    d.state = DeliveryState::Delivered;
+    d.last_status = Some(204);
+    d.last_error = None;
+    d.next_attempt_at = None;
+    d.delivered_at = Some(at(7_000));
+    let second = WebhookAttempt {
+        delivery_id: "whd_1".into(),
+        n: 2,
+        at: at(7_000),
+        status: Some(204),
+        duration_ms: 3,
+        error: None,
+        retry_after_ms: None,
+    };
+    store
+        .record_webhook_attempt(&d, Some(&second))
+        .await
+        .unwrap();
+    let (got, attempts) = store.get_webhook_delivery("whd_1").await.unwrap().unwrap();
+    assert_eq!(got, d);
+    assert_eq!(attempts, vec![first, second]);
+    assert!(
+        store
+            .get_webhook_delivery("whd_none")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut ghost = d.clone();
+    ghost.id = "whd_none".into();
+    assert!(matches!(
+        store.record_webhook_attempt(&ghost, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let all = store
+        .list_webhook_deliveries(&DeliveryQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["whd_2", "whd_1"],
+        "newest first"
+    );
+    let delivered = store
+        .list_webhook_deliveries(&DeliveryQuery {
+            state: Some(DeliveryState::Delivered),
+            endpoint_id: Some("wh_a".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered, vec![d]);
+    let other = store
+        .list_webhook_deliveries(&DeliveryQuery {
+            endpoint_id: Some("wh_other".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(other.is_empty());
+    assert_eq!(
+        store
+            .due_webhook_deliveries(at(10_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn no_secret_in_webhook_columns(backend: &dyn Backend) {
+    let store = backend.store();
+    // What the server hands the store is sealed; the store must never keep anything else.
+    let secret = "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0";
+    let sealed = b"nonce-and-ciphertext-not-the-secret".to_vec();
+    let mut e = endpoint("wh_s", &sealed, 1_000);
+    store
+        .create_webhook_endpoint(&e, &audit(1_000, "webhook.created", "webhook wh_s"))
+        .await
+        .unwrap();
+    e.previous_secret = Some((sealed.clone(), at(5_000)));
+    e.disabled = Some((at(3_000), "answered 410 Gone".into()));
+    store
+        .update_webhook_endpoint(
+            &e,
+            &[audit(2_000, "webhook.secret_rotated", "webhook wh_s")],
+            &[],
+        )
+        .await
+        .unwrap();
+    let cursor = store.webhook_cursor().await.unwrap();
+    let mut d = delivery("whd_s", "wh_s", cursor + 1, 2_000);
+    store
+        .enqueue_webhook_deliveries(cursor, cursor + 1, &[d.clone()])
+        .await
+        .unwrap();
+    d.attempts = 1;
+    d.last_status = Some(503);
+    d.last_error = Some("HTTP 503".into());
+    d.delivered_at = Some(at(2_100));
+    store
+        .record_webhook_attempt(
+            &d,
+            Some(&keyroll_store::WebhookAttempt {
+                delivery_id: "whd_s".into(),
+                n: 1,
+                at: at(2_000),
+                status: Some(503),
+                duration_ms: 10,
+                error: Some("HTTP 503".into()),
+                retry_after_ms: Some(1_000),
+            }),
+        )
+        .await
+        .unwrap();
+    let cells = backend.dump_cells().await;
+    for table in [
+        "webhook_endpoints",
+        "webhook_deliveries",
+        "webhook_attempts",
+        "webhook_cursor",
+    ] {
+        let columns: Vec<&str> = cells
+            .iter()
+            .filter(|c| c.table == table)
+            .map(|c| c.column.as_str())
+            .collect();
+        assert!(!columns.is_empty(), "the dump does not show {table}");
+        for column in &columns {
+            assert!(
+                cells
+                    .iter()
+                    .any(|c| c.table == table && c.column == *column && !c.bytes.is_empty()),
+                "the dump does not show {table}.{column} filled"
+            );
+        }
+    }
+    let b64 = secret.trim_start_matches("whsec_");
+    for cell in &cells {
+        for needle in [secret, b64] {
+            assert!(
+                !cell
+                    .bytes
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes()),
+                "{}.{} holds a webhook secret",
+                cell.table,
+                cell.column
+            );
+        }
+    }
 }
