@@ -67,6 +67,16 @@ impl Agent {
             .collect()
     }
 
+    /// Every log line, parsed.
+    pub fn events_all(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
     /// Waits until at least `n` lines of `name` have arrived.
     pub fn wait_for(&self, name: &str, n: usize, within: Duration) -> Vec<Value> {
         let deadline = Instant::now() + within;

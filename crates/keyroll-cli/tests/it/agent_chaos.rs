@@ -1,6 +1,8 @@
 //! `kill -9` the agent at random moments while rotations keep being asked for, and restart it
 //! each time: after every kill the key file holds a key the server accepts, and at the end the
 //! agent converges on the active version. The seed is printed (`AGENT_CHAOS_SEED` replays it).
+//! The reload command takes 200 ms, so that many kills land between writing a key and telling
+//! the app, which the next start must make up for.
 
 use std::time::{Duration, Instant};
 
@@ -35,18 +37,39 @@ fn kill_9_at_random_moments_never_leaves_the_app_without_a_valid_key() {
         "--heartbeat",
         "1s",
         "--on-change",
-        "true",
+        "sleep 0.2",
     ];
     let mut recovered = 0;
+    let mut pending = 0;
     let mut highest = 1;
     for i in 0..KILLS {
         let agent = Agent::spawn(&s.url(), &args);
-        if rng.u8(0..3) > 0 {
+        let requested = rng.u8(0..3) > 0;
+        if requested {
             request_rotation(&s, "prod/chaos");
         }
-        std::thread::sleep(Duration::from_millis(rng.u64(0..700)));
+        // A third of the kills at a random moment; the others just after the agent logged a
+        // step of a rotation, when the interesting writes are in flight.
+        let after = ["", "agent.rotated", "agent.key_written"][rng.usize(0..3)];
+        if requested && !after.is_empty() {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while agent.events(after).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(rng.u64(0..60)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.u64(0..700)));
+        }
         recovered += agent.events("agent.recovered").len();
+        let events: Vec<String> = agent
+            .events_all()
+            .iter()
+            .map(|v| v["event"].as_str().unwrap_or("?").to_owned())
+            .collect();
         agent.kill9();
+        println!("kill {i}: {after:?} after {events:?}");
+        let st = crate::agent::state(&key_file);
+        pending += usize::from(!st["intent"].is_null() || !st["reload_pending"].is_null());
         let key = read_key(&key_file);
         let v = verify(&s, &key);
         assert_eq!(
@@ -64,7 +87,9 @@ fn kill_9_at_random_moments_never_leaves_the_app_without_a_valid_key() {
         );
         assert_eq!(mode & 0o777, 0o600, "kill {i}");
     }
-    println!("{KILLS} kills, up to v{highest}, {recovered} recoveries seen");
+    println!(
+        "{KILLS} kills, up to v{highest}, {pending} with an intent or reload pending, {recovered} recoveries seen"
+    );
     assert!(
         highest >= 4,
         "the rotations went on between kills (v{highest})"
