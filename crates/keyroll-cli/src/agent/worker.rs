@@ -512,7 +512,7 @@ impl Worker {
                         "from_version": self.state.version,
                     }),
                 );
-                self.state.intent = None;
+                // The intent is dropped by `install`, once the key is in the file.
                 self.install(key, b.version, b.kid, old_deadline).await
             }
             Err(e) if api_code(&e) == Some("rotation_raced") || e.status() == Some(409) => {
@@ -607,6 +607,7 @@ impl Worker {
         self.client = client;
         self.key = key.clone();
         self.known = None;
+        self.state.intent = None;
         self.state.version = Some(version);
         self.state.kid = Some(kid);
         self.save()?;
