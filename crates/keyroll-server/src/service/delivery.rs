@@ -428,6 +428,7 @@ pub async fn report(
     if first {
         tracing::info!(event = "version.delivered", consumer = %caller.consumer, version = caller.version.0, agent = report.agent.as_str(), host = report.host.as_deref(), request_id = caller.request_id.as_str(), "{} of {} delivered to agent {}", caller.version, caller.consumer, report.agent);
         state.changed();
+        state.webhook_wake.notify_one();
     }
     Ok(agent_info(&record))
 }
