@@ -19,6 +19,7 @@ mod incident;
 mod nginx;
 mod observe;
 mod policy;
+mod policy_webhooks;
 mod rotate_due;
 mod scan;
 mod self_service;
