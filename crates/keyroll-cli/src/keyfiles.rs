@@ -15,6 +15,36 @@ pub fn key_path(dir: &Path, environment: &str, name: &str) -> PathBuf {
     dir.join(environment).join(format!("{name}.key"))
 }
 
+/// Where the signing secret of a webhook endpoint registered by `apply` goes under `dir`:
+/// `DIR/webhooks/ID.secret`. None for an id that is not `wh_` and letters, digits or `_`
+/// (the server's form), so an answer can never name a path outside `DIR/webhooks`.
+pub fn webhook_secret_path(dir: &Path, id: &str) -> Option<PathBuf> {
+    let ok = id.starts_with("wh_") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    ok.then(|| webhook_dir(dir).join(format!("{id}.secret")))
+}
+
+/// The directory of webhook secrets under `dir`.
+pub fn webhook_dir(dir: &Path) -> PathBuf {
+    dir.join("webhooks")
+}
+
+/// Refuses, before any change, a path that exists and is not a directory (a file or a link
+/// where new files must be created), naming it.
+pub fn refuse_non_directory(path: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => Err(Failure::new(
+            Exit::Error,
+            "file_exists",
+            format!(
+                "{} exists and is not a directory: new secrets are written into it; move it away or choose another --out-dir. Nothing was changed.",
+                path.display()
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses, naming the first path that exists (as a file, directory or link), so that nothing
 /// is changed when a key could not be written.
 pub fn refuse_existing(paths: &[PathBuf]) -> anyhow::Result<()> {
@@ -94,5 +124,20 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "kr_prod_x_y\n");
         let err = refuse_existing(&[dir.path().join("nope"), path.clone()]).unwrap_err();
         assert!(format!("{err:#}").contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn webhook_secrets_go_under_webhooks_by_a_well_formed_id() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            webhook_secret_path(dir.path(), "wh_Ab3").unwrap(),
+            dir.path().join("webhooks").join("wh_Ab3.secret")
+        );
+        assert!(webhook_secret_path(dir.path(), "wh_../x").is_none());
+        assert!(webhook_secret_path(dir.path(), "x").is_none());
+        refuse_non_directory(&webhook_dir(dir.path())).unwrap();
+        fs::write(webhook_dir(dir.path()), "").unwrap();
+        let err = refuse_non_directory(&webhook_dir(dir.path())).unwrap_err();
+        assert!(format!("{err:#}").contains("is not a directory"), "{err:#}");
     }
 }

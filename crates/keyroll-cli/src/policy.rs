@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use keyroll_client::Client;
+use keyroll_client::{Client, ClientError};
 use keyroll_policy::{
-    LiveConsumer, LiveEnvironment, LiveState, Plan, Policy, SavedPlan, ScheduleEntry, Settings,
-    Unnamed,
+    LiveConsumer, LiveEnvironment, LiveState, LiveWebhook, Plan, Policy, SavedPlan, ScheduleEntry,
+    Settings, Unnamed,
 };
 use keyroll_proto as proto;
 
@@ -66,8 +66,9 @@ pub struct ApplyArgs {
     /// Approve without asking (required when stdin is not a terminal).
     #[arg(long)]
     yes: bool,
-    /// Write each new key to DIR/ENV/NAME.key (mode 0600) instead of printing it; refused
-    /// before any change if one of those files exists.
+    /// Write each new key to DIR/ENV/NAME.key and each new webhook signing secret to
+    /// DIR/webhooks/ID.secret (mode 0600) instead of printing them; refused before any change
+    /// if one of those files exists.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
 }
@@ -110,12 +111,18 @@ pub fn check(cmd: PolicyCmd, out: Output) -> anyhow::Result<ExitCode> {
                     "file": name,
                     "environments": p.environments.len(),
                     "consumers": p.consumers.len(),
+                    "webhooks": p.webhooks.len(),
                     "sha256": p.sha256,
                 });
                 say!("{v}")?;
             } else {
+                let webhooks = match p.webhooks.len() {
+                    0 => String::new(),
+                    1 => ", 1 webhook endpoint".to_owned(),
+                    n => format!(", {n} webhook endpoints"),
+                };
                 say!(
-                    "{name}: valid ({} environments, {} consumers).",
+                    "{name}: valid ({} environments, {} consumers{webhooks}).",
                     p.environments.len(),
                     p.consumers.len()
                 )?;
@@ -147,8 +154,10 @@ pub fn check(cmd: PolicyCmd, out: Output) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads everything a plan compares the file with.
-async fn live_state(client: &Client) -> anyhow::Result<LiveState> {
+/// Reads everything a plan compares the file with. The webhook endpoints need `webhooks:read`;
+/// unless `webhooks` says the plan has some of its own, a token without it plans without them
+/// (said on stderr), so that a policy of consumers only needs no new scope.
+async fn live_state(client: &Client, webhooks: bool) -> anyhow::Result<LiveState> {
     let envs = client
         .list_environments()
         .await
@@ -161,6 +170,16 @@ async fn live_state(client: &Client) -> anyhow::Result<LiveState> {
         .schedule(None)
         .await
         .context("reading the schedule")?;
+    let hooks = match client.list_webhooks().await {
+        Ok(a) => a.body.items,
+        Err(ClientError::Api { status: 403, .. }) if !webhooks => {
+            crate::output::note(format_args!(
+                "note: webhook endpoints not compared: the token lacks webhooks:read (the file declares none)"
+            ));
+            Vec::new()
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("reading the webhook endpoints")),
+    };
     Ok(LiveState {
         environments: envs
             .body
@@ -195,6 +214,16 @@ async fn live_state(client: &Client) -> anyhow::Result<LiveState> {
                         message: b.message,
                     })
                     .collect(),
+            })
+            .collect(),
+        webhooks: hooks
+            .into_iter()
+            .map(|w| LiveWebhook {
+                id: w.id,
+                url: w.url,
+                events: w.events,
+                description: w.description,
+                state: w.state,
             })
             .collect(),
     })
@@ -263,7 +292,7 @@ async fn plan_inner(
     out: Output,
 ) -> anyhow::Result<bool> {
     let policy = load(&args.file)?;
-    let live = live_state(&client()?).await?;
+    let live = live_state(&client()?, !policy.webhooks.is_empty()).await?;
     let plan = keyroll_policy::plan(&policy, &live, args.prune);
     print_plan(&plan, &policy.file, out)?;
     if let Some(path) = &args.out {
@@ -301,7 +330,8 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Res
         (Some(path), _) => {
             let saved = SavedPlan::from_json(&read_text(path)?)
                 .with_context(|| format!("cannot read the plan {}", path.display()))?;
-            let live = live_state(client).await?;
+            let hooks = !saved.plan.webhooks_to_create.is_empty() || !saved.pin.webhooks.is_empty();
+            let live = live_state(client, hooks).await?;
             let changed = keyroll_policy::check_pin(&saved, &live);
             if !changed.is_empty() {
                 return Err(Failure::new(
@@ -321,7 +351,7 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Res
         }
         (None, Some(file)) => {
             let policy = load(file)?;
-            let live = live_state(client).await?;
+            let live = live_state(client, !policy.webhooks.is_empty()).await?;
             (
                 keyroll_policy::plan(&policy, &live, args.prune),
                 policy.file,
@@ -333,7 +363,13 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Res
         if out.json {
             say!("{}", serde_json::json!({ "applied": 0, "results": [] }))?;
         } else {
-            say!("No changes: the live state matches {file}.")?;
+            let text = keyroll_policy::render(&plan, &file);
+            if plan.webhooks_differ.is_empty() {
+                say!("{}", text.lines().last().unwrap_or_default())?;
+            } else {
+                // What apply leaves as it is, and why, is worth the whole plan.
+                say!("{}", text.trim_end())?;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -345,8 +381,14 @@ pub async fn apply(args: ApplyArgs, client: &Client, out: Output) -> anyhow::Res
             .collect(),
         None => Vec::new(),
     };
-    // Before anything changes: a key that cannot be written would be lost.
+    // Before anything changes: a key that cannot be written would be lost. A secret's file is
+    // named by the endpoint's id, known only once it is registered: its directory is checked.
     keyfiles::refuse_existing(&keys)?;
+    if let Some(dir) = &args.out_dir
+        && !plan.webhooks_to_create.is_empty()
+    {
+        keyfiles::refuse_non_directory(&keyfiles::webhook_dir(dir))?;
+    }
     if !out.json {
         say!("{}", keyroll_policy::render(&plan, &file).trim_end())?;
         say!()?;
@@ -392,6 +434,7 @@ enum Step<'a> {
     CreateConsumer(&'a keyroll_policy::ConsumerCreate),
     UpdateConsumer(&'a keyroll_policy::ConsumerChange),
     Disable(&'a keyroll_policy::NotInFile),
+    CreateWebhook(&'a keyroll_policy::WebhookCreate),
 }
 
 impl Step<'_> {
@@ -402,6 +445,7 @@ impl Step<'_> {
             Step::CreateConsumer(c) => format!("create {}/{}", c.environment, c.name),
             Step::UpdateConsumer(c) => format!("change {}/{}", c.environment, c.name),
             Step::Disable(n) => format!("disable {}/{}", n.environment, n.name),
+            Step::CreateWebhook(w) => format!("register webhook endpoint {}", w.url),
         }
     }
 }
@@ -426,6 +470,7 @@ fn steps(plan: &Plan) -> Vec<Step<'_>> {
             .filter(|n| n.action == Unnamed::Disable)
             .map(Step::Disable),
     );
+    s.extend(plan.webhooks_to_create.iter().map(Step::CreateWebhook));
     s
 }
 
@@ -607,6 +652,65 @@ async fn run_step(
             progress(format!("Disabled {r} (no longer in the file; --prune)."))?;
             results.push(serde_json::json!({ "action": "disable", "consumer": r }));
         }
+        Step::CreateWebhook(w) => {
+            let a = client
+                .create_webhook(&proto::CreateWebhook {
+                    url: w.url.clone(),
+                    events: Some(w.events.clone()),
+                    description: w.description.clone(),
+                })
+                .await?;
+            let hook = &a.body.webhook;
+            let what = format!("Registered webhook endpoint {} for {}", hook.id, hook.url);
+            let mut result = serde_json::json!({
+                "action": "create_webhook", "id": hook.id, "url": hook.url, "events": hook.events,
+            });
+            match out_dir {
+                Some(dir) => {
+                    // The secret is never printed when it goes to a file: on a failure the
+                    // endpoint is named with how to get a new secret.
+                    let lost = || {
+                        format!(
+                            "{what}, but its signing secret could not be written; get a new one with `keyroll webhook rotate-secret {} --overlap 0 --output json`",
+                            hook.id
+                        )
+                    };
+                    let path = keyfiles::webhook_secret_path(dir, &hook.id)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "the server answered a malformed endpoint id {:?}",
+                                hook.id
+                            )
+                        })
+                        .with_context(lost)?;
+                    keyfiles::write_new(&path, &a.body.secret).with_context(lost)?;
+                    progress(format!(
+                        "{what}: signing secret written to {} (mode 0600).",
+                        path.display()
+                    ))?;
+                    result["secret_file"] = serde_json::json!(path.display().to_string());
+                }
+                None if out.json => result["secret"] = serde_json::json!(a.body.secret),
+                None => {
+                    say!("{what}.")?;
+                    say!("\n  {}\n", a.body.secret)?;
+                    say!(
+                        "This signing secret is shown once. Give it to the receiver now; it verifies deliveries with any Standard Webhooks library."
+                    )?;
+                }
+            }
+            results.push(result);
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_policy_default_webhook_events_are_the_servers() {
+        let mut server: Vec<&str> = keyroll_server::webhooks::DEFAULT_EVENTS.to_vec();
+        server.sort_unstable();
+        assert_eq!(server, keyroll_policy::DEFAULT_WEBHOOK_EVENTS);
+    }
 }

@@ -13,21 +13,24 @@ mod render;
 mod saved;
 mod settings;
 mod tree;
+mod webhook;
 
-pub use live::{Blocker, LiveConsumer, LiveEnvironment, LiveState, ScheduleEntry};
+pub use live::{Blocker, LiveConsumer, LiveEnvironment, LiveState, LiveWebhook, ScheduleEntry};
 pub use plan::{
     Blocked, ConsumerChange, ConsumerCreate, Drift, Due, EnvironmentChange, EnvironmentSpec,
-    FieldChange, NotInFile, Plan, Unnamed, plan,
+    FieldChange, NotInFile, Plan, Unnamed, WebhookCreate, WebhookDiffers, WebhookNotInFile, plan,
 };
 pub use policy::{
-    DEFAULT_GRACE, DEFAULT_IDLE, DesiredConsumer, DesiredEnvironment, Policy, PolicyError,
-    PolicyErrors, parse, sha256_hex,
+    DEFAULT_GRACE, DEFAULT_IDLE, DesiredConsumer, DesiredEnvironment, DesiredWebhook, Policy,
+    PolicyError, PolicyErrors, parse, sha256_hex,
 };
 pub use render::render;
 pub use saved::{
-    FORMAT, Pin, PinnedConsumer, PinnedEnvironment, SavedPlan, SavedPlanError, check_pin,
+    FORMAT, Pin, PinnedConsumer, PinnedEnvironment, PinnedWebhook, SavedPlan, SavedPlanError,
+    check_pin,
 };
 pub use settings::{Delivery, FIELDS, Settings, show_duration};
+pub use webhook::{DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS};
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,26 @@ pub struct LiveState {
     /// The server's schedule (what is due, what is blocked); informational.
     #[serde(default)]
     pub schedule: Vec<ScheduleEntry>,
+    /// Every webhook endpoint (`GET /v1/webhooks`), in the server's order.
+    #[serde(default)]
+    pub webhooks: Vec<LiveWebhook>,
+}
+
+/// A webhook endpoint as it is (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveWebhook {
+    /// `wh_…`.
+    pub id: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `enabled` or `disabled` (it answered 410 Gone).
+    #[serde(default)]
+    pub state: String,
 }
 
 /// An environment as it is.

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::live::{Blocker, LiveConsumer, LiveState};
-use crate::policy::{DesiredEnvironment, Policy};
+use crate::live::{Blocker, LiveConsumer, LiveState, LiveWebhook};
+use crate::policy::{DesiredEnvironment, DesiredWebhook, Policy};
 use crate::settings::Settings;
 
 /// An environment's settings, as created or changed.
@@ -154,6 +154,43 @@ pub struct Blocked {
     pub reasons: Vec<Blocker>,
 }
 
+/// A webhook endpoint to register: it gets a new `whsec_` signing secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookCreate {
+    /// Where deliveries go.
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    /// A label for people.
+    pub description: Option<String>,
+}
+
+/// A live endpoint with a URL of the file whose events or description differ from the file.
+/// The API cannot change an endpoint, and replacing it (remove, register again) would give it
+/// a new secret and drop its deliveries, so apply leaves it as it is; the plan says how to
+/// take the file's values by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDiffers {
+    /// `wh_…`.
+    pub id: String,
+    /// Its URL (the file's).
+    pub url: String,
+    /// Each field: live -> file.
+    pub changes: Vec<FieldChange>,
+}
+
+/// A live endpoint the file does not name: listed, never removed (with `--prune` too: nothing
+/// records which endpoints a policy registered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookNotInFile {
+    /// `wh_…`.
+    pub id: String,
+    /// Where its deliveries go.
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+}
+
 /// What `apply` would do, and what a reviewer should know besides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -177,6 +214,15 @@ pub struct Plan {
     pub next_due: Vec<Due>,
     /// Due rotations that cannot run, and why (informational).
     pub blocked: Vec<Blocked>,
+    /// Webhook endpoints to register (each gets its secret, shown once).
+    #[serde(default)]
+    pub webhooks_to_create: Vec<WebhookCreate>,
+    /// Endpoints of the file that differ from it on the server (apply cannot change them).
+    #[serde(default)]
+    pub webhooks_differ: Vec<WebhookDiffers>,
+    /// Live endpoints the file does not name (never removed; listed only).
+    #[serde(default)]
+    pub webhooks_not_in_file: Vec<WebhookNotInFile>,
 }
 
 impl Plan {
@@ -187,6 +233,7 @@ impl Plan {
             || !self.environments_to_update.is_empty()
             || !self.consumers_to_create.is_empty()
             || !self.consumers_to_update.is_empty()
+            || !self.webhooks_to_create.is_empty()
             || self
                 .not_in_file
                 .iter()
@@ -245,7 +292,78 @@ pub fn plan(desired: &Policy, live: &LiveState, prune: bool) -> Plan {
         });
     }
     schedule(live, &mut p);
+    webhooks(&desired.webhooks, &live.webhooks, &mut p);
     p
+}
+
+/// Endpoints are matched by URL. The server allows one URL twice; then the endpoint that
+/// already matches the file is the file's (else the first), and the others are not in it.
+fn webhooks(desired: &[DesiredWebhook], live: &[LiveWebhook], p: &mut Plan) {
+    let mut used: Vec<&str> = Vec::new();
+    for d in desired {
+        let same_url = || live.iter().filter(|w| w.url == d.url);
+        let found = same_url()
+            .find(|w| webhook_changes(w, d).is_empty())
+            .or_else(|| same_url().next());
+        let Some(w) = found else {
+            p.webhooks_to_create.push(WebhookCreate {
+                url: d.url.clone(),
+                events: d.events.clone(),
+                description: d.description.clone(),
+            });
+            continue;
+        };
+        used.push(&w.id);
+        let changes = webhook_changes(w, d);
+        if !changes.is_empty() {
+            p.webhooks_differ.push(WebhookDiffers {
+                id: w.id.clone(),
+                url: w.url.clone(),
+                changes,
+            });
+        }
+    }
+    let mut extra: Vec<&LiveWebhook> = live
+        .iter()
+        .filter(|w| !used.contains(&w.id.as_str()))
+        .collect();
+    extra.sort_by(|a, b| (&a.url, &a.id).cmp(&(&b.url, &b.id)));
+    p.webhooks_not_in_file = extra
+        .into_iter()
+        .map(|w| WebhookNotInFile {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            events: w.events.clone(),
+        })
+        .collect();
+}
+
+/// How a live endpoint differs from the file (live -> file).
+fn webhook_changes(w: &LiveWebhook, d: &DesiredWebhook) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    let mut events = w.events.clone();
+    events.sort();
+    events.dedup();
+    if events != d.events {
+        out.push(FieldChange {
+            field: "events".into(),
+            from: events.join(", "),
+            to: d.events.join(", "),
+        });
+    }
+    let live_description = w.description.clone().filter(|s| !s.is_empty());
+    if live_description != d.description {
+        let shown = |v: &Option<String>| {
+            v.as_ref()
+                .map_or_else(|| "none".into(), |s| format!("{s:?}"))
+        };
+        out.push(FieldChange {
+            field: "description".into(),
+            from: shown(&live_description),
+            to: shown(&d.description),
+        });
+    }
+    out
 }
 
 fn environments(desired: &Policy, live: &LiveState, p: &mut Plan) {

@@ -13,6 +13,7 @@ use keyroll_core::{
 
 use crate::settings::{Delivery, Settings, show_duration};
 use crate::tree::{self, Key, Node, Value};
+use crate::webhook::{DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, check_description, normalize_url};
 
 /// One thing wrong with a policy file, where it is, and what was expected there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,18 @@ pub struct DesiredConsumer {
     pub settings: Settings,
 }
 
+/// A webhook endpoint as the file declares it, identified by its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredWebhook {
+    /// Where deliveries go, as the server stores it (normalized: `http://h:80/` is `http://h/`).
+    pub url: String,
+    /// The event types it receives, sorted; the server's default set when the file leaves
+    /// `events` out.
+    pub events: Vec<String>,
+    /// A label for people.
+    pub description: Option<String>,
+}
+
 /// A checked policy file: the desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -85,6 +98,8 @@ pub struct Policy {
     pub environments: Vec<DesiredEnvironment>,
     /// Consumers, in file order, one per environment.
     pub consumers: Vec<DesiredConsumer>,
+    /// Webhook endpoints, in file order.
+    pub webhooks: Vec<DesiredWebhook>,
 }
 
 /// Defaults when `[defaults]` leaves a field out (SPEC §7): the core's, so a consumer the file
@@ -93,9 +108,10 @@ pub use keyroll_core::DEFAULT_GRACE;
 /// Default idle window: the core's [`keyroll_core::Policy::default`].
 pub const DEFAULT_IDLE: Duration = keyroll_core::lifecycle::DEFAULT_IDLE;
 
-const ROOT_FIELDS: &[&str] = &["defaults", "environment", "consumer"];
+const ROOT_FIELDS: &[&str] = &["defaults", "environment", "consumer", "webhook"];
 const POLICY_FIELDS: &[&str] = &["rotate_every", "grace", "retire", "idle", "on_stall"];
 const ENVIRONMENT_FIELDS: &[&str] = &["name", "protected", "rotate_after"];
+const WEBHOOK_FIELDS: &[&str] = &["url", "events", "description"];
 const CONSUMER_FIELDS: &[&str] = &[
     "name",
     "environments",
@@ -209,6 +225,7 @@ impl Cx<'_> {
         let mut defaults = PolicyFields::default();
         let mut environments = Vec::new();
         let mut consumers = Vec::new();
+        let mut webhooks = Vec::new();
         for (key, node) in &root {
             match key.name.as_str() {
                 "defaults" => {
@@ -218,12 +235,14 @@ impl Cx<'_> {
                 }
                 "environment" => environments = self.tables(node, "environment"),
                 "consumer" => consumers = self.tables(node, "consumer"),
+                "webhook" => webhooks = self.tables(node, "webhook"),
                 _ => self.unknown(key, "the top level", ROOT_FIELDS),
             }
         }
         self.check_grace(&defaults, None);
         let envs = self.environments(&environments);
         let consumers = self.consumers(&consumers, &defaults, &envs);
+        let webhooks = self.webhooks(&webhooks);
         if !self.errors.is_empty() {
             return None;
         }
@@ -232,6 +251,7 @@ impl Cx<'_> {
             sha256: sha256_hex(self.text),
             environments: envs.into_iter().map(|(_, e)| e).collect(),
             consumers,
+            webhooks,
         })
     }
 
@@ -715,6 +735,118 @@ impl Cx<'_> {
             }
         }
         out
+    }
+
+    /// `[[webhook]]` blocks: a URL each (compared as the server stores it, so two spellings
+    /// of one endpoint are a duplicate), known event types, a description.
+    fn webhooks(&mut self, tables: &[Block<'_>]) -> Vec<DesiredWebhook> {
+        let mut out: Vec<DesiredWebhook> = Vec::new();
+        // Every URL read, with where, so a duplicate of a block with other errors is found.
+        let mut seen: Vec<(String, Range<usize>)> = Vec::new();
+        for (span, t) in tables {
+            let mut url = None;
+            let mut events = None;
+            let mut description = None;
+            let mut ok = true;
+            for (key, node) in t.iter() {
+                match key.name.as_str() {
+                    "url" => match self.string("url", node).map(normalize_url) {
+                        Some(Ok(u)) => url = Some((u, node.span.clone())),
+                        Some(Err(why)) => self.error(&node.span, why),
+                        None => {}
+                    },
+                    "events" => match self.events(node) {
+                        Some(e) => events = Some(e),
+                        None => ok = false,
+                    },
+                    "description" => match self.string("description", node) {
+                        Some(s) => match check_description(s) {
+                            Ok(()) => description = (!s.is_empty()).then(|| s.to_owned()),
+                            Err(why) => {
+                                self.error(&node.span, why);
+                                ok = false;
+                            }
+                        },
+                        None => ok = false,
+                    },
+                    _ => self.unknown(key, "[[webhook]]", WEBHOOK_FIELDS),
+                }
+            }
+            let Some((url, url_span)) = url else {
+                if !t.iter().any(|(k, _)| k.name == "url") {
+                    self.error(
+                        span,
+                        "[[webhook]] without a url: expected url = \"http://…\"",
+                    );
+                }
+                continue;
+            };
+            if let Some((_, first)) = seen.iter().find(|(u, _)| *u == url) {
+                let line = self.line_of(first);
+                self.error(
+                    &url_span,
+                    format!("duplicate webhook url {url:?}: already declared at line {line}"),
+                );
+                continue;
+            }
+            seen.push((url.clone(), url_span));
+            if !ok {
+                continue;
+            }
+            let events = events.unwrap_or_else(|| {
+                DEFAULT_WEBHOOK_EVENTS
+                    .iter()
+                    .map(|e| (*e).to_owned())
+                    .collect()
+            });
+            out.push(DesiredWebhook {
+                url,
+                events,
+                description,
+            });
+        }
+        out
+    }
+
+    /// `events = [...]`: known types, each once, `*` alone; sorted. None when any is wrong.
+    fn events(&mut self, node: &Node) -> Option<Vec<String>> {
+        let before = self.errors.len();
+        let items = self.strings("events", node);
+        if items.is_empty() && matches!(node.value, Value::Array(_)) {
+            self.error(
+                &node.span,
+                format!(
+                    "events is empty: expected event types, or [\"*\"] for all (leave it out for the default: {})",
+                    DEFAULT_WEBHOOK_EVENTS.join(", ")
+                ),
+            );
+        }
+        let mut out: Vec<String> = Vec::new();
+        for (s, at) in &items {
+            if !WEBHOOK_EVENTS.contains(s) {
+                self.error(
+                    at,
+                    format!(
+                        "unknown event type {s:?}: expected one of {}",
+                        WEBHOOK_EVENTS.join(", ")
+                    ),
+                );
+            } else if out.iter().any(|e| e == s) {
+                self.error(at, format!("event type {s:?} is listed twice"));
+            } else {
+                out.push((*s).to_owned());
+            }
+        }
+        if out.len() > 1
+            && let Some((_, at)) = items.iter().find(|(s, _)| *s == "*")
+        {
+            self.error(at, "events: \"*\" already means every type; give it alone");
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        out.sort();
+        Some(out)
     }
 
     /// The server's rule for owners, and never a key pasted into the file.

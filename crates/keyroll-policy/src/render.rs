@@ -92,6 +92,40 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
         }
         writeln!(s)?;
     }
+    if !p.webhooks_to_create.is_empty() {
+        writeln!(
+            s,
+            "Webhook endpoints to register (each gets a new whsec_ signing secret, shown once):"
+        )?;
+        for w in &p.webhooks_to_create {
+            writeln!(s, "  + {}", w.url)?;
+            let description = w
+                .description
+                .as_ref()
+                .map(|d| format!("; description {d:?}"))
+                .unwrap_or_default();
+            writeln!(s, "      events {}{description}", w.events.join(", "))?;
+        }
+        writeln!(s)?;
+    }
+    if !p.webhooks_differ.is_empty() {
+        writeln!(
+            s,
+            "Webhook endpoints that differ from {file} (NOT changed by apply: the API cannot change an endpoint, and replacing it would give it a new secret and drop its deliveries):"
+        )?;
+        for w in &p.webhooks_differ {
+            writeln!(s, "  ! {} {}", w.id, w.url)?;
+            for f in &w.changes {
+                writeln!(s, "      {}: {} (live) -> {} (file)", f.field, f.from, f.to)?;
+            }
+            writeln!(
+                s,
+                "      to take the file's values: `keyroll webhook remove {}`, then apply again (a NEW secret for the receiver; pending deliveries are dropped)",
+                w.id
+            )?;
+        }
+        writeln!(s)?;
+    }
     if !p.drift.is_empty() {
         writeln!(
             s,
@@ -117,7 +151,10 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
         }
         writeln!(s)?;
     }
-    if !p.not_in_file.is_empty() || !p.environments_not_in_file.is_empty() {
+    if !p.not_in_file.is_empty()
+        || !p.environments_not_in_file.is_empty()
+        || !p.webhooks_not_in_file.is_empty()
+    {
         writeln!(s, "Not in {file} (keyroll never deletes):")?;
         for e in &p.environments_not_in_file {
             writeln!(s, "  - environment {e}: left as it is")?;
@@ -140,6 +177,15 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
                 " "
             };
             writeln!(s, "  {mark} {}/{}: {what}", n.environment, n.name)?;
+        }
+        for w in &p.webhooks_not_in_file {
+            writeln!(
+                s,
+                "    webhook endpoint {} {} (events {}): not managed by the policy: left as it is",
+                w.id,
+                w.url,
+                w.events.join(", ")
+            )?;
         }
         writeln!(s)?;
     }
@@ -192,6 +238,19 @@ fn write_plan(s: &mut String, p: &Plan, file: &str) -> std::fmt::Result {
             p.consumers_to_update.len(),
             p.drift.len(),
             disable
+        )?;
+        if !p.webhooks_to_create.is_empty() {
+            writeln!(
+                s,
+                "      {} webhook endpoint(s) to register.",
+                p.webhooks_to_create.len()
+            )?;
+        }
+    } else if !p.webhooks_differ.is_empty() {
+        writeln!(
+            s,
+            "No changes apply can make, but {} webhook endpoint(s) differ from {file} (above).",
+            p.webhooks_differ.len()
         )?;
     } else {
         writeln!(s, "No changes: the live state matches {file}.")?;

@@ -36,6 +36,18 @@ pub struct PinnedConsumer {
     pub managed: Option<Settings>,
 }
 
+/// A webhook endpoint as the plan saw it (not its state: the sender disabling an endpoint
+/// changes nothing the plan does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedWebhook {
+    /// Where deliveries go.
+    pub url: String,
+    /// The event types it receives, sorted.
+    pub events: Vec<String>,
+    /// A label for people.
+    pub description: Option<String>,
+}
+
 /// The live state a plan was computed from, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
@@ -43,6 +55,9 @@ pub struct Pin {
     pub environments: BTreeMap<String, PinnedEnvironment>,
     /// Consumers by `ENV/NAME`.
     pub consumers: BTreeMap<String, PinnedConsumer>,
+    /// Webhook endpoints by id.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, PinnedWebhook>,
 }
 
 impl Pin {
@@ -72,6 +87,22 @@ impl Pin {
                             settings: c.settings.canonical(),
                             disabled: c.disabled,
                             managed: c.managed.as_ref().map(Settings::canonical),
+                        },
+                    )
+                })
+                .collect(),
+            webhooks: live
+                .webhooks
+                .iter()
+                .map(|w| {
+                    let mut events = w.events.clone();
+                    events.sort();
+                    (
+                        w.id.clone(),
+                        PinnedWebhook {
+                            url: w.url.clone(),
+                            events,
+                            description: w.description.clone(),
                         },
                     )
                 })
@@ -209,6 +240,27 @@ pub fn check_pin(saved: &SavedPlan, live: &LiveState) -> Vec<String> {
     for name in was.consumers.keys() {
         if !now.consumers.contains_key(name) {
             out.push(format!("{name}: gone since the plan"));
+        }
+    }
+    for (id, w) in &now.webhooks {
+        match was.webhooks.get(id) {
+            None => out.push(format!(
+                "webhook endpoint {id} ({}): registered since the plan",
+                w.url
+            )),
+            Some(p) if p != w => out.push(format!(
+                "webhook endpoint {id} ({}): changed since the plan",
+                w.url
+            )),
+            Some(_) => {}
+        }
+    }
+    for (id, w) in &was.webhooks {
+        if !now.webhooks.contains_key(id) {
+            out.push(format!(
+                "webhook endpoint {id} ({}): removed since the plan",
+                w.url
+            ));
         }
     }
     out

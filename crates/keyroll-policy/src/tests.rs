@@ -144,7 +144,7 @@ fn unknown_fields_are_named_with_the_allowed_ones() {
             "2:1: unknown field \"rotate-every\" in [defaults]: expected one of rotate_every, grace, retire, idle, on_stall",
             "6:1: unknown field \"protect\" in [[environment]]: expected one of name, protected, rotate_after",
             "11:1: unknown field \"scope\" in [[consumer]]: expected one of name, environments, scopes, owner, delivery, rotate_every, grace, retire, idle, on_stall",
-            "13:2: unknown field \"extra\" in the top level: expected one of defaults, environment, consumer",
+            "13:2: unknown field \"extra\" in the top level: expected one of defaults, environment, consumer, webhook",
         ]
     );
 }
@@ -345,6 +345,7 @@ fn applied() -> LiveState {
             })
             .collect(),
         schedule: vec![],
+        webhooks: vec![],
     }
 }
 
@@ -676,4 +677,306 @@ fn a_foreign_file_is_not_a_plan() {
         "unsupported plan format \"terraform\": expected \"keyroll-plan/1\" (made by another keyroll version?)"
     );
     assert!(SavedPlan::from_json("not json").is_err());
+}
+
+// ---- webhooks ----
+
+const HOOKS: &str = r#"[[environment]]
+name = "prod"
+
+[[webhook]]
+url = "http://Hooks.Internal:80/keyroll"
+events = ["version.retired", "rotation.started"]
+description = "pager"
+
+[[webhook]]
+url = "http://10.0.0.7:9000/all"
+events = ["*"]
+
+[[webhook]]
+url = "http://audit.internal/in"
+"#;
+
+fn live_hook(id: &str, url: &str, events: &[&str], description: Option<&str>) -> LiveWebhook {
+    LiveWebhook {
+        id: id.into(),
+        url: url.into(),
+        events: events.iter().map(|e| (*e).to_owned()).collect(),
+        description: description.map(Into::into),
+        state: "enabled".into(),
+    }
+}
+
+/// The live state right after applying [`HOOKS`], as the server lists it.
+fn hooks_applied() -> LiveState {
+    LiveState {
+        environments: vec![env("prod", false, None)],
+        webhooks: vec![
+            live_hook(
+                "wh_a",
+                "http://hooks.internal/keyroll",
+                &["rotation.started", "version.retired"],
+                Some("pager"),
+            ),
+            live_hook("wh_b", "http://10.0.0.7:9000/all", &["*"], None),
+            // The server's default set, in its own order.
+            live_hook(
+                "wh_c",
+                "http://audit.internal/in",
+                &[
+                    "rotation.started",
+                    "rotation.due",
+                    "rotation.stalled",
+                    "rotation.requested",
+                    "version.retired",
+                    "version.revoked",
+                    "version.unused",
+                    "version.delivered",
+                    "key.expiring",
+                ],
+                None,
+            ),
+        ],
+        ..LiveState::default()
+    }
+}
+
+#[test]
+fn webhooks_are_read_with_urls_as_the_server_stores_them_and_default_events() {
+    let p = parse("policy.toml", HOOKS).unwrap();
+    let hooks: Vec<(&str, Vec<&str>, Option<&str>)> = p
+        .webhooks
+        .iter()
+        .map(|w| {
+            (
+                w.url.as_str(),
+                w.events.iter().map(String::as_str).collect(),
+                w.description.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            (
+                "http://hooks.internal/keyroll",
+                vec!["rotation.started", "version.retired"],
+                Some("pager")
+            ),
+            ("http://10.0.0.7:9000/all", vec!["*"], None),
+            (
+                "http://audit.internal/in",
+                DEFAULT_WEBHOOK_EVENTS.to_vec(),
+                None
+            ),
+        ]
+    );
+}
+
+#[test]
+fn webhook_errors_have_positions_and_name_what_is_valid() {
+    let text = r#"[[webhook]]
+url = "http://a.internal/x"
+events = ["rotation.started", "rotation.strated"]
+secret = "whsec_x"
+
+[[webhook]]
+url = "https://b.internal/"
+
+[[webhook]]
+url = "http://A.internal:80/x"
+
+[[webhook]]
+events = []
+
+[[webhook]]
+url = "http://c.internal/"
+events = ["*", "version.retired", "version.retired"]
+description = 3
+
+[[webhook]]
+url = "not a url"
+"#;
+    let e = errors(text);
+    let valid = WEBHOOK_EVENTS.join(", ");
+    assert_eq!(
+        e,
+        [
+            format!("3:31: unknown event type \"rotation.strated\": expected one of {valid}"),
+            "4:1: unknown field \"secret\" in [[webhook]]: expected one of url, events, description".to_owned(),
+            "7:7: url: https endpoints need TLS in the sender, which this build does not have yet; expected an http:// URL (a TLS-originating proxy can forward it)".to_owned(),
+            "10:7: duplicate webhook url \"http://a.internal/x\": already declared at line 2".to_owned(),
+            "12:1: [[webhook]] without a url: expected url = \"http://…\"".to_owned(),
+            format!("13:10: events is empty: expected event types, or [\"*\"] for all (leave it out for the default: {})", DEFAULT_WEBHOOK_EVENTS.join(", ")),
+            "17:11: events: \"*\" already means every type; give it alone".to_owned(),
+            "17:35: event type \"version.retired\" is listed twice".to_owned(),
+            "18:15: description: expected a string, found an integer".to_owned(),
+            "21:7: url: not a URL (relative URL without a base)".to_owned(),
+        ]
+    );
+    let e = one_error("[webhook]\nurl = \"http://x/\"\n");
+    assert!(
+        e.starts_with("1:1: webhook: expected an array of tables ([[webhook]])"),
+        "{e}"
+    );
+    let e = one_error(
+        "[[webhook]]\nurl = \"http://x/\"\ndescription = \"kr_prod_AAAAAAAAAAAAAAAAAAAAAA_AAAAAAAA\"\n",
+    );
+    assert!(
+        e.starts_with("3:15: description looks like it contains an API key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn webhooks_plan_create_then_nothing_and_unmanaged_ones_are_only_listed() {
+    let desired = parse("policy.toml", HOOKS).unwrap();
+    let live = LiveState {
+        environments: vec![env("prod", false, None)],
+        webhooks: vec![live_hook("wh_z", "http://other.internal/", &["*"], None)],
+        ..LiveState::default()
+    };
+    for prune in [false, true] {
+        let p = plan(&desired, &live, prune);
+        assert!(p.has_changes());
+        let urls: Vec<&str> = p
+            .webhooks_to_create
+            .iter()
+            .map(|w| w.url.as_str())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "http://hooks.internal/keyroll",
+                "http://10.0.0.7:9000/all",
+                "http://audit.internal/in"
+            ]
+        );
+        assert_eq!(p.webhooks_to_create[2].events, DEFAULT_WEBHOOK_EVENTS);
+        assert_eq!(
+            p.webhooks_not_in_file,
+            [WebhookNotInFile {
+                id: "wh_z".into(),
+                url: "http://other.internal/".into(),
+                events: vec!["*".into()],
+            }]
+        );
+        let shown = render(&p, "policy.toml");
+        assert!(
+            shown.contains("Webhook endpoints to register (each gets a new whsec_ signing secret, shown once):\n  + http://hooks.internal/keyroll\n      events rotation.started, version.retired; description \"pager\"\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("    webhook endpoint wh_z http://other.internal/ (events *): not managed by the policy: left as it is\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("      3 webhook endpoint(s) to register.\n"),
+            "{shown}"
+        );
+    }
+
+    let mut live = hooks_applied();
+    let p = plan(&desired, &live, false);
+    assert!(!p.has_changes(), "{p:#?}");
+    assert!(p.webhooks_differ.is_empty() && p.webhooks_not_in_file.is_empty());
+    assert!(
+        render(&p, "policy.toml").ends_with("No changes: the live state matches policy.toml.\n")
+    );
+
+    // The same URL registered twice by hand: the matching one is the file's.
+    let mut twin = live.webhooks[1].clone();
+    twin.id = "wh_0".into();
+    twin.events = vec!["version.retired".into()];
+    live.webhooks.insert(0, twin);
+    let p = plan(&desired, &live, true);
+    assert!(!p.has_changes());
+    let extra: Vec<&str> = p
+        .webhooks_not_in_file
+        .iter()
+        .map(|w| w.id.as_str())
+        .collect();
+    assert_eq!(extra, ["wh_0"]);
+}
+
+#[test]
+fn a_webhook_that_differs_is_shown_and_left_as_it_is() {
+    let desired = parse("policy.toml", HOOKS).unwrap();
+    let mut live = hooks_applied();
+    live.webhooks[0].events = vec!["version.retired".into()];
+    live.webhooks[0].description = None;
+    let p = plan(&desired, &live, false);
+    assert!(
+        !p.has_changes(),
+        "the API cannot change it, so apply does nothing"
+    );
+    assert!(p.webhooks_to_create.is_empty());
+    assert_eq!(
+        p.webhooks_differ,
+        [WebhookDiffers {
+            id: "wh_a".into(),
+            url: "http://hooks.internal/keyroll".into(),
+            changes: vec![
+                FieldChange {
+                    field: "events".into(),
+                    from: "version.retired".into(),
+                    to: "rotation.started, version.retired".into(),
+                },
+                FieldChange {
+                    field: "description".into(),
+                    from: "none".into(),
+                    to: "\"pager\"".into(),
+                },
+            ],
+        }]
+    );
+    let shown = render(&p, "policy.toml");
+    assert!(shown.contains("  ! wh_a http://hooks.internal/keyroll\n      events: version.retired (live) -> rotation.started, version.retired (file)\n      description: none (live) -> \"pager\" (file)\n      to take the file's values: `keyroll webhook remove wh_a`, then apply again (a NEW secret for the receiver; pending deliveries are dropped)\n"), "{shown}");
+    assert!(shown.ends_with("No changes apply can make, but 1 webhook endpoint(s) differ from policy.toml (above).\n"), "{shown}");
+}
+
+#[test]
+fn a_saved_plan_holds_webhook_steps_and_goes_stale_when_endpoints_move() {
+    let desired = parse("policy.toml", HOOKS).unwrap();
+    let mut live = hooks_applied();
+    let removed = live.webhooks.remove(2);
+    let p = plan(&desired, &live, false);
+    assert_eq!(p.webhooks_to_create.len(), 1);
+    let saved = SavedPlan::new("policy.toml", &desired.sha256, false, p, &live);
+    let back = SavedPlan::from_json(&saved.to_json()).unwrap();
+    assert_eq!(back, saved);
+    assert_eq!(
+        back.plan.webhooks_to_create[0].url,
+        "http://audit.internal/in"
+    );
+    assert!(check_pin(&back, &live).is_empty());
+    // The sender disabling an endpoint changes nothing the plan does.
+    let mut disabled = live.clone();
+    disabled.webhooks[0].state = "disabled".into();
+    assert!(check_pin(&back, &disabled).is_empty());
+
+    let mut moved = live.clone();
+    moved.webhooks.push(removed);
+    moved.webhooks[0].events = vec!["*".into()];
+    moved.webhooks.remove(1);
+    assert_eq!(
+        check_pin(&back, &moved),
+        [
+            "webhook endpoint wh_a (http://hooks.internal/keyroll): changed since the plan",
+            "webhook endpoint wh_c (http://audit.internal/in): registered since the plan",
+            "webhook endpoint wh_b (http://10.0.0.7:9000/all): removed since the plan",
+        ]
+    );
+    // A plan saved before webhooks were planned still reads (its webhook fields default).
+    let mut old: serde_json::Value = serde_json::from_str(&saved.to_json()).unwrap();
+    for k in [
+        "webhooks_to_create",
+        "webhooks_differ",
+        "webhooks_not_in_file",
+    ] {
+        old["plan"].as_object_mut().unwrap().remove(k);
+    }
+    old["pin"].as_object_mut().unwrap().remove("webhooks");
+    let old = SavedPlan::from_json(&old.to_string()).unwrap();
+    assert!(old.plan.webhooks_to_create.is_empty());
 }

@@ -21,6 +21,7 @@ mod incident;
 mod nginx;
 mod observe;
 mod policy;
+mod policy_webhooks;
 mod rotate_due;
 mod run;
 mod scan;
