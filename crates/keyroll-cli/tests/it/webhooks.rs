@@ -28,7 +28,7 @@ fn unavailable(why: &str) -> Option<PathBuf> {
 }
 
 /// The virtualenv's python with `standardwebhooks` installed, under the target dir.
-fn receiver_python() -> Option<PathBuf> {
+pub(crate) fn receiver_python() -> Option<PathBuf> {
     let target = Path::new(harness::BIN)
         .parent()
         .and_then(Path::parent)
@@ -72,7 +72,7 @@ fn receiver_python() -> Option<PathBuf> {
     Some(python)
 }
 
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
@@ -86,7 +86,7 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    fn start(python: &Path) -> Receiver {
+    pub(crate) fn start(python: &Path) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
         let child = Command::new(python)
@@ -108,11 +108,11 @@ impl Receiver {
         Receiver { child, dir, port }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn configure(&self, config: &Value) {
+    pub(crate) fn configure(&self, config: &Value) {
         let tmp = self.dir.path().join("config.json.tmp");
         std::fs::write(&tmp, config.to_string()).unwrap();
         std::fs::rename(tmp, self.dir.path().join("config.json")).unwrap();
@@ -125,12 +125,17 @@ impl Receiver {
             .unwrap_or_else(|| json!({}))
     }
 
-    fn requests(&self, path: &str) -> Vec<Value> {
+    pub(crate) fn requests(&self, path: &str) -> Vec<Value> {
         self.results()[path].as_array().cloned().unwrap_or_default()
     }
 
     /// Waits until `done` holds for the requests received on `path`.
-    fn wait(&self, path: &str, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) fn wait(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let r = self.requests(path);
@@ -149,7 +154,7 @@ fn json_of(run: &harness::Run) -> Value {
 }
 
 /// Registers an endpoint with the CLI: its id and secret.
-fn add(s: &Server, url: &str, events: &str) -> (String, String) {
+pub(crate) fn add(s: &Server, url: &str, events: &str) -> (String, String) {
     let v = json_of(&s.cli(&[
         "webhook", "add", url, "--events", events, "--output", "json",
     ]));
@@ -160,7 +165,7 @@ fn add(s: &Server, url: &str, events: &str) -> (String, String) {
 }
 
 /// Distinct messages (deduplicated by webhook-id) that were answered 2xx.
-fn delivered(requests: &[Value]) -> Vec<(String, String, Option<u64>)> {
+pub(crate) fn delivered(requests: &[Value]) -> Vec<(String, String, Option<u64>)> {
     let mut out: Vec<(String, String, Option<u64>)> = Vec::new();
     for r in requests {
         let id = r["id"].as_str().unwrap_or_default().to_owned();
