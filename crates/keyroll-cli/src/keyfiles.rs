@@ -36,7 +36,7 @@ pub fn refuse_non_directory(path: &Path) -> anyhow::Result<()> {
             Exit::Error,
             "file_exists",
             format!(
-                "{} exists and is not a directory: new secrets are written into it; move it away or choose another --out-dir. Nothing was changed.",
+                "{} exists and is not a directory: new secrets are written into it; move it away or choose another path. Nothing was changed.",
                 path.display()
             ),
         )
@@ -54,7 +54,7 @@ pub fn refuse_existing(paths: &[PathBuf]) -> anyhow::Result<()> {
                 Exit::Error,
                 "file_exists",
                 format!(
-                    "{} already exists: a new key is never written over a file (the key in it may still be in use); move it away or choose another --out-dir. Nothing was changed.",
+                    "{} already exists: a new key is never written over a file (the key in it may still be in use); move it away or choose another path. Nothing was changed.",
                     p.display()
                 ),
             )

@@ -287,6 +287,10 @@ enum ConsumerCmd {
         /// Hard expiry of the first key, from now (e.g. 90d).
         #[arg(long)]
         expires_in: Option<String>,
+        /// Write the first key to this new file (mode 0600, never overwriting) instead of
+        /// printing it: the bootstrap key of `keyroll agent --key-file PATH`.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
         #[command(flatten)]
         policy: PolicyFlags,
         #[command(flatten)]
@@ -688,10 +692,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scopes,
             owner,
             expires_in,
+            key_file,
             policy,
             schedule,
         }) => {
             let r = consumer_ref(&consumer)?;
+            if let Some(path) = &key_file {
+                keyfiles::refuse_existing(std::slice::from_ref(path))?;
+            }
             check_duration("expires-in", expires_in.as_ref())?;
             policy.check()?;
             schedule.check()?;
@@ -712,11 +720,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 delivery: schedule.delivery,
                 managed: false,
             };
-            let a = client(&cli.global)?.create_consumer(&req, None).await?;
-            out.json_or(&a.json, || {
-                let what = format!("Created consumer {r} (v1, kid {})", a.body.kid);
-                print_new_key(&what, a.body.key.as_deref())
-            })?;
+            let mut a = client(&cli.global)?.create_consumer(&req, None).await?;
+            if let (Some(path), Some(key)) = (&key_file, a.body.key.clone()) {
+                if let Err(e) = keyfiles::write_new(path, &key) {
+                    // The consumer exists now: its only copy of the key must not be lost.
+                    let what = format!(
+                        "Created consumer {r} (v1, kid {}), but {e:#}; here is the key instead",
+                        a.body.kid
+                    );
+                    print_new_key(&what, Some(&key))?;
+                    return Err(e);
+                }
+                a.json["key"] = serde_json::Value::Null;
+                a.json["key_file"] = serde_json::Value::String(path.display().to_string());
+                out.json_or(&a.json, || {
+                    say!(
+                        "Created consumer {r} (v1, kid {}); its key is in {} (mode 0600), and is not shown.",
+                        a.body.kid,
+                        path.display()
+                    )
+                })?;
+            } else {
+                out.json_or(&a.json, || {
+                    let what = format!("Created consumer {r} (v1, kid {})", a.body.kid);
+                    print_new_key(&what, a.body.key.as_deref())
+                })?;
+            }
         }
         Cmd::Consumer(ConsumerCmd::Set {
             consumer,

@@ -342,3 +342,47 @@ fn status_shows_deliveries_and_a_delivered_version_nobody_uses_is_reported() {
     );
     assert_eq!(s.events("version.unused").len(), 1);
 }
+
+#[test]
+fn consumer_create_writes_the_bootstrap_key_to_a_new_0600_file_and_never_over_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = harness::start();
+    ok(s.cli(&["env", "create", "prod"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app/keyroll.key");
+    let path = file.to_str().unwrap();
+    let r = s.cli(&["consumer", "create", "prod/billing", "--key-file", path]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stdout.contains("kr_prod_"),
+        "the key is not printed: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains(path), "{}", r.stdout);
+    let key = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(verify(&s, &key)["allowed"], true);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // JSON output names the file and carries no key.
+    let other = dir.path().join("other.key");
+    let r = s.cli(&[
+        "consumer",
+        "create",
+        "prod/orders",
+        "--key-file",
+        other.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["key"].is_null(), "{v}");
+    assert_eq!(v["key_file"], other.to_str().unwrap());
+    // An existing file is refused before anything is created.
+    let r = s.cli(&["consumer", "create", "prod/search", "--key-file", path]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), key);
+    let shown = s.cli(&["consumer", "show", "prod/search"]);
+    assert_ne!(shown.code, 0, "prod/search was not created");
+}
