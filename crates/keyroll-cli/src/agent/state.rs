@@ -104,6 +104,41 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Reads `DIR/agent.json`; `None` when there is none yet.
+/// An exclusive `flock(2)` on `DIR/lock`: one agent per state directory.
+pub type DirLock = nix::fcntl::Flock<fs::File>;
+
+/// Takes the state directory's lock, or says which agent holds it. Two agents on one state
+/// directory would each rotate and overwrite the other's intent.
+pub fn lock(dir: &Path) -> anyhow::Result<DirLock> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            let holder = load(dir)
+                .ok()
+                .flatten()
+                .map(|s| format!(" (pid {})", s.pid))
+                .unwrap_or_default();
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                crate::exit::usage(format!(
+                    "another agent{holder} is running on the state directory {}: one agent per \
+                     key file, or give each its own --state-dir",
+                    dir.display()
+                ))
+            } else {
+                anyhow::anyhow!("cannot lock {}: {errno}", path.display())
+            }
+        },
+    )
+}
+
 pub fn load(dir: &Path) -> anyhow::Result<Option<AgentState>> {
     let path = dir.join(FILE);
     match fs::read_to_string(&path) {

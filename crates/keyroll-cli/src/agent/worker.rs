@@ -112,6 +112,9 @@ enum How {
 /// One consumer's agent.
 #[derive(Debug)]
 pub struct Worker {
+    /// The state directory's lock, held for the agent's life (released by the kernel on any
+    /// exit, kill -9 included).
+    _lock: state::DirLock,
     spec: ConsumerSpec,
     server: String,
     mode: &'static str,
@@ -177,6 +180,7 @@ impl Worker {
                 spec.state_dir.display()
             )
         })?;
+        let lock = state::lock(&spec.state_dir)?;
         let loaded = state::load(&spec.state_dir)?;
         let recovering = loaded.as_ref().is_some_and(|s| s.intent.is_some());
         let mut state = match loaded {
@@ -208,6 +212,7 @@ impl Worker {
             .ok()
             .map(|h| h.to_string_lossy().into_owned());
         let mut w = Worker {
+            _lock: lock,
             log: Log::new(&consumer),
             spec,
             server: server.to_owned(),

@@ -668,3 +668,32 @@ fn a_rotation_whose_answer_was_lost_is_recovered_with_the_same_idempotency_key()
         "no second rotation: {c}"
     );
 }
+
+#[test]
+fn a_second_agent_on_the_same_key_file_is_refused_while_the_first_runs() {
+    let s = harness::start();
+    let key = setup(&s, &["billing"]).pop().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("billing.key");
+    write_key(&key_file, &key);
+    let kf = key_file.to_str().unwrap();
+    let first = Agent::spawn(&s.url(), &agent_args("prod/billing", kf, &[]));
+    first.wait_for("agent.started", 1, Duration::from_secs(20));
+    let mut second = Agent::spawn(&s.url(), &agent_args("prod/billing", kf, &[]));
+    let code = second.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(2), "{}", second.text());
+    assert!(
+        second.text().contains("another agent"),
+        "names the holder: {}",
+        second.text()
+    );
+    assert!(
+        second.text().contains(&format!("pid {}", first.pid())),
+        "{}",
+        second.text()
+    );
+    // kill -9 releases the lock: a new agent starts at once.
+    first.kill9();
+    let third = Agent::spawn(&s.url(), &agent_args("prod/billing", kf, &[]));
+    third.wait_for("agent.started", 1, Duration::from_secs(20));
+}
