@@ -382,12 +382,6 @@ pub async fn report(
     }
     let stored = stored(state, &caller.consumer).await?;
     let now = state.clock.now();
-    let existing = state
-        .store
-        .list_agents(Some(&caller.consumer.environment))
-        .await?
-        .into_iter()
-        .find(|a| a.consumer == caller.consumer && a.agent_id == report.agent);
     let record = AgentRecord {
         consumer: caller.consumer.clone(),
         agent_id: report.agent.clone(),
@@ -396,7 +390,8 @@ pub async fn report(
         version: caller.version.0,
         health: report.health.clone(),
         detail: report.detail.clone(),
-        first_seen: existing.as_ref().map_or(now, |a| a.first_seen),
+        // The store keeps the first report's time on an existing row.
+        first_seen: now,
         last_contact: now,
     };
     let actor = caller.actor(&report.agent);

@@ -69,6 +69,7 @@ macro_rules! conformance_suite {
             schedule_candidates_are_what_the_schedule_must_look_at,
             webhook_endpoints_round_trip_update_and_delete,
             webhook_deliveries_enqueue_once_and_record_attempts,
+            agents_deliveries_and_handovers,
         );
         $crate::conformance::conformance_suite!(@backend $fresh;
             no_secret_in_any_column,
@@ -3017,4 +3018,130 @@ pub async fn no_secret_in_webhook_columns(backend: &dyn Backend) {
             );
         }
     }
+}
+
+/// Delivery by agents: the rotation-request flag round-trips; a handover is written with its
+/// rotation and found by the version it was sealed from, newest first, and deleted in the write
+/// that retires that version; an agent's report records the delivery (and its audit entry and
+/// event) only the first time it reports a version, keeping its first report's time.
+pub async fn agents_deliveries_and_handovers(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let c = create(store, "prod", "billing", 41).await;
+    let requested = apply(store, &c, Command::RequestRotation, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_all().await.unwrap()[0].consumer.versions[0].rotation_requested,
+        Some(at(3_000))
+    );
+    let transition = requested
+        .consumer
+        .apply(
+            rotate(&env("prod"), 42, Duration::from_secs(3600), false),
+            &Usage::NONE,
+            at(4_000),
+        )
+        .unwrap();
+    assert_eq!(
+        transition.consumer.versions[1].rotation_requested, None,
+        "the new version answers the request"
+    );
+    let handover = keyroll_store::HandoverRecord {
+        version: 2,
+        from_version: 1,
+        sealed: vec![7; 40],
+        created_at: at(4_000),
+    };
+    let rotated = store
+        .write_consumer(ConsumerWrite {
+            expected_revision: requested.revision,
+            id: requested.id,
+            consumer: &transition.consumer,
+            audit: &[],
+            idempotency: None,
+            events: &[],
+            handover: Some(&handover),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_handover(c.id, 1).await.unwrap(),
+        Some(handover.clone())
+    );
+    assert_eq!(store.find_handover(c.id, 2).await.unwrap(), None);
+
+    let r = consumer_ref("prod", "billing");
+    let report = |version: u32, when: i64| keyroll_store::AgentRecord {
+        consumer: r.clone(),
+        agent_id: "agt_0123456789abcdef".into(),
+        host: Some("web-1".into()),
+        mode: Some("file".into()),
+        version,
+        health: Some("ok".into()),
+        detail: None,
+        first_seen: at(when),
+        last_contact: at(when),
+    };
+    let delivered = |when: i64| event(when, &Effect::Issued(VersionNumber(2)), "prod/billing");
+    let before = audit_len(store).await;
+    let first = store
+        .record_agent(
+            c.id,
+            &report(2, 5_000),
+            &[audit(5_000, "version.delivered", "prod/billing/v2")],
+            &[delivered(5_000)],
+        )
+        .await
+        .unwrap();
+    assert!(first, "the first report of v2 is its delivery");
+    let again = store
+        .record_agent(
+            c.id,
+            &report(2, 6_000),
+            &[audit(6_000, "version.delivered", "prod/billing/v2")],
+            &[delivered(6_000)],
+        )
+        .await
+        .unwrap();
+    assert!(!again, "a heartbeat is not a delivery");
+    assert_eq!(
+        audit_len(store).await,
+        before + 1,
+        "one audit entry, with the first report"
+    );
+    let agents = store.list_agents(None).await.unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(
+        agents[0].first_seen,
+        at(5_000),
+        "the first report's time is kept"
+    );
+    assert_eq!(agents[0].last_contact, at(6_000));
+    assert_eq!(agents[0].version, 2);
+    assert!(
+        store
+            .list_agents(Some(&env("staging")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let deliveries = store.list_deliveries(Some(&env("prod"))).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(
+        (deliveries[0].version, deliveries[0].delivered_at),
+        (2, at(5_000))
+    );
+
+    // Retiring v1 deletes the handover sealed from it.
+    apply(
+        store,
+        &rotated,
+        Command::Retire {
+            version: VersionNumber(1),
+        },
+        7_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.find_handover(c.id, 1).await.unwrap(), None);
 }
