@@ -1,7 +1,9 @@
 """A webhook receiver for keyroll's end-to-end tests, verifying with an independent Standard
 Webhooks implementation (the `standardwebhooks` package from PyPI), not keyroll's code.
 
-Usage: webhook_receiver.py CONFIG RESULTS PORT_FILE
+Usage: webhook_receiver.py CONFIG RESULTS PORT_FILE [CERT KEY]
+
+With CERT and KEY (PEM files) it serves HTTPS with that certificate; without them, HTTP.
 
 CONFIG (read on every request, so the test can change it) maps a path to its endpoint:
     {"/main": {"secrets": ["whsec_…", …], "mode": "fail_first" | "ok" | "gone" | "busy"}}
@@ -14,6 +16,7 @@ which secrets verified it, what was answered, and the raw body.
 
 import json
 import os
+import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Lock
@@ -93,6 +96,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if len(sys.argv) >= 6:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 with LOCK:
     save()
 with open(PORT_FILE + ".tmp", "w") as f:

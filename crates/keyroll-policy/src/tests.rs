@@ -781,7 +781,7 @@ events = ["rotation.started", "rotation.strated"]
 secret = "whsec_x"
 
 [[webhook]]
-url = "https://b.internal/"
+url = "ftp://b.internal/"
 
 [[webhook]]
 url = "http://A.internal:80/x"
@@ -804,7 +804,7 @@ url = "not a url"
         [
             format!("3:31: unknown event type \"rotation.strated\": expected one of {valid}"),
             "4:1: unknown field \"secret\" in [[webhook]]: expected one of url, events, description".to_owned(),
-            "7:7: url: https endpoints need TLS in the sender, which this build does not have yet; expected an http:// URL (a TLS-originating proxy can forward it)".to_owned(),
+            "7:7: url: scheme \"ftp\"; expected an http:// or https:// URL".to_owned(),
             "10:7: duplicate webhook url \"http://a.internal/x\": already declared at line 2".to_owned(),
             "12:1: [[webhook]] without a url: expected url = \"http://…\"".to_owned(),
             format!("13:10: events is empty: expected event types, or [\"*\"] for all (leave it out for the default: {})", DEFAULT_WEBHOOK_EVENTS.join(", ")),

@@ -43,7 +43,7 @@ pub const WEBHOOK_EVENTS: [&str; 17] = [
 /// The longest URL the server accepts.
 pub const MAX_URL: usize = 2048;
 
-/// Checks a webhook URL as the server does at registration (http, a host, no credentials, no
+/// Checks a webhook URL as the server does at registration (http or https, a host, no credentials, no
 /// key in it) and returns it as the server stores it (`http://Hooks:80/x` ->
 /// `http://hooks/x`). Whether the address is allowed (loopback, private) depends on the
 /// server's settings and is left to it.
@@ -56,15 +56,12 @@ pub fn normalize_url(s: &str) -> Result<String, String> {
     }
     let parsed = url::Url::parse(s).map_err(|e| format!("url: not a URL ({e})"))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(
-                "url: https endpoints need TLS in the sender, which this build does not have yet; \
-                 expected an http:// URL (a TLS-originating proxy can forward it)"
-                    .into(),
-            );
+        "http" | "https" => {}
+        other => {
+            return Err(format!(
+                "url: scheme {other:?}; expected an http:// or https:// URL"
+            ));
         }
-        other => return Err(format!("url: scheme {other:?}; expected an http:// URL")),
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("url: no host; expected http://HOST[:PORT]/PATH".into());
@@ -106,7 +103,10 @@ mod tests {
             normalize_url("http://127.0.0.1:8080").unwrap(),
             "http://127.0.0.1:8080/"
         );
-        assert!(normalize_url("https://x/").unwrap_err().contains("TLS"));
+        assert_eq!(
+            normalize_url("https://Hooks.Internal:443/k").unwrap(),
+            "https://hooks.internal/k"
+        );
         assert!(normalize_url("ftp://x/").unwrap_err().contains("\"ftp\""));
         assert!(
             normalize_url("http://u:p@x/")

@@ -53,6 +53,9 @@ pub struct WebhooksConfig {
     pub allow_private: bool,
     /// Deliveries in flight at once (default 8).
     pub concurrency: usize,
+    /// A PEM bundle of extra trust anchors (private CAs) for `https://` endpoints, added to the
+    /// built-in webpki roots. Certificates are always verified.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for WebhooksConfig {
@@ -63,6 +66,7 @@ impl Default for WebhooksConfig {
             allow_loopback: false,
             allow_private: false,
             concurrency: 8,
+            ca_file: None,
         }
     }
 }
@@ -301,7 +305,7 @@ pub struct Config {
 }
 
 /// The validated `[webhooks]` section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// The sender runs in this server.
     pub enabled: bool,
@@ -313,6 +317,58 @@ pub struct WebhookSettings {
     pub allow_private: bool,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// `webhooks.ca_file`, read and checked at start-up.
+    pub ca: Option<CaBundle>,
+}
+
+/// Extra trust anchors for the webhook sender: the file they came from and its PEM text,
+/// which holds at least one certificate that a TLS client accepts as a root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The PEM bundle.
+    pub pem: std::sync::Arc<[u8]>,
+}
+
+impl CaBundle {
+    /// Reads and checks `path`: readable, PEM, at least one certificate, each one usable as a
+    /// trust anchor.
+    pub fn read(path: &Path) -> Result<CaBundle, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+        let bundle = CaBundle {
+            path: path.to_owned(),
+            pem: pem.into(),
+        };
+        let certificates = bundle.certificates()?;
+        let mut client = reqwest::Client::builder();
+        for c in certificates {
+            client = client.add_root_certificate(c);
+        }
+        client.build().map_err(|e| {
+            let mut text = "not a usable CA certificate".to_owned();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        })?;
+        Ok(bundle)
+    }
+
+    /// The certificates of the bundle (none is an error).
+    pub fn certificates(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        let certificates = reqwest::Certificate::from_pem_bundle(&self.pem)
+            .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+        if certificates.is_empty() {
+            return Err(
+                "no certificate in it; expected PEM (-----BEGIN CERTIFICATE-----)".to_owned(),
+            );
+        }
+        Ok(certificates)
+    }
 }
 
 /// The validated `[http]` section.
@@ -549,6 +605,16 @@ impl Config {
                     value: raw.webhooks.concurrency.to_string(),
                     reason: "expected 1 to 256".into(),
                 });
+            },
+            ca: match &raw.webhooks.ca_file {
+                None => None,
+                Some(path) => {
+                    Some(CaBundle::read(path).map_err(|reason| ConfigError::Invalid {
+                        key: "webhooks.ca_file",
+                        value: path.display().to_string(),
+                        reason,
+                    })?)
+                }
             },
         };
         let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;

@@ -34,3 +34,4 @@ mod tokens;
 mod usage;
 mod walkthrough;
 mod webhooks;
+mod webhooks_tls;

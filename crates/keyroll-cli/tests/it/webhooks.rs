@@ -15,7 +15,7 @@ use crate::harness::{self, Server};
 /// The pinned receiver library (as `.ci/schemathesis.sh` pins schemathesis).
 const STANDARDWEBHOOKS_VERSION: &str = "1.1.0";
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -76,6 +76,7 @@ pub(crate) struct Receiver {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    scheme: &'static str,
 }
 
 impl Drop for Receiver {
@@ -87,16 +88,27 @@ impl Drop for Receiver {
 
 impl Receiver {
     pub(crate) fn start(python: &Path) -> Receiver {
+        Receiver::start_with(python, None)
+    }
+
+    /// A receiver serving HTTPS with the PEM certificate chain and key `tls`.
+    pub(crate) fn start_tls(python: &Path, cert: &Path, key: &Path) -> Receiver {
+        Receiver::start_with(python, Some((cert, key)))
+    }
+
+    fn start_with(python: &Path, tls: Option<(&Path, &Path)>) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhook_receiver.py");
-        let child = Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(script)
             .arg(dir.path().join("config.json"))
             .arg(dir.path().join("results.json"))
-            .arg(dir.path().join("port"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .arg(dir.path().join("port"));
+        if let Some((cert, key)) = tls {
+            command.arg(cert).arg(key);
+        }
+        let child = command.stdout(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let port = loop {
             if let Ok(p) = std::fs::read_to_string(dir.path().join("port")) {
@@ -105,11 +117,17 @@ impl Receiver {
             assert!(Instant::now() < deadline, "the receiver did not start");
             std::thread::sleep(Duration::from_millis(50));
         };
-        Receiver { child, dir, port }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Receiver {
+            child,
+            dir,
+            port,
+            scheme,
+        }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.port)
     }
 
     pub(crate) fn configure(&self, config: &Value) {

@@ -105,7 +105,7 @@ fn delivery_view(
     }
 }
 
-/// Checks a URL for registration: http, no credentials, a host the address filter allows.
+/// Checks a URL for registration: http or https, no credentials, a host the address filter allows.
 async fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     if url.len() > MAX_URL {
         return Err(unprocessable(
@@ -116,18 +116,11 @@ async fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| unprocessable("invalid_url", format!("url: not a URL ({e})")))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(unprocessable(
-                "invalid_url",
-                "url: https endpoints need TLS in the sender, which this build does not have yet; \
-                 register an http:// URL (a TLS-originating proxy can forward it)",
-            ));
-        }
+        "http" | "https" => {}
         other => {
             return Err(unprocessable(
                 "invalid_url",
-                format!("url: scheme {other:?}; a webhook URL is http://"),
+                format!("url: scheme {other:?}; a webhook URL is http:// or https://"),
             ));
         }
     }

@@ -24,7 +24,9 @@ const EVENTS_PER_STEP: u32 = 500;
 const DUE_PER_TICK: u32 = 200;
 
 /// The sender's HTTP client: redirects off (a redirect could lead past the address filter),
-/// no proxy from the environment, the address filter as its resolver, a 15 s limit per attempt.
+/// no proxy from the environment, the address filter as its resolver (for `http://` and
+/// `https://` alike), a 15 s limit per attempt. `https://` peers are always verified, against
+/// the built-in webpki roots and `webhooks.ca_file`'s.
 #[derive(Debug, Clone)]
 pub struct Sender {
     client: reqwest::Client,
@@ -38,7 +40,13 @@ impl Sender {
             allow_loopback: settings.allow_loopback,
             allow_private: settings.allow_private,
         };
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = &settings.ca {
+            for c in ca.certificates()? {
+                client = client.add_root_certificate(c);
+            }
+        }
+        let client = client
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(ATTEMPT_TIMEOUT)
