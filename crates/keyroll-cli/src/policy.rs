@@ -704,13 +704,3 @@ async fn run_step(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_policy_default_webhook_events_are_the_servers() {
-        let mut server: Vec<&str> = keyroll_server::webhooks::DEFAULT_EVENTS.to_vec();
-        server.sort_unstable();
-        assert_eq!(server, keyroll_policy::DEFAULT_WEBHOOK_EVENTS);
-    }
-}

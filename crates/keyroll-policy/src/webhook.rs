@@ -4,41 +4,7 @@
 
 use keyroll_core::key_shaped_runs;
 
-/// What an endpoint registered without `events` receives: the server's default set
-/// (`keyroll_server::webhooks::DEFAULT_EVENTS`; a test of the CLI checks they agree), sorted.
-pub const DEFAULT_WEBHOOK_EVENTS: [&str; 9] = [
-    "key.expiring",
-    "rotation.due",
-    "rotation.requested",
-    "rotation.stalled",
-    "rotation.started",
-    "version.delivered",
-    "version.retired",
-    "version.revoked",
-    "version.unused",
-];
-
-/// Every event type an endpoint can receive, and `*` for all of them: the webhook types
-/// (docs/webhooks.md) and the other kinds of the outbox by their own names.
-pub const WEBHOOK_EVENTS: [&str; 17] = [
-    "*",
-    "consumer.created",
-    "consumer.disabled",
-    "consumer.enabled",
-    "consumer.updated",
-    "key.expiring",
-    "rotation.due",
-    "rotation.requested",
-    "rotation.stalled",
-    "rotation.started",
-    "version.delivered",
-    "version.issued",
-    "version.retired",
-    "version.retiring",
-    "version.revoked",
-    "version.unused",
-    "webhook.disabled",
-];
+pub use keyroll_webhooks::{DEFAULT_EVENTS as DEFAULT_WEBHOOK_EVENTS, EVENTS as WEBHOOK_EVENTS};
 
 /// The longest URL the server accepts.
 pub const MAX_URL: usize = 2048;

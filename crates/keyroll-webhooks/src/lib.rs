@@ -17,6 +17,42 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The prefix of a secret as shown once to the operator.
+/// What an endpoint registered without `events` receives: the rotation events, sorted. The one
+/// definition: the server registers with it and the policy file plans with it.
+pub const DEFAULT_EVENTS: [&str; 9] = [
+    "key.expiring",
+    "rotation.due",
+    "rotation.requested",
+    "rotation.stalled",
+    "rotation.started",
+    "version.delivered",
+    "version.retired",
+    "version.revoked",
+    "version.unused",
+];
+
+/// Every event type an endpoint can receive, and `*` for all of them: the webhook types
+/// (docs/webhooks.md) and the other kinds of the outbox by their own names, sorted.
+pub const EVENTS: [&str; 17] = [
+    "*",
+    "consumer.created",
+    "consumer.disabled",
+    "consumer.enabled",
+    "consumer.updated",
+    "key.expiring",
+    "rotation.due",
+    "rotation.requested",
+    "rotation.stalled",
+    "rotation.started",
+    "version.delivered",
+    "version.issued",
+    "version.retired",
+    "version.retiring",
+    "version.revoked",
+    "version.unused",
+    "webhook.disabled",
+];
+
 pub const SECRET_PREFIX: &str = "whsec_";
 
 /// How far a receiver lets `webhook-timestamp` be from its clock (the specification's default).

@@ -84,22 +84,12 @@ pub async fn status(
     } else {
         crate::schedule::Snapshot::read(&state, at).await?
     };
-    let agents = state
-        .store
-        .list_agents(
-            environment
-                .as_ref()
-                .or(only.as_ref().map(|r| &r.environment)),
-        )
-        .await?;
-    let deliveries = state
-        .store
-        .list_deliveries(
-            environment
-                .as_ref()
-                .or(only.as_ref().map(|r| &r.environment)),
-        )
-        .await?;
+    // The agents and deliveries of the environment asked about (all of them unfiltered).
+    let scope = environment
+        .as_ref()
+        .or(only.as_ref().map(|r| &r.environment));
+    let agents = state.store.list_agents(scope).await?;
+    let deliveries = state.store.list_deliveries(scope).await?;
     let items = consumers
         .iter()
         .map(|c| {

@@ -488,15 +488,9 @@ pub fn delivery_status(
     unseen_after: Duration,
     now: Timestamp,
 ) -> Option<keyroll_proto::DeliveryStatus> {
-    let r = c.reference();
-    let agents: Vec<&AgentRecord> = agents
-        .iter()
-        .filter(|a| a.consumer.to_string() == r)
-        .collect();
-    let deliveries: Vec<_> = deliveries
-        .iter()
-        .filter(|d| d.consumer.to_string() == r)
-        .collect();
+    let mine = |r: &ConsumerRef| r.environment == c.environment && r.name == c.name;
+    let agents: Vec<&AgentRecord> = agents.iter().filter(|a| mine(&a.consumer)).collect();
+    let deliveries: Vec<_> = deliveries.iter().filter(|d| mine(&d.consumer)).collect();
     if agents.is_empty() && c.schedule.delivery != keyroll_core::Delivery::Agent {
         return None;
     }

@@ -14,18 +14,7 @@ use keyroll_core::{Timestamp, rfc3339};
 use keyroll_store::{DeliveryState, EventRecord, WebhookDelivery, WebhookEndpoint};
 use serde_json::{Value, json};
 
-/// What an endpoint registered without `events` receives: the rotation events.
-pub const DEFAULT_EVENTS: [&str; 9] = [
-    "rotation.started",
-    "rotation.due",
-    "rotation.stalled",
-    "rotation.requested",
-    "version.retired",
-    "version.revoked",
-    "version.unused",
-    "version.delivered",
-    "key.expiring",
-];
+pub use keyroll_webhooks::DEFAULT_EVENTS;
 
 /// The webhook type of an outbox event: a new version after the first is a rotation that
 /// started; every other kind keeps its name.
