@@ -39,7 +39,8 @@ fn answers(out: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn kid_of(s: &Server, consumer: &str, version: u64) -> String {
+/// A field of version `version` of `consumer`, as the API shows it ("" when absent).
+fn version_field(s: &Server, consumer: &str, version: u64, field: &str) -> String {
     let c: Value = harness::http()
         .get(format!("{}/v1/consumers/{consumer}", s.url()))
         .bearer_auth(s.token())
@@ -52,27 +53,17 @@ fn kid_of(s: &Server, consumer: &str, version: u64) -> String {
         .unwrap()
         .iter()
         .find(|v| v["version"] == version)
-        .and_then(|v| v["kid"].as_str())
+        .and_then(|v| v[field].as_str())
         .unwrap_or_default()
         .to_owned()
 }
 
+fn kid_of(s: &Server, consumer: &str, version: u64) -> String {
+    version_field(s, consumer, version, "kid")
+}
+
 fn state_of(s: &Server, consumer: &str, version: u64) -> String {
-    let c: Value = harness::http()
-        .get(format!("{}/v1/consumers/{consumer}", s.url()))
-        .bearer_auth(s.token())
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    c["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["version"] == version)
-        .and_then(|v| v["state"].as_str())
-        .unwrap_or_default()
-        .to_owned()
+    version_field(s, consumer, version, "state")
 }
 
 fn until(what: &str, within: Duration, done: impl Fn() -> bool) {
