@@ -509,18 +509,20 @@ fn with_the_database_gone_nodes_verify_from_memory_and_catch_up_when_it_returns(
     assert_eq!(code, 503, "{v}");
     assert_eq!(v["code"], "storage_unavailable", "{v}");
     assert!(took < Duration::from_secs(5), "a write hung for {took:?}");
-    // Readiness stays up, degraded, with the reason.
-    let ready: Value = harness::http()
-        .get(format!("{}/readyz", b.url()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(ready["status"], "degraded", "{ready}");
-    assert!(
-        ready["reason"].as_str().is_some_and(|r| !r.is_empty()),
-        "{ready}"
-    );
+    // Readiness says degraded with the reason: 503 for writes, 200 for verification.
+    for (path, want) in [("/readyz", 503), ("/readyz?for=verify", 200)] {
+        let r = harness::http()
+            .get(format!("{}{path}", b.url()))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{path}");
+        let ready: Value = r.json().unwrap();
+        assert_eq!(ready["status"], "degraded", "{ready}");
+        assert!(
+            ready["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{ready}"
+        );
+    }
     // C still writes: a revocation A and B cannot hear of until the database is back.
     let (code, v, _) = post(
         &c,
