@@ -22,8 +22,17 @@ fn call(s: &harness::Server, path: &str, body: &str) -> (u16, serde_json::Value)
 
 /// `/readyz`: its status code and `status` field, with the `reason` after it when there is one.
 fn readyz(s: &harness::Server) -> (u16, String) {
+    readyz_at(s, "/readyz")
+}
+
+/// `/readyz?for=verify`, as a load balancer in front of forward-auth asks it.
+fn readyz_for_verify(s: &harness::Server) -> (u16, String) {
+    readyz_at(s, "/readyz?for=verify")
+}
+
+fn readyz_at(s: &harness::Server, path: &str) -> (u16, String) {
     let r = harness::http()
-        .get(format!("{}/readyz", s.url()))
+        .get(format!("{}{path}", s.url()))
         .send()
         .unwrap();
     let status = r.status().as_u16();
@@ -168,7 +177,12 @@ fn after_a_full_disk_writes_work_again_without_a_restart() {
     }
     // Still ready: verification goes on from memory; the store's state is the reason.
     let (status, why) = readyz(&s);
-    assert_eq!(status, 200, "{why}");
+    assert_eq!(status, 503, "{why}");
+    assert_eq!(
+        readyz_for_verify(&s).0,
+        200,
+        "verification goes on from memory"
+    );
     assert!(
         why.starts_with("degraded: ") && why.contains("full"),
         "{why}"
@@ -229,7 +243,7 @@ fn after_a_full_disk_writes_work_again_without_a_restart() {
 }
 
 #[test]
-fn a_database_deleted_while_running_degrades_readiness_and_refuses_writes() {
+fn a_database_deleted_while_running_fails_readiness_and_refuses_writes() {
     let s = harness::start();
     assert_eq!(s.cli(&["env", "create", "prod"]).code, 0);
     s.consumer("prod/app", &[]);
@@ -238,7 +252,12 @@ fn a_database_deleted_while_running_degrades_readiness_and_refuses_writes() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     let (status, why) = readyz(&s);
-    assert_eq!(status, 200, "{why}");
+    assert_eq!(status, 503, "{why}");
+    assert_eq!(
+        readyz_for_verify(&s).0,
+        200,
+        "verification goes on from memory"
+    );
     assert!(
         why.starts_with("degraded: ")
             && why.contains(&db.display().to_string())
