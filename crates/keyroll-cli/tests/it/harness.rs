@@ -157,11 +157,6 @@ impl Server {
         }
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
