@@ -13,6 +13,7 @@
 //! - Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`); one
 //!   conformance suite (`tests/it/conformance.rs`) runs against every backend.
 
+mod postgres;
 mod rows;
 mod sqlite;
 mod usage;
@@ -20,6 +21,7 @@ mod usage;
 use async_trait::async_trait;
 use keyroll_core::{Consumer, ConsumerRef, Environment, Kid, SecretHash, Timestamp};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -410,8 +412,6 @@ pub struct DeliveryQuery {
     pub limit: u32,
 }
 
-/// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] (and, for several
-/// nodes sharing state, a PostgreSQL store with the same conformance suite).
 /// A version sealed (AEAD) under a key derived from the secret of an older version of the same
 /// consumer, so any holder of that older key can fetch it (SPEC §10: several agents of one
 /// consumer, or one agent after a crash). The database holds only the older secret's hash, from
@@ -464,6 +464,8 @@ pub struct DeliveryRecord {
     pub delivered_at: Timestamp,
 }
 
+/// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] and, for several
+/// nodes sharing state, [`PostgresStore`], with the same conformance suite.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`, for logs and `/readyz`.
