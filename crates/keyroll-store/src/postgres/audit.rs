@@ -25,11 +25,11 @@
 //! - No column holds a secret: `detail` is JSON text made by the caller without one.
 
 use keyroll_core::audit_chain::{ChainEntry, ChainHash, GENESIS, link};
-use sqlx::Row;
 use sqlx::PgConnection;
+use sqlx::Row;
 
-use super::{APPEND_LOCK, PostgresStore, lock};
 use super::decode::{chained_audit_from_row, event_from_row};
+use super::{APPEND_LOCK, PostgresStore, lock};
 use crate::{AuditQuery, AuditRecord, ChainedAudit, EventRecord, StoreError};
 
 /// The columns of an audit row as [`chained_audit_from_row`] reads them.

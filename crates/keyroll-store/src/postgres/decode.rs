@@ -21,11 +21,7 @@ use crate::{
 };
 
 /// Reads column `index`, turning a type mismatch into `Corrupt` naming the column.
-pub(super) fn get<'r, T>(
-    row: &'r PgRow,
-    index: usize,
-    place: Place<'_>,
-) -> Result<T, StoreError>
+pub(super) fn get<'r, T>(row: &'r PgRow, index: usize, place: Place<'_>) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
@@ -174,10 +170,7 @@ pub(super) fn idempotency_from_row(
 
 /// An `admin_tokens` row without its lifecycle: `id, secret_hash, name, scopes, created_at`;
 /// `id` is the one looked up, to name the row.
-pub(super) fn admin_token_from_row(
-    row: &PgRow,
-    id: &str,
-) -> Result<AdminTokenRecord, StoreError> {
+pub(super) fn admin_token_from_row(row: &PgRow, id: &str) -> Result<AdminTokenRecord, StoreError> {
     let place = || format!("admin_tokens row ({id:?})");
     let place: Place<'_> = &place;
     Ok(AdminTokenRecord {
@@ -271,9 +264,7 @@ pub(super) fn usage_source_from_row(row: &PgRow) -> Result<(&str, SourceSeen), S
 
 /// A `webhook_endpoints` row: `id, url, events, description, sealed_secret,
 /// sealed_previous_secret, previous_secret_until, created_at, disabled_at, disabled_reason`.
-pub(super) fn webhook_endpoint_from_row(
-    row: &PgRow,
-) -> Result<crate::WebhookEndpoint, StoreError> {
+pub(super) fn webhook_endpoint_from_row(row: &PgRow) -> Result<crate::WebhookEndpoint, StoreError> {
     let id: String = get(row, 0, &|| "webhook_endpoints row".to_owned())?;
     let place = || format!("webhook_endpoints row ({id:?})");
     let place: Place<'_> = &place;
@@ -300,9 +291,7 @@ pub(super) fn webhook_endpoint_from_row(
 
 /// A `webhook_deliveries` row: `id, endpoint_id, event_seq, msg_id, state, attempts,
 /// next_attempt_at, last_status, last_error, created_at, delivered_at`.
-pub(super) fn webhook_delivery_from_row(
-    row: &PgRow,
-) -> Result<crate::WebhookDelivery, StoreError> {
+pub(super) fn webhook_delivery_from_row(row: &PgRow) -> Result<crate::WebhookDelivery, StoreError> {
     let id: String = get(row, 0, &|| "webhook_deliveries row".to_owned())?;
     let place = || format!("webhook_deliveries row ({id:?})");
     let place: Place<'_> = &place;
@@ -329,9 +318,7 @@ pub(super) fn webhook_delivery_from_row(
 }
 
 /// A `webhook_attempts` row: `delivery_id, n, at, status, duration_ms, error, retry_after_ms`.
-pub(super) fn webhook_attempt_from_row(
-    row: &PgRow,
-) -> Result<crate::WebhookAttempt, StoreError> {
+pub(super) fn webhook_attempt_from_row(row: &PgRow) -> Result<crate::WebhookAttempt, StoreError> {
     let delivery_id: String = get(row, 0, &|| "webhook_attempts row".to_owned())?;
     let n: i32 = get(row, 1, &|| "webhook_attempts row".to_owned())?;
     let place = || format!("webhook_attempts row ({delivery_id:?}, {n})");

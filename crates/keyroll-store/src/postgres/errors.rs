@@ -129,7 +129,10 @@ pub(super) fn open_error(location: &str, err: sqlx::Error) -> StoreError {
 pub(super) fn migrate_error(location: &str, err: MigrateError) -> StoreError {
     match err {
         MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => {
-            let message = format!("cannot migrate PostgreSQL database {location}: {}", cause(&e));
+            let message = format!(
+                "cannot migrate PostgreSQL database {location}: {}",
+                cause(&e)
+            );
             match sqlstate(&e).as_deref().map(class_of) {
                 Some(Class::Corrupt | Class::Refused) => StoreError::Corrupt(message),
                 _ => StoreError::Unavailable(message),
@@ -189,7 +192,10 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("postgres://u:***@db/k"), "{message}");
-        assert!(message.contains("no database connection within 2 s"), "{message}");
+        assert!(
+            message.contains("no database connection within 2 s"),
+            "{message}"
+        );
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(matches!(
             classify("x", "ping", sqlx::Error::Io(io)),

@@ -16,9 +16,9 @@
 
 use keyroll_core::Timestamp;
 
-use super::{PostgresStore, TOKENS_LOCK, lock};
 use super::decode::{admin_token_entry_from_row, admin_token_from_row};
 use super::errors::{Violation, violation};
+use super::{PostgresStore, TOKENS_LOCK, lock};
 use crate::rows;
 use crate::{
     AdminGuard, AdminTokenEntry, AdminTokenRecord, AuditRecord, StoreError, TokenRevocation,

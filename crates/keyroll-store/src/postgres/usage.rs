@@ -117,7 +117,13 @@ impl PostgresStore {
         lock(&mut tx, USAGE_LOCK).await.map_err(fail)?;
         sqlx::query(UPSERT_LAST_USED)
             .bind(&kids)
-            .bind(merged.last_used.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+            .bind(
+                merged
+                    .last_used
+                    .iter()
+                    .map(|(_, at)| *at)
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await
             .map_err(fail)?;

@@ -38,9 +38,19 @@ pub struct Cell {
 }
 
 /// Generates one `#[tokio::test]` per conformance function for a backend.
+///
+/// `conformance_suite!(fresh)`: `fresh().await` returns the backend. `conformance_suite!(optional
+/// fresh)`: it returns an `Option`, and `None` skips the test (a database server that is not
+/// there outside CI; the function says so loudly).
 macro_rules! conformance_suite {
     ($fresh:path) => {
-        $crate::conformance::conformance_suite!(@store $fresh;
+        $crate::conformance::conformance_suite!(@lists $fresh, required);
+    };
+    (optional $fresh:path) => {
+        $crate::conformance::conformance_suite!(@lists $fresh, optional);
+    };
+    (@lists $fresh:path, $mode:ident) => {
+        $crate::conformance::conformance_suite!(@store $fresh, $mode;
             ping_and_backend,
             environments_create_list_get_duplicate,
             consumers_create_get_list,
@@ -70,28 +80,43 @@ macro_rules! conformance_suite {
             webhook_endpoints_round_trip_update_and_delete,
             webhook_deliveries_enqueue_once_and_record_attempts,
             agents_deliveries_and_handovers,
-        );
-        $crate::conformance::conformance_suite!(@backend $fresh;
+            concurrent_writes_of_different_consumers_all_commit,
+            concurrent_audit_appends_keep_one_chain,
+            concurrent_usage_flushes_of_one_kid_add_up,
+                );
+        $crate::conformance::conformance_suite!(@backend $fresh, $mode;
             no_secret_in_any_column,
             idempotency_columns_hold_neither_header_nor_key,
             no_secret_in_admin_token_lifecycle_columns,
             no_secret_in_webhook_columns,
-        );
+                );
     };
-    (@store $fresh:path; $($name:ident),* $(,)?) => {
+    (@get required $fresh:path) => {
+        Some($fresh().await)
+    };
+    (@get optional $fresh:path) => {
+        $fresh().await
+    };
+    (@store $fresh:path, $mode:ident; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let backend = $fresh().await;
+                let Some(backend) = $crate::conformance::conformance_suite!(@get $mode $fresh)
+                else {
+                    return;
+                };
                 $crate::conformance::$name($crate::conformance::Backend::store(&backend)).await;
             }
         )*
     };
-    (@backend $fresh:path; $($name:ident),* $(,)?) => {
+    (@backend $fresh:path, $mode:ident; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let backend = $fresh().await;
+                let Some(backend) = $crate::conformance::conformance_suite!(@get $mode $fresh)
+                else {
+                    return;
+                };
                 $crate::conformance::$name(&backend).await;
             }
         )*
@@ -3144,4 +3169,147 @@ pub async fn agents_deliveries_and_handovers(store: &dyn Store) {
     .await
     .unwrap();
     assert_eq!(store.find_handover(c.id, 1).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency through one handle: a store is shared by every request of a server (and, on
+// PostgreSQL, by several servers; see the backend's own multi-node tests).
+
+/// How many writers race in the tests below.
+const RACERS: usize = 8;
+
+/// Several consumers created and then rotated at once, each by its own task: every write
+/// commits, and each consumer reads back as its writer left it.
+pub async fn concurrent_writes_of_different_consumers_all_commit(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let names: Vec<String> = (0..RACERS).map(|i| format!("app-{i}")).collect();
+    let created = futures_util::future::join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| create(store, "prod", name, 100 + i as u64)),
+    )
+    .await;
+    let rotated = futures_util::future::join_all(created.iter().enumerate().map(|(i, c)| {
+        apply(
+            store,
+            c,
+            rotate(&env("prod"), 200 + i as u64, Duration::from_secs(60), false),
+            10_000,
+        )
+    }))
+    .await;
+    for (name, result) in names.iter().zip(rotated) {
+        let written = result.unwrap();
+        let read = store
+            .get_consumer(&consumer_ref("prod", name))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, written, "{name}");
+        assert_eq!(read.consumer.versions.len(), 2, "{name}");
+    }
+    let all = store.load_all().await.unwrap();
+    assert_eq!(all.len(), RACERS);
+}
+
+/// Appends from many concurrent changes of every kind form one chain: each entry links to the
+/// one committed before it, and none is lost.
+pub async fn concurrent_audit_appends_keep_one_chain(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let before = audit_len(store).await;
+    let environments = futures_util::future::join_all((0..RACERS).map(|i| async move {
+        let record = EnvironmentRecord {
+            name: env(&format!("env{i}")),
+            protected: false,
+            rotate_after: None,
+            created_at: at(1_000),
+        };
+        store
+            .create_environment(
+                &record,
+                &audit(1_000 + i as i64, "environment.created", "environment"),
+            )
+            .await
+    }));
+    let consumers = futures_util::future::join_all((0..RACERS).map(|i| async move {
+        let (consumer, _) = draft("prod", &format!("app-{i}"), 300 + i as u64, 2_000);
+        let target = consumer.reference();
+        store
+            .create_consumer(
+                &consumer,
+                &[
+                    audit(2_000, "consumer.created", &target),
+                    audit(2_000, "version.issued", &target),
+                ],
+                &[],
+                None,
+            )
+            .await
+    }));
+    let (environments, consumers) = tokio::join!(environments, consumers);
+    for result in environments {
+        result.unwrap();
+    }
+    for result in consumers {
+        result.unwrap();
+    }
+    let (all, head) = verified_chain(store).await;
+    assert_eq!(all.len(), before + 3 * RACERS);
+    assert_eq!(head.entries as usize, all.len());
+    for pair in all.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash, "one chain");
+        assert!(pair[1].entry.seq > pair[0].entry.seq);
+    }
+}
+
+/// Usage flushes of the same kid at once (several nodes, or a retried flush beside the next):
+/// every count is added exactly once.
+pub async fn concurrent_usage_flushes_of_one_kid_add_up(store: &dyn Store) {
+    let (k1, k2, _) = two_versions(store).await;
+    let base = 200 * HOUR;
+    let flushes = futures_util::future::join_all((0..RACERS).map(|i| {
+        let i = i as i64;
+        let batch = vec![
+            delta(
+                k2,
+                base + 1_000 + i,
+                &[(base, 2), (base + HOUR, 1)],
+                vec![source(
+                    "10.0.0.9",
+                    "app/1",
+                    None,
+                    base + i,
+                    base + 1_000 + i,
+                    2,
+                )],
+            ),
+            delta(
+                k1,
+                base + 500 + i,
+                &[(base, 1)],
+                vec![source("10.0.0.8", "app/1", Some("w"), base, base + 500, 1)],
+            ),
+        ];
+        async move { store.record_usage(&batch, 5).await }
+    }))
+    .await;
+    for result in flushes {
+        result.unwrap();
+    }
+    let usage = store.usage(&[k1, k2], at(0)).await.unwrap();
+    let racers = RACERS as u64;
+    assert_eq!(usage[0].hourly, [(at(base), racers)]);
+    assert_eq!(
+        usage[1].hourly,
+        [(at(base), 2 * racers), (at(base + HOUR), racers)]
+    );
+    assert_eq!(usage[0].sources.len(), 1);
+    assert_eq!(usage[0].sources[0].count, racers);
+    assert_eq!(usage[1].sources[0].count, 2 * racers);
+    assert_eq!(usage[1].sources[0].first_seen, at(base));
+    assert_eq!(
+        usage[1].last_used_at,
+        Some(at(base + 1_000 + RACERS as i64 - 1))
+    );
 }
