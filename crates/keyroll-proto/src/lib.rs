@@ -438,8 +438,12 @@ pub struct Confirm {
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or what is wrong.
+    /// `ok`; `degraded` when the index is loaded but the store is unavailable (verification goes
+    /// on from memory, admin writes answer 503); `loading keys` before the index is loaded.
     pub status: String,
+    /// Why it is not `ok`, in words (the store's error, naming the database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The storage backend.
     pub store: Option<String>,
     /// Key versions loaded in memory.

@@ -10,6 +10,10 @@
 //! - The audit log is a hash chain (`keyroll_core::audit_chain`): the store links each entry to
 //!   the previous one inside the transaction that appends it, so concurrent writers keep one
 //!   chain and an entry exists, linked, exactly when its change committed.
+//! - Every consumer change (`create_consumer`, `write_consumer`) takes the next seq of one
+//!   counter in its own transaction and appends it to the change log, so seqs commit in order
+//!   and without gaps: other nodes apply the log from what they applied last
+//!   ([`Store::changes_since`]), and a gap or a pruned log tells them to catch up or reload.
 //! - Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`); one
 //!   conformance suite (`tests/it/conformance.rs`) runs against every backend.
 
@@ -17,6 +21,8 @@ mod postgres;
 mod rows;
 mod sqlite;
 mod usage;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use keyroll_core::{Consumer, ConsumerRef, Environment, Kid, SecretHash, Timestamp};
@@ -70,6 +76,8 @@ pub struct StoredConsumer {
     pub id: i64,
     /// Incremented by every write; the optimistic-concurrency token.
     pub revision: i64,
+    /// The seq of the consumer's last committed change (0 for rows from before the change log).
+    pub change_seq: i64,
     /// The consumer and its versions, oldest first.
     pub consumer: Consumer,
 }
@@ -146,7 +154,7 @@ pub struct IdempotencyRecord {
 
 /// How long a sealed key is kept for idempotent replays; older ones are cleared on write and
 /// must be ignored by readers.
-pub const IDEMPOTENT_KEY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const IDEMPOTENT_KEY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// An admin API token as stored: the id is public, only the secret's SHA-256 is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +418,64 @@ pub struct DeliveryQuery {
     pub state: Option<DeliveryState>,
     /// At most this many.
     pub limit: u32,
+}
+
+/// One committed consumer change, in commit order (seqs are gapless: 1, 2, 3, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    /// Its position in the log.
+    pub seq: i64,
+    /// The consumer it changed (its row id).
+    pub consumer_id: i64,
+    /// When (the time of the change's latest audit entry or event, else the consumer's last
+    /// update); what [`Store::prune_changes`] compares.
+    pub at: Timestamp,
+}
+
+/// A node of the cluster as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// `node_…`, chosen at process start (or fixed by configuration).
+    pub node_id: String,
+    /// Where it listens (or what it advertises).
+    pub address: Option<String>,
+    /// The keyroll version it runs.
+    pub version: String,
+    /// When the process started.
+    pub started_at: Timestamp,
+    /// Its last heartbeat.
+    pub heartbeat_at: Timestamp,
+    /// The last change seq its index has applied.
+    pub applied_seq: i64,
+    /// When it last flushed usage to the store.
+    pub usage_flushed_at: Option<Timestamp>,
+    /// Whether it held the leader lease at its last heartbeat.
+    pub leader: bool,
+}
+
+/// Who holds a named lease (the leader lock) until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease's name (`leader`).
+    pub name: String,
+    /// The node holding it.
+    pub holder: String,
+    /// Grows by one with every new tenure: when another holder takes it, or the same holder
+    /// takes it again after it lapsed or was released (a fencing number for logs). A renewal of
+    /// an unexpired lease keeps it.
+    pub term: i64,
+    /// When this tenure began.
+    pub acquired_at: Timestamp,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// Notifications of committed changes (PostgreSQL `LISTEN`).
+#[async_trait]
+pub trait ChangeListener: Send + std::fmt::Debug {
+    /// The seq of the next committed change notified. An `Err` means the connection was lost:
+    /// the caller catches up with [`Store::changes_since`] and listens again.
+    async fn next(&mut self) -> Result<i64, StoreError>;
 }
 
 /// A version sealed (AEAD) under a key derived from the secret of an older version of the same
@@ -718,4 +784,51 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         environment: Option<&Environment>,
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
+
+    /// The seq of the last committed consumer change (0 before the first).
+    async fn change_head(&self) -> Result<i64, StoreError>;
+
+    /// Committed changes with a seq above `after`, in seq order, at most `limit`.
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangeRecord>, StoreError>;
+
+    /// These consumers with their versions, in any order; ids that do not exist are omitted.
+    async fn consumers_by_id(&self, ids: &[i64]) -> Result<Vec<StoredConsumer>, StoreError>;
+
+    /// Notifications of committed changes, where the backend has them (PostgreSQL); `None`
+    /// (SQLite) means the caller polls [`Store::changes_since`].
+    async fn listen_changes(&self) -> Result<Option<Box<dyn ChangeListener>>, StoreError>;
+
+    /// Deletes the changes logged before `before`; returns how many. The head stays.
+    async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Records a node's heartbeat (inserted, or replacing its earlier one).
+    async fn heartbeat_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+
+    /// Every node that heartbeated and was not removed, by node id.
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Forgets a node (its clean shutdown). Removing an unknown node is not an error.
+    async fn remove_node(&self, node_id: &str) -> Result<(), StoreError>;
+
+    /// Takes the lease `name` for `holder` when it is free, expired at `now`, or already held by
+    /// `holder` (then renews it): `Some(lease)` with `expires_at = now + ttl`; `None` when
+    /// another holder's lease is unexpired at `now`. Atomic (one conditional upsert), so two
+    /// holders never both get it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// The lease `name` as stored (possibly expired), if it was ever taken.
+    async fn get_lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
+
+    /// Lets the lease `name` lapse now, only if `holder` holds it (another holder's lease is
+    /// left alone). Its term is kept, so the next tenure gets a higher one.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Versions whose stored last use is at or after `since` (the cluster-wide adoption merge).
+    async fn last_used_since(&self, since: Timestamp) -> Result<Vec<(Kid, Timestamp)>, StoreError>;
 }

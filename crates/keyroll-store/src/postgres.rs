@@ -11,6 +11,8 @@
 //! - [`webhooks`]: webhook endpoints, deliveries, attempts and the sender's cursor;
 //! - [`delivery`]: handovers, agents' reports and deliveries;
 //! - [`health`]: `ping`, the outage state and the write probe;
+//! - [`cluster`]: the change log and its notifications, node heartbeats, the leader lease,
+//!   recent last uses;
 //! - [`decode`]: every sqlx row to a record; [`errors`]: every PostgreSQL failure to a
 //!   [`StoreError`].
 //!
@@ -33,6 +35,7 @@
 //!   transaction: both queries see one snapshot.
 
 mod audit;
+mod cluster;
 mod consumers;
 mod decode;
 mod delivery;
@@ -62,6 +65,7 @@ use crate::{
     HandoverRecord, IdempotencyRecord, Installation, StoreError, StoredConsumer, TokenRevocation,
     UsageDelta, VersionUsage, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
 };
+use crate::{ChangeListener, ChangeRecord, Lease, NodeRecord};
 use errors::{migrate_error, open_error};
 
 /// The schema, embedded at build time (`build.rs` makes cargo rebuild when a file is added).
@@ -481,5 +485,59 @@ impl crate::Store for PostgresStore {
         environment: Option<&Environment>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.delivery_list(environment).await
+    }
+
+    async fn change_head(&self) -> Result<i64, StoreError> {
+        self.change_head_get().await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.change_list(after, limit).await
+    }
+
+    async fn consumers_by_id(&self, ids: &[i64]) -> Result<Vec<StoredConsumer>, StoreError> {
+        self.consumer_by_ids(ids).await
+    }
+
+    async fn listen_changes(&self) -> Result<Option<Box<dyn ChangeListener>>, StoreError> {
+        self.change_listener().await.map(Some)
+    }
+
+    async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.change_prune(before).await
+    }
+
+    async fn heartbeat_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.node_heartbeat(node).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.node_list().await
+    }
+
+    async fn remove_node(&self, node_id: &str) -> Result<(), StoreError> {
+        self.node_remove(node_id).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.lease_acquire(name, holder, now, ttl).await
+    }
+
+    async fn get_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.lease_get(name).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.lease_release(name, holder).await
+    }
+
+    async fn last_used_since(&self, since: Timestamp) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
+        self.usage_last_used_since(since).await
     }
 }

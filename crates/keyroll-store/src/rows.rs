@@ -17,13 +17,13 @@ use keyroll_core::{
 };
 use serde_json::{Value, json};
 
-use crate::{StoreError, StoredConsumer};
+use crate::{AuditRecord, EventRecord, StoreError, StoredConsumer};
 
 /// The columns of a consumer, in the order [`ConsumerColumns`] is read from.
 macro_rules! consumer_columns {
     () => {
         "id, environment, name, scopes, owner, disabled, revision, created_at, retire_policy, \
-         idle_ms, on_stall, rotate_every_ms, rotation_grace_ms, delivery, managed_spec"
+         idle_ms, on_stall, rotate_every_ms, rotation_grace_ms, delivery, managed_spec, change_seq"
     };
 }
 pub(crate) use consumer_columns;
@@ -55,6 +55,7 @@ pub(crate) struct ConsumerColumns<'r> {
     pub rotation_grace_ms: Option<i64>,
     pub delivery: &'r str,
     pub managed_spec: Option<&'r str>,
+    pub change_seq: i64,
 }
 
 /// Names a consumers row in `Corrupt` messages.
@@ -68,6 +69,7 @@ impl ConsumerColumns<'_> {
         Ok(StoredConsumer {
             id: self.id,
             revision: self.revision,
+            change_seq: self.change_seq,
             consumer: Consumer {
                 environment: environment(self.environment, "environment", place)?,
                 name: consumer_name(self.name, place)?,
@@ -99,6 +101,13 @@ impl ConsumerColumns<'_> {
             },
         })
     }
+}
+
+/// The time a consumer change is logged at: its latest audit entry or event (the store reads no
+/// clock); `None` means the consumer's `updated_at`.
+pub(crate) fn change_time(audit: &[AuditRecord], events: &[EventRecord]) -> Option<Timestamp> {
+    let audited = audit.iter().map(|a| a.at);
+    audited.chain(events.iter().map(|e| e.at)).max()
 }
 
 /// A `key_versions` row as a driver hands it over, before validation.

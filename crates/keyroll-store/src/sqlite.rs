@@ -7,6 +7,7 @@
 //! - [`audit`]: the audit log and the event outbox; [`idempotency`]: `Idempotency-Key` records;
 //! - [`environments`], [`tokens`] (admin tokens), [`installation`], [`usage`];
 //! - [`load`]: the bulk reads at start (`load_all`, `last_used_all`) through rusqlite;
+//! - [`cluster`]: the change log, node heartbeats, the leader lease, recent last uses;
 //! - [`webhooks`]: webhook endpoints, deliveries, attempts and the sender's cursor;
 //! - [`health`]: the outage state, the write probe and the database file's identity;
 //! - [`decode`]: every sqlx row to a record; [`errors`]: every SQLite failure to a
@@ -37,6 +38,7 @@
 //!   transactions check that the file is still the one opened, see [`health`]).
 
 mod audit;
+mod cluster;
 mod consumers;
 mod decode;
 mod delivery;
@@ -69,6 +71,7 @@ use crate::{
     IdempotencyRecord, Installation, StoreError, StoredConsumer, TokenRevocation, UsageDelta,
     VersionUsage,
 };
+use crate::{ChangeListener, ChangeRecord, Lease, NodeRecord};
 use crate::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use errors::{migrate_error, open_error};
 use health::{FileId, file_id};
@@ -538,5 +541,60 @@ impl crate::Store for SqliteStore {
         environment: Option<&Environment>,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.delivery_list(environment).await
+    }
+
+    async fn change_head(&self) -> Result<i64, StoreError> {
+        self.change_head_get().await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.change_list(after, limit).await
+    }
+
+    async fn consumers_by_id(&self, ids: &[i64]) -> Result<Vec<StoredConsumer>, StoreError> {
+        self.consumer_by_ids(ids).await
+    }
+
+    async fn listen_changes(&self) -> Result<Option<Box<dyn ChangeListener>>, StoreError> {
+        // One node per SQLite file: nothing else commits changes to notify of; callers poll.
+        Ok(None)
+    }
+
+    async fn prune_changes(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.change_prune(before).await
+    }
+
+    async fn heartbeat_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.node_heartbeat(node).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.node_list().await
+    }
+
+    async fn remove_node(&self, node_id: &str) -> Result<(), StoreError> {
+        self.node_remove(node_id).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.lease_acquire(name, holder, now, ttl).await
+    }
+
+    async fn get_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.lease_get(name).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.lease_release(name, holder).await
+    }
+
+    async fn last_used_since(&self, since: Timestamp) -> Result<Vec<(Kid, Timestamp)>, StoreError> {
+        self.usage_last_used_since(since).await
     }
 }

@@ -19,6 +19,9 @@
 //! - Two nodes writing one consumer: the revision-guarded `UPDATE` of the second waits for the
 //!   first to commit, then re-checks the revision on the row as committed, matches nothing and
 //!   fails as `Conflict`; so exactly one of them makes its change.
+//! - Every create and write takes the next change seq, logs it and notifies it in its own
+//!   transaction ([`cluster`](super::cluster)), last, so the change log holds exactly the
+//!   committed changes, in commit order.
 //! - No column holds a secret: a version stores the SHA-256 of its secret and its fingerprint.
 
 use futures_util::TryStreamExt;
@@ -61,6 +64,8 @@ pub(super) enum Filter<'a> {
     One(&'a ConsumerRef),
     /// What the schedule's runner looks at (the `schedule_candidates` view).
     ScheduleCandidates,
+    /// These ids.
+    Ids(&'a [i64]),
 }
 
 impl<'a> Filter<'a> {
@@ -102,6 +107,10 @@ impl<'a> Filter<'a> {
                 "WHERE id IN (SELECT id FROM schedule_candidates)",
                 "WHERE consumer_id IN (SELECT id FROM schedule_candidates)"
             ),
+            Filter::Ids(_) => pair!(
+                "WHERE id = ANY($1::bigint[])",
+                "WHERE consumer_id = ANY($1::bigint[])"
+            ),
         }
     }
 
@@ -115,6 +124,7 @@ impl<'a> Filter<'a> {
         match *self {
             Filter::All | Filter::ScheduleCandidates => query,
             Filter::Environment(env) => query.bind(env.as_str()),
+            Filter::Ids(ids) => query.bind(ids),
             Filter::One(r) => query.bind(r.environment.as_str()).bind(r.name.as_str()),
         }
     }
@@ -173,10 +183,14 @@ impl PostgresStore {
         self.append_events(&mut tx, events, &doing).await?;
         self.remember_idempotency(&mut tx, idempotency, &doing)
             .await?;
+        let change_seq = self
+            .log_change(&mut tx, id, rows::change_time(audit, events), &doing)
+            .await?;
         self.commit_write(tx, &doing).await?;
         Ok(StoredConsumer {
             id,
             revision: 1,
+            change_seq,
             consumer: consumer.clone(),
         })
     }
@@ -279,10 +293,19 @@ impl PostgresStore {
         self.append_events(&mut tx, write.events, &doing).await?;
         self.remember_idempotency(&mut tx, write.idempotency, &doing)
             .await?;
+        let change_seq = self
+            .log_change(
+                &mut tx,
+                write.id,
+                rows::change_time(write.audit, write.events),
+                &doing,
+            )
+            .await?;
         self.commit_write(tx, &doing).await?;
         Ok(StoredConsumer {
             id: write.id,
             revision: write.expected_revision + 1,
+            change_seq,
             consumer: consumer.clone(),
         })
     }

@@ -14,6 +14,9 @@
 //!   `Corrupt`, since it was computed from a partial read or would silently swap a key.
 //! - At most one active version per consumer (a unique index): demoted versions are written
 //!   first, so the index holds after every statement.
+//! - Every create and write takes the next change seq and logs it in its own transaction
+//!   ([`cluster`](super::cluster)), so the change log holds exactly the committed changes, in
+//!   commit order.
 //! - A read of consumers and their versions runs in one (deferred) transaction, so both queries
 //!   see the same snapshot.
 //! - No column holds a secret: a version stores the SHA-256 of its secret and its fingerprint.
@@ -58,6 +61,8 @@ pub(super) enum Filter<'a> {
     One(&'a ConsumerRef),
     /// What the schedule's runner looks at (the `schedule_candidates` view).
     ScheduleCandidates,
+    /// These ids, as a JSON array of integers.
+    Ids(&'a str),
 }
 
 impl<'a> Filter<'a> {
@@ -98,6 +103,10 @@ impl<'a> Filter<'a> {
                 "WHERE id IN (SELECT id FROM schedule_candidates)",
                 "WHERE consumer_id IN (SELECT id FROM schedule_candidates)"
             ),
+            Filter::Ids(_) => pair!(
+                "WHERE id IN (SELECT value FROM json_each(?1))",
+                "WHERE consumer_id IN (SELECT value FROM json_each(?1))"
+            ),
         }
     }
 
@@ -111,6 +120,7 @@ impl<'a> Filter<'a> {
         match *self {
             Filter::All | Filter::ScheduleCandidates => query,
             Filter::Environment(env) => query.bind(env.as_str()),
+            Filter::Ids(ids) => query.bind(ids),
             Filter::One(r) => query.bind(r.environment.as_str()).bind(r.name.as_str()),
         }
     }
@@ -169,10 +179,14 @@ impl SqliteStore {
         self.append_events(&mut tx, events, &doing).await?;
         self.remember_idempotency(&mut tx, idempotency, &doing)
             .await?;
+        let change_seq = self
+            .log_change(&mut tx, id, rows::change_time(audit, events), &doing)
+            .await?;
         self.commit_write(tx, &doing).await?;
         Ok(StoredConsumer {
             id,
             revision: 1,
+            change_seq,
             consumer: consumer.clone(),
         })
     }
@@ -275,10 +289,19 @@ impl SqliteStore {
         self.append_events(&mut tx, write.events, &doing).await?;
         self.remember_idempotency(&mut tx, write.idempotency, &doing)
             .await?;
+        let change_seq = self
+            .log_change(
+                &mut tx,
+                write.id,
+                rows::change_time(write.audit, write.events),
+                &doing,
+            )
+            .await?;
         self.commit_write(tx, &doing).await?;
         Ok(StoredConsumer {
             id: write.id,
             revision: write.expected_revision + 1,
+            change_seq,
             consumer: consumer.clone(),
         })
     }

@@ -13,8 +13,9 @@ use sqlx::{Row, Sqlite};
 
 use crate::rows::{self, Place};
 use crate::{
-    AdminTokenEntry, AdminTokenRecord, AuditRecord, ChainedAudit, EnvironmentRecord, EventRecord,
-    IdempotencyRecord, Installation, SourceSeen, StoreError, StoredConsumer,
+    AdminTokenEntry, AdminTokenRecord, AuditRecord, ChainedAudit, ChangeRecord, EnvironmentRecord,
+    EventRecord, IdempotencyRecord, Installation, Lease, NodeRecord, SourceSeen, StoreError,
+    StoredConsumer,
 };
 
 /// Reads column `index`, turning a type mismatch into `Corrupt` naming the column.
@@ -54,6 +55,7 @@ pub(super) fn consumer_from_row(row: &SqliteRow) -> Result<StoredConsumer, Store
         rotation_grace_ms: get(row, 12, place)?,
         delivery: get(row, 13, place)?,
         managed_spec: get(row, 14, place)?,
+        change_seq: get(row, 15, place)?,
     };
     columns.validate(place)
 }
@@ -346,5 +348,53 @@ pub(super) fn webhook_attempt_from_row(
             .map(|r| rows::counter(r, "retry_after_ms", place))
             .transpose()?,
         delivery_id,
+    })
+}
+
+/// A `changes` row: `seq, consumer_id, at`.
+pub(super) fn change_from_row(row: &SqliteRow) -> Result<ChangeRecord, StoreError> {
+    let table = || "changes row".to_owned();
+    let seq: i64 = get(row, 0, &table)?;
+    let place = || format!("changes row (seq {seq})");
+    Ok(ChangeRecord {
+        seq,
+        consumer_id: get(row, 1, &place)?,
+        at: Timestamp::from_unix_millis(get(row, 2, &place)?),
+    })
+}
+
+/// A `nodes` row: `node_id, address, version, started_at, heartbeat_at, applied_seq,
+/// usage_flushed_at, leader`.
+pub(super) fn node_from_row(row: &SqliteRow) -> Result<NodeRecord, StoreError> {
+    let table = || "nodes row".to_owned();
+    let node_id: String = get(row, 0, &table)?;
+    let place = || format!("nodes row ({node_id})");
+    let time = |index| -> Result<Timestamp, StoreError> {
+        Ok(Timestamp::from_unix_millis(get(row, index, &place)?))
+    };
+    let usage_flushed_at: Option<i64> = get(row, 6, &place)?;
+    Ok(NodeRecord {
+        address: get(row, 1, &place)?,
+        version: get(row, 2, &place)?,
+        started_at: time(3)?,
+        heartbeat_at: time(4)?,
+        applied_seq: get(row, 5, &place)?,
+        usage_flushed_at: usage_flushed_at.map(Timestamp::from_unix_millis),
+        leader: get(row, 7, &place)?,
+        node_id: node_id.clone(),
+    })
+}
+
+/// A `leases` row: `name, holder, term, acquired_at, expires_at`.
+pub(super) fn lease_from_row(row: &SqliteRow) -> Result<Lease, StoreError> {
+    let table = || "leases row".to_owned();
+    let name: String = get(row, 0, &table)?;
+    let place = || format!("leases row ({name})");
+    Ok(Lease {
+        holder: get(row, 1, &place)?,
+        term: get(row, 2, &place)?,
+        acquired_at: Timestamp::from_unix_millis(get(row, 3, &place)?),
+        expires_at: Timestamp::from_unix_millis(get(row, 4, &place)?),
+        name: name.clone(),
     })
 }

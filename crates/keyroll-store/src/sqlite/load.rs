@@ -157,6 +157,7 @@ fn consumer(row: &Row<'_>) -> Result<StoredConsumer, StoreError> {
         rotation_grace_ms: optional(row, 12, place, int)?,
         delivery: text(row, 13, place)?,
         managed_spec: optional(row, 14, place, text)?,
+        change_seq: int(row, 15, place)?,
     };
     columns.validate(place)
 }

@@ -15,8 +15,9 @@ use keyroll_core::{
     Schedule, Scope, SecretHash, StoredState, Timestamp, Usage, VersionNumber, issue_key,
 };
 use keyroll_store::{
-    AdminTokenRecord, AuditQuery, AuditRecord, ConsumerWrite, EnvironmentRecord, EventRecord,
-    IdempotencyRecord, SourceSeen, Store, StoreError, StoredConsumer, UsageDelta, VersionUsage,
+    AdminTokenRecord, AuditQuery, AuditRecord, ChangeRecord, ConsumerWrite, EnvironmentRecord,
+    EventRecord, IdempotencyRecord, Lease, NodeRecord, SourceSeen, Store, StoreError,
+    StoredConsumer, UsageDelta, VersionUsage,
 };
 
 /// One test's database, however the backend provides it.
@@ -80,9 +81,17 @@ macro_rules! conformance_suite {
             webhook_endpoints_round_trip_update_and_delete,
             webhook_deliveries_enqueue_once_and_record_attempts,
             agents_deliveries_and_handovers,
-            concurrent_writes_of_different_consumers_all_commit,
+            changes_are_gapless_and_in_commit_order,
+            consumers_by_id_reads_the_ones_asked,
+            prune_changes_removes_old_rows_and_keeps_the_head,
+            nodes_upsert_list_remove,
+            lease_acquire_renew_contend_expire_release,
+            concurrent_lease_acquires_one_wins,
+            last_used_since_lists_recent_uses,
+            listen_changes_notifies_committed_changes,
+            concurrent_writes_take_gapless_seqs,
+            concurrent_usage_on_one_kid_sums,
             concurrent_audit_appends_keep_one_chain,
-            concurrent_usage_flushes_of_one_kid_add_up,
                 );
         $crate::conformance::conformance_suite!(@backend $fresh, $mode;
             no_secret_in_any_column,
@@ -3172,144 +3181,569 @@ pub async fn agents_deliveries_and_handovers(store: &dyn Store) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Concurrency through one handle: a store is shared by every request of a server (and, on
-// PostgreSQL, by several servers; see the backend's own multi-node tests).
+// Several nodes on one database: the change log, nodes, the leader lease, recent last uses
 
-/// How many writers race in the tests below.
-const RACERS: usize = 8;
-
-/// Several consumers created and then rotated at once, each by its own task: every write
-/// commits, and each consumer reads back as its writer left it.
-pub async fn concurrent_writes_of_different_consumers_all_commit(store: &dyn Store) {
-    make_env(store, "prod", false).await;
-    let names: Vec<String> = (0..RACERS).map(|i| format!("app-{i}")).collect();
-    let created = futures_util::future::join_all(
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| create(store, "prod", name, 100 + i as u64)),
-    )
-    .await;
-    let rotated = futures_util::future::join_all(created.iter().enumerate().map(|(i, c)| {
-        apply(
-            store,
-            c,
-            rotate(&env("prod"), 200 + i as u64, Duration::from_secs(60), false),
-            10_000,
-        )
-    }))
-    .await;
-    for (name, result) in names.iter().zip(rotated) {
-        let written = result.unwrap();
-        let read = store
-            .get_consumer(&consumer_ref("prod", name))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(read, written, "{name}");
-        assert_eq!(read.consumer.versions.len(), 2, "{name}");
-    }
-    let all = store.load_all().await.unwrap();
-    assert_eq!(all.len(), RACERS);
+/// Every change in the log, oldest first.
+async fn all_changes(store: &dyn Store) -> Vec<ChangeRecord> {
+    store.changes_since(0, u32::MAX).await.unwrap()
 }
 
-/// Appends from many concurrent changes of every kind form one chain: each entry links to the
-/// one committed before it, and none is lost.
-pub async fn concurrent_audit_appends_keep_one_chain(store: &dyn Store) {
+fn seqs(changes: &[ChangeRecord]) -> Vec<i64> {
+    changes.iter().map(|c| c.seq).collect()
+}
+
+pub async fn changes_are_gapless_and_in_commit_order(store: &dyn Store) {
+    assert_eq!(store.change_head().await.unwrap(), 0);
+    assert!(all_changes(store).await.is_empty());
     make_env(store, "prod", false).await;
-    let before = audit_len(store).await;
-    let environments = futures_util::future::join_all((0..RACERS).map(|i| async move {
-        let record = EnvironmentRecord {
-            name: env(&format!("env{i}")),
-            protected: false,
-            rotate_after: None,
-            created_at: at(1_000),
-        };
+    assert_eq!(
+        store.change_head().await.unwrap(),
+        0,
+        "only consumer changes are logged"
+    );
+
+    let app = create(store, "prod", "app", 1).await;
+    assert_eq!(app.change_seq, 1);
+    let other = create(store, "prod", "other", 2).await;
+    assert_eq!(other.change_seq, 2);
+    let rotated = apply(
+        store,
+        &app,
+        rotate(&env("prod"), 3, Duration::from_secs(60), false),
+        7_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.change_seq, 3);
+    assert_eq!(store.change_head().await.unwrap(), 3);
+
+    // Refused writes append nothing: a stale revision, a duplicate create.
+    let err = apply(store, &app, Command::Disable, 8_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let (again, _) = draft("prod", "other", 9, 9_000);
+    let err = store
+        .create_consumer(
+            &again,
+            &[audit(9_000, "consumer.created", "prod/other")],
+            &[],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    assert_eq!(store.change_head().await.unwrap(), 3);
+
+    let disabled = apply(store, &other, Command::Disable, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(disabled.change_seq, 4);
+    let log = all_changes(store).await;
+    assert_eq!(
+        log,
+        [
+            ChangeRecord {
+                seq: 1,
+                consumer_id: app.id,
+                at: at(2_000)
+            },
+            ChangeRecord {
+                seq: 2,
+                consumer_id: other.id,
+                at: at(2_000)
+            },
+            ChangeRecord {
+                seq: 3,
+                consumer_id: app.id,
+                at: at(7_000)
+            },
+            ChangeRecord {
+                seq: 4,
+                consumer_id: other.id,
+                at: at(10_000)
+            },
+        ],
+        "one row per committed change, at the time of its audit entries"
+    );
+    assert_eq!(
+        seqs(&store.changes_since(1, 2).await.unwrap()),
+        [2, 3],
+        "paged"
+    );
+    assert!(store.changes_since(4, 10).await.unwrap().is_empty());
+
+    // Every read carries the consumer's last change.
+    let read = store
+        .get_consumer(&consumer_ref("prod", "app"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.change_seq, 3);
+    assert_eq!(read, rotated);
+    let listed = store.list_consumers(None).await.unwrap();
+    let by_name: Vec<(&str, i64)> = listed
+        .iter()
+        .map(|c| (c.consumer.name.as_str(), c.change_seq))
+        .collect();
+    assert_eq!(by_name, [("app", 3), ("other", 4)]);
+    let loaded = store.load_all().await.unwrap();
+    assert_eq!(loaded, listed, "load_all reads change_seq too");
+}
+
+pub async fn consumers_by_id_reads_the_ones_asked(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    make_env(store, "staging", false).await;
+    let a = create(store, "prod", "a", 1).await;
+    let b = create(store, "staging", "b", 2).await;
+    let c = create(store, "prod", "c", 3).await;
+    let a = apply(
+        store,
+        &a,
+        rotate(&env("prod"), 4, Duration::from_secs(60), false),
+        5_000,
+    )
+    .await
+    .unwrap();
+    assert!(store.consumers_by_id(&[]).await.unwrap().is_empty());
+    let unknown = a.id + b.id + c.id + 1_000;
+    let mut got = store
+        .consumers_by_id(&[c.id, unknown, a.id, a.id])
+        .await
+        .unwrap();
+    got.sort_by_key(|s| s.id);
+    got.dedup_by_key(|s| s.id);
+    let mut expected = vec![a.clone(), c.clone()];
+    expected.sort_by_key(|s| s.id);
+    assert_eq!(
+        got, expected,
+        "with versions and change_seq; unknown ids omitted"
+    );
+    assert_eq!(
+        got.iter()
+            .find(|s| s.id == a.id)
+            .unwrap()
+            .consumer
+            .versions
+            .len(),
+        2
+    );
+    assert_eq!(store.consumers_by_id(&[b.id]).await.unwrap(), [b]);
+}
+
+pub async fn prune_changes_removes_old_rows_and_keeps_the_head(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let app = create(store, "prod", "app", 1).await; // seq 1 at 2 000
+    let app = apply(store, &app, Command::Disable, 5_000).await.unwrap(); // seq 2
+    let app = apply(store, &app, Command::Enable, 9_000).await.unwrap(); // seq 3
+    assert_eq!(
+        store.prune_changes(at(2_000)).await.unwrap(),
+        0,
+        "strictly before"
+    );
+    assert_eq!(store.prune_changes(at(9_000)).await.unwrap(), 2);
+    assert_eq!(seqs(&all_changes(store).await), [3]);
+    assert_eq!(store.change_head().await.unwrap(), 3, "the head stays");
+    // A reader whose `applied` is behind the oldest logged change sees the gap.
+    assert_eq!(store.changes_since(1, 10).await.unwrap()[0].seq, 3);
+    let app = apply(store, &app, Command::Disable, 10_000).await.unwrap();
+    assert_eq!(app.change_seq, 4, "seqs go on after a prune");
+    assert_eq!(store.prune_changes(at(i64::MAX)).await.unwrap(), 2);
+    assert!(all_changes(store).await.is_empty());
+    assert_eq!(store.change_head().await.unwrap(), 4);
+}
+
+fn node(id: &str, heartbeat: i64, applied: i64) -> NodeRecord {
+    NodeRecord {
+        node_id: id.to_owned(),
+        address: Some(format!("10.0.0.{}:8080", id.len())),
+        version: "0.1.0".to_owned(),
+        started_at: at(1_000),
+        heartbeat_at: at(heartbeat),
+        applied_seq: applied,
+        usage_flushed_at: None,
+        leader: false,
+    }
+}
+
+pub async fn nodes_upsert_list_remove(store: &dyn Store) {
+    assert!(store.list_nodes().await.unwrap().is_empty());
+    let b = node("node_b", 2_000, 3);
+    let mut a = node("node_a", 2_500, 1);
+    a.address = None;
+    store.heartbeat_node(&b).await.unwrap();
+    store.heartbeat_node(&a).await.unwrap();
+    assert_eq!(
+        store.list_nodes().await.unwrap(),
+        [a.clone(), b.clone()],
+        "by node id"
+    );
+
+    // A later heartbeat replaces every field.
+    let a2 = NodeRecord {
+        node_id: "node_a".to_owned(),
+        address: Some("[::1]:9000".to_owned()),
+        version: "0.2.0".to_owned(),
+        started_at: at(1_500),
+        heartbeat_at: at(3_000),
+        applied_seq: 7,
+        usage_flushed_at: Some(at(2_900)),
+        leader: true,
+    };
+    store.heartbeat_node(&a2).await.unwrap();
+    assert_eq!(store.list_nodes().await.unwrap(), [a2.clone(), b.clone()]);
+    let mut a3 = a2.clone();
+    a3.leader = false;
+    a3.usage_flushed_at = None;
+    store.heartbeat_node(&a3).await.unwrap();
+    assert_eq!(store.list_nodes().await.unwrap(), [a3, b.clone()]);
+
+    store.remove_node("node_a").await.unwrap();
+    assert_eq!(store.list_nodes().await.unwrap(), [b]);
+    store.remove_node("node_a").await.unwrap();
+    store.remove_node("node_unknown").await.unwrap();
+    store.remove_node("node_b").await.unwrap();
+    assert!(store.list_nodes().await.unwrap().is_empty());
+}
+
+pub async fn lease_acquire_renew_contend_expire_release(store: &dyn Store) {
+    let ttl = Duration::from_secs(5);
+    assert_eq!(store.get_lease("leader").await.unwrap(), None);
+
+    // Free: taken, term 1.
+    let first = store
+        .acquire_lease("leader", "node_a", at(10_000), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = Lease {
+        name: "leader".to_owned(),
+        holder: "node_a".to_owned(),
+        term: 1,
+        acquired_at: at(10_000),
+        expires_at: at(15_000),
+    };
+    assert_eq!(first, expected);
+    assert_eq!(
+        store.get_lease("leader").await.unwrap(),
+        Some(expected.clone())
+    );
+
+    // Held by another, unexpired: refused, unchanged (also at the last millisecond).
+    for now in [10_001, 14_999] {
+        assert_eq!(
+            store
+                .acquire_lease("leader", "node_b", at(now), ttl)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(store.get_lease("leader").await.unwrap(), Some(expected));
+
+    // Renewed by its holder: same term and tenure, later expiry.
+    let renewed = store
+        .acquire_lease("leader", "node_a", at(14_000), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (renewed.term, renewed.acquired_at, renewed.expires_at),
+        (1, at(10_000), at(19_000))
+    );
+
+    // Expired (at its expiry exactly): another holder takes it, with the next term.
+    let taken = store
+        .acquire_lease("leader", "node_b", at(19_000), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        taken,
+        Lease {
+            name: "leader".to_owned(),
+            holder: "node_b".to_owned(),
+            term: 2,
+            acquired_at: at(19_000),
+            expires_at: at(24_000),
+        }
+    );
+    assert_eq!(
         store
-            .create_environment(
-                &record,
-                &audit(1_000 + i as i64, "environment.created", "environment"),
+            .acquire_lease("leader", "node_a", at(20_000), ttl)
+            .await
+            .unwrap(),
+        None,
+        "the old holder cannot renew a lease it lost"
+    );
+
+    // The holder taking its own lease again after it lapsed starts a new tenure.
+    let lapsed = store
+        .acquire_lease("leader", "node_b", at(30_000), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lapsed.term, lapsed.acquired_at), (3, at(30_000)));
+
+    // Release: only by the holder; then anyone takes it, with the next term.
+    store.release_lease("leader", "node_a").await.unwrap();
+    assert_eq!(
+        store
+            .acquire_lease("leader", "node_c", at(31_000), ttl)
+            .await
+            .unwrap(),
+        None,
+        "a release by another node changes nothing"
+    );
+    store.release_lease("leader", "node_b").await.unwrap();
+    let after_release = store
+        .acquire_lease("leader", "node_c", at(31_000), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after_release.holder.as_str(), after_release.term),
+        ("node_c", 4)
+    );
+    store.release_lease("nothing", "node_c").await.unwrap();
+
+    // Leases are independent by name.
+    let other = store
+        .acquire_lease("other", "node_a", at(31_000), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.term, 1);
+    assert_eq!(
+        store.get_lease("leader").await.unwrap().unwrap().holder,
+        "node_c"
+    );
+}
+
+pub async fn concurrent_lease_acquires_one_wins(store: &dyn Store) {
+    let ttl = Duration::from_secs(5);
+    for round in 0..5i64 {
+        // Each round starts after the previous lease expired: free for all.
+        let now = at(100_000 * (round + 1));
+        let holders: Vec<String> = (0..4).map(|i| format!("node_{round}_{i}")).collect();
+        let attempts = futures_util::future::join_all(
+            holders
+                .iter()
+                .map(|h| store.acquire_lease("leader", h, now, ttl)),
+        )
+        .await;
+        let won: Vec<Lease> = attempts.into_iter().filter_map(|r| r.unwrap()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one holder: {won:?}");
+        assert_eq!(won[0].term, round + 1);
+        assert_eq!(
+            store.get_lease("leader").await.unwrap().as_ref(),
+            won.first()
+        );
+    }
+}
+
+pub async fn last_used_since_lists_recent_uses(store: &dyn Store) {
+    let (k1, k2, _) = two_versions(store).await;
+    assert!(store.last_used_since(at(0)).await.unwrap().is_empty());
+    store
+        .record_usage(
+            &[delta(k1, 5_000, &[], vec![]), delta(k2, 9_000, &[], vec![])],
+            3,
+        )
+        .await
+        .unwrap();
+    let mut all = store.last_used_since(at(0)).await.unwrap();
+    all.sort_by_key(|(_, t)| *t);
+    assert_eq!(all, [(k1, at(5_000)), (k2, at(9_000))]);
+    assert_eq!(
+        store.last_used_since(at(5_001)).await.unwrap(),
+        [(k2, at(9_000))]
+    );
+    assert_eq!(
+        store.last_used_since(at(9_000)).await.unwrap(),
+        [(k2, at(9_000))],
+        "at or after"
+    );
+    assert!(store.last_used_since(at(9_001)).await.unwrap().is_empty());
+    // A later use moves a version into a later window.
+    store
+        .record_usage(&[delta(k1, 12_000, &[], vec![])], 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_used_since(at(10_000)).await.unwrap(),
+        [(k1, at(12_000))]
+    );
+}
+
+pub async fn listen_changes_notifies_committed_changes(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let Some(mut listener) = store.listen_changes().await.unwrap() else {
+        // A backend without notifications: callers poll `changes_since`.
+        assert_eq!(store.backend(), "sqlite");
+        return;
+    };
+    let app = create(store, "prod", "app", 1).await;
+    let disabled = apply(store, &app, Command::Disable, 2_500).await.unwrap();
+    // A refused write notifies nothing: the next notification is the next commit's.
+    let stale = apply(store, &app, Command::Disable, 2_600)
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict(_)), "{stale:?}");
+    let other = create(store, "prod", "other", 2).await;
+    let wait = Duration::from_secs(10);
+    for expected in [app.change_seq, disabled.change_seq, other.change_seq] {
+        let seq = tokio::time::timeout(wait, listener.next())
+            .await
+            .expect("a notification within 10 s")
+            .unwrap();
+        assert_eq!(seq, expected);
+    }
+}
+
+pub async fn concurrent_writes_take_gapless_seqs(store: &dyn Store) {
+    const N: usize = 12;
+    make_env(store, "prod", false).await;
+    let mut created = Vec::new();
+    for i in 0..N {
+        created.push(create(store, "prod", &format!("app-{i:02}"), 10 + i as u64).await);
+    }
+    let n = N as i64;
+    assert_eq!(store.change_head().await.unwrap(), n);
+    // Every consumer written at once, and as many new consumers created beside them.
+    let writes = futures_util::future::join_all(
+        created
+            .iter()
+            .map(|c| apply(store, c, Command::Disable, 20_000)),
+    );
+    let creates = futures_util::future::join_all((0..N).map(|i| async move {
+        let (consumer, _) = draft("prod", &format!("new-{i:02}"), 100 + i as u64, 20_000);
+        let target = consumer.reference();
+        store
+            .create_consumer(
+                &consumer,
+                &[audit(20_000, "consumer.created", &target)],
+                &[],
+                None,
             )
             .await
     }));
-    let consumers = futures_util::future::join_all((0..RACERS).map(|i| async move {
-        let (consumer, _) = draft("prod", &format!("app-{i}"), 300 + i as u64, 2_000);
+    let (written, made) = tokio::join!(writes, creates);
+    let mut by_consumer: Vec<(i64, i64)> = written
+        .into_iter()
+        .chain(made)
+        .map(|r| {
+            let s = r.unwrap();
+            (s.change_seq, s.id)
+        })
+        .collect();
+    by_consumer.sort();
+    let taken: Vec<i64> = by_consumer.iter().map(|&(seq, _)| seq).collect();
+    assert_eq!(
+        taken,
+        ((n + 1)..=(3 * n)).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+    assert_eq!(store.change_head().await.unwrap(), 3 * n);
+    let log = all_changes(store).await;
+    assert_eq!(seqs(&log), (1..=(3 * n)).collect::<Vec<_>>());
+    let logged: Vec<(i64, i64)> = log[N..].iter().map(|c| (c.seq, c.consumer_id)).collect();
+    assert_eq!(
+        logged, by_consumer,
+        "each seq names the consumer that took it"
+    );
+    for c in store.load_all().await.unwrap() {
+        let last = log.iter().rev().find(|l| l.consumer_id == c.id).unwrap();
+        assert_eq!(c.change_seq, last.seq, "{}", c.consumer.reference());
+    }
+}
+
+pub async fn concurrent_usage_on_one_kid_sums(store: &dyn Store) {
+    let (k1, _, _) = two_versions(store).await;
+    let base = 200 * HOUR;
+    for round in 0..3u64 {
+        let one = [delta(
+            k1,
+            base + 1_000,
+            &[(base, 3)],
+            vec![source("10.0.0.1", "curl", None, base, base + 1_000, 3)],
+        )];
+        let two = [delta(
+            k1,
+            base + 2_000,
+            &[(base, 4), (base + HOUR, 1)],
+            vec![source("10.0.0.1", "curl", None, base + 10, base + 2_000, 5)],
+        )];
+        let (a, b) = tokio::join!(store.record_usage(&one, 5), store.record_usage(&two, 5));
+        a.unwrap();
+        b.unwrap();
+        let usage = store.usage(&[k1], at(0)).await.unwrap();
+        let n = round + 1;
+        assert_eq!(usage[0].last_used_at, Some(at(base + 2_000)));
+        assert_eq!(
+            usage[0].hourly,
+            [(at(base), 7 * n), (at(base + HOUR), n)],
+            "round {round}: both batches counted"
+        );
+        assert_eq!(usage[0].sources.len(), 1);
+        assert_eq!(usage[0].sources[0].count, 8 * n);
+        assert_eq!(usage[0].sources[0].first_seen, at(base));
+        assert_eq!(usage[0].sources[0].last_seen, at(base + 2_000));
+    }
+}
+
+pub async fn concurrent_audit_appends_keep_one_chain(store: &dyn Store) {
+    const N: usize = 8;
+    make_env(store, "prod", false).await;
+    let creates = futures_util::future::join_all((0..N).map(|i| async move {
+        let (consumer, _) = draft("prod", &format!("app-{i:02}"), 30 + i as u64, 3_000);
         let target = consumer.reference();
         store
             .create_consumer(
                 &consumer,
                 &[
-                    audit(2_000, "consumer.created", &target),
-                    audit(2_000, "version.issued", &target),
+                    audit(3_000, "consumer.created", &target),
+                    audit(3_000, "version.issued", &target),
                 ],
                 &[],
                 None,
             )
             .await
     }));
-    let (environments, consumers) = tokio::join!(environments, consumers);
-    for result in environments {
-        result.unwrap();
-    }
-    for result in consumers {
-        result.unwrap();
-    }
+    let tokens = futures_util::future::join_all((0..N).map(|i| async move {
+        let id = format!("tok_chain{i}");
+        let token = AdminTokenRecord {
+            id: id.clone(),
+            secret_hash: SecretHash::of(id.as_bytes()),
+            name: id.clone(),
+            scopes: vec!["admin".to_owned()],
+            created_at: at(3_000),
+        };
+        store
+            .create_admin_token(&token, &audit(3_000, "admin_token.created", &id))
+            .await
+    }));
+    let (made, issued) = tokio::join!(creates, tokens);
+    let made: Vec<StoredConsumer> = made.into_iter().map(Result::unwrap).collect();
+    issued.into_iter().for_each(Result::unwrap);
+    let writes = futures_util::future::join_all(
+        made.iter()
+            .map(|c| apply(store, c, Command::Disable, 4_000)),
+    )
+    .await;
+    writes.into_iter().for_each(|w| {
+        w.unwrap();
+    });
+
     let (all, head) = verified_chain(store).await;
-    assert_eq!(all.len(), before + 3 * RACERS);
+    assert_eq!(
+        all.len(),
+        1 + 2 * N + N + N,
+        "every entry of every committed change"
+    );
     assert_eq!(head.entries as usize, all.len());
     for pair in all.windows(2) {
         assert_eq!(pair[1].prev_hash, pair[0].hash, "one chain");
         assert!(pair[1].entry.seq > pair[0].entry.seq);
     }
-}
-
-/// Usage flushes of the same kid at once (several nodes, or a retried flush beside the next):
-/// every count is added exactly once.
-pub async fn concurrent_usage_flushes_of_one_kid_add_up(store: &dyn Store) {
-    let (k1, k2, _) = two_versions(store).await;
-    let base = 200 * HOUR;
-    let flushes = futures_util::future::join_all((0..RACERS).map(|i| {
-        let i = i as i64;
-        let batch = vec![
-            delta(
-                k2,
-                base + 1_000 + i,
-                &[(base, 2), (base + HOUR, 1)],
-                vec![source(
-                    "10.0.0.9",
-                    "app/1",
-                    None,
-                    base + i,
-                    base + 1_000 + i,
-                    2,
-                )],
-            ),
-            delta(
-                k1,
-                base + 500 + i,
-                &[(base, 1)],
-                vec![source("10.0.0.8", "app/1", Some("w"), base, base + 500, 1)],
-            ),
-        ];
-        async move { store.record_usage(&batch, 5).await }
-    }))
-    .await;
-    for result in flushes {
-        result.unwrap();
-    }
-    let usage = store.usage(&[k1, k2], at(0)).await.unwrap();
-    let racers = RACERS as u64;
-    assert_eq!(usage[0].hourly, [(at(base), racers)]);
-    assert_eq!(
-        usage[1].hourly,
-        [(at(base), 2 * racers), (at(base + HOUR), racers)]
-    );
-    assert_eq!(usage[0].sources.len(), 1);
-    assert_eq!(usage[0].sources[0].count, racers);
-    assert_eq!(usage[1].sources[0].count, 2 * racers);
-    assert_eq!(usage[1].sources[0].first_seen, at(base));
-    assert_eq!(
-        usage[1].last_used_at,
-        Some(at(base + 1_000 + RACERS as i64 - 1))
-    );
 }
