@@ -222,7 +222,7 @@ async fn make_env(store: &dyn Store, name: &str, protected: bool) {
 }
 
 /// A consumer with `v1`, not yet stored.
-fn draft(env_name: &str, name: &str, seed: u64, now: i64) -> (Consumer, IssuedKey) {
+pub fn draft(env_name: &str, name: &str, seed: u64, now: i64) -> (Consumer, IssuedKey) {
     let mut entropy = TestEntropy(seed);
     let environment = env(env_name);
     let (first, key) = new_version(&environment, &mut entropy, Some(now + 90 * 86_400_000));
@@ -240,7 +240,7 @@ fn draft(env_name: &str, name: &str, seed: u64, now: i64) -> (Consumer, IssuedKe
     (consumer, key)
 }
 
-async fn create(store: &dyn Store, env_name: &str, name: &str, seed: u64) -> StoredConsumer {
+pub async fn create(store: &dyn Store, env_name: &str, name: &str, seed: u64) -> StoredConsumer {
     let (consumer, _) = draft(env_name, name, seed, 2_000);
     let target = consumer.reference();
     store

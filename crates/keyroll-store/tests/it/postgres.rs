@@ -685,3 +685,144 @@ async fn two_nodes_flushing_usage_of_one_kid_add_up_exactly() {
         Some(conformance::at(1_000 + FLUSHES - 1))
     );
 }
+
+/// The next notification within 10 s.
+async fn notified(
+    listener: &mut Box<dyn keyroll_store::ChangeListener>,
+) -> Result<i64, StoreError> {
+    tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("an answer within 10 s")
+}
+
+#[tokio::test]
+async fn two_nodes_writing_take_gapless_seqs_and_the_other_node_hears_every_one() {
+    let Some((a, b)) = two_nodes().await else {
+        return;
+    };
+    prod(&a.store).await;
+    let mut listener = a.store.listen_changes().await.unwrap().unwrap();
+    const PER_NODE: usize = 10;
+    let create_on = |store: PostgresStore, node: &'static str, seed: u64| async move {
+        let mut seqs = Vec::new();
+        for i in 0..PER_NODE {
+            let (consumer, _) =
+                conformance::draft("prod", &format!("{node}-{i}"), seed + i as u64, 2_000);
+            let target = consumer.reference();
+            let made = store
+                .create_consumer(
+                    &consumer,
+                    &[audit(2_000, "consumer.created", &target)],
+                    &[],
+                    None,
+                )
+                .await
+                .unwrap();
+            seqs.push(made.change_seq);
+        }
+        seqs
+    };
+    let (one, two) = tokio::join!(
+        tokio::spawn(create_on(a.store.clone(), "one", 1_000)),
+        tokio::spawn(create_on(b.clone(), "two", 2_000)),
+    );
+    let mut seqs: Vec<i64> = one.unwrap().into_iter().chain(two.unwrap()).collect();
+    seqs.sort();
+    let all = (1..=(2 * PER_NODE) as i64).collect::<Vec<_>>();
+    assert_eq!(seqs, all, "gapless across nodes");
+    let log: Vec<i64> = b
+        .changes_since(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(log, all);
+    // Node a hears every commit of both nodes, in commit (= seq) order.
+    for expected in &all {
+        assert_eq!(notified(&mut listener).await.unwrap(), *expected);
+    }
+}
+
+#[tokio::test]
+async fn a_listener_that_loses_its_connection_says_so_then_answers_the_head() {
+    let Some(backend) = fresh().await else {
+        return;
+    };
+    let store: &dyn Store = &backend.store;
+    prod(store).await;
+    let mut listener = store.listen_changes().await.unwrap().unwrap();
+    let first = conformance::create(store, "prod", "app", 1).await;
+    assert_eq!(notified(&mut listener).await.unwrap(), first.change_seq);
+
+    // The server ends the listener's connection (a restart, a failover, a proxy timeout).
+    let mut admin = backend.db.connect().await;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "one listening connection");
+    let lost = notified(&mut listener).await.unwrap_err();
+    assert!(matches!(lost, StoreError::Unavailable(_)), "{lost:?}");
+    // Changes committed while it was not listening are not lost: the next answer, once
+    // listening again, is the head, which a caller catches up to.
+    let second = conformance::create(store, "prod", "other", 2).await;
+    assert_eq!(notified(&mut listener).await.unwrap(), second.change_seq);
+    let third = conformance::create(store, "prod", "third", 3).await;
+    assert_eq!(notified(&mut listener).await.unwrap(), third.change_seq);
+}
+
+#[tokio::test]
+async fn load_all_at_scale() {
+    // 20,000 versions; examples/load_1m.rs measures 1,000,000 (docs/benchmarks.md).
+    let Some(backend) = fresh().await else {
+        return;
+    };
+    let consumers: i64 = 5_000;
+    let mut conn = backend.db.connect().await;
+    for statement in [
+        "INSERT INTO environments (name, protected, created_at) VALUES ('prod', false, 0)",
+        "INSERT INTO consumers (id, environment, name, scopes, owner, disabled, revision, \
+         created_at, updated_at) OVERRIDING SYSTEM VALUE \
+         SELECT i, 'prod', 'c' || i, 'invoices:read', NULL, false, 4, 0, 0 \
+         FROM generate_series(1, 5000) AS i",
+        // Inserted in reverse, so the table's physical order is not the order read.
+        "INSERT INTO key_versions (consumer_id, version, kid, secret_hash, fingerprint, state, \
+         created_at, enforced) SELECT i / 4 + 1, i % 4 + 1, lpad(i::text, 12, '0'), \
+         decode(md5(i::text) || md5(i::text), 'hex'), decode(substr(md5(i::text), 1, 16), 'hex'), \
+         CASE WHEN i % 4 = 3 THEN 'active' ELSE 'retired' END, i, false \
+         FROM generate_series(19999, 0, -1) AS i",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let loaded = backend.store.load_all().await.unwrap();
+    assert_eq!(loaded.len() as i64, consumers);
+    for (i, stored) in loaded.iter().enumerate() {
+        let states: Vec<StoredState> = stored.consumer.versions.iter().map(|v| v.state).collect();
+        assert_eq!(
+            states,
+            [
+                StoredState::Retired,
+                StoredState::Retired,
+                StoredState::Retired,
+                StoredState::Active
+            ],
+            "{}",
+            stored.consumer.reference()
+        );
+        let numbers: Vec<u32> = stored
+            .consumer
+            .versions
+            .iter()
+            .map(|v| v.number.0)
+            .collect();
+        assert_eq!(numbers, [1, 2, 3, 4]);
+        // By environment, then name (as bytes: c1, c10, c100, …).
+        if i > 0 {
+            assert!(loaded[i - 1].consumer.name.as_str() < stored.consumer.name.as_str());
+        }
+    }
+}
