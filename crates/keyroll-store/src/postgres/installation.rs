@@ -1,0 +1,40 @@
+//! The installation a PostgreSQL database belongs to: its id, recorded by the first start that asks,
+//! and whether anything an operator makes exists yet.
+//!
+//! The `installation` table has one row at most (`only_row = 1`; `only` is a reserved word in
+//! PostgreSQL). Recording it is one `INSERT … ON CONFLICT DO NOTHING`, and the read that follows
+//! in the same transaction sees the row that won, so two nodes starting on a new database agree
+//! on one id.
+
+use super::PostgresStore;
+use super::decode::installation_from_row;
+use super::health::unix_millis_now;
+use crate::{Installation, StoreError};
+
+impl PostgresStore {
+    /// The installation's id, recording `new_id` when the database has none yet.
+    pub(super) async fn installation_get(&self, new_id: &str) -> Result<Installation, StoreError> {
+        let doing = "reading the installation id";
+        let mut tx = self.begin_write(doing).await?;
+        sqlx::query(
+            "INSERT INTO installation (only_row, id, created_at) VALUES (1, $1, $2) \
+             ON CONFLICT (only_row) DO NOTHING",
+        )
+        .bind(new_id)
+        .bind(unix_millis_now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        let row = sqlx::query(
+            "SELECT id, created_at, \
+             NOT EXISTS (SELECT 1 FROM admin_tokens) AND NOT EXISTS (SELECT 1 FROM environments) \
+             AND NOT EXISTS (SELECT 1 FROM consumers) AND NOT EXISTS (SELECT 1 FROM audit_log) \
+             FROM installation",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.fail(doing, e))?;
+        self.commit_write(tx, doing).await?;
+        installation_from_row(&row)
+    }
+}
