@@ -243,7 +243,7 @@ pub struct ConsumerWrite<'a> {
     pub handover: Option<&'a HandoverRecord>,
 }
 
-/// One event in the outbox (SPEC §10: delivered as webhooks by a later release). Appended in the
+/// One event in the outbox (SPEC §10: delivered as webhooks by the leader). Appended in the
 /// same transaction as the change it describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
