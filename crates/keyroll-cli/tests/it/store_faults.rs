@@ -412,6 +412,29 @@ fn another_installations_database_is_refused() {
 }
 
 #[test]
+fn a_master_key_other_than_the_databases_is_refused_at_start() {
+    let (dir, data, _) = stopped_installation();
+    let key = data.join("master.key");
+    let first = std::fs::read(&key).unwrap();
+    // Another 32 bytes, as a node given the wrong KEYROLL_MASTER_KEY would have.
+    let other: Vec<u8> = first.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&key, &other).unwrap();
+    let r = serve(&data, dir.path());
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("master key differs") && r.stderr.contains("KEYROLL_MASTER_KEY"),
+        "{}",
+        r.stderr
+    );
+    // The key itself appears nowhere in the message.
+    assert!(!r.stderr.contains("AAEC"), "{}", r.stderr);
+    // The right key starts again.
+    std::fs::write(&key, &first).unwrap();
+    let s = harness::start_in(&data);
+    assert_eq!(s.cli(&["consumer", "show", "prod/app"]).code, 0);
+}
+
+#[test]
 fn a_fresh_data_dir_starts_with_no_setup_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
