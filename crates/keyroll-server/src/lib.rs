@@ -75,6 +75,7 @@ impl Server {
             &config.data_dir,
             clock::Randomness::os(),
         )?;
+        master_key.check_against(store.as_ref()).await?;
         let state = AppState::with_master_key(
             store,
             config,
