@@ -31,7 +31,7 @@ pub async fn run(cmd: ClusterCmd, client: &Client, out: Output) -> anyhow::Resul
 }
 
 fn print_status(s: &proto::ClusterStatus) -> Printed {
-    let leader = match &s.leader {
+    let leader = match &s.lease {
         Some(l) if l.live => format!(
             "{} (term {}, lease until {})",
             l.holder, l.term, l.expires_at
@@ -43,14 +43,14 @@ fn print_status(s: &proto::ClusterStatus) -> Printed {
         None => "none yet".to_owned(),
     };
     say!("Leader: {leader}")?;
-    say!("Change log head: {}", s.head)?;
+    say!("Change log head: {}", s.change_head)?;
     say!("")?;
     let rows: Vec<Vec<String>> = s
         .nodes
         .iter()
         .map(|n| {
             let mut id = n.node_id.clone();
-            if n.node_id == s.node_id {
+            if n.node_id == s.this_node {
                 id.push_str(" (this)");
             }
             vec![

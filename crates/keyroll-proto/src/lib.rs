@@ -336,13 +336,14 @@ pub struct LaggingNode {
 /// `GET /v1/cluster`: the nodes sharing this database, the leader lease and the change log.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ClusterStatus {
-    /// The node that answered.
-    pub node_id: String,
+    /// The id of the node that answered.
+    #[serde(rename = "self")]
+    pub this_node: String,
     /// The seq of the last committed change.
-    pub head: i64,
-    /// The leader lease (absent before any node took it).
+    pub change_head: i64,
+    /// The leader lease (`null` before any node took it).
     #[serde(default)]
-    pub leader: Option<ClusterLease>,
+    pub lease: Option<ClusterLease>,
     /// Every node that heartbeated recently and did not leave, by node id.
     pub nodes: Vec<ClusterNode>,
 }
@@ -378,7 +379,7 @@ pub struct ClusterNode {
     pub heartbeat_at: String,
     /// Every change up to this seq is in its index.
     pub applied_seq: i64,
-    /// `head - applied_seq` at its last heartbeat's figure.
+    /// `change_head - applied_seq`: changes it had not applied at its last heartbeat.
     pub lag: i64,
     /// Its last usage flush.
     #[serde(default)]

@@ -688,9 +688,9 @@ pub async fn status(state: &AppState) -> Result<proto::ClusterStatus, StoreError
         .filter(|l| l.expires_at > now)
         .map(|l| l.holder.clone());
     Ok(proto::ClusterStatus {
-        node_id: state.cluster.node_id.clone(),
-        head,
-        leader: lease.map(|l| proto::ClusterLease {
+        this_node: state.cluster.node_id.clone(),
+        change_head: head,
+        lease: lease.map(|l| proto::ClusterLease {
             live: l.expires_at > now,
             holder: l.holder,
             term: l.term,

@@ -23,7 +23,7 @@ fn settled(s: &harness::Server) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let c = cluster(s);
-        if c["nodes"][0]["applied_seq"] == c["head"] || Instant::now() > deadline {
+        if c["nodes"][0]["applied_seq"] == c["change_head"] || Instant::now() > deadline {
             return c;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -36,12 +36,12 @@ fn a_single_node_leads_applies_its_own_writes_and_confirms_revocations() {
     let data = dir.path().join("data");
     let s = harness::start_in(&data);
     let started = cluster(&s);
-    assert_eq!(started["head"], 0);
-    let node_id = started["node_id"].as_str().unwrap().to_owned();
+    assert_eq!(started["change_head"], 0);
+    let node_id = started["self"].as_str().unwrap().to_owned();
     assert!(node_id.starts_with("node_"), "{started}");
     assert_eq!(started["nodes"].as_array().unwrap().len(), 1, "{started}");
-    assert_eq!(started["leader"]["holder"], node_id.as_str());
-    assert_eq!(started["leader"]["live"], true);
+    assert_eq!(started["lease"]["holder"], node_id.as_str());
+    assert_eq!(started["lease"]["live"], true);
     assert_eq!(
         s.events_at_least("cluster.leader_acquired", 1)[0]["node_id"],
         node_id.as_str()
@@ -52,7 +52,7 @@ fn a_single_node_leads_applies_its_own_writes_and_confirms_revocations() {
     s.rotate("prod/billing-app", &["--grace", "1h"]);
 
     let c = settled(&s);
-    assert_eq!(c["head"], 2, "a create and a rotation: {c}");
+    assert_eq!(c["change_head"], 2, "a create and a rotation: {c}");
     let node = &c["nodes"][0];
     assert_eq!(node["node_id"], node_id.as_str());
     assert_eq!(node["applied_seq"], 2, "{c}");
@@ -113,7 +113,7 @@ fn a_single_node_leads_applies_its_own_writes_and_confirms_revocations() {
 
     // The CLI: a table, and the API's JSON.
     let c = settled(&s);
-    assert_eq!(c["head"], 4, "the disable is change 4: {c}");
+    assert_eq!(c["change_head"], 4, "the disable is change 4: {c}");
     let table = s.cli(&["cluster", "status"]);
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(
@@ -139,10 +139,10 @@ fn a_single_node_leads_applies_its_own_writes_and_confirms_revocations() {
     assert_eq!(json.code, 0, "{}", json.stderr);
     let v: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["nodes"][0]["applied_seq"], 4, "{v}");
-    assert_eq!(v["leader"]["holder"], node_id.as_str());
+    assert_eq!(v["lease"]["holder"], node_id.as_str());
     let v: Value =
         serde_json::from_str(&s.cli(&["--output", "json", "cluster", "status"]).stdout).unwrap();
-    assert_eq!(v["head"], 4);
+    assert_eq!(v["change_head"], 4);
 
     // A clean shutdown gives the lease up and leaves.
     assert_eq!(s.terminate(), Some(0));
@@ -156,14 +156,14 @@ fn a_single_node_leads_applies_its_own_writes_and_confirms_revocations() {
         .collect();
     assert_eq!(
         nodes,
-        [c["node_id"].as_str().unwrap()],
+        [c["self"].as_str().unwrap()],
         "the old node left: {c}"
     );
-    assert_ne!(c["node_id"], node_id.as_str(), "a new id per start");
+    assert_ne!(c["self"], node_id.as_str(), "a new id per start");
     assert_eq!(
-        c["leader"]["holder"], c["node_id"],
+        c["lease"]["holder"], c["self"],
         "led at once, not after the old lease"
     );
-    assert_eq!(c["leader"]["term"], 2, "a new tenure: {c}");
+    assert_eq!(c["lease"]["term"], 2, "a new tenure: {c}");
     assert_eq!(c["nodes"][0]["applied_seq"], 4, "loaded at the head: {c}");
 }
