@@ -14,6 +14,7 @@ mod audit;
 mod bad_input;
 mod ci_examples;
 mod cli_errors;
+mod cluster;
 mod delivery_e2e;
 mod environment_and_reasons;
 mod forward_auth;
