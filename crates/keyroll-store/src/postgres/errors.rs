@@ -92,7 +92,11 @@ pub(super) fn classify(location: &str, doing: &str, err: sqlx::Error) -> StoreEr
     let message = format!("PostgreSQL database {location}: {doing}: {}", cause(&err));
     match &err {
         sqlx::Error::Database(_) => match sqlstate(&err).as_deref().map(class_of) {
-            Some(Class::Conflict) => StoreError::Conflict(message),
+            // Displayed as "… was changed concurrently; retry".
+            Some(Class::Conflict) => StoreError::Conflict(format!(
+                "what {doing} read, on PostgreSQL database {location} ({}),",
+                cause(&err)
+            )),
             Some(Class::Refused) => {
                 StoreError::Corrupt(format!("{message} (refused by the schema)"))
             }
