@@ -4,6 +4,7 @@
 
 mod agent;
 mod audit;
+mod cluster;
 mod decisions;
 mod exit;
 mod keyfiles;
@@ -218,6 +219,9 @@ enum Cmd {
     /// Signed webhooks: endpoints (secret shown once), deliveries, replays.
     #[command(subcommand)]
     Webhook(webhook::WebhookCmd),
+    /// The nodes sharing the server's database: applied changes, heartbeats, the leader.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Policy files (policy as code): `keyroll policy check -f FILE` validates one offline.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -1016,6 +1020,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Decisions(args) => decisions::run(args, &client(&cli.global)?, out).await?,
         Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
         Cmd::Webhook(cmd) => webhook::run(cmd, &client(&cli.global)?, out).await?,
+        Cmd::Cluster(cmd) => cluster::run(cmd, &client(&cli.global)?, out).await?,
         Cmd::Policy(cmd) => return policy::check(cmd, out),
         Cmd::Plan(args) => {
             let global = &cli.global;

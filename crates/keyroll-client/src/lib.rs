@@ -569,6 +569,12 @@ impl Client {
         self.call(reqwest::Method::GET, &path, None, None).await
     }
 
+    /// `GET /v1/cluster`: the nodes on this database, the leader lease, the change log's head.
+    pub async fn cluster(&self) -> Result<Answer<proto::ClusterStatus>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/cluster", None, None)
+            .await
+    }
+
     /// `GET /v1/events`.
     pub async fn events(
         &self,

@@ -299,6 +299,95 @@ pub struct KeyVersion {
     /// In a change's answer: what the operator must know (the consumer has no working key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// In a revoke answer with `?wait=`: which nodes' indexes have the revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<Propagation>,
+}
+
+/// How far a change has reached the nodes of the cluster (a revoke or disable with `?wait=`):
+/// every live node verifies from its own index, and the change counts once that index has it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Propagation {
+    /// The change's position in the change log.
+    pub change_seq: i64,
+    /// Live nodes, this one included.
+    pub nodes: u32,
+    /// Those whose index has the change (the answering node always has it).
+    pub confirmed: u32,
+    /// How long until every live node had it; absent when the wait ended first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_ms: Option<u64>,
+    /// The live nodes still without it when the wait ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lagging: Vec<LaggingNode>,
+}
+
+/// A live node that had not applied a change when the wait ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct LaggingNode {
+    /// The node.
+    pub node_id: String,
+    /// The last change its index had, at its last heartbeat.
+    pub applied_seq: i64,
+    /// Its last heartbeat.
+    pub heartbeat_at: String,
+}
+
+/// `GET /v1/cluster`: the nodes sharing this database, the leader lease and the change log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The id of the node that answered.
+    #[serde(rename = "self")]
+    pub this_node: String,
+    /// The seq of the last committed change.
+    pub change_head: i64,
+    /// The leader lease (`null` before any node took it).
+    #[serde(default)]
+    pub lease: Option<ClusterLease>,
+    /// Every node that heartbeated recently and did not leave, by node id.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// The leader lease.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ClusterLease {
+    /// The node holding it (or that last held it, when not `live`).
+    pub holder: String,
+    /// Grows by one with every new tenure.
+    pub term: i64,
+    /// When this tenure began.
+    pub acquired_at: String,
+    /// When it lapses unless renewed.
+    pub expires_at: String,
+    /// It has not expired.
+    pub live: bool,
+}
+
+/// One node as it last reported itself.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// Its id.
+    pub node_id: String,
+    /// Where it listens (or what it advertises).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The keyroll version it runs.
+    pub version: String,
+    /// When it started.
+    pub started_at: String,
+    /// Its last heartbeat.
+    pub heartbeat_at: String,
+    /// Every change up to this seq is in its index.
+    pub applied_seq: i64,
+    /// `change_head - applied_seq`: changes it had not applied at its last heartbeat.
+    pub lag: i64,
+    /// Its last usage flush.
+    #[serde(default)]
+    pub usage_flushed_at: Option<String>,
+    /// Its last heartbeat is within 3 heartbeat intervals.
+    pub live: bool,
+    /// It holds the (unexpired) leader lease.
+    pub leader: bool,
 }
 
 /// A consumer and its versions, oldest first.
@@ -336,6 +425,9 @@ pub struct Consumer {
     pub managed: Option<ManagedSettings>,
     /// Its versions.
     pub versions: Vec<KeyVersion>,
+    /// In a disable answer with `?wait=`: which nodes' indexes have the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<Propagation>,
 }
 
 fn manual() -> String {

@@ -36,6 +36,43 @@ pub struct RawConfig {
     pub schedule: ScheduleConfig,
     /// Signed webhooks.
     pub webhooks: WebhooksConfig,
+    /// Several nodes on one database.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: this node among the others sharing its database (SPEC §11).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id (default: `node_` and random characters, new at every start).
+    pub node_id: Option<String>,
+    /// The address other nodes and operators reach this node at (default: the listen address).
+    pub advertise: Option<String>,
+    /// How often this node reports itself (and renews the leader lease when it holds it);
+    /// a node is live while its last heartbeat is within 3 intervals (default `1s`).
+    pub heartbeat_interval: String,
+    /// How often the change log is read when the store cannot notify (SQLite), or after a
+    /// lost notification connection (default `1s`).
+    pub poll_interval: String,
+    /// How long the leader lease lasts without renewal (default `5s`): the longest a dead
+    /// leader's jobs stay without a leader. At least 3 heartbeat intervals.
+    pub lease_ttl: String,
+    /// Every this long the whole index is reloaded from the store, whatever the change log
+    /// says: a backstop (default `10m`).
+    pub full_reload: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            advertise: None,
+            heartbeat_interval: "1s".into(),
+            poll_interval: "1s".into(),
+            lease_ttl: "5s".into(),
+            full_reload: "10m".into(),
+        }
+    }
 }
 
 /// `[webhooks]`: the sender of signed webhooks (SPEC §10).
@@ -224,6 +261,7 @@ impl Default for RawConfig {
             http: HttpConfig::default(),
             schedule: ScheduleConfig::default(),
             webhooks: WebhooksConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -302,6 +340,25 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// See [`ScheduleConfig::unseen_after`].
     pub unseen_after: Duration,
+    /// The validated `[cluster]` section.
+    pub cluster: ClusterSettings,
+}
+
+/// The validated `[cluster]` section (see [`ClusterConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// A fixed node id, or `None` for a new random one at start.
+    pub node_id: Option<String>,
+    /// The advertised address, or `None` for the listen address.
+    pub advertise: Option<String>,
+    /// See [`ClusterConfig::heartbeat_interval`].
+    pub heartbeat_interval: Duration,
+    /// See [`ClusterConfig::poll_interval`].
+    pub poll_interval: Duration,
+    /// See [`ClusterConfig::lease_ttl`].
+    pub lease_ttl: Duration,
+    /// See [`ClusterConfig::full_reload`].
+    pub full_reload: Duration,
 }
 
 /// The validated `[webhooks]` section.
@@ -423,7 +480,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "listen",
     "data_dir",
     "database_url",
@@ -435,6 +492,7 @@ const ENV_KEYS: [&str; 11] = [
     "http",
     "schedule",
     "webhooks",
+    "cluster",
 ];
 
 impl Config {
@@ -618,7 +676,9 @@ impl Config {
             },
         };
         let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
+        let cluster = resolve_cluster(&raw.cluster, positive)?;
         Ok(Config {
+            cluster,
             webhooks,
             unseen_after,
             schedule_enabled: raw.schedule.enabled,
@@ -642,6 +702,60 @@ impl Config {
             default_grace,
         })
     }
+}
+
+fn resolve_cluster(
+    raw: &ClusterConfig,
+    positive: impl Fn(&'static str, &str) -> Result<Duration, ConfigError>,
+) -> Result<ClusterSettings, ConfigError> {
+    let invalid = |key: &'static str, value: &str, reason: &str| ConfigError::Invalid {
+        key,
+        value: value.into(),
+        reason: reason.into(),
+    };
+    if let Some(id) = &raw.node_id
+        && !crate::cluster::valid_node_id(id)
+    {
+        return Err(invalid(
+            "cluster.node_id",
+            id,
+            "expected 1 to 64 characters among a-z A-Z 0-9 . _ -",
+        ));
+    }
+    if let Some(a) = &raw.advertise
+        && (a.is_empty() || a.len() > 256 || a.chars().any(|c| c.is_control() || c == ' '))
+    {
+        return Err(invalid(
+            "cluster.advertise",
+            a,
+            "expected an address like 10.0.0.5:7878 or https://node-1.internal:7878",
+        ));
+    }
+    let heartbeat_interval = positive("cluster.heartbeat_interval", &raw.heartbeat_interval)?;
+    let poll_interval = positive("cluster.poll_interval", &raw.poll_interval)?;
+    let lease_ttl = positive("cluster.lease_ttl", &raw.lease_ttl)?;
+    let full_reload = positive("cluster.full_reload", &raw.full_reload)?;
+    // A renewal every heartbeat must be able to miss one and still arrive before the lease
+    // lapses; with less, a leader steps down at every slow store round trip.
+    if lease_ttl < heartbeat_interval.saturating_mul(3) {
+        return Err(invalid(
+            "cluster.lease_ttl",
+            &raw.lease_ttl,
+            &format!(
+                "must be at least 3 heartbeat intervals ({} with cluster.heartbeat_interval = {})",
+                keyroll_core::format_duration(heartbeat_interval.saturating_mul(3)),
+                raw.heartbeat_interval
+            ),
+        ));
+    }
+    Ok(ClusterSettings {
+        node_id: raw.node_id.clone(),
+        advertise: raw.advertise.clone(),
+        heartbeat_interval,
+        poll_interval,
+        lease_ttl,
+        full_reload,
+    })
 }
 
 fn resolve_http(
@@ -818,6 +932,52 @@ mod tests {
         std::fs::write(&path, "[webhooks]\nconcurrency = 0\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("webhooks.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn cluster_settings_defaults_and_checks() {
+        let c = Config::resolve(RawConfig::default()).unwrap().cluster;
+        assert_eq!(c.node_id, None);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.full_reload, Duration::from_secs(600));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyroll.toml");
+        std::fs::write(
+            &path,
+            "[cluster]\nnode_id = \"node-a\"\nadvertise = \"10.0.0.5:7878\"\nlease_ttl = \"10s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &Overrides::default())
+            .unwrap()
+            .cluster;
+        assert_eq!(c.node_id.as_deref(), Some("node-a"));
+        assert_eq!(c.advertise.as_deref(), Some("10.0.0.5:7878"));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        for (bad, key) in [
+            ("node_id = \"a b\"", "cluster.node_id"),
+            ("node_id = \"\"", "cluster.node_id"),
+            ("advertise = \"\"", "cluster.advertise"),
+            ("poll_interval = \"0s\"", "cluster.poll_interval"),
+            (
+                "heartbeat_interval = \"often\"",
+                "cluster.heartbeat_interval",
+            ),
+            ("lease_ttl = \"2s\"", "cluster.lease_ttl"),
+            ("full_reload = \"0s\"", "cluster.full_reload"),
+        ] {
+            std::fs::write(&path, format!("[cluster]\n{bad}\n")).unwrap();
+            let err = Config::load(Some(&path), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        std::fs::write(&path, "[cluster]\nnode = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node"), "{err}");
     }
 
     #[test]

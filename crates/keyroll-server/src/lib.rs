@@ -7,6 +7,7 @@
 pub mod admin_token;
 pub mod client_addr;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod decided;
 pub mod http;
@@ -74,6 +75,7 @@ impl Server {
             &config.data_dir,
             clock::Randomness::os(),
         )?;
+        master_key.check_against(store.as_ref()).await?;
         let state = AppState::with_master_key(
             store,
             config,
@@ -117,7 +119,19 @@ impl Server {
         let addr = self.local_addr()?;
         let stop_signal = shutdown_signal();
         let state = Arc::clone(&self.state);
+        // Join the cluster before anything runs: the first lease attempt decides whether the
+        // sweeper's and the schedule's first steps (at start) run here, and the first heartbeat
+        // makes this node one that writers wait for.
+        state.cluster.set_listen_address(addr);
+        cluster::renew_lease(&state).await;
+        if let Err(e) = cluster::heartbeat(&state).await {
+            tracing::warn!(event = "cluster.heartbeat_failed", error = %e, "could not record this node's heartbeat: {e}");
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let heartbeat = tokio::spawn(jobs::heartbeat(Arc::clone(&state), stop_rx.clone()));
+        let lease = tokio::spawn(jobs::lease(Arc::clone(&state), stop_rx.clone()));
+        let applier = tokio::spawn(jobs::changes(Arc::clone(&state), stop_rx.clone()));
+        let pruner = tokio::spawn(jobs::prune(Arc::clone(&state), stop_rx.clone()));
         let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
         let observer = tokio::spawn(jobs::observer(Arc::clone(&state), stop_rx.clone()));
         let scheduler = state
@@ -130,7 +144,7 @@ impl Server {
             .enabled
             .then(|| tokio::spawn(jobs::webhooks(Arc::clone(&state), stop_rx.clone())));
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
-        tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), "keyroll listening on http://{addr}");
+        tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), node_id = %state.cluster.node_id, leader = state.is_leader(), "keyroll listening on http://{addr}");
         let app = http::router(Arc::clone(&state));
         listener::serve(self.listener, app, state.config.http, stop_signal).await;
         // In-flight requests are done: stop the background tasks; the flusher writes a last batch.
@@ -143,6 +157,11 @@ impl Server {
             let _ = webhooks.await;
         }
         let _ = flusher.await;
+        let _ = pruner.await;
+        let _ = applier.await;
+        // The leader's jobs have stopped: give the lease up, then leave.
+        let _ = lease.await;
+        let _ = heartbeat.await;
         let _ = observer.await;
         tracing::info!(event = "server.stopped", "keyroll stopped");
         Ok(())

@@ -115,6 +115,37 @@ impl MasterKey {
         }
     }
 
+    /// A one-way value that tells this key from another without revealing it (HKDF-SHA256 of the
+    /// key with a fixed label): the store records the first node's, and a node whose value
+    /// differs refuses to start.
+    pub fn check_value(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's limit of 255 × 32: expand cannot fail.
+        let _ = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"keyroll master key check"), &self.key)
+            .expand(b"v1", &mut out);
+        out
+    }
+
+    /// Checks this key against the one recorded in `store` (recording it on the first start):
+    /// every node of a database must seal and open with the same key.
+    pub async fn check_against(
+        &self,
+        store: &dyn keyroll_store::Store,
+    ) -> Result<(), MasterKeyError> {
+        let ours = self.check_value();
+        let recorded = store.master_key_check(&ours).await.map_err(|e| {
+            MasterKeyError::Invalid(format!("cannot check it against the store: {e}"))
+        })?;
+        if recorded.as_slice() == ours.as_slice() {
+            return Ok(());
+        }
+        Err(MasterKeyError::Invalid(format!(
+            "this node's master key differs from the one the database's sealed secrets were made \
+             under (recorded by the first start on this database): give every node the same \
+             {MASTER_KEY_ENV}, or restore this data dir's {MASTER_KEY_FILE}"
+        )))
+    }
+
     /// Seals `plaintext` with `aad` (what it belongs to, e.g. an endpoint id) as associated
     /// data: random nonce ‖ ChaCha20-Poly1305 ciphertext.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, MasterKeyError> {
@@ -195,6 +226,16 @@ fn write_new(path: &Path, key: &[u8]) -> Result<(), MasterKeyError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_check_value_tells_keys_apart_and_is_not_the_key() {
+        let a = MasterKey::from_bytes([7; 32], Randomness::os());
+        let again = MasterKey::from_bytes([7; 32], Randomness::os());
+        let b = MasterKey::from_bytes([8; 32], Randomness::os());
+        assert_eq!(a.check_value(), again.check_value());
+        assert_ne!(a.check_value(), b.check_value());
+        assert_ne!(a.check_value(), [7; 32]);
+    }
 
     #[test]
     fn seals_and_opens_only_with_the_same_key_and_aad() {

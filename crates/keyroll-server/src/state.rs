@@ -36,9 +36,17 @@ pub struct AppState {
     /// Ticks after every committed consumer change and agent delivery: agents' long-polls
     /// (`GET /v1/self?wait=`) wait on it instead of polling.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// This node among the others on its database: identity, applied changes, leadership.
+    pub cluster: crate::cluster::Cluster,
 }
 
 impl AppState {
+    /// Whether this node holds the leader lease: the sweeper, the schedule, the webhook
+    /// sender and change-log pruning run only then.
+    pub fn is_leader(&self) -> bool {
+        self.cluster.is_leader()
+    }
+
     /// Wakes every long-poll: something was committed.
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
@@ -73,7 +81,10 @@ impl AppState {
         master_key: crate::master_key::MasterKey,
     ) -> Arc<AppState> {
         let usage = crate::usage::UsageRecorder::new(config.usage_enabled);
+        let cluster =
+            crate::cluster::Cluster::new(config.cluster.clone(), &randomness, clock.now());
         Arc::new(AppState {
+            cluster,
             index: Index::new(),
             store,
             observer: crate::observe::Observer::from_config(&config),
@@ -90,6 +101,9 @@ impl AppState {
 
     /// Loads every key version from the store into the index.
     pub async fn load(&self) -> Result<u64, keyroll_store::StoreError> {
+        // The head before the load: every change up to it is committed, so the load sees it;
+        // the change applier takes over from there (re-applying a change is harmless).
+        let head = self.store.change_head().await?;
         let consumers = self.store.load_all().await?;
         // Not a reason to refuse to start: that would stop verification for every consumer over
         // one broken row. Every version keeps verifying as stored (rejecting one in memory
@@ -117,6 +131,7 @@ impl AppState {
         // Usage facts survive restarts: a stall or an idle window spans them.
         let seen = self.store.last_used_all().await?;
         self.index.seed_last_used(&seen);
+        self.cluster.loaded_at(head);
         self.ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(self.index.len())
     }

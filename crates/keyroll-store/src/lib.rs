@@ -831,4 +831,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Versions whose stored last use is at or after `since` (the cluster-wide adoption merge).
     async fn last_used_since(&self, since: Timestamp) -> Result<Vec<(Kid, Timestamp)>, StoreError>;
+
+    /// The check value of the master key the database's sealed secrets are made under,
+    /// recording `check` when none is recorded yet (the first start with a master key). The
+    /// caller compares it with its own: nodes sharing a database must share one master key.
+    /// The value is a one-way derivation of the key, never the key. `NotFound` when the
+    /// installation was not recorded yet ([`Store::installation`] comes first at start).
+    async fn master_key_check(&self, check: &[u8]) -> Result<Vec<u8>, StoreError>;
 }

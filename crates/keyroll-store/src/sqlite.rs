@@ -435,6 +435,10 @@ impl crate::Store for SqliteStore {
         self.installation_get(new_id).await
     }
 
+    async fn master_key_check(&self, check: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.installation_master_key_check(check).await
+    }
+
     async fn create_webhook_endpoint(
         &self,
         endpoint: &WebhookEndpoint,

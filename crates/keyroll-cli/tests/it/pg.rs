@@ -72,11 +72,6 @@ impl Database {
     pub fn url_via(&self, host_port: &str) -> String {
         self.url.replacen(&self.host_port, host_port, 1)
     }
-
-    /// Runs one SQL statement in this database, returning its output (unaligned, tuples only).
-    pub fn sql(&self, sql: &str) -> String {
-        psql(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
 }
 
 impl Drop for Database {

@@ -22,8 +22,17 @@ fn call(s: &harness::Server, path: &str, body: &str) -> (u16, serde_json::Value)
 
 /// `/readyz`: its status code and `status` field, with the `reason` after it when there is one.
 fn readyz(s: &harness::Server) -> (u16, String) {
+    readyz_at(s, "/readyz")
+}
+
+/// `/readyz?for=verify`, as a load balancer in front of forward-auth asks it.
+fn readyz_for_verify(s: &harness::Server) -> (u16, String) {
+    readyz_at(s, "/readyz?for=verify")
+}
+
+fn readyz_at(s: &harness::Server, path: &str) -> (u16, String) {
     let r = harness::http()
-        .get(format!("{}/readyz", s.url()))
+        .get(format!("{}{path}", s.url()))
         .send()
         .unwrap();
     let status = r.status().as_u16();
@@ -168,7 +177,12 @@ fn after_a_full_disk_writes_work_again_without_a_restart() {
     }
     // Still ready: verification goes on from memory; the store's state is the reason.
     let (status, why) = readyz(&s);
-    assert_eq!(status, 200, "{why}");
+    assert_eq!(status, 503, "{why}");
+    assert_eq!(
+        readyz_for_verify(&s).0,
+        200,
+        "verification goes on from memory"
+    );
     assert!(
         why.starts_with("degraded: ") && why.contains("full"),
         "{why}"
@@ -229,7 +243,7 @@ fn after_a_full_disk_writes_work_again_without_a_restart() {
 }
 
 #[test]
-fn a_database_deleted_while_running_degrades_readiness_and_refuses_writes() {
+fn a_database_deleted_while_running_fails_readiness_and_refuses_writes() {
     let s = harness::start();
     assert_eq!(s.cli(&["env", "create", "prod"]).code, 0);
     s.consumer("prod/app", &[]);
@@ -238,7 +252,12 @@ fn a_database_deleted_while_running_degrades_readiness_and_refuses_writes() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     let (status, why) = readyz(&s);
-    assert_eq!(status, 200, "{why}");
+    assert_eq!(status, 503, "{why}");
+    assert_eq!(
+        readyz_for_verify(&s).0,
+        200,
+        "verification goes on from memory"
+    );
     assert!(
         why.starts_with("degraded: ")
             && why.contains(&db.display().to_string())
@@ -390,6 +409,29 @@ fn another_installations_database_is_refused() {
         r.stderr
     );
     assert_eq!(std::fs::read(data.join("admin-token")).unwrap(), token);
+}
+
+#[test]
+fn a_master_key_other_than_the_databases_is_refused_at_start() {
+    let (dir, data, _) = stopped_installation();
+    let key = data.join("master.key");
+    let first = std::fs::read(&key).unwrap();
+    // Another 32 bytes, as a node given the wrong KEYROLL_MASTER_KEY would have.
+    let other: Vec<u8> = first.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&key, &other).unwrap();
+    let r = serve(&data, dir.path());
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("master key differs") && r.stderr.contains("KEYROLL_MASTER_KEY"),
+        "{}",
+        r.stderr
+    );
+    // The key itself appears nowhere in the message.
+    assert!(!r.stderr.contains("AAEC"), "{}", r.stderr);
+    // The right key starts again.
+    std::fs::write(&key, &first).unwrap();
+    let s = harness::start_in(&data);
+    assert_eq!(s.cli(&["consumer", "show", "prod/app"]).code, 0);
 }
 
 #[test]

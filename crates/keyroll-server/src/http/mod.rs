@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod decision_http;
 pub mod forward_auth;
 pub mod keys;
@@ -95,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keys/{kid}", get(keys::get_key))
         .route("/v1/verify", post(forward_auth::verify_json))
         .route("/v1/status", get(status::status))
+        .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/events", get(status::events))
         .route("/v1/audit", get(audit::audit))
         .route("/v1/decisions", get(observe::decisions))

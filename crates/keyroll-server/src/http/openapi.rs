@@ -67,6 +67,7 @@ use crate::http::{admin, forward_auth};
         crate::http::self_service::self_report,
         crate::http::self_service::request_rotation,
         crate::http::self_service::list_agents,
+        crate::http::cluster::cluster,
     ),
     modifiers(&AdminToken),
 )]
@@ -405,7 +406,7 @@ fn param_rules(path: &str, p: &mut Value) {
         ("query", "since") if path == "/v1/audit" => {
             json!({ "type": "string", "pattern": AUDIT_SINCE })
         }
-        ("query", "since") => json!({ "type": "string", "pattern": DURATION }),
+        ("query", "since" | "wait") => json!({ "type": "string", "pattern": DURATION }),
         ("query", "code") => {
             let codes: Vec<&str> = DecisionCode::ALL
                 .iter()

@@ -45,6 +45,9 @@ const FLUSHED_VERSIONS: &str = "keyroll_usage_flushed_versions_total";
 const INDEX_VERSIONS: &str = "keyroll_index_key_versions";
 const STORE_UP: &str = "keyroll_store_up";
 const SUPPRESSED: &str = "keyroll_decision_log_suppressed_total";
+const CLUSTER_APPLIED: &str = "keyroll_cluster_applied_seq";
+const CLUSTER_LAG: &str = "keyroll_cluster_lag_changes";
+const CLUSTER_LEADER: &str = "keyroll_cluster_leader";
 
 /// A usage flush is one store transaction: milliseconds, seconds when the store struggles.
 const FLUSH_BUCKETS: [f64; 12] = [
@@ -111,6 +114,9 @@ pub struct Metrics {
     index_versions: Gauge,
     store_up: Gauge,
     suppressed: Counter,
+    cluster_applied: Gauge,
+    cluster_lag: Gauge,
+    cluster_leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -163,6 +169,9 @@ impl Metrics {
             index_versions: recorder.register_gauge(&plain(INDEX_VERSIONS), &METADATA),
             store_up: recorder.register_gauge(&plain(STORE_UP), &METADATA),
             suppressed: recorder.register_counter(&plain(SUPPRESSED), &METADATA),
+            cluster_applied: recorder.register_gauge(&plain(CLUSTER_APPLIED), &METADATA),
+            cluster_lag: recorder.register_gauge(&plain(CLUSTER_LAG), &METADATA),
+            cluster_leader: recorder.register_gauge(&plain(CLUSTER_LEADER), &METADATA),
             recorder,
             handle,
         }
@@ -303,6 +312,14 @@ impl Metrics {
         self.store_up.set(if up { 1.0 } else { 0.0 });
     }
 
+    /// Sets what this node applied of the change log, how far behind the head it is, and
+    /// whether it leads.
+    pub fn set_cluster(&self, applied: i64, lag: i64, leader: bool) {
+        self.cluster_applied.set(applied as f64);
+        self.cluster_lag.set(lag.max(0) as f64);
+        self.cluster_leader.set(if leader { 1.0 } else { 0.0 });
+    }
+
     /// Counts decision log lines left out by flood collapsing.
     pub fn suppressed(&self, n: u64) {
         self.suppressed.increment(n);
@@ -409,6 +426,22 @@ fn describe(r: &PrometheusRecorder) {
         d(STORE_UP),
         None,
         "1 when the store answered its last ping (which, after a failed write, writes a probe row), else 0.".into(),
+    );
+    r.describe_gauge(
+        d(CLUSTER_APPLIED),
+        None,
+        "The last change-log seq this node's index has applied.".into(),
+    );
+    r.describe_gauge(
+        d(CLUSTER_LAG),
+        None,
+        "Changes committed but not yet applied by this node (head - applied), at its last heartbeat.".into(),
+    );
+    r.describe_gauge(
+        d(CLUSTER_LEADER),
+        None,
+        "1 while this node holds the leader lease (runs the sweeper, schedule, webhooks), else 0."
+            .into(),
     );
     r.describe_counter(
         d(SUPPRESSED),

@@ -145,6 +145,11 @@ impl Observer {
         self.metrics.usage_flush_failed();
     }
 
+    /// Records this node's progress through the change log and its leadership.
+    pub fn set_cluster(&self, applied: i64, lag: i64, leader: bool) {
+        self.metrics.set_cluster(applied, lag, leader);
+    }
+
     /// Records whether the store answered a ping.
     pub fn set_store_up(&self, up: bool) {
         self.metrics.set_store_up(up);

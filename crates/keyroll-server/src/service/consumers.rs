@@ -59,11 +59,13 @@ pub async fn create_consumer(
             {
                 Ok(stored) => {
                     state.index.upsert(stored.revision, &stored.consumer);
+                    state.cluster.note_local(stored.change_seq);
                     state.changed();
                     after_write(state, &request.actor, &r, &t.effects, &events);
                     return Ok(Answer::Fresh {
                         body: with_key,
                         effects: t.effects,
+                        change_seq: stored.change_seq,
                     });
                 }
                 Err(StoreError::KidCollision) => continue,
@@ -132,8 +134,12 @@ pub async fn change(
     render: impl Fn(&Consumer, &Planned, Timestamp) -> Value,
 ) -> Result<Answer, ServiceError> {
     with_replay(state, request, || async {
-        let (body, effects) = write(state, request, r, change, &plan, &render).await?;
-        Ok(Answer::Fresh { body, effects })
+        let (body, effects, change_seq) = write(state, request, r, change, &plan, &render).await?;
+        Ok(Answer::Fresh {
+            body,
+            effects,
+            change_seq,
+        })
     })
     .await
 }
@@ -146,7 +152,7 @@ pub async fn settle(state: &AppState, r: &ConsumerRef) -> Result<Vec<Effect>, Se
         idempotency: None,
     };
     let params = json!({});
-    let (_, effects) = write(
+    let (_, effects, _) = write(
         state,
         &request,
         r,
@@ -225,7 +231,7 @@ async fn write(
     change: Change<'_>,
     plan: &impl Fn(&Consumer, &Usage<'_>, Timestamp) -> Result<Planned, ServiceError>,
     render: &impl Fn(&Consumer, &Planned, Timestamp) -> Value,
-) -> Result<(Value, Vec<Effect>), ServiceError> {
+) -> Result<(Value, Vec<Effect>, i64), ServiceError> {
     for _ in 0..MAX_ATTEMPTS {
         let stored = state
             .store
@@ -238,7 +244,7 @@ async fn write(
         let (with_key, public) = split_secret(render(&stored.consumer, &planned, at));
         // Nothing changed (a retried retire, a second disable): answer without writing.
         if planned.effects.is_empty() && planned.consumer == stored.consumer {
-            return Ok((with_key, Vec::new()));
+            return Ok((with_key, Vec::new(), stored.change_seq));
         }
         let mut extra = Vec::new();
         for (i, e) in planned.effects.iter().enumerate() {
@@ -278,9 +284,10 @@ async fn write(
         match state.store.write_consumer(write).await {
             Ok(written) => {
                 state.index.upsert(written.revision, &written.consumer);
+                state.cluster.note_local(written.change_seq);
                 state.changed();
                 after_write(state, &request.actor, r, &planned.effects, &events);
-                return Ok((with_key, planned.effects));
+                return Ok((with_key, planned.effects, written.change_seq));
             }
             Err(StoreError::Conflict(_) | StoreError::KidCollision) => continue,
             Err(e) => return Err(e.into()),

@@ -470,7 +470,7 @@ pub async fn request_rotation(
     )
     .await?;
     match answer {
-        Answer::Fresh { body, effects } => Ok((body, effects)),
+        Answer::Fresh { body, effects, .. } => Ok((body, effects)),
         Answer::Replayed(r) => Ok((r.body, Vec::new())),
     }
 }

@@ -101,6 +101,9 @@ pub enum Answer {
         body: Value,
         /// What was written.
         effects: Vec<Effect>,
+        /// The consumer's last change in the change log: this one's, or (when nothing had to
+        /// be written) the one that already left it so. What `?wait=` waits for.
+        change_seq: i64,
     },
     /// An earlier request with the same `Idempotency-Key` was answered: its answer again.
     Replayed(Replayed),

@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             webhook_endpoints_round_trip_update_and_delete,
             webhook_deliveries_enqueue_once_and_record_attempts,
             agents_deliveries_and_handovers,
+            master_key_check_is_recorded_once,
             changes_are_gapless_and_in_commit_order,
             consumers_by_id_reads_the_ones_asked,
             prune_changes_removes_old_rows_and_keeps_the_head,
@@ -3746,4 +3747,18 @@ pub async fn concurrent_audit_appends_keep_one_chain(store: &dyn Store) {
         assert_eq!(pair[1].prev_hash, pair[0].hash, "one chain");
         assert!(pair[1].entry.seq > pair[0].entry.seq);
     }
+}
+
+pub async fn master_key_check_is_recorded_once(store: &dyn Store) {
+    // Before the installation is recorded there is nowhere to keep it.
+    assert!(matches!(
+        store.master_key_check(&[1; 32]).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.installation("inst-1").await.unwrap();
+    // The first caller's value is recorded; a later one with another value gets the first back
+    // (and compares), never overwrites it.
+    assert_eq!(store.master_key_check(&[1; 32]).await.unwrap(), vec![1; 32]);
+    assert_eq!(store.master_key_check(&[2; 32]).await.unwrap(), vec![1; 32]);
+    assert_eq!(store.master_key_check(&[1; 32]).await.unwrap(), vec![1; 32]);
 }

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::render::consumer_json;
 use super::{
-    Caller, PolicyFields, ScheduleFields, consumer_ref, expiry, name_error, owner, respond, scopes,
+    Caller, PolicyFields, ScheduleFields, consumer_ref, expiry, name_error, owner,
+    propagation_wait, respond, scopes, with_propagation,
 };
 use crate::http::auth::Admin;
 use crate::http::{ApiError, ApiJson, ApiPath};
@@ -229,6 +230,7 @@ async fn switch(
     command: Command,
     action: &'static str,
     confirm: Option<(bool, [u8; 32])>,
+    wait: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
     caller.admin.require("consumers:write")?;
     let body_hash = confirm.map_or([0; 32], |(_, h)| h);
@@ -261,13 +263,15 @@ async fn switch(
         },
     )
     .await?;
+    let answer = with_propagation(&state, &r, answer, wait).await?;
     Ok(respond(answer, StatusCode::OK, None))
 }
 
 /// `POST /v1/consumers/{env}/{name}/disable`: every key of the consumer is rejected.
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/disable", tag = "lifecycle", request_body = proto::Confirm,
-    params(("env" = String, Path), ("name" = String, Path)),
-    responses((status = 200, body = proto::Consumer), (status = 404, body = proto::Problem),
+    params(("env" = String, Path), ("name" = String, Path),
+        ("wait" = Option<String>, Query, description = "after the change commits, wait up to this long (a duration, at most 30s) for every live node's index to have it; the answer's `propagation` says which did")),
+    responses((status = 200, body = proto::Consumer, description = "the consumer; with `wait`, `propagation` too"), (status = 404, body = proto::Problem),
         (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
         (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["consumers:write"])))]
@@ -275,10 +279,22 @@ pub async fn disable(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
+    uri: Uri,
     body: ApiJson<proto::Confirm>,
 ) -> Result<Response, ApiError> {
+    caller.admin.require("consumers:write")?;
+    let wait = propagation_wait(&uri)?;
     let confirm = Some((body.value.confirm, body.body_hash));
-    switch(state, caller, path, Command::Disable, "disable", confirm).await
+    switch(
+        state,
+        caller,
+        path,
+        Command::Disable,
+        "disable",
+        confirm,
+        wait,
+    )
+    .await
 }
 
 /// `POST /v1/consumers/{env}/{name}/enable`.
@@ -292,5 +308,5 @@ pub async fn enable(
     caller: Caller,
     ApiPath(path): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    switch(state, caller, path, Command::Enable, "enable", None).await
+    switch(state, caller, path, Command::Enable, "enable", None, None).await
 }

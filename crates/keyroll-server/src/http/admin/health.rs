@@ -17,15 +17,43 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: whether this node can serve verification, and whether its store is healthy.
+/// Which readiness `GET /readyz` reports.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadyQuery {
+    /// `verify`: ready while the index serves verification, whatever the store does (for the
+    /// health check of a load balancer in front of forward-auth); without it, the store must
+    /// answer too (SPEC §11).
+    #[serde(rename = "for")]
+    #[param(rename = "for")]
+    pub for_: Option<String>,
+}
+
+/// `GET /readyz`: the index is loaded and the store answers and takes writes (SPEC §11).
 ///
-/// A node whose index is loaded verifies from memory whatever the database does, so it stays
-/// ready (200) while the store is unavailable and says `degraded` with the reason: a load
-/// balancer that took every node out of rotation during a database outage would turn a failure
-/// of admin writes into a failure of all traffic. Before the index is loaded it answers 503.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses(
-    (status = 200, body = proto::Health), (status = 503, body = proto::Health)))]
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+/// While the store is unavailable it answers 503 with `status: degraded` and the reason; a node
+/// in that state still verifies from memory, so `?for=verify` answers 200 (with the same body):
+/// a load balancer in front of forward-auth that took every node out of rotation during a
+/// database outage would turn a failure of admin writes into a failure of all traffic.
+#[utoipa::path(get, path = "/readyz", tag = "health", params(ReadyQuery), responses(
+    (status = 200, body = proto::Health), (status = 503, body = proto::Health),
+    (status = 400, description = "unknown `for`", body = keyroll_proto::Problem, content_type = "application/problem+json")))]
+pub async fn readyz(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<ReadyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let for_verify = match query.map(|q| q.0.for_) {
+        Ok(None) => false,
+        Ok(Some(f)) if f == "verify" => true,
+        Ok(Some(f)) => {
+            let shown: String = f.chars().take(40).collect();
+            return crate::http::ApiError::bad_request(format!(
+                "for={shown:?}: expected for=verify (or no for)"
+            ))
+            .into_response();
+        }
+        Err(e) => return crate::http::ApiError::bad_request(e.body_text()).into_response(),
+    };
     let loaded = state.ready.load(Ordering::Acquire);
     // Bounded: a database that does not answer must not hang the health check.
     let ping = match tokio::time::timeout(crate::observe::PING_TIMEOUT, state.store.ping()).await {
@@ -42,7 +70,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         // Down when the last write failed and a probe write still fails (a full disk: reads
         // work all along), when the database file was deleted or replaced, or when the
         // database cannot be reached.
-        (Err(e), true) => (StatusCode::OK, "degraded", Some(e)),
+        (Err(e), true) if for_verify => (StatusCode::OK, "degraded", Some(e)),
+        (Err(e), true) => (StatusCode::SERVICE_UNAVAILABLE, "degraded", Some(e)),
     };
     let body = proto::Health {
         status: status.to_owned(),

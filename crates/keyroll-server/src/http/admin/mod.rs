@@ -175,6 +175,75 @@ pub(crate) fn respond(answer: Answer, status: StatusCode, location: Option<Strin
     }
 }
 
+/// The `?wait=DURATION` of a revoke or disable: how long to wait for every live node to have
+/// the change (at most [`crate::cluster::MAX_WAIT`], as `/v1/self` caps its own wait).
+/// Another query parameter, or a wait that is not a duration, is a 400.
+pub(crate) fn propagation_wait(uri: &axum::http::Uri) -> Result<Option<Duration>, ApiError> {
+    let mut wait = None;
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "wait" => {
+                let d = parse_duration(&v).map_err(|e| {
+                    ApiError::bad_request(format!("wait: {e} (a duration such as 2s, at most 30s)"))
+                })?;
+                wait = Some(d.min(crate::cluster::MAX_WAIT));
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}; expected wait"
+                )));
+            }
+        }
+    }
+    Ok(wait)
+}
+
+/// With a `wait`, adds `propagation` to the answer: which live nodes' indexes have the
+/// consumer's change, waiting up to `wait` for all of them. A replayed answer waits for the
+/// consumer's last change (the replayed one, or a later one).
+pub(crate) async fn with_propagation(
+    state: &AppState,
+    r: &ConsumerRef,
+    answer: Answer,
+    wait: Option<Duration>,
+) -> Result<Answer, ApiError> {
+    let Some(wait) = wait else {
+        return Ok(answer);
+    };
+    let seq = match &answer {
+        Answer::Fresh { change_seq, .. } => *change_seq,
+        Answer::Replayed(_) => state
+            .store
+            .get_consumer(r)
+            .await?
+            .map_or(0, |c| c.change_seq),
+    };
+    let propagation = crate::cluster::wait_for(state, seq, wait).await;
+    let value = serde_json::to_value(propagation).unwrap_or(serde_json::Value::Null);
+    Ok(match answer {
+        Answer::Fresh {
+            mut body,
+            effects,
+            change_seq,
+        } => {
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("propagation".into(), value);
+            }
+            Answer::Fresh {
+                body,
+                effects,
+                change_seq,
+            }
+        }
+        Answer::Replayed(mut replayed) => {
+            if let Some(obj) = replayed.body.as_object_mut() {
+                obj.insert("propagation".into(), value);
+            }
+            Answer::Replayed(replayed)
+        }
+    })
+}
+
 pub(crate) fn name_error(e: keyroll_core::NameError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }

@@ -34,6 +34,7 @@ pub fn version_json(
         already_revoked: false,
         already_retired: false,
         warning: None,
+        propagation: None,
     }
 }
 
@@ -58,6 +59,7 @@ pub fn consumer_json(c: &Consumer, index: &Index, now: Timestamp) -> proto::Cons
             .iter()
             .map(|v| version_json(v, &c.policy, index.last_used(&v.kid), now))
             .collect(),
+        propagation: None,
     }
 }
 

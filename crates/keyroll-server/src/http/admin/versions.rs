@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use keyroll_core::{
     Command, Consumer, Effect, StoredState, Timestamp, Usage, VersionNumber, rfc3339,
@@ -13,7 +13,10 @@ use keyroll_proto as proto;
 use serde_json::{Value, json};
 
 use super::render::version_json;
-use super::{Caller, consumer_ref, duration, expiry, no_secret_in, respond, version_number};
+use super::{
+    Caller, consumer_ref, duration, expiry, no_secret_in, propagation_wait, respond,
+    version_number, with_propagation,
+};
 use crate::http::{ApiError, ApiJson, ApiPath};
 use crate::service::{self, Change, Planned, Rotation};
 use crate::state::AppState;
@@ -81,8 +84,9 @@ pub async fn rotate(
 
 /// `POST /v1/consumers/{env}/{name}/versions/{n}/revoke`: immediate, never gated.
 #[utoipa::path(post, path = "/v1/consumers/{env}/{name}/versions/{version}/revoke", tag = "lifecycle", request_body = proto::RevokeRequest,
-    params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3")),
-    responses((status = 200, body = proto::KeyVersion), (status = 404, body = proto::Problem),
+    params(("env" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "v3 or 3"),
+        ("wait" = Option<String>, Query, description = "after the revocation commits, wait up to this long (a duration, at most 30s) for every live node's index to have it; the answer's `propagation` says which did")),
+    responses((status = 200, body = proto::KeyVersion, description = "the version; with `wait`, `propagation` too"), (status = 404, body = proto::Problem),
         (status = 409, body = proto::Problem, description = "a lifecycle rule forbids it now, or the consumer kept changing under concurrent requests"), (status = 422, body = proto::Problem, description = "`secret_in_text`, or `idempotency_key_reused`: this Idempotency-Key was used for another request"),
         (status = 428, body = proto::Problem, description = "`confirmation_required`: the environment is protected; send `confirm: true`")),
     security(("admin_token" = ["keys:write"])))]
@@ -90,11 +94,13 @@ pub async fn revoke(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath((env, name, version)): ApiPath<(String, String, String)>,
+    uri: Uri,
     body: ApiJson<proto::RevokeRequest>,
 ) -> Result<Response, ApiError> {
     caller.admin.require("keys:write")?;
     let request = caller.request(&body.body_hash)?;
     let r = consumer_ref(&env, &name)?;
+    let wait = propagation_wait(&uri)?;
     let n = version_number(&version)?;
     let reason = body.value.reason.clone();
     no_secret_in("reason", &reason)?;
@@ -142,6 +148,7 @@ pub async fn revoke(
         },
     )
     .await?;
+    let answer = with_propagation(&state, &r, answer, wait).await?;
     Ok(respond(answer, StatusCode::OK, None))
 }
 
