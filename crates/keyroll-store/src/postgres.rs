@@ -7,7 +7,8 @@
 //! - [`consumers`]: consumer and version reads, `create_consumer`, `write_consumer`;
 //! - [`audit`]: the audit log and the event outbox; [`idempotency`]: `Idempotency-Key` records;
 //! - [`environments`], [`tokens`] (admin tokens), [`installation`], [`usage`];
-//! - [`load`]: the bulk reads at start (`load_all`, `last_used_all`), streamed;
+//! - [`load`]: the bulk reads at start (`load_all`, `last_used_all`), streamed through a binary
+//!   `COPY` parsed by [`copy`];
 //! - [`webhooks`]: webhook endpoints, deliveries, attempts and the sender's cursor;
 //! - [`delivery`]: handovers, agents' reports and deliveries;
 //! - [`health`]: `ping`, the outage state and the write probe;
@@ -37,6 +38,7 @@
 mod audit;
 mod cluster;
 mod consumers;
+mod copy;
 mod decode;
 mod delivery;
 mod environments;

@@ -10,7 +10,7 @@
 //! numbers) as `i32` and widened.
 
 use keyroll_core::audit_chain::ChainHash;
-use keyroll_core::{KeyVersion, Kid, Timestamp};
+use keyroll_core::{KeyVersion, Timestamp};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 
@@ -219,12 +219,6 @@ pub(super) fn installation_from_row(row: &PgRow) -> Result<Installation, StoreEr
         created_at: Timestamp::from_unix_millis(get(row, 1, place)?),
         empty: get(row, 2, place)?,
     })
-}
-
-/// A `version_usage` row of the whole table: `kid, last_used_at`.
-pub(super) fn last_used_from_row(row: &PgRow) -> Result<(Kid, Timestamp), StoreError> {
-    let table = || "version_usage row".to_owned();
-    rows::last_used(get(row, 0, &table)?, get(row, 1, &table)?)
 }
 
 /// A `version_usage` row of a usage read: `kid, last_used_at`.

@@ -38,9 +38,9 @@ impl PostgresStore {
         installation_from_row(&row)
     }
 
-    /// The recorded master-key check value, recording `check` when there is none. One
-    /// conditional update, so two nodes starting at once with different keys record one value
-    /// and the other node learns it differs.
+    /// The recorded master-key check value, recording `check` when there is none. Two nodes
+    /// starting at once agree: the second's `UPDATE` waits for the first's row, then re-checks
+    /// `IS NULL` on it and changes nothing, and its read sees the first's value.
     pub(super) async fn installation_master_key_check(
         &self,
         check: &[u8],

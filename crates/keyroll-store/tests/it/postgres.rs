@@ -385,7 +385,7 @@ const DAMAGE: &[(&str, &str)] = &[
     ),
     (
         "ALTER TABLE key_versions ALTER COLUMN grace_ms TYPE text",
-        "key_versions row (consumer_id 1, version 1): column grace_ms: ",
+        "key_versions: column grace_ms is TEXT, not INT8",
     ),
 ];
 
