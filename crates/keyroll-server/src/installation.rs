@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use keyroll_store::{SqliteStore, Store};
+use keyroll_store::{PostgresStore, SqliteStore, Store};
 
 use crate::config::Config;
 use crate::{admin_token, clock, request_id, service};
@@ -27,9 +27,8 @@ const DATABASE_FILE: &str = "keyroll.db";
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.database_url.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            bail!(
-                "database_url: PostgreSQL is not supported by this build yet; use SQLite (the default) for now"
-            )
+            let store = PostgresStore::open_url(url).await?;
+            Ok(Arc::new(store))
         }
         Some(url) if url.starts_with("sqlite:") => {
             let store = SqliteStore::open_url(url).await?;
@@ -38,7 +37,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         Some(other) => {
             let shown: String = keyroll_core::redact_url(other).chars().take(40).collect();
             bail!(
-                "database_url {shown:?}: expected sqlite://PATH (or postgres:// in a later release)"
+                "database_url {shown:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
             )
         }
         None => {

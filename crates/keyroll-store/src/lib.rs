@@ -17,6 +17,7 @@
 //! - Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`); one
 //!   conformance suite (`tests/it/conformance.rs`) runs against every backend.
 
+mod postgres;
 mod rows;
 mod sqlite;
 mod usage;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyroll_core::{Consumer, ConsumerRef, Environment, Kid, SecretHash, Timestamp};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -241,7 +243,7 @@ pub struct ConsumerWrite<'a> {
     pub handover: Option<&'a HandoverRecord>,
 }
 
-/// One event in the outbox (SPEC §10: delivered as webhooks by a later release). Appended in the
+/// One event in the outbox (SPEC §10: delivered as webhooks by the leader). Appended in the
 /// same transaction as the change it describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
@@ -528,8 +530,8 @@ pub struct DeliveryRecord {
     pub delivered_at: Timestamp,
 }
 
-/// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] (and, for several
-/// nodes sharing state, a PostgreSQL store with the same conformance suite).
+/// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] and, for several
+/// nodes sharing state, [`PostgresStore`], with the same conformance suite.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`, for logs and `/readyz`.

@@ -21,12 +21,12 @@ mod forward_auth;
 mod harness;
 mod incident;
 mod nginx;
-// mod nodes; (enabled once the PostgreSQL store and the cluster jobs are in)
+mod nodes;
 mod observe;
-// mod pg;
+mod pg;
 mod policy;
 mod policy_webhooks;
-// mod proxy;
+mod proxy;
 mod rotate_due;
 mod run;
 mod scan;

@@ -61,7 +61,8 @@ CREATE TABLE usage_sources (
 CREATE TABLE events (
     -- Identity values can have gaps (rolled-back transactions), and are handed out at insert,
     -- not at commit: a reader paging by seq must not move its cursor past a gap that a
-    -- transaction still running may yet fill.
+    -- transaction still running may yet fill. (The store takes its append lock before taking a
+    -- seq, so events commit in seq order.)
     seq      BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT events_pkey PRIMARY KEY,
     at       BIGINT NOT NULL,
     -- `version.issued`, `version.retired`, `rotation.stalled`, …

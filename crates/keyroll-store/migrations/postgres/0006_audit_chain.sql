@@ -3,10 +3,10 @@
 --
 -- Each entry carries the SHA-256 of the entry before it (32 zero bytes for the first) and its
 -- own, over the canonical encoding of keyroll_core::audit_chain. The store computes both inside
--- the write transaction that appends the entry, after taking the table's append lock
--- (`LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE`) so that concurrent writers keep one chain,
--- and takes the entry's `seq` from the identity sequence first (`INSERT … OVERRIDING SYSTEM
--- VALUE`), since the hash covers it. Entries written before this migration are chained by the
+-- the write transaction that appends the entry, after taking its append lock (a transaction-
+-- scoped advisory lock, held until commit) so that concurrent writers on every node keep one
+-- chain, and takes the entry's `seq` from the identity sequence under that lock (`INSERT …
+-- OVERRIDING SYSTEM VALUE`), since the hash covers it. Entries written before this migration are chained by the
 -- store when it opens the database, once: only while no entry has a hash yet. The columns stay
 -- nullable for them; a NULL afterwards is reported by `keyroll audit verify` as an edited entry.
 ALTER TABLE audit_log ADD COLUMN prev_hash BYTEA CHECK (prev_hash IS NULL OR octet_length(prev_hash) = 32);
