@@ -714,7 +714,7 @@ fn resolve_cluster(
         reason: reason.into(),
     };
     if let Some(id) = &raw.node_id
-        && !crate::cluster::valid_node_id(id)
+        && !valid_node_id(id)
     {
         return Err(invalid(
             "cluster.node_id",
@@ -790,6 +790,15 @@ fn resolve_http(
         )?,
         log_interval: positive("http.log_interval", &raw.log_interval)?,
     })
+}
+
+/// Whether `id` may name a node: 1 to 64 of `a-z A-Z 0-9 . _ -` (it is shown in logs, tables
+/// and problem details).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

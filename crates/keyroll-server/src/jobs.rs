@@ -125,7 +125,7 @@ pub async fn flush_usage(state: &AppState) {
                 .observer
                 .usage_flushed(took, versions, state.clock.now());
             // Other nodes' traffic, so that idle and stall rules here see every node's.
-            crate::cluster::merge_adoption(state).await;
+            crate::cluster::steps::merge_adoption(state).await;
         }
         Flushed::Failed => state.observer.usage_flush_failed(),
     }
@@ -169,28 +169,28 @@ pub async fn heartbeat(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             () = state.cluster.heartbeat_wake.notified() => {}
             _ = stop.changed() => break,
         }
-        if let Err(e) = crate::cluster::heartbeat(&state).await {
+        if let Err(e) = crate::cluster::steps::heartbeat(&state).await {
             tracing::warn!(event = "cluster.heartbeat_failed", error = %e, "could not record this node's heartbeat: {e}");
         }
     }
-    crate::cluster::leave(&state).await;
+    crate::cluster::steps::leave(&state).await;
 }
 
 /// The leader lease: taken or renewed every `cluster.heartbeat_interval` until `stop`; then
 /// given up, so another node leads at once.
 pub async fn lease(state: Arc<AppState>, stop: watch::Receiver<bool>) {
     every(state.cluster.settings.heartbeat_interval, stop, || {
-        crate::cluster::renew_lease(&state)
+        crate::cluster::steps::renew_lease(&state)
     })
     .await;
-    crate::cluster::resign(&state).await;
+    crate::cluster::steps::resign(&state).await;
 }
 
 /// The leader's upkeep of the change log and the node list, every
 /// [`crate::cluster::PRUNE_EVERY`] while leader.
 pub async fn prune(state: Arc<AppState>, stop: watch::Receiver<bool>) {
     every_as_leader(&state, crate::cluster::PRUNE_EVERY, stop, || {
-        crate::cluster::prune(&state)
+        crate::cluster::steps::prune(&state)
     })
     .await;
 }
@@ -210,7 +210,7 @@ pub async fn changes(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let mut listener = match state.store.listen_changes().await {
         Ok(l) => l,
         Err(e) => {
-            crate::cluster::log_listener_lost(&state, &e);
+            crate::cluster::steps::log_listener_lost(&state, &e);
             None
         }
     };
@@ -239,7 +239,7 @@ pub async fn changes(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                 Ok(seq) if seq <= state.cluster.applied() => continue,
                 Ok(_) => {}
                 Err(e) => {
-                    crate::cluster::log_listener_lost(&state, &e);
+                    crate::cluster::steps::log_listener_lost(&state, &e);
                     listener = None;
                     reconnect_at = Instant::now() + backoff;
                 }
@@ -249,7 +249,7 @@ pub async fn changes(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             }
             () = sleep_until(next_reload) => {
                 next_reload = Instant::now() + settings.full_reload;
-                if let Err(e) = crate::cluster::full_reload(&state, Resync::Periodic).await {
+                if let Err(e) = crate::cluster::steps::full_reload(&state, Resync::Periodic).await {
                     tracing::warn!(event = "cluster.apply_failed", error = %e, "could not reload the index: {e}; will retry");
                 }
                 continue;
@@ -270,7 +270,7 @@ pub async fn changes(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        if let Err(e) = crate::cluster::catch_up(&state).await {
+        if let Err(e) = crate::cluster::steps::catch_up(&state).await {
             tracing::warn!(event = "cluster.apply_failed", error = %e, "could not apply the change log: {e}; will retry");
         }
     }

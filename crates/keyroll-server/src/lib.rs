@@ -123,8 +123,8 @@ impl Server {
         // sweeper's and the schedule's first steps (at start) run here, and the first heartbeat
         // makes this node one that writers wait for.
         state.cluster.set_listen_address(addr);
-        cluster::renew_lease(&state).await;
-        if let Err(e) = cluster::heartbeat(&state).await {
+        cluster::steps::renew_lease(&state).await;
+        if let Err(e) = cluster::steps::heartbeat(&state).await {
             tracing::warn!(event = "cluster.heartbeat_failed", error = %e, "could not record this node's heartbeat: {e}");
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -20,5 +20,5 @@ pub async fn cluster(
     admin: Admin,
 ) -> Result<Json<proto::ClusterStatus>, ApiError> {
     admin.require("consumers:read")?;
-    Ok(Json(crate::cluster::status(&state).await?))
+    Ok(Json(crate::cluster::steps::status(&state).await?))
 }

@@ -218,7 +218,7 @@ pub(crate) async fn with_propagation(
             .await?
             .map_or(0, |c| c.change_seq),
     };
-    let propagation = crate::cluster::wait_for(state, seq, wait).await;
+    let propagation = crate::cluster::steps::wait_for(state, seq, wait).await;
     let value = serde_json::to_value(propagation).unwrap_or(serde_json::Value::Null);
     Ok(match answer {
         Answer::Fresh {
