@@ -153,6 +153,10 @@ enum Cmd {
         /// Confirm the change (required in a protected environment).
         #[arg(long)]
         yes: bool,
+        /// Wait up to this long (e.g. 2s, at most 30s) until every live node of the cluster
+        /// rejects the key, and say which did.
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
     },
     /// End a retiring version's grace window now.
     Retire {
@@ -918,6 +922,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             version: v,
             reason,
             yes,
+            wait,
         } => {
             let r = consumer_ref(&consumer)?;
             let n = version(&v)?;
@@ -930,6 +935,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         reason,
                         confirm: yes,
                     },
+                    wait.as_deref(),
                 )
                 .await?;
             out.json_or(&a.json, || {
@@ -937,13 +943,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     say!(
                         "{r} v{n} (kid {}) was already revoked; nothing changed.",
                         a.body.kid
-                    )
+                    )?;
                 } else {
                     say!(
                         "Revoked {r} v{n} (kid {}): it is rejected as key_revoked from now on.",
                         a.body.kid
-                    )
+                    )?;
                 }
+                if let Some(p) = &a.body.propagation {
+                    match p.within_ms {
+                        Some(ms) if p.lagging.is_empty() => say!(
+                            "Confirmed by {} of {} live nodes within {ms} ms.",
+                            p.confirmed,
+                            p.nodes
+                        )?,
+                        _ => {
+                            let lagging: Vec<String> = p
+                                .lagging
+                                .iter()
+                                .map(|l| {
+                                    format!(
+                                        "{} (applied {}, last heartbeat {})",
+                                        l.node_id, l.applied_seq, l.heartbeat_at
+                                    )
+                                })
+                                .collect();
+                            say!(
+                                "Confirmed by {} of {} live nodes; not yet: {}.",
+                                p.confirmed,
+                                p.nodes,
+                                lagging.join(", ")
+                            )?;
+                        }
+                    }
+                }
+                Ok(())
             })?;
             if let Some(w) = &a.body.warning {
                 eprintln!("warning: {w}");

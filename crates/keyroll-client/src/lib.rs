@@ -340,17 +340,20 @@ impl Client {
         .await
     }
 
-    /// `POST …/versions/{n}/revoke`.
+    /// `POST …/versions/{n}/revoke`; with `wait` (a duration such as `2s`), the answer says
+    /// which live nodes of the cluster have the revocation (`propagation`).
     pub async fn revoke(
         &self,
         env: &str,
         name: &str,
         version: u32,
         req: &proto::RevokeRequest,
+        wait: Option<&str>,
     ) -> Result<Answer<proto::KeyVersion>, ClientError> {
+        let query = wait.map_or_else(String::new, |w| format!("?wait={}", urlencode(w)));
         self.call(
             reqwest::Method::POST,
-            &consumer_path(env, name, &format!("/versions/{version}/revoke")),
+            &consumer_path(env, name, &format!("/versions/{version}/revoke{query}")),
             Some(req),
             None,
         )

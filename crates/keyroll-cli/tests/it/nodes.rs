@@ -241,15 +241,26 @@ fn a_revocation_is_confirmed_by_every_live_node_and_names_the_ones_that_lag() {
         live_nodes(&all[0]) == 2
     });
     let key3 = all[0].consumer("prod/third", &[]);
-    drop(key3);
-    let (code, v, _) = post(
-        &all[0],
-        "/v1/consumers/prod/third/versions/1/revoke?wait=5s",
-        &json!({"reason": "test"}),
+    wait_for("B knows prod/third", Duration::from_secs(5), || {
+        check(&all[1], &key3).0 == 200
+    });
+    // The CLI says it: `keyroll revoke --wait`.
+    let r = all[0].cli(&[
+        "revoke",
+        "prod/third",
+        "1",
+        "--reason",
+        "test",
+        "--wait",
+        "5s",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("Confirmed by 2 of 2 live nodes within"),
+        "{}",
+        r.stdout
     );
-    assert_eq!(code, 200, "{v}");
-    assert_eq!(v["propagation"]["nodes"], 2, "{v}");
-    assert_eq!(v["propagation"]["confirmed"], 2, "{v}");
+    assert_eq!(check(&all[1], &key3), (401, "key_revoked".to_owned()));
     // A bad wait is a 400 that changes nothing.
     let (code, v, _) = post(
         &all[0],

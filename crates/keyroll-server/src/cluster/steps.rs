@@ -295,17 +295,26 @@ pub async fn status(state: &AppState) -> Result<proto::ClusterStatus, StoreError
         }),
         nodes: nodes
             .into_iter()
-            .map(|n| proto::ClusterNode {
-                live: is_live(n.heartbeat_at, now, interval),
-                leader: holder.as_deref() == Some(n.node_id.as_str()),
-                lag: head.saturating_sub(n.applied_seq).max(0),
-                node_id: n.node_id,
-                address: n.address,
-                version: n.version,
-                started_at: rfc3339(n.started_at),
-                heartbeat_at: rfc3339(n.heartbeat_at),
-                applied_seq: n.applied_seq,
-                usage_flushed_at: n.usage_flushed_at.map(rfc3339),
+            .map(|n| {
+                // This node's own row is as of its last heartbeat; its memory is newer (a write
+                // it just made is applied here before the next heartbeat says so).
+                let applied_seq = if n.node_id == state.cluster.node_id {
+                    n.applied_seq.max(state.cluster.applied())
+                } else {
+                    n.applied_seq
+                };
+                proto::ClusterNode {
+                    live: is_live(n.heartbeat_at, now, interval),
+                    leader: holder.as_deref() == Some(n.node_id.as_str()),
+                    lag: head.saturating_sub(applied_seq).max(0),
+                    node_id: n.node_id,
+                    address: n.address,
+                    version: n.version,
+                    started_at: rfc3339(n.started_at),
+                    heartbeat_at: rfc3339(n.heartbeat_at),
+                    applied_seq,
+                    usage_flushed_at: n.usage_flushed_at.map(rfc3339),
+                }
             })
             .collect(),
     })

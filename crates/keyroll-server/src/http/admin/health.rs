@@ -17,6 +17,14 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// What a caller of `GET /readyz?for=` needs the node ready for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyFor {
+    /// Verification only: ready while the index serves, whatever the store does.
+    Verify,
+}
+
 /// Which readiness `GET /readyz` reports.
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -25,8 +33,8 @@ pub struct ReadyQuery {
     /// health check of a load balancer in front of forward-auth); without it, the store must
     /// answer too (SPEC §11).
     #[serde(rename = "for")]
-    #[param(rename = "for")]
-    pub for_: Option<String>,
+    #[param(rename = "for", inline)]
+    pub for_: Option<ReadyFor>,
 }
 
 /// `GET /readyz`: the index is loaded and the store answers and takes writes (SPEC §11).
@@ -43,16 +51,10 @@ pub async fn readyz(
     query: Result<axum::extract::Query<ReadyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let for_verify = match query.map(|q| q.0.for_) {
-        Ok(None) => false,
-        Ok(Some(f)) if f == "verify" => true,
-        Ok(Some(f)) => {
-            let shown: String = f.chars().take(40).collect();
-            return crate::http::ApiError::bad_request(format!(
-                "for={shown:?}: expected for=verify (or no for)"
-            ))
-            .into_response();
+        Ok(f) => f == Some(ReadyFor::Verify),
+        Err(e) => {
+            return crate::http::ApiError::bad_request(e.body_text()).into_response();
         }
-        Err(e) => return crate::http::ApiError::bad_request(e.body_text()).into_response(),
     };
     let loaded = state.ready.load(Ordering::Acquire);
     // Bounded: a database that does not answer must not hang the health check.
