@@ -90,6 +90,16 @@ pub(super) const USAGE_LOCK: i64 = i64::from_be_bytes(*b"krUSAGE_");
 /// Held by admin-token revocations and rotations (the last-admin check).
 pub(super) const TOKENS_LOCK: i64 = i64::from_be_bytes(*b"krTOKENS");
 
+/// Bounds on every write transaction, set for this transaction only (`set_config(…, true)` is
+/// `SET LOCAL` in one round trip; a pooler in transaction mode keeps working). Writers of several nodes queue on the same locks
+/// (the change counter's row, [`APPEND_LOCK`]): a wait longer than `lock_timeout` means another
+/// node holds a lock it is not using, which is an outage to report (`Unavailable`, 503), not a
+/// queue to join forever. A transaction its client left idle (a paused process, a half-open link
+/// after a partition) is ended by the server after `idle_in_transaction_session_timeout`,
+/// freeing its locks for the other nodes; the client then sees its connection closed.
+pub(super) const WRITE_LIMITS: &str = "SELECT set_config('lock_timeout', '5s', true), \
+     set_config('idle_in_transaction_session_timeout', '15s', true)";
+
 /// `BEGIN` for reads that must see one snapshot.
 const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
@@ -164,7 +174,12 @@ impl PostgresStore {
         &self,
         doing: &str,
     ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(|e| self.fail(doing, e))
+        let mut tx = self.pool.begin().await.map_err(|e| self.fail(doing, e))?;
+        sqlx::query(WRITE_LIMITS)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        Ok(tx)
     }
 
     /// Commits a write transaction: its success shows the store takes writes again.

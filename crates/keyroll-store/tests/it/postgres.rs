@@ -283,6 +283,59 @@ fn migration_versions() -> Vec<i64> {
 }
 
 #[tokio::test]
+async fn a_lock_held_by_a_stuck_node_fails_writes_after_the_lock_timeout_instead_of_hanging() {
+    let Some(backend) = fresh().await else {
+        return;
+    };
+    let store: &dyn Store = &backend.store;
+    prod(store).await;
+    // Another "node" takes the append lock (audit chain, outbox) and sits on it.
+    let mut stuck = backend.db.connect().await;
+    sqlx::query("BEGIN").execute(&mut stuck).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from_be_bytes(*b"krAPPEND"))
+        .execute(&mut stuck)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = store
+        .create_environment(
+            &EnvironmentRecord {
+                name: env("staging"),
+                protected: false,
+                rotate_after: None,
+                created_at: conformance::at(2),
+            },
+            &audit(2, "environment.created", "environment staging"),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    let message = unavailable(err);
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "{took:?}: {message}"
+    );
+    assert!(message.contains("lock"), "{message}");
+    // Nothing was written; once the lock is free the same write works.
+    assert_eq!(store.list_environments().await.unwrap().len(), 1);
+    sqlx::query("ROLLBACK").execute(&mut stuck).await.unwrap();
+    store
+        .create_environment(
+            &EnvironmentRecord {
+                name: env("staging"),
+                protected: false,
+                rotate_after: None,
+                created_at: conformance::at(3),
+            },
+            &audit(3, "environment.created", "environment staging"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.list_environments().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn a_database_from_a_newer_keyroll_is_corrupt() {
     let Some(backend) = fresh().await else {
         return;
