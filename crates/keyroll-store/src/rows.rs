@@ -571,6 +571,56 @@ pub(crate) fn count(value: i64, place: Place<'_>) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| corrupt(place, "count(*)", format_args!("negative: {value}")))
 }
 
+/// The wall clock, for the probe row and the installation row (the store otherwise takes times
+/// from its callers): values nothing decides on. 0 when the clock is before 1970.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
+}
+
+/// A duration as whole milliseconds, saturating (a lease ttl, a look-back).
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An optional time as its column value.
+pub(crate) fn ms(t: Option<Timestamp>) -> Option<i64> {
+    t.map(|t| t.unix_millis())
+}
+
+/// A webhook endpoint's event types as their column value (a JSON list).
+pub(crate) fn events_json(events: &[String]) -> String {
+    Value::from(events.to_vec()).to_string()
+}
+
+/// What the audit chain hashes of entry `e` at position `seq`.
+pub(crate) fn chain_entry(seq: i64, e: &AuditRecord) -> keyroll_core::audit_chain::ChainEntry<'_> {
+    keyroll_core::audit_chain::ChainEntry {
+        seq,
+        at: e.at,
+        actor: &e.actor,
+        action: &e.action,
+        target: &e.target,
+        detail: &e.detail,
+        request_id: e.request_id.as_deref(),
+        remote_addr: e.remote_addr.as_deref(),
+    }
+}
+
+/// The usage of a version nobody used (or that is unknown): asked for, so answered.
+pub(crate) fn unused(kid: Kid) -> crate::VersionUsage {
+    crate::VersionUsage {
+        kid,
+        last_used_at: None,
+        hourly: Vec::new(),
+        sources: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

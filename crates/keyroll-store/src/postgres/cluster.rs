@@ -32,6 +32,7 @@ use super::decode::{change_from_row, lease_from_row, node_from_row, usage_last_u
 use super::errors::classify;
 use super::{ACQUIRE_TIMEOUT, PostgresStore};
 use crate::rows;
+use crate::rows::millis;
 use crate::{ChangeListener, ChangeRecord, Lease, NodeRecord, StoreError, StoredConsumer};
 
 /// The channel of change notifications; the payload is the change's seq.
@@ -54,10 +55,6 @@ const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, term, acquired_at
 
 const NODE_COLUMNS: &str = "node_id, address, version, started_at, heartbeat_at, applied_seq, \
      usage_flushed_at, leader";
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 impl PostgresStore {
     /// Takes the next change seq for consumer `consumer_id` inside a write transaction: bumps

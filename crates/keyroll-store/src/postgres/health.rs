@@ -13,6 +13,7 @@
 use super::errors::classify;
 use super::{PostgresStore, connect_once};
 use crate::StoreError;
+use crate::rows::unix_millis_now;
 
 impl PostgresStore {
     /// `ping`: the database answers, and takes a write if the last operation met an outage.
@@ -87,15 +88,4 @@ impl PostgresStore {
         .map_err(|e| self.fail(doing, e))?;
         self.commit_write(tx, doing).await
     }
-}
-
-/// The wall clock, for the probe row and the installation row (the store otherwise takes times
-/// from its callers): values nothing decides on.
-#[allow(clippy::disallowed_methods)]
-pub(super) fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or(0)
 }

@@ -8,7 +8,7 @@
 
 use super::PostgresStore;
 use super::decode::installation_from_row;
-use super::health::unix_millis_now;
+use crate::rows::unix_millis_now;
 use crate::{Installation, StoreError};
 
 impl PostgresStore {

@@ -24,6 +24,7 @@ use keyroll_core::{Kid, Timestamp};
 
 use super::decode::{usage_hourly_from_row, usage_last_used_from_row, usage_source_from_row};
 use super::{PostgresStore, USAGE_LOCK, lock};
+use crate::rows::unused;
 use crate::{StoreError, UsageDelta, VersionUsage};
 
 /// Adds each `(kid, last_used_at)` whose version exists, keeping the later time.
@@ -230,15 +231,5 @@ impl PostgresStore {
             answer.push(entry);
         }
         Ok(answer)
-    }
-}
-
-/// A version's usage before anything is known of it.
-fn unused(kid: Kid) -> VersionUsage {
-    VersionUsage {
-        kid,
-        last_used_at: None,
-        hourly: Vec::new(),
-        sources: Vec::new(),
     }
 }

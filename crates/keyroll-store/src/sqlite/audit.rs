@@ -18,30 +18,18 @@
 //!   filling in the hashes of an unchained audit entry); the caller's `seq` is ignored.
 //! - No column holds a secret: `detail` is JSON text made by the caller without one.
 
-use keyroll_core::audit_chain::{ChainEntry, ChainHash, GENESIS, link};
+use keyroll_core::audit_chain::{ChainHash, GENESIS, link};
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::SqliteStore;
 use super::decode::{chained_audit_from_row, event_from_row};
+use crate::rows::chain_entry;
 use crate::{AuditQuery, AuditRecord, ChainedAudit, EventRecord, StoreError};
 
 /// The columns of an audit row as [`chained_audit_from_row`] reads them.
 const AUDIT_COLUMNS: &str =
     "seq, at, actor, action, target, detail, request_id, remote_addr, prev_hash, hash";
-
-fn chain_entry(seq: i64, e: &AuditRecord) -> ChainEntry<'_> {
-    ChainEntry {
-        seq,
-        at: e.at,
-        actor: &e.actor,
-        action: &e.action,
-        target: &e.target,
-        detail: &e.detail,
-        request_id: e.request_id.as_deref(),
-        remote_addr: e.remote_addr.as_deref(),
-    }
-}
 
 impl SqliteStore {
     /// Appends audit entries inside the caller's write transaction, each linked to the one

@@ -22,6 +22,7 @@ use super::SqliteStore;
 use super::consumers::Filter;
 use super::decode::{change_from_row, lease_from_row, node_from_row, usage_last_used_from_row};
 use crate::rows;
+use crate::rows::millis;
 use crate::{ChangeRecord, Lease, NodeRecord, StoreError, StoredConsumer};
 
 /// Takes the lease when free, expired at `?3` (`expires_at <= now`) or held by `?2`; a new
@@ -41,10 +42,6 @@ const ACQUIRE_LEASE: &str = "INSERT INTO leases (name, holder, term, acquired_at
 
 const NODE_COLUMNS: &str = "node_id, address, version, started_at, heartbeat_at, applied_seq, \
      usage_flushed_at, leader";
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 impl SqliteStore {
     /// Takes the next change seq for consumer `consumer_id` inside a write transaction: bumps

@@ -17,6 +17,7 @@ use std::path::Path;
 use super::SqliteStore;
 use super::errors::classify;
 use crate::StoreError;
+use crate::rows::unix_millis_now;
 
 /// Which file a path named when the store opened it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,15 +171,4 @@ impl SqliteStore {
         .map_err(|e| self.fail(doing, e))?;
         self.commit_write(tx, doing).await
     }
-}
-
-/// The wall clock, for the probe row and the installation row (the store otherwise takes times
-/// from its callers): values nothing decides on.
-#[allow(clippy::disallowed_methods)]
-pub(super) fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or(0)
 }

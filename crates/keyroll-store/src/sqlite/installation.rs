@@ -6,7 +6,7 @@
 
 use super::SqliteStore;
 use super::decode::installation_from_row;
-use super::health::unix_millis_now;
+use crate::rows::unix_millis_now;
 use crate::{Installation, StoreError};
 
 impl SqliteStore {

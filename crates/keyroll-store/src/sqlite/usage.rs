@@ -19,6 +19,7 @@ use keyroll_core::{Kid, Timestamp};
 
 use super::SqliteStore;
 use super::decode::{usage_hourly_from_row, usage_last_used_from_row, usage_source_from_row};
+use crate::rows::unused;
 use crate::usage::{Hourly, LastUsed, Source};
 use crate::{StoreError, UsageDelta, VersionUsage};
 
@@ -271,16 +272,6 @@ impl SqliteStore {
             answer.push(entry);
         }
         Ok(answer)
-    }
-}
-
-/// A version's usage before anything is known of it.
-fn unused(kid: Kid) -> VersionUsage {
-    VersionUsage {
-        kid,
-        last_used_at: None,
-        hourly: Vec::new(),
-        sources: Vec::new(),
     }
 }
 

@@ -15,6 +15,7 @@ use super::decode::{
     webhook_attempt_from_row, webhook_delivery_from_row, webhook_endpoint_from_row,
 };
 use super::errors::{Violation, violation};
+use crate::rows::{events_json, ms};
 use crate::{
     AuditRecord, DeliveryQuery, EventRecord, StoreError, WebhookAttempt, WebhookDelivery,
     WebhookEndpoint,
@@ -24,14 +25,6 @@ const ENDPOINT_COLUMNS: &str = "id, url, events, description, sealed_secret, \
      sealed_previous_secret, previous_secret_until, created_at, disabled_at, disabled_reason";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_seq, msg_id, state, attempts, \
      next_attempt_at, last_status, last_error, created_at, delivered_at";
-
-fn ms(t: Option<Timestamp>) -> Option<i64> {
-    t.map(|t| t.unix_millis())
-}
-
-fn events_json(events: &[String]) -> String {
-    serde_json::Value::from(events.to_vec()).to_string()
-}
 
 impl SqliteStore {
     pub(super) async fn webhook_endpoint_create(
