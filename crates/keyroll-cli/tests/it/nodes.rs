@@ -145,13 +145,9 @@ fn check(s: &Server, key: &str) -> (u16, String) {
     (r.status().as_u16(), code)
 }
 
-fn database_or_skip(test: &str) -> Option<pg::Database> {
-    pg::database(test)
-}
-
 #[test]
 fn a_revocation_is_confirmed_by_every_live_node_and_names_the_ones_that_lag() {
-    let Some(db) = database_or_skip("a_revocation_is_confirmed_by_every_live_node") else {
+    let Some(db) = pg::database("a_revocation_is_confirmed_by_every_live_node") else {
         return;
     };
     let all = nodes(&db.url, 3, &[]);
@@ -283,7 +279,7 @@ fn kill9(s: Server) {
 
 #[test]
 fn when_the_leader_is_killed_another_takes_over_and_every_due_rotation_is_raised_once() {
-    let Some(db) = database_or_skip("when_the_leader_is_killed_another_takes_over") else {
+    let Some(db) = pg::database("when_the_leader_is_killed_another_takes_over") else {
         return;
     };
     let Some(python) = webhooks::receiver_python() else {
@@ -381,7 +377,7 @@ fn due_events(s: &Server) -> Vec<Value> {
 
 #[test]
 fn a_version_used_only_through_another_node_is_not_retired_as_idle_by_the_leader() {
-    let Some(db) = database_or_skip("a_version_used_only_through_another_node") else {
+    let Some(db) = pg::database("a_version_used_only_through_another_node") else {
         return;
     };
     let all = nodes(&db.url, 2, &[]);
@@ -477,7 +473,7 @@ type Sample = (Instant, usize, u16);
 
 #[test]
 fn with_the_database_gone_nodes_verify_from_memory_and_catch_up_when_it_returns() {
-    let Some(db) = database_or_skip("with_the_database_gone_nodes_verify_from_memory") else {
+    let Some(db) = pg::database("with_the_database_gone_nodes_verify_from_memory") else {
         return;
     };
     // A and B reach PostgreSQL through a proxy the test cuts; C reaches it directly (the
