@@ -1,5 +1,5 @@
-//! A batch of usage deltas merged before it is written, shared by every backend so that they
-//! store a batch alike.
+//! A batch of usage deltas merged before it is written, and the answer of `Store::usage`
+//! assembled from its reads: shared by every backend so that they store and answer alike.
 //!
 //! The server may hand over the same kid, hour or source more than once in one batch (two
 //! flushes' worth after a failed write, say). Merging first makes every row of every statement
@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use crate::UsageDelta;
+use keyroll_core::{Kid, Timestamp};
+
 use crate::rows;
+use crate::{SourceSeen, UsageDelta, VersionUsage};
 
 /// One version's last use: `(kid, last_used_at)`.
 pub(crate) type LastUsed<'a> = (&'a str, i64);
@@ -38,6 +40,49 @@ pub(crate) struct Merged<'a> {
     pub last_used: Vec<LastUsed<'a>>,
     pub hourly: Vec<Hourly<'a>>,
     pub sources: Vec<Source<'a>>,
+}
+
+/// `Store::usage`'s answer from its three reads, decoded (last uses, hourly counts in hour
+/// order, sources most recent first): one entry per kid asked, in the order asked (a kid asked
+/// twice is answered twice), a kid without rows answered as unused.
+pub(crate) fn answer(
+    kids: &[Kid],
+    last_used: Vec<(&str, Timestamp)>,
+    hourly: Vec<(&str, Timestamp, u64)>,
+    sources: Vec<(&str, SourceSeen)>,
+) -> Vec<VersionUsage> {
+    let mut found: HashMap<&str, VersionUsage> = kids
+        .iter()
+        .map(|kid| (kid.as_str(), rows::unused(*kid)))
+        .collect();
+    for (kid, at) in last_used {
+        if let Some(entry) = found.get_mut(kid) {
+            entry.last_used_at = Some(at);
+        }
+    }
+    for (kid, hour, count) in hourly {
+        if let Some(entry) = found.get_mut(kid) {
+            entry.hourly.push((hour, count));
+        }
+    }
+    for (kid, source) in sources {
+        if let Some(entry) = found.get_mut(kid) {
+            entry.sources.push(source);
+        }
+    }
+    let mut answer: Vec<VersionUsage> = Vec::with_capacity(kids.len());
+    for kid in kids {
+        let entry = match found.remove(kid.as_str()) {
+            Some(entry) => entry,
+            None => answer
+                .iter()
+                .find(|u| u.kid == *kid)
+                .cloned()
+                .unwrap_or_else(|| rows::unused(*kid)),
+        };
+        answer.push(entry);
+    }
+    answer
 }
 
 /// Merges a batch: the latest `last_used_at` per kid, counts added per hour and per source,

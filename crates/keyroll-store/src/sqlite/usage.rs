@@ -12,14 +12,12 @@
 //! Invariants: usage of a kid that no longer exists is dropped, never stored; each version keeps
 //! only its `max_sources` most recently seen sources, trimmed in the batch's transaction.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use keyroll_core::{Kid, Timestamp};
 
 use super::SqliteStore;
 use super::decode::{usage_hourly_from_row, usage_last_used_from_row, usage_source_from_row};
-use crate::rows::unused;
 use crate::usage::{Hourly, LastUsed, Source};
 use crate::{StoreError, UsageDelta, VersionUsage};
 
@@ -215,10 +213,6 @@ impl SqliteStore {
         }
         let doing = format!("reading the usage of {} versions", kids.len());
         let json = kids_json(kids.iter().map(Kid::as_str));
-        let mut found: HashMap<&str, VersionUsage> = kids
-            .iter()
-            .map(|kid| (kid.as_str(), unused(*kid)))
-            .collect();
         let fail = |e: sqlx::Error| self.fail(&doing, e);
         let mut tx = self.begin_read(&doing).await?;
         let last_used = sqlx::query(SELECT_LAST_USED)
@@ -239,39 +233,19 @@ impl SqliteStore {
             .map_err(fail)?;
         self.commit(tx, &doing).await?;
 
-        for row in &last_used {
-            let (kid, at) = usage_last_used_from_row(row)?;
-            if let Some(entry) = found.get_mut(kid) {
-                entry.last_used_at = Some(at);
-            }
-        }
-        for row in &hourly {
-            let (kid, hour, count) = usage_hourly_from_row(row)?;
-            if let Some(entry) = found.get_mut(kid) {
-                entry.hourly.push((hour, count));
-            }
-        }
-        for row in &sources {
-            let (kid, source) = usage_source_from_row(row)?;
-            if let Some(entry) = found.get_mut(kid) {
-                entry.sources.push(source);
-            }
-        }
-
-        // In the order asked; a kid asked twice is answered twice.
-        let mut answer: Vec<VersionUsage> = Vec::with_capacity(kids.len());
-        for kid in kids {
-            let entry = match found.remove(kid.as_str()) {
-                Some(entry) => entry,
-                None => answer
-                    .iter()
-                    .find(|u| u.kid == *kid)
-                    .cloned()
-                    .unwrap_or_else(|| unused(*kid)),
-            };
-            answer.push(entry);
-        }
-        Ok(answer)
+        let last_used = last_used
+            .iter()
+            .map(usage_last_used_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let hourly = hourly
+            .iter()
+            .map(usage_hourly_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let sources = sources
+            .iter()
+            .map(usage_source_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::usage::answer(kids, last_used, hourly, sources))
     }
 }
 
