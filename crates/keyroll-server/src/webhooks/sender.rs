@@ -40,6 +40,8 @@ impl Sender {
             allow_loopback: settings.allow_loopback,
             allow_private: settings.allow_private,
         };
+        // reqwest's TLS takes the process provider (aws-lc-rs); make sure there is one.
+        keyroll_ca::tls::install_provider();
         let mut client = reqwest::Client::builder();
         if let Some(ca) = &settings.ca {
             for c in ca.certificates()? {
