@@ -132,6 +132,9 @@ impl Client {
                 "server URL {shown:?}: expected http://HOST:PORT (this client speaks plain HTTP only)"
             )));
         }
+        // Wherever reqwest's rustls is compiled in (feature unification in a binary that also
+        // sends webhooks), it takes the process's crypto provider: make sure there is one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))

@@ -51,6 +51,7 @@ impl Server {
     /// Opens the store, creates the first admin token on an empty installation, loads the
     /// index and binds the listener.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        keyroll_ca::tls::install_provider();
         let (store, earlier, installation, _) = open_checked(&config, false).await?;
         if store.count_admin_tokens().await? == 0 {
             let path = config.data_dir.join(ADMIN_TOKEN_FILE);
