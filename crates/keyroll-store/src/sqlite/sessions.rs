@@ -20,7 +20,10 @@ fn hash32(bytes: Vec<u8>, column: &str) -> Result<[u8; 32], StoreError> {
 
 impl SqliteStore {
     pub(super) async fn session_create(&self, session: &UiSession) -> Result<(), StoreError> {
-        let doing = format!("creating a dashboard session for admin token {}", session.token_id);
+        let doing = format!(
+            "creating a dashboard session for admin token {}",
+            session.token_id
+        );
         self.check_file(&doing)?;
         sqlx::query(
             "INSERT INTO ui_sessions (id_hash, token_id, csrf_hash, created_at, expires_at, last_seen_at) \

@@ -3830,7 +3830,10 @@ pub async fn ui_sessions_round_trip_touch_delete_and_prune(store: &dyn Store) {
     store.create_ui_session(&short).await.unwrap();
     store.touch_ui_session(&[4; 32], at(29_000)).await.unwrap();
     assert_eq!(
-        store.prune_ui_sessions(at(30_000), at(19_000)).await.unwrap(),
+        store
+            .prune_ui_sessions(at(30_000), at(19_000))
+            .await
+            .unwrap(),
         2
     );
     assert!(store.get_ui_session(&[1; 32]).await.unwrap().is_some());
