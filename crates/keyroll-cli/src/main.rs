@@ -491,6 +491,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let json = cli.global.output == Format::Json;
+    // reqwest's rustls has no provider of its own in this tree: without this every client call
+    // panics ("No provider set").
+    keyroll_ca::tls::install_provider();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -344,6 +344,7 @@ pub fn cli_offline(args: &[&str], cwd: &Path) -> Run {
 
 /// A blocking HTTP client for direct API calls.
 pub fn http() -> reqwest::blocking::Client {
+    keyroll_ca::tls::install_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

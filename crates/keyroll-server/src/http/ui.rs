@@ -3,7 +3,7 @@
 //! session cookie; the token travels only in the form body) and `POST /ui/logout`.
 //!
 //! Every answer under `/ui` carries a strict Content-Security-Policy (no inline script or style),
-//! `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`
+//! `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff` and `Referrer-Policy: same-origin` (with `no-referrer` Chromium sends `Origin: null` on form posts, which the origin check must refuse)
 //! ([`security_headers`]). Pages are `no-store`; versioned assets are immutable.
 
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
