@@ -163,7 +163,7 @@ async function overview() {
 
 // ---- Consumer ----------------------------------------------------------------------------
 
-const consumerState = { window: "1h" };
+const consumerState = { window: "15m" };
 
 async function consumerPage(env, name) {
   const ref = `${env}/${name}`;
