@@ -226,7 +226,7 @@ impl Traffic {
                     let key = {
                         let k = keys.lock().unwrap();
                         // With two keys: one request in four still on the old one.
-                        if k.len() > 1 && n % 4 != 0 {
+                        if k.len() > 1 && !n.is_multiple_of(4) {
                             k[k.len() - 1].clone()
                         } else {
                             k[0].clone()
