@@ -1269,3 +1269,60 @@ pub struct DeliveriesQuery {
     #[serde(default)]
     pub limit: Option<u32>,
 }
+
+/// `GET /v1/consumers/{env}/{name}/adoption`: requests per time step per version, and the
+/// moments of the rotation, for the dashboard's adoption chart.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Adoption {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// Width of one step: 60 (this node's in-memory per-minute counts) or 3600 (the stored
+    /// hourly counts of every node).
+    pub step_seconds: u32,
+    /// `minute` (this node, kept in memory for the last 3 hours) or `hour` (the store).
+    pub resolution: String,
+    /// Start of the first step asked for.
+    pub from: String,
+    /// The server's time of the answer.
+    pub to: String,
+    /// Versions, oldest first, each with its non-zero steps.
+    pub versions: Vec<AdoptionVersion>,
+    /// Moments to mark on the time axis, in time order.
+    pub marks: Vec<AdoptionMark>,
+}
+
+/// One version's series in [`Adoption`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AdoptionVersion {
+    /// `3` for v3.
+    pub version: u32,
+    /// Key id.
+    pub kid: String,
+    /// State now.
+    pub state: String,
+    /// Steps with requests, oldest first (steps not listed had none).
+    pub points: Vec<AdoptionPoint>,
+}
+
+/// Requests in one step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AdoptionPoint {
+    /// Start of the step.
+    pub at: String,
+    /// Allowed requests that counted as use.
+    pub requests: u64,
+}
+
+/// A moment of a rotation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AdoptionMark {
+    /// `issued` (a version made: the rotation, for any but the first), `deadline` (a retiring
+    /// version's deadline), `stall_extension` (the extended deadline, once it happened),
+    /// `extension_if_stalled` (the deadline it would get if still in use at its deadline),
+    /// `retired`, `revoked`.
+    pub kind: String,
+    /// The version it is about.
+    pub version: u32,
+    /// When.
+    pub at: String,
+}

@@ -38,6 +38,43 @@ pub struct RawConfig {
     pub webhooks: WebhooksConfig,
     /// Several nodes on one database.
     pub cluster: ClusterConfig,
+    /// The dashboard's sessions.
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the dashboard at `/ui/` and its login sessions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// A session without a request for this long ends (default `30m`).
+    pub idle_timeout: String,
+    /// A session ends this long after its login, however active (default `12h`).
+    pub session_lifetime: String,
+    /// Mark the session cookies `Secure` even when the request did not arrive over TLS (set it
+    /// behind a TLS-terminating proxy that is not in `usage.trusted_proxies`; a trusted proxy's
+    /// `X-Forwarded-Proto: https` sets it anyway). Default false.
+    pub secure_cookie: bool,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            idle_timeout: "30m".into(),
+            session_lifetime: "12h".into(),
+            secure_cookie: false,
+        }
+    }
+}
+
+/// The validated `[ui]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UiSettings {
+    /// See [`UiConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`UiConfig::session_lifetime`].
+    pub session_lifetime: Duration,
+    /// See [`UiConfig::secure_cookie`].
+    pub secure_cookie: bool,
 }
 
 /// `[cluster]`: this node among the others sharing its database (SPEC §11).
@@ -262,6 +299,7 @@ impl Default for RawConfig {
             schedule: ScheduleConfig::default(),
             webhooks: WebhooksConfig::default(),
             cluster: ClusterConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -342,6 +380,8 @@ pub struct Config {
     pub unseen_after: Duration,
     /// The validated `[cluster]` section.
     pub cluster: ClusterSettings,
+    /// The validated `[ui]` section.
+    pub ui: UiSettings,
 }
 
 /// The validated `[cluster]` section (see [`ClusterConfig`]).
@@ -481,7 +521,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "database_url",
@@ -494,6 +534,7 @@ const ENV_KEYS: [&str; 12] = [
     "schedule",
     "webhooks",
     "cluster",
+    "ui",
 ];
 
 impl Config {
@@ -678,8 +719,21 @@ impl Config {
         };
         let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
         let cluster = resolve_cluster(&raw.cluster, positive)?;
+        let ui = UiSettings {
+            idle_timeout: positive("ui.idle_timeout", &raw.ui.idle_timeout)?,
+            session_lifetime: positive("ui.session_lifetime", &raw.ui.session_lifetime)?,
+            secure_cookie: raw.ui.secure_cookie,
+        };
+        if ui.idle_timeout > ui.session_lifetime {
+            return Err(ConfigError::Invalid {
+                key: "ui.idle_timeout",
+                value: raw.ui.idle_timeout.clone(),
+                reason: "longer than ui.session_lifetime".into(),
+            });
+        }
         Ok(Config {
             cluster,
+            ui,
             webhooks,
             unseen_after,
             schedule_enabled: raw.schedule.enabled,

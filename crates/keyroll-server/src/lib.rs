@@ -22,6 +22,7 @@ pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod sweeper;
+pub mod ui;
 pub mod usage;
 pub mod webhooks;
 

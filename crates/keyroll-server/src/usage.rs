@@ -7,6 +7,12 @@
 //! A source is matched by its parsed IP address, never by formatting one. A flush swaps every shard's map
 //! out under its lock and writes the batch in one store transaction; a failed batch is merged
 //! back, so a database outage loses no counts, and a crash loses at most one batch.
+//!
+//! Each batch also counts per minute. After a flush succeeds those counts join a recent
+//! per-minute series kept in memory (`RECENT_MINUTES`, at most `MAX_RECENT_KIDS` versions, the
+//! least recently used forgotten first): the dashboard's adoption chart needs finer than the
+//! stored hours to show a rotation live. It is this node's traffic only, and lost at restart;
+//! the hourly counts in the store are the durable, cluster-wide record.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,11 +28,20 @@ const SHARDS: usize = 32;
 /// Sources kept per version, in a batch and in the store.
 pub const MAX_SOURCES: usize = 16;
 const HOUR_MS: i64 = 3_600_000;
+const MINUTE_MS: i64 = 60_000;
+/// How far back the in-memory per-minute series reaches.
+pub const RECENT_MINUTES: i64 = 180;
+/// Versions with a per-minute series at most (180 buckets of 16 bytes each: ≈ 58 MB at worst).
+pub const MAX_RECENT_KIDS: usize = 20_000;
+
+/// The recent per-minute series: per version, `(minute start, requests)`, oldest first.
+type Recent = HashMap<Kid, Vec<(Timestamp, u64)>>;
 
 #[derive(Debug)]
 struct Pending {
     last_used: Timestamp,
     hourly: Vec<(Timestamp, u64)>,
+    minutely: Vec<(Timestamp, u64)>,
     sources: Vec<SourceSeen>,
     /// `sources[i].address`, parsed: what the hot path compares.
     source_ips: Vec<Option<IpAddr>>,
@@ -37,6 +52,7 @@ impl Pending {
         Pending {
             last_used: now,
             hourly: Vec::new(),
+            minutely: Vec::new(),
             sources: Vec::new(),
             source_ips: Vec::new(),
         }
@@ -57,6 +73,9 @@ impl Pending {
         self.last_used = self.last_used.max(other.last_used);
         for (hour, n) in other.hourly {
             add_hour(&mut self.hourly, hour, n);
+        }
+        for (minute, n) in other.minutely {
+            add_hour(&mut self.minutely, minute, n);
         }
         for s in other.sources {
             self.add_source(s);
@@ -99,6 +118,8 @@ fn add_source(sources: &mut Vec<SourceSeen>, s: SourceSeen) {
 pub struct UsageRecorder {
     shards: Box<[Mutex<HashMap<Kid, Pending>>]>,
     enabled: bool,
+    /// Per-minute counts of the flushed batches (see the module documentation).
+    recent: Mutex<Recent>,
 }
 
 impl UsageRecorder {
@@ -107,6 +128,7 @@ impl UsageRecorder {
         UsageRecorder {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             enabled,
+            recent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -131,6 +153,9 @@ impl UsageRecorder {
         let now = facts.now;
         let hour =
             Timestamp::from_unix_millis(now.unix_millis() - now.unix_millis().rem_euclid(HOUR_MS));
+        let minute = Timestamp::from_unix_millis(
+            now.unix_millis() - now.unix_millis().rem_euclid(MINUTE_MS),
+        );
         let user_agent = truncate(facts.user_agent, 200);
         let client_id = facts.client_id.map(|c| truncate(c, 100));
         let ip = facts.client.map(|c| c.ip());
@@ -138,6 +163,7 @@ impl UsageRecorder {
         let pending = map.entry(kid).or_insert_with(|| Pending::new(now));
         pending.last_used = pending.last_used.max(now);
         add_hour(&mut pending.hourly, hour, 1);
+        add_hour(&mut pending.minutely, minute, 1);
         // The common case — the same client again — compares without allocating.
         let known = pending
             .source_ips
@@ -210,11 +236,71 @@ impl UsageRecorder {
             })
             .collect();
         match store.record_usage(&deltas, MAX_SOURCES as u32).await {
-            Ok(()) => Ok(deltas.len()),
+            Ok(()) => {
+                // Only a written batch joins the series: a failed one comes back and would
+                // be counted twice.
+                merge_recent(&mut self.recent.lock(), &batch);
+                Ok(deltas.len())
+            }
             Err(e) => {
                 self.restore(batch);
                 Err(e)
             }
+        }
+    }
+}
+
+impl UsageRecorder {
+    /// The per-minute series of `kid` from `since` on, oldest first (flushed batches only).
+    pub fn recent_minutes(&self, kid: &Kid, since: Timestamp) -> Vec<(Timestamp, u64)> {
+        self.recent
+            .lock()
+            .get(kid)
+            .map(|series| {
+                series
+                    .iter()
+                    .filter(|(m, _)| *m >= since)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Adds a written batch's minutes to the series, drops minutes older than `RECENT_MINUTES`
+/// before the newest one seen, and keeps at most `MAX_RECENT_KIDS` versions.
+fn merge_recent(recent: &mut Recent, batch: &[(Kid, Pending)]) {
+    let mut newest = Timestamp::EPOCH;
+    for (kid, p) in batch {
+        if p.minutely.is_empty() {
+            continue;
+        }
+        let series = recent.entry(*kid).or_default();
+        for &(minute, n) in &p.minutely {
+            newest = newest.max(minute);
+            match series.binary_search_by_key(&minute, |(m, _)| *m) {
+                Ok(i) => series[i].1 += n,
+                Err(i) => series.insert(i, (minute, n)),
+            }
+        }
+    }
+    if newest == Timestamp::EPOCH {
+        return;
+    }
+    let cut = Timestamp::from_unix_millis(newest.unix_millis() - RECENT_MINUTES * MINUTE_MS);
+    recent.retain(|_, series| {
+        series.retain(|(m, _)| *m >= cut);
+        !series.is_empty()
+    });
+    if recent.len() > MAX_RECENT_KIDS {
+        // Forget the versions used least recently.
+        let mut last: Vec<(Timestamp, Kid)> = recent
+            .iter()
+            .map(|(kid, s)| (s.last().map(|(m, _)| *m).unwrap_or(Timestamp::EPOCH), *kid))
+            .collect();
+        last.sort_unstable_by_key(|(m, _)| *m);
+        for (_, kid) in last.iter().take(recent.len() - MAX_RECENT_KIDS) {
+            recent.remove(kid);
         }
     }
 }
@@ -299,5 +385,35 @@ mod tests {
         add_hour(&mut hours, Timestamp::EPOCH, 2);
         add_hour(&mut hours, Timestamp::EPOCH, 3);
         assert_eq!(hours, vec![(Timestamp::EPOCH, 5)]);
+    }
+
+    #[test]
+    fn recent_minutes_merge_trim_and_stay_bounded() {
+        let kid = |i: u64| Kid::parse(&format!("k{i:011}")).unwrap();
+        let minute = |m: i64| Timestamp::from_unix_millis(m * MINUTE_MS);
+        let pending = |minutes: Vec<(Timestamp, u64)>| Pending {
+            minutely: minutes,
+            ..Pending::new(Timestamp::EPOCH)
+        };
+        let mut recent = Recent::new();
+        merge_recent(&mut recent, &[(kid(1), pending(vec![(minute(10), 2)]))]);
+        merge_recent(
+            &mut recent,
+            &[(kid(1), pending(vec![(minute(11), 1), (minute(10), 3)]))],
+        );
+        assert_eq!(recent[&kid(1)], vec![(minute(10), 5), (minute(11), 1)]);
+        // A minute RECENT_MINUTES past the oldest pushes it out.
+        merge_recent(
+            &mut recent,
+            &[(kid(2), pending(vec![(minute(10 + RECENT_MINUTES + 1), 1)]))],
+        );
+        assert_eq!(recent[&kid(1)], vec![(minute(11), 1)]);
+        let many: Vec<(Kid, Pending)> = (0..MAX_RECENT_KIDS as u64 + 10)
+            .map(|i| (kid(100 + i), pending(vec![(minute(200), 1)])))
+            .collect();
+        merge_recent(&mut recent, &many);
+        assert_eq!(recent.len(), MAX_RECENT_KIDS);
+        // The least recently used went first.
+        assert!(!recent.contains_key(&kid(1)));
     }
 }

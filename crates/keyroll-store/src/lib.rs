@@ -530,6 +530,38 @@ pub struct DeliveryRecord {
     pub delivered_at: Timestamp,
 }
 
+/// A dashboard session as the store keeps it: hashes only (SHA-256 of the random session id the
+/// browser holds in its cookie, and of the session's CSRF token), the admin token it acts as, and
+/// its times. Whether it is still valid is decided by the server from these times and the
+/// token's own state; the store only keeps them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UiSession {
+    /// SHA-256 of the session id.
+    pub id_hash: [u8; 32],
+    /// The admin token the session acts as.
+    pub token_id: String,
+    /// SHA-256 of the CSRF token.
+    pub csrf_hash: [u8; 32],
+    /// When it was made (the login).
+    pub created_at: Timestamp,
+    /// The absolute end.
+    pub expires_at: Timestamp,
+    /// The last request seen (for the idle limit).
+    pub last_seen_at: Timestamp,
+}
+
+impl std::fmt::Debug for UiSession {
+    // The hashes open nothing, but they identify a live session: not for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UiSession")
+            .field("token_id", &self.token_id)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Persistent state of a keyroll installation. Implemented by [`SqliteStore`] and, for several
 /// nodes sharing state, [`PostgresStore`], with the same conformance suite.
 #[async_trait]
@@ -838,4 +870,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The value is a one-way derivation of the key, never the key. `NotFound` when the
     /// installation was not recorded yet ([`Store::installation`] comes first at start).
     async fn master_key_check(&self, check: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Records a new dashboard session. `AlreadyExists` when its id hash is taken (a random
+    /// 256-bit id never is), `NotFound` when its token does not exist.
+    async fn create_ui_session(&self, session: &UiSession) -> Result<(), StoreError>;
+
+    /// The session whose id hashes to `id_hash`, if any (expired ones included until pruned).
+    async fn get_ui_session(&self, id_hash: &[u8; 32]) -> Result<Option<UiSession>, StoreError>;
+
+    /// Moves a session's `last_seen_at` forward to `at` (never back). No error when the session
+    /// is gone: a request racing a logout changes nothing.
+    async fn touch_ui_session(&self, id_hash: &[u8; 32], at: Timestamp) -> Result<(), StoreError>;
+
+    /// Ends a session (logout). Whether it existed.
+    async fn delete_ui_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Deletes sessions past their absolute end at `now` or not seen since `idle_before`.
+    /// How many.
+    async fn prune_ui_sessions(
+        &self,
+        now: Timestamp,
+        idle_before: Timestamp,
+    ) -> Result<u64, StoreError>;
 }

@@ -48,6 +48,7 @@ mod health;
 mod idempotency;
 mod installation;
 mod load;
+mod sessions;
 mod tokens;
 mod usage;
 mod webhooks;
@@ -437,6 +438,33 @@ impl crate::Store for SqliteStore {
 
     async fn master_key_check(&self, check: &[u8]) -> Result<Vec<u8>, StoreError> {
         self.installation_master_key_check(check).await
+    }
+
+    async fn create_ui_session(&self, session: &crate::UiSession) -> Result<(), StoreError> {
+        self.session_create(session).await
+    }
+
+    async fn get_ui_session(
+        &self,
+        id_hash: &[u8; 32],
+    ) -> Result<Option<crate::UiSession>, StoreError> {
+        self.session_get(id_hash).await
+    }
+
+    async fn touch_ui_session(&self, id_hash: &[u8; 32], at: Timestamp) -> Result<(), StoreError> {
+        self.session_touch(id_hash, at).await
+    }
+
+    async fn delete_ui_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.session_delete(id_hash).await
+    }
+
+    async fn prune_ui_sessions(
+        &self,
+        now: Timestamp,
+        idle_before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.session_prune(now, idle_before).await
     }
 
     async fn create_webhook_endpoint(

@@ -15,6 +15,8 @@ mod bad_input;
 mod ci_examples;
 mod cli_errors;
 mod cluster;
+mod dashboard;
+mod dashboard_browser;
 mod delivery_e2e;
 mod environment_and_reasons;
 mod forward_auth;

@@ -155,6 +155,12 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             )
         };
         let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // The dashboard's session cookie acts as the token it was made from.
+            if let Some(id) =
+                crate::ui::session::cookie(&parts.headers, crate::ui::session::SESSION_COOKIE)
+            {
+                return session_admin(parts, state, request, id).await;
+            }
             return Err(challenge(
                 &request,
                 "missing_credential",
@@ -189,39 +195,136 @@ impl FromRequestParts<Arc<AppState>> for Admin {
                 Some(id),
             ));
         };
-        let rejected = |code, detail: String| {
-            Err(challenge(
+        admit(state, request, entry, id)
+    }
+}
+
+/// Checks a token given in a form (the dashboard's login) as the `Authorization` header is.
+pub async fn check_token(
+    state: &AppState,
+    request: RequestInfo,
+    token: &str,
+) -> Result<Admin, ApiError> {
+    let Some(presented) = admin_token::parse(token.trim()) else {
+        return Err(challenge(
+            &request,
+            "malformed_credential",
+            "invalid_request",
+            "not an admin token (expected kra_<id>_<secret>)",
+            None,
+        ));
+    };
+    let id = presented.id;
+    let record = state.store.get_admin_token(id).await?;
+    let Some(entry) = record.filter(|r| r.token.secret_hash.matches(&presented.secret_hash)) else {
+        return Err(challenge(
+            &request,
+            "invalid_token",
+            "invalid_token",
+            &format!("admin token {id} is not valid"),
+            Some(id),
+        ));
+    };
+    admit(state, request, entry, id)
+}
+
+/// A request with the dashboard's session cookie: the session (valid, and for a
+/// state-changing request same-origin with its CSRF token), then the token it acts as.
+async fn session_admin(
+    parts: &Parts,
+    state: &AppState,
+    request: RequestInfo,
+    id: &str,
+) -> Result<Admin, ApiError> {
+    use crate::ui::session::{self, SessionError};
+    let now = state.clock.now();
+    let found = session::find(
+        state.store.as_ref(),
+        &parts.method,
+        &parts.headers,
+        id,
+        now,
+        state.config.ui.idle_timeout,
+    )
+    .await;
+    let s = match found {
+        Ok(s) => s,
+        Err(SessionError::Store(e)) => return Err(e.into()),
+        Err(SessionError::Rejected(r)) => {
+            let detail = r.to_string();
+            if r.is_forbidden() {
+                request.log_rejection(r.code(), &detail, None);
+                return Err(ApiError::new(StatusCode::FORBIDDEN, r.code(), detail));
+            }
+            return Err(challenge(
                 &request,
-                code,
+                r.code(),
                 "invalid_token",
                 &detail,
-                Some(id),
-            ))
-        };
-        match TokenState::of(&entry, state.clock.now()) {
-            TokenState::Valid | TokenState::Overlap { .. } => Ok(Admin {
-                token_id: entry.token.id,
-                scopes: entry.token.scopes,
-                request,
-            }),
-            TokenState::Revoked { at, reason } => rejected(
-                "token_revoked",
-                match reason.filter(|r| !r.is_empty()) {
-                    Some(r) => format!("admin token {id} was revoked at {}: {r}", rfc3339(at)),
-                    None => format!("admin token {id} was revoked at {}", rfc3339(at)),
-                },
-            ),
-            TokenState::Expired { at } => rejected(
-                "token_expired",
-                format!("admin token {id} expired at {}", rfc3339(at)),
-            ),
-            TokenState::Replaced { by, at } => rejected(
-                "token_replaced",
-                format!(
-                    "admin token {id} was rotated; its overlap ended at {} and admin token {by} replaces it",
-                    rfc3339(at)
-                ),
-            ),
+                None,
+            ));
         }
+    };
+    let token_id = s.token_id.clone();
+    let entry = state.store.get_admin_token(&token_id).await?;
+    let admitted = match entry {
+        Some(entry) => admit(state, request, entry, &token_id),
+        None => Err(challenge(
+            &request,
+            "invalid_token",
+            "invalid_token",
+            &format!("admin token {token_id} is not valid"),
+            Some(&token_id),
+        )),
+    };
+    if admitted.is_err() {
+        // A revoked, expired or replaced token ends its sessions.
+        state.store.delete_ui_session(&s.id_hash).await?;
+    } else {
+        session::note_activity(state.store.as_ref(), &s, now).await;
+    }
+    admitted
+}
+
+/// A token that matched: admitted if its lifecycle says it works at `now`.
+fn admit(
+    state: &AppState,
+    request: RequestInfo,
+    entry: keyroll_store::AdminTokenEntry,
+    id: &str,
+) -> Result<Admin, ApiError> {
+    let rejected = |code, detail: String| {
+        Err(challenge(
+            &request,
+            code,
+            "invalid_token",
+            &detail,
+            Some(id),
+        ))
+    };
+    match TokenState::of(&entry, state.clock.now()) {
+        TokenState::Valid | TokenState::Overlap { .. } => Ok(Admin {
+            token_id: entry.token.id,
+            scopes: entry.token.scopes,
+            request,
+        }),
+        TokenState::Revoked { at, reason } => rejected(
+            "token_revoked",
+            match reason.filter(|r| !r.is_empty()) {
+                Some(r) => format!("admin token {id} was revoked at {}: {r}", rfc3339(at)),
+                None => format!("admin token {id} was revoked at {}", rfc3339(at)),
+            },
+        ),
+        TokenState::Expired { at } => rejected(
+            "token_expired",
+            format!("admin token {id} expired at {}", rfc3339(at)),
+        ),
+        TokenState::Replaced { by, at } => rejected(
+            "token_replaced",
+            format!(
+                "admin token {id} was rotated; its overlap ended at {} and admin token {by} replaces it",
+                rfc3339(at)
+            ),
+        ),
     }
 }

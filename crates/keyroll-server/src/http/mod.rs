@@ -5,6 +5,7 @@
 //! request id available to every error response through a task-local.
 
 pub mod admin;
+pub mod adoption;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod schedule;
 pub mod self_service;
 pub mod status;
 pub mod tokens;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -83,6 +85,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/consumers/{env}/{name}/preflight",
             get(schedule::preflight),
         )
+        .route(
+            "/v1/consumers/{env}/{name}/adoption",
+            get(adoption::adoption),
+        )
         .route("/v1/schedule", get(schedule::schedule))
         .route("/v1/self", get(self_service::self_state))
         .route("/v1/self/rotate", post(self_service::self_rotate))
@@ -126,6 +132,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/webhook-deliveries/{id}/replay",
             post(webhooks::replay_delivery),
         )
+        .merge(ui_routes())
         .route("/readyz", get(admin::health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
@@ -140,6 +147,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(observe::metrics))
         .merge(admin)
         .with_state(state)
+}
+
+/// The dashboard: pages, assets, login and logout, each answer with the security headers.
+fn ui_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/ui", get(ui::ui_root))
+        .route("/ui/", get(ui::page))
+        .route("/ui/consumer/{env}/{name}", get(ui::page))
+        .route("/ui/rotate/{env}/{name}", get(ui::page))
+        .route("/ui/decisions", get(ui::page))
+        .route("/ui/login", get(ui::login_form).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/api/session", get(ui::whoami))
+        .route("/ui/assets/{version}/{name}", get(ui::asset))
+        .layer(middleware::from_fn(ui::security_headers))
 }
 
 tokio::task_local! {

@@ -32,6 +32,7 @@ use crate::http::{admin, forward_auth};
         admin::environments::update_environment,
         crate::http::schedule::schedule,
         crate::http::schedule::preflight,
+        crate::http::adoption::adoption,
         admin::consumers::create_consumer,
         admin::consumers::list_consumers,
         admin::consumers::get_consumer,

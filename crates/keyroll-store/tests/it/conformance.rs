@@ -17,7 +17,7 @@ use keyroll_core::{
 use keyroll_store::{
     AdminTokenRecord, AuditQuery, AuditRecord, ChangeRecord, ConsumerWrite, EnvironmentRecord,
     EventRecord, IdempotencyRecord, Lease, NodeRecord, SourceSeen, Store, StoreError,
-    StoredConsumer, UsageDelta, VersionUsage,
+    StoredConsumer, UiSession, UsageDelta, VersionUsage,
 };
 
 /// One test's database, however the backend provides it.
@@ -82,6 +82,7 @@ macro_rules! conformance_suite {
             webhook_deliveries_enqueue_once_and_record_attempts,
             agents_deliveries_and_handovers,
             master_key_check_is_recorded_once,
+            ui_sessions_round_trip_touch_delete_and_prune,
             changes_are_gapless_and_in_commit_order,
             consumers_by_id_reads_the_ones_asked,
             prune_changes_removes_old_rows_and_keeps_the_head,
@@ -99,6 +100,7 @@ macro_rules! conformance_suite {
             idempotency_columns_hold_neither_header_nor_key,
             no_secret_in_admin_token_lifecycle_columns,
             no_secret_in_webhook_columns,
+            no_secret_in_ui_session_columns,
                 );
     };
     (@get required $fresh:path) => {
@@ -3761,4 +3763,111 @@ pub async fn master_key_check_is_recorded_once(store: &dyn Store) {
     assert_eq!(store.master_key_check(&[1; 32]).await.unwrap(), vec![1; 32]);
     assert_eq!(store.master_key_check(&[2; 32]).await.unwrap(), vec![1; 32]);
     assert_eq!(store.master_key_check(&[1; 32]).await.unwrap(), vec![1; 32]);
+}
+
+fn ui_session(id: u8, token: &str, created: i64) -> UiSession {
+    UiSession {
+        id_hash: [id; 32],
+        token_id: token.to_owned(),
+        csrf_hash: [id.wrapping_add(100); 32],
+        created_at: at(created),
+        expires_at: at(created + 43_200_000),
+        last_seen_at: at(created),
+    }
+}
+
+async fn session_token(store: &dyn Store, id: &str) {
+    let token = AdminTokenRecord {
+        id: id.to_owned(),
+        secret_hash: SecretHash::of(id.as_bytes()),
+        name: "dashboard".to_owned(),
+        scopes: vec!["consumers:read".to_owned()],
+        created_at: at(1_000),
+    };
+    store
+        .create_admin_token(&token, &audit(1_000, "admin_token.created", id))
+        .await
+        .unwrap();
+}
+
+pub async fn ui_sessions_round_trip_touch_delete_and_prune(store: &dyn Store) {
+    session_token(store, "tok_ui").await;
+    let first = ui_session(1, "tok_ui", 10_000);
+    store.create_ui_session(&first).await.unwrap();
+    assert_eq!(
+        store.get_ui_session(&[1; 32]).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.get_ui_session(&[9; 32]).await.unwrap(), None);
+    // A taken id and an unknown token are refused by name.
+    let err = store.create_ui_session(&first).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    let err = store
+        .create_ui_session(&ui_session(2, "tok_nobody", 10_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(what) if what.contains("tok_nobody")),
+        "{err:?}"
+    );
+
+    // Activity moves last_seen_at forward only.
+    store.touch_ui_session(&[1; 32], at(20_000)).await.unwrap();
+    store.touch_ui_session(&[1; 32], at(15_000)).await.unwrap();
+    let seen = store.get_ui_session(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(seen.last_seen_at, at(20_000));
+    assert_eq!(seen.created_at, at(10_000));
+    // Touching a session that is gone is no error.
+    store.touch_ui_session(&[9; 32], at(20_000)).await.unwrap();
+
+    // Prune: past the absolute end, or idle since before the cut; the others stay.
+    let idle = ui_session(3, "tok_ui", 11_000);
+    store.create_ui_session(&idle).await.unwrap();
+    let short = UiSession {
+        expires_at: at(30_000),
+        ..ui_session(4, "tok_ui", 12_000)
+    };
+    store.create_ui_session(&short).await.unwrap();
+    store.touch_ui_session(&[4; 32], at(29_000)).await.unwrap();
+    assert_eq!(
+        store
+            .prune_ui_sessions(at(30_000), at(19_000))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.get_ui_session(&[1; 32]).await.unwrap().is_some());
+    assert!(store.get_ui_session(&[3; 32]).await.unwrap().is_none());
+    assert!(store.get_ui_session(&[4; 32]).await.unwrap().is_none());
+
+    // Logout deletes; a second logout finds nothing.
+    assert!(store.delete_ui_session(&[1; 32]).await.unwrap());
+    assert!(!store.delete_ui_session(&[1; 32]).await.unwrap());
+    assert_eq!(store.get_ui_session(&[1; 32]).await.unwrap(), None);
+}
+
+pub async fn no_secret_in_ui_session_columns(backend: &dyn Backend) {
+    // What the server puts in the browser's cookies, and what it stores: only the hashes.
+    let store = backend.store();
+    session_token(store, "tok_ui").await;
+    let session_id = b"sessionidQ7rT2kLm9ZpX4vB8nW3cY6uR5t";
+    let csrf = b"csrftokenZ4vB8nW3cY6uR5tQ7rT2kLm9Zp";
+    let session = UiSession {
+        id_hash: SecretHash::of(session_id).0,
+        csrf_hash: SecretHash::of(csrf).0,
+        ..ui_session(0, "tok_ui", 10_000)
+    };
+    store.create_ui_session(&session).await.unwrap();
+    let cells = backend.dump_cells().await;
+    assert!(cells.iter().any(|c| c.table == "ui_sessions"));
+    for cell in &cells {
+        for secret in [session_id.as_slice(), csrf.as_slice()] {
+            assert!(
+                !cell.bytes.windows(secret.len()).any(|w| w == secret),
+                "{}.{} holds a session secret",
+                cell.table,
+                cell.column
+            );
+        }
+    }
 }
