@@ -38,6 +38,55 @@ pub struct RawConfig {
     pub webhooks: WebhooksConfig,
     /// Several nodes on one database.
     pub cluster: ClusterConfig,
+    /// TLS on the listener (off unless a certificate is configured).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: HTTPS on keyroll's own listener, optionally with client certificates (SPEC §9).
+/// Plain HTTP stays the default: without `cert_file` or `issue` nothing here applies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first), watched and reloaded when it changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of `cert_file`'s leaf, watched with it.
+    pub key_file: Option<PathBuf>,
+    /// Have keyroll's own CA issue the listener's certificate (renewed at half its life)
+    /// instead of reading files.
+    pub issue: Option<TlsIssueConfig>,
+    /// Client certificates: `off` (never asked for), `optional` (verified when sent) or
+    /// `require_admin` (the admin API needs a verified identity in `admin_identities`).
+    pub client_auth: String,
+    /// Which identities (`ENV/SERVICE` patterns, `*` for any part) may use the admin API under
+    /// `client_auth = "require_admin"`.
+    pub admin_identities: Vec<String>,
+    /// How often the certificate files are looked at for changes (default `1s`).
+    pub watch_interval: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            issue: None,
+            client_auth: "off".into(),
+            admin_identities: Vec::new(),
+            watch_interval: "1s".into(),
+        }
+    }
+}
+
+/// `[tls] issue = { identity = "ENV/SERVICE", dns = [...], ip = [...] }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsIssueConfig {
+    /// The listener's identity, `ENV/SERVICE`.
+    pub identity: String,
+    /// DNS names the certificate is valid for.
+    pub dns: Vec<String>,
+    /// IP addresses the certificate is valid for.
+    pub ip: Vec<String>,
 }
 
 /// `[cluster]`: this node among the others sharing its database (SPEC §11).
@@ -262,6 +311,7 @@ impl Default for RawConfig {
             schedule: ScheduleConfig::default(),
             webhooks: WebhooksConfig::default(),
             cluster: ClusterConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -342,6 +392,64 @@ pub struct Config {
     pub unseen_after: Duration,
     /// The validated `[cluster]` section.
     pub cluster: ClusterSettings,
+    /// The validated `[tls]` section; `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Where the listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files, watched.
+    Files {
+        /// The chain.
+        cert: PathBuf,
+        /// The key.
+        key: PathBuf,
+    },
+    /// Issued by keyroll's own CA.
+    Issue {
+        /// `ENV/SERVICE`.
+        identity: String,
+        /// DNS names.
+        dns: Vec<String>,
+        /// IP addresses.
+        ip: Vec<std::net::IpAddr>,
+    },
+}
+
+/// Whether and where client certificates are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Never asked for.
+    Off,
+    /// Asked for and verified when sent; nothing requires one.
+    Optional,
+    /// Asked for; the admin API needs a verified identity in `admin_identities`.
+    RequireAdmin,
+}
+
+impl ClientAuth {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Off => "off",
+            ClientAuth::Optional => "optional",
+            ClientAuth::RequireAdmin => "require_admin",
+        }
+    }
+}
+
+/// The validated `[tls]` section (see [`TlsConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate's source.
+    pub source: TlsSource,
+    /// Client certificates.
+    pub client_auth: ClientAuth,
+    /// `ENV/SERVICE` patterns allowed on the admin API under `require_admin`.
+    pub admin_identities: Vec<String>,
+    /// See [`TlsConfig::watch_interval`].
+    pub watch_interval: Duration,
 }
 
 /// The validated `[cluster]` section (see [`ClusterConfig`]).
@@ -480,7 +588,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "database_url",
@@ -493,6 +601,7 @@ const ENV_KEYS: [&str; 12] = [
     "schedule",
     "webhooks",
     "cluster",
+    "tls",
 ];
 
 impl Config {
@@ -676,8 +785,10 @@ impl Config {
             },
         };
         let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
-        let cluster = resolve_cluster(&raw.cluster, positive)?;
+        let cluster = resolve_cluster(&raw.cluster, &positive)?;
+        let tls = resolve_tls(&raw.tls, &positive)?;
         Ok(Config {
+            tls,
             cluster,
             webhooks,
             unseen_after,
@@ -756,6 +867,132 @@ fn resolve_cluster(
         lease_ttl,
         full_reload,
     })
+}
+
+fn resolve_tls(
+    raw: &TlsConfig,
+    positive: impl Fn(&'static str, &str) -> Result<Duration, ConfigError>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let invalid = |key: &'static str, value: &str, reason: &str| ConfigError::Invalid {
+        key,
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let client_auth = match raw.client_auth.as_str() {
+        "off" => ClientAuth::Off,
+        "optional" => ClientAuth::Optional,
+        "require_admin" => ClientAuth::RequireAdmin,
+        other => {
+            return Err(invalid(
+                "tls.client_auth",
+                other,
+                "expected off, optional or require_admin",
+            ));
+        }
+    };
+    for pattern in &raw.admin_identities {
+        if !identity_pattern_ok(pattern) {
+            return Err(invalid(
+                "tls.admin_identities",
+                pattern,
+                "expected ENV/SERVICE patterns like ops/* or prod/billing (`*` for a whole part)",
+            ));
+        }
+    }
+    let source = match (&raw.cert_file, &raw.key_file, &raw.issue) {
+        (None, None, None) => {
+            if client_auth != ClientAuth::Off {
+                return Err(invalid(
+                    "tls.client_auth",
+                    &raw.client_auth,
+                    "needs TLS: set tls.cert_file and tls.key_file, or tls.issue",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key), None) => TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (Some(cert), None, None) => {
+            return Err(invalid(
+                "tls.key_file",
+                "",
+                &format!("missing: tls.cert_file = {} needs its key", cert.display()),
+            ));
+        }
+        (None, Some(key), None) => {
+            return Err(invalid(
+                "tls.cert_file",
+                "",
+                &format!("missing: tls.key_file = {} needs its certificate", key.display()),
+            ));
+        }
+        (None, None, Some(issue)) => {
+            if !identity_pattern_ok(&issue.identity) || issue.identity.contains('*') {
+                return Err(invalid(
+                    "tls.issue.identity",
+                    &issue.identity,
+                    "expected ENV/SERVICE, like ops/keyroll",
+                ));
+            }
+            let ip = issue
+                .ip
+                .iter()
+                .map(|a| {
+                    a.parse::<std::net::IpAddr>()
+                        .map_err(|_| invalid("tls.issue.ip", a, "expected an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if issue.dns.is_empty() && ip.is_empty() {
+                return Err(invalid(
+                    "tls.issue",
+                    &issue.identity,
+                    "give at least one DNS name (dns = [\"keyroll.internal\"]) or IP address",
+                ));
+            }
+            TlsSource::Issue {
+                identity: issue.identity.clone(),
+                dns: issue.dns.clone(),
+                ip,
+            }
+        }
+        (_, _, Some(_)) => {
+            return Err(invalid(
+                "tls.issue",
+                "",
+                "either tls.issue or tls.cert_file and tls.key_file, not both",
+            ));
+        }
+    };
+    if client_auth == ClientAuth::RequireAdmin && raw.admin_identities.is_empty() {
+        return Err(invalid(
+            "tls.admin_identities",
+            "[]",
+            "client_auth = \"require_admin\" needs at least one allowed identity, like [\"ops/*\"]",
+        ));
+    }
+    Ok(Some(TlsSettings {
+        source,
+        client_auth,
+        admin_identities: raw.admin_identities.clone(),
+        watch_interval: positive("tls.watch_interval", &raw.watch_interval)?,
+    }))
+}
+
+/// `ENV/SERVICE` where each part is `*` or a name of keyroll's grammar (lowercase letters,
+/// digits and `-`, starting with a letter).
+fn identity_pattern_ok(pattern: &str) -> bool {
+    let part = |p: &str| {
+        p == "*"
+            || (!p.is_empty()
+                && p.len() <= 64
+                && p.starts_with(|c: char| c.is_ascii_lowercase())
+                && p
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    };
+    matches!(pattern.split_once('/'), Some((e, s)) if part(e) && part(s))
 }
 
 fn resolve_http(

@@ -1,0 +1,364 @@
+//! TLS on keyroll's own listener (`[tls]`): the certificate from PEM files (watched and
+//! reloaded without a restart), one `Arc<rustls::ServerConfig>` published through a
+//! `tokio::sync::watch`, and the per-connection handshake the accept loop runs.
+//!
+//! Each accepted connection takes the config current at its accept: new handshakes use a new
+//! certificate the moment it is published, open connections keep the one they started with.
+//! A replacement that does not load (unreadable, not PEM, key not matching the certificate)
+//! keeps the old config and is logged once; at start the same problem refuses to start.
+//!
+//! The files are *polled* (their modification time, size and inode, every
+//! `tls.watch_interval`), not watched with inotify: polling is portable, needs no new
+//! dependency, and survives what certificate tooling does — replacing a file by rename, or
+//! Kubernetes swapping a symlinked directory — where a watch on the old inode goes quiet. A
+//! change is loaded once it has held still for one interval, so a certificate and key written
+//! one after the other are read as a pair rather than logged as a mismatch in between.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::{ClientAuth, TlsSettings, TlsSource};
+
+/// Why a certificate and key could not become a TLS config.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The certificate file holds no usable PEM certificate.
+    #[error("{}: {reason}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file holds no usable PEM private key.
+    #[error("{}: {reason}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the pair (typically: the key is not the certificate's).
+    #[error("{} and {}: {reason}", cert.display(), key.display())]
+    Pair {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// Building the config failed for a reason of the chain and key given in memory.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Reads a PEM chain (leaf first) and private key into a listener config.
+pub fn load_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.to_owned(),
+        source,
+    })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        path: key.to_owned(),
+        source,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certificate {
+            path: cert.to_owned(),
+            reason: format!("not a PEM certificate chain: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Certificate {
+            path: cert.to_owned(),
+            reason: "no certificate in it; expected PEM (-----BEGIN CERTIFICATE-----)".into(),
+        });
+    }
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
+        path: key.to_owned(),
+        // pki-types' messages name the PEM problem, never the key's bytes.
+        reason: format!(
+            "no usable private key (expected PEM: PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY): {e}"
+        ),
+    })?;
+    server_config(chain, private).map_err(|e| match e {
+        TlsError::Config(reason) => TlsError::Pair {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// The listener config for a chain and key: keyroll's provider, TLS 1.2 and 1.3, HTTP/1.1,
+/// no client authentication (connections that ask for client certificates get a config of
+/// their own built from this one's certificate, see [`Acceptor`]).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(keyroll_ca::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The config the listener starts with: a problem here refuses start, with one line naming
+/// the file and what is wrong.
+pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    match &settings.source {
+        TlsSource::Files { cert, key } => load_files(cert, key),
+        TlsSource::Issue { .. } => Err(TlsError::Config(
+            "tls.issue needs keyroll's CA, which this build does not have yet; use tls.cert_file and tls.key_file".into(),
+        )),
+    }
+}
+
+/// Keeps the published config current until `stop`: the files polled, or (with `tls.issue`)
+/// the certificate renewed.
+pub async fn refresh(
+    settings: TlsSettings,
+    tx: watch::Sender<Arc<ServerConfig>>,
+    stop: watch::Receiver<bool>,
+) {
+    match settings.source {
+        TlsSource::Files { cert, key } => {
+            watch_files(cert, key, settings.watch_interval, tx, stop).await;
+        }
+        TlsSource::Issue { .. } => {}
+    }
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    // `metadata` follows symlinks: a swapped link target is a change.
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode,
+    })
+}
+
+/// The polling state of a certificate and key file pair (pure but for the stamps it is given).
+#[derive(Debug)]
+struct FileWatch {
+    loaded: (Option<Stamp>, Option<Stamp>),
+    seen: (Option<Stamp>, Option<Stamp>),
+    failed: Option<(Option<Stamp>, Option<Stamp>)>,
+}
+
+/// What a poll found.
+#[derive(Debug, PartialEq, Eq)]
+enum Poll {
+    /// Nothing new (or a change still settling, or one that already failed).
+    Nothing,
+    /// A change that held still for one interval: load it.
+    Load,
+}
+
+impl FileWatch {
+    fn new(now: (Option<Stamp>, Option<Stamp>)) -> FileWatch {
+        FileWatch {
+            loaded: now,
+            seen: now,
+            failed: None,
+        }
+    }
+
+    fn poll(&mut self, now: (Option<Stamp>, Option<Stamp>)) -> Poll {
+        let settled = now == self.seen;
+        self.seen = now;
+        if !settled || now == self.loaded || self.failed == Some(now) {
+            return Poll::Nothing;
+        }
+        Poll::Load
+    }
+
+    fn loaded(&mut self) {
+        self.loaded = self.seen;
+        self.failed = None;
+    }
+
+    fn failed(&mut self) {
+        self.failed = Some(self.seen);
+    }
+}
+
+/// Polls `cert` and `key` every `interval` until `stop`, publishing a new config on `tx` for
+/// every change that loads, and logging one error line for every change that does not.
+pub async fn watch_files(
+    cert: PathBuf,
+    key: PathBuf,
+    interval: Duration,
+    tx: watch::Sender<Arc<ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let pair = |c: &Path, k: &Path| (stamp(c), stamp(k));
+    let mut state = FileWatch::new(pair(&cert, &key));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if state.poll(pair(&cert, &key)) == Poll::Nothing {
+            continue;
+        }
+        match load_files(&cert, &key) {
+            Ok(config) => {
+                state.loaded();
+                tx.send_replace(config);
+                tracing::info!(
+                    event = "tls.reloaded",
+                    cert_file = %cert.display(),
+                    key_file = %key.display(),
+                    "new TLS certificate in use for new connections (from {})",
+                    cert.display()
+                );
+            }
+            Err(e) => {
+                state.failed();
+                tracing::error!(
+                    event = "tls.reload_failed",
+                    cert_file = %cert.display(),
+                    key_file = %key.display(),
+                    error = %e,
+                    "the changed TLS certificate was not loaded, the previous one stays in use: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// What the request path knows of a connection's TLS (a request extension; absent on plain
+/// HTTP).
+#[derive(Debug, Clone)]
+pub struct ConnectionTls {
+    /// The listener's client-certificate setting.
+    pub client_auth: ClientAuth,
+}
+
+/// Runs the server side of each connection's handshake with the config current at its accept.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    current: watch::Receiver<Arc<ServerConfig>>,
+    client_auth: ClientAuth,
+    handshake_timeout: Duration,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not done within the listener's header-read timeout.
+    #[error("TLS handshake not completed within {0:?}")]
+    Timeout(Duration),
+    /// The peer or the TLS layer failed it.
+    #[error("TLS handshake failed: {0}")]
+    Failed(io::Error),
+}
+
+impl Acceptor {
+    /// An acceptor over a published config. A handshake gets `handshake_timeout` (the
+    /// listener's header-read timeout: the handshake comes before the request head).
+    pub fn new(
+        current: watch::Receiver<Arc<ServerConfig>>,
+        client_auth: ClientAuth,
+        handshake_timeout: Duration,
+    ) -> Acceptor {
+        Acceptor {
+            current,
+            client_auth,
+            handshake_timeout,
+        }
+    }
+
+    /// The handshake of one connection.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, ConnectionTls), HandshakeError> {
+        let _ = peer;
+        let config = Arc::clone(&self.current.borrow());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
+            .await
+            .map_err(|_| HandshakeError::Timeout(self.handshake_timeout))?
+            .map_err(HandshakeError::Failed)?;
+        Ok((
+            tls,
+            ConnectionTls {
+                client_auth: self.client_auth,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u64) -> Option<Stamp> {
+        Some(Stamp {
+            modified: None,
+            len: n,
+            inode: 1,
+        })
+    }
+
+    #[test]
+    fn a_change_loads_once_it_held_still_and_a_failure_is_not_retried() {
+        let mut w = FileWatch::new((s(1), s(1)));
+        assert_eq!(w.poll((s(1), s(1))), Poll::Nothing);
+        // The certificate changed; the key not yet: wait.
+        assert_eq!(w.poll((s(2), s(1))), Poll::Nothing);
+        // Now the key: still moving.
+        assert_eq!(w.poll((s(2), s(2))), Poll::Nothing);
+        // Held still for one interval: load.
+        assert_eq!(w.poll((s(2), s(2))), Poll::Load);
+        w.failed();
+        // A failed pair is not loaded (or logged) again until it changes.
+        assert_eq!(w.poll((s(2), s(2))), Poll::Nothing);
+        assert_eq!(w.poll((s(3), s(2))), Poll::Nothing);
+        assert_eq!(w.poll((s(3), s(2))), Poll::Load);
+        w.loaded();
+        assert_eq!(w.poll((s(3), s(2))), Poll::Nothing);
+    }
+}
