@@ -507,6 +507,8 @@ fn parse() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Every TLS config in this process (webhooks, the client, the listener) uses one provider.
+    keyroll_ca::tls::install_provider();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,

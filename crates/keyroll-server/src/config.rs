@@ -506,6 +506,7 @@ impl CaBundle {
             pem: pem.into(),
         };
         let certificates = bundle.certificates()?;
+        keyroll_ca::tls::install_provider();
         let mut client = reqwest::Client::builder();
         for c in certificates {
             client = client.add_root_certificate(c);

@@ -344,6 +344,8 @@ pub fn cli_offline(args: &[&str], cwd: &Path) -> Run {
 
 /// A blocking HTTP client for direct API calls.
 pub fn http() -> reqwest::blocking::Client {
+    // reqwest's rustls (unified in from keyroll-server) takes the process's crypto provider.
+    keyroll_ca::tls::install_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

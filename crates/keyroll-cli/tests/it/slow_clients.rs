@@ -79,6 +79,7 @@ fn limit_count(s: &harness::Server, setting: &str, at_least: u64) -> u64 {
 }
 
 fn quick_get(url: &str, headers: &[(&str, &str)]) -> (u16, Duration) {
+    keyroll_ca::tls::install_provider();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
