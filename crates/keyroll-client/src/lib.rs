@@ -621,10 +621,7 @@ impl Client {
                 return Transport::Tls;
             }
             if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-                {
+                if carries_tls_error(io) {
                     return Transport::Tls;
                 }
                 use std::io::ErrorKind as K;
@@ -675,6 +672,19 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Whether an IO error wraps a rustls error, at any depth: tokio-rustls puts it in an IO error
+/// and the HTTPS connector may wrap that one again; `source()` skips the wrapped error itself.
+fn carries_tls_error(io: &std::io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+    }
+    false
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
