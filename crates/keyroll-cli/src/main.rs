@@ -72,10 +72,22 @@ struct Global {
     #[arg(long, global = true, env = "KEYROLL_CA_FILE", value_name = "FILE")]
     ca_file: Option<PathBuf>,
     /// PEM client certificate (chain, leaf first) to present to an https:// server.
-    #[arg(long, global = true, env = "KEYROLL_CLIENT_CERT", value_name = "FILE", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEYROLL_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
     client_cert: Option<PathBuf>,
     /// PEM private key of --client-cert.
-    #[arg(long, global = true, env = "KEYROLL_CLIENT_KEY", value_name = "FILE", requires = "client_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEYROLL_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
     client_key: Option<PathBuf>,
 }
 
@@ -635,7 +647,11 @@ fn token(global: &Global) -> anyhow::Result<String> {
 
 fn client(global: &Global) -> anyhow::Result<Client> {
     let token = token(global)?;
-    Ok(Client::with_tls(&global.server, Some(token), &tls(global)?)?)
+    Ok(Client::with_tls(
+        &global.server,
+        Some(token),
+        &tls(global)?,
+    )?)
 }
 
 /// `--ca-file`, `--client-cert` and `--client-key`, read and checked before any request.

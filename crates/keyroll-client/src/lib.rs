@@ -162,10 +162,7 @@ impl Tls {
             (Some(c), Some(k)) => {
                 let chain = certificates(&read(c)?, c)?;
                 let key = PrivateKeyDer::from_pem_slice(&read(k)?).map_err(|e| {
-                    ClientError::Request(format!(
-                        "{}: no usable PEM private key: {e}",
-                        k.display()
-                    ))
+                    ClientError::Request(format!("{}: no usable PEM private key: {e}", k.display()))
                 })?;
                 Some((chain, Arc::new(key)))
             }
@@ -682,7 +679,9 @@ fn carries_tls_error(io: &std::io::Error) -> bool {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return true;
         }
-        inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
     }
     false
 }

@@ -786,8 +786,8 @@ impl Config {
             },
         };
         let unseen_after = positive("schedule.unseen_after", &raw.schedule.unseen_after)?;
-        let cluster = resolve_cluster(&raw.cluster, &positive)?;
-        let tls = resolve_tls(&raw.tls, &positive)?;
+        let cluster = resolve_cluster(&raw.cluster, positive)?;
+        let tls = resolve_tls(&raw.tls, positive)?;
         Ok(Config {
             tls,
             cluster,
@@ -926,7 +926,10 @@ fn resolve_tls(
             return Err(invalid(
                 "tls.cert_file",
                 "",
-                &format!("missing: tls.key_file = {} needs its certificate", key.display()),
+                &format!(
+                    "missing: tls.key_file = {} needs its certificate",
+                    key.display()
+                ),
             ));
         }
         (None, None, Some(issue)) => {
@@ -989,8 +992,7 @@ fn identity_pattern_ok(pattern: &str) -> bool {
             || (!p.is_empty()
                 && p.len() <= 64
                 && p.starts_with(|c: char| c.is_ascii_lowercase())
-                && p
-                    .chars()
+                && p.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
     };
     matches!(pattern.split_once('/'), Some((e, s)) if part(e) && part(s))
@@ -1049,6 +1051,66 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
         assert_eq!(c.default_grace, Duration::from_secs(48 * 3600));
         assert_eq!(c.explain, Explain::Full);
+    }
+
+    #[test]
+    fn tls_settings_and_their_checks() {
+        let c = Config::resolve(RawConfig::default()).unwrap();
+        assert!(c.tls.is_none(), "plain HTTP by default");
+        let with = |f: &dyn Fn(&mut TlsConfig)| {
+            let mut raw = RawConfig::default();
+            f(&mut raw.tls);
+            Config::resolve(raw).map(|c| c.tls)
+        };
+        let files = with(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "require_admin".into();
+            t.admin_identities = vec!["ops/*".into(), "*/deploy".into()];
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            files.source,
+            TlsSource::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            }
+        );
+        assert_eq!(files.client_auth, ClientAuth::RequireAdmin);
+        assert_eq!(files.watch_interval, Duration::from_secs(1));
+        let err = |f: &dyn Fn(&mut TlsConfig)| with(f).unwrap_err().to_string();
+        assert!(err(&|t| t.cert_file = Some("c.pem".into())).contains("tls.key_file"));
+        assert!(err(&|t| t.client_auth = "optional".into()).contains("needs TLS"));
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "sometimes".into();
+        });
+        assert!(e.contains("tls.client_auth"), "{e}");
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "require_admin".into();
+        });
+        assert!(e.contains("tls.admin_identities"), "{e}");
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.admin_identities = vec!["Ops".into()];
+        });
+        assert!(
+            e.contains("tls.admin_identities") && e.contains("Ops"),
+            "{e}"
+        );
+        let e = err(&|t| {
+            t.issue = Some(TlsIssueConfig {
+                identity: "ops/keyroll".into(),
+                dns: vec![],
+                ip: vec!["not-an-ip".into()],
+            })
+        });
+        assert!(e.contains("tls.issue.ip"), "{e}");
     }
 
     #[test]

@@ -175,9 +175,9 @@ impl Server {
                 state.config.http.header_read_timeout,
             )
         });
-        let tls_watch = self.tls.map(|t| {
-            tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone()))
-        });
+        let tls_watch = self
+            .tls
+            .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         tracing::info!(event = "server.listening", addr = %addr, scheme, store = state.store.backend(), node_id = %state.cluster.node_id, leader = state.is_leader(), "keyroll listening on {scheme}://{addr}");

@@ -218,7 +218,11 @@ pub async fn agent(
                     .map_err(|e| Failure::new(Exit::Usage, "invalid_tls_file", e.to_string()))?,
                 None => tls,
             };
-            (c.server.unwrap_or_else(|| server.to_owned()), c.consumers, tls)
+            (
+                c.server.unwrap_or_else(|| server.to_owned()),
+                c.consumers,
+                tls,
+            )
         }
         None => (server.to_owned(), vec![args.one.resolve("agent")?], tls),
     };

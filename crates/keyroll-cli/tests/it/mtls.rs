@@ -85,10 +85,23 @@ fn leaf(dir: &Path, name: &str) -> String {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
             // A fresh random serial per leaf, so a reload is visible.
             &format!("0x{:016x}", fastrand::u64(1..)),
-            "-out", &pem, "-days", "2", "-extfile", "leaf.ext",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
         ],
     );
     serial_of_file(dir, &pem)
@@ -184,7 +197,10 @@ fn serve_https_from_files_and_reload_them_without_a_restart() {
     assert_eq!(code, 0, "{err}");
     assert!(body.contains("ok"), "{body}");
     let (code, _, _) = curl(&[&format!("{url}/healthz")]);
-    assert_eq!(code, 60, "curl without the CA must fail certificate verification");
+    assert_eq!(
+        code, 60,
+        "curl without the CA must fail certificate verification"
+    );
     assert_eq!(served_serial(&s.addr).as_deref(), Some(first.as_str()));
 
     // The CLI over HTTPS with --ca-file; without it the failure says TLS.
@@ -226,10 +242,7 @@ fn serve_https_from_files_and_reload_them_without_a_restart() {
         s.logs_text().contains("\"tls.reload_failed\"")
     });
     std::thread::sleep(Duration::from_millis(800));
-    let failures = s
-        .logs_text()
-        .matches("\"tls.reload_failed\"")
-        .count();
+    let failures = s.logs_text().matches("\"tls.reload_failed\"").count();
     assert_eq!(failures, 1, "{}", s.logs_text());
     assert!(s.logs_text().contains(cert.to_str().unwrap()));
     assert_eq!(served_serial(&s.addr).as_deref(), Some(second.as_str()));
@@ -238,7 +251,14 @@ fn serve_https_from_files_and_reload_them_without_a_restart() {
     // At start, the same file refuses start with one line naming it.
     let data = d.join("data2");
     let out = Command::new(harness::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "-c"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "-c",
+        ])
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
