@@ -183,11 +183,10 @@ fn serve_https_from_files_and_reload_them_without_a_restart() {
     std::fs::copy(d.join("first.key"), &key).unwrap();
     let config = tls_config(d, &cert, &key);
     let s = harness::start_with(&["-c", config.to_str().unwrap()]);
-    assert!(
-        s.logs_text().contains("\"scheme\":\"https\""),
-        "{}",
-        s.logs_text()
-    );
+    // The harness hands over the address before it stores the line it came in.
+    until("the https listening line", Duration::from_secs(5), || {
+        s.logs_text().contains("\"scheme\":\"https\"")
+    });
     let url = format!("https://localhost:{}", port(&s.addr));
     let ca_pem = d.join("ca.pem");
     let ca_pem = ca_pem.to_str().unwrap();
