@@ -4,8 +4,9 @@
 //!
 //! The pieces: `decide.rs` (pure: what to do after a poll, backoff, restart jitter),
 //! `keyfile.rs` (atomic 0600 writes), `state.rs` (`agent.json`), `reload.rs` (command and
-//! signal), `config.rs` (several consumers), `log.rs` (JSON lines), `worker.rs` (the loop).
+//! signal), `certfiles.rs` (the certificate set, replaced as one), `config.rs` (several consumers), `log.rs` (JSON lines), `worker.rs` (the loop).
 
+pub mod certfiles;
 pub mod config;
 pub mod decide;
 pub mod keyfile;
