@@ -129,6 +129,14 @@ pub fn server_config(
 /// The config the listener starts with: a problem here refuses start, with one line naming
 /// the file and what is wrong.
 pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    if settings.client_auth != ClientAuth::Off {
+        // The verifier is ready (`Acceptor::with_client_verification`); its trust store comes
+        // from keyroll's CA, which this build does not run yet.
+        return Err(TlsError::Config(format!(
+            "tls.client_auth = {:?} needs keyroll's CA as the trust store, which this build does not have yet; use client_auth = \"off\"",
+            settings.client_auth.as_str()
+        )));
+    }
     match &settings.source {
         TlsSource::Files { cert, key } => load_files(cert, key),
         TlsSource::Issue { .. } => Err(TlsError::Config(
@@ -267,12 +275,69 @@ pub async fn watch_files(
     }
 }
 
+/// What a valid client certificate proved on one connection.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// The SPIFFE id of the leaf's URI SAN.
+    pub identity: String,
+    /// The leaf's serial.
+    pub serial: keyroll_ca::Serial,
+    /// The trust anchor the chain ended at.
+    pub anchor: Option<keyroll_ca::AnchorId>,
+    /// The leaf's notAfter.
+    pub not_after: Option<keyroll_core::Timestamp>,
+}
+
+/// The valid decisions of handshakes in flight, by peer address (unique among a listener's
+/// open connections): the verifier's sink puts, the connection takes right after its handshake.
+/// rustls gives a verifier no per-connection context to write into, hence this small map.
+#[derive(Debug, Default)]
+pub struct PeerSlots(parking_lot::Mutex<std::collections::HashMap<SocketAddr, PeerCertificate>>);
+
+impl PeerSlots {
+    /// Notes a decision of the handshake with `peer` (only valid ones are kept).
+    pub fn put(&self, peer: SocketAddr, decision: &keyroll_ca::CertDecision) {
+        if !decision.allowed() {
+            return;
+        }
+        let (Some(identity), Some(serial)) = (&decision.identity, decision.serial) else {
+            return;
+        };
+        self.0.lock().insert(
+            peer,
+            PeerCertificate {
+                identity: identity.clone(),
+                serial,
+                anchor: decision.anchor,
+                not_after: decision.not_after,
+            },
+        );
+    }
+
+    /// Takes what the handshake with `peer` proved, if anything.
+    pub fn take(&self, peer: SocketAddr) -> Option<PeerCertificate> {
+        self.0.lock().remove(&peer)
+    }
+}
+
+/// Client certificates on the listener: keyroll-ca's verifier, and where its sink leaves each
+/// connection's valid decision.
+#[derive(Debug, Clone)]
+pub struct ClientVerification {
+    /// The verifier (its trust store swapped in place on CA rotation and CRL refresh).
+    pub verifier: Arc<keyroll_ca::ReasonedClientVerifier>,
+    /// Filled by the verifier's sink with [`PeerSlots::put`].
+    pub slots: Arc<PeerSlots>,
+}
+
 /// What the request path knows of a connection's TLS (a request extension; absent on plain
 /// HTTP).
 #[derive(Debug, Clone)]
 pub struct ConnectionTls {
     /// The listener's client-certificate setting.
     pub client_auth: ClientAuth,
+    /// What a valid client certificate proved (none presented, or `client_auth = "off"`: none).
+    pub peer_certificate: Option<PeerCertificate>,
 }
 
 /// Runs the server side of each connection's handshake with the config current at its accept.
@@ -281,6 +346,8 @@ pub struct Acceptor {
     current: watch::Receiver<Arc<ServerConfig>>,
     client_auth: ClientAuth,
     handshake_timeout: Duration,
+    client: Option<ClientVerification>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 /// Why a handshake did not complete.
@@ -292,6 +359,9 @@ pub enum HandshakeError {
     /// The peer or the TLS layer failed it.
     #[error("TLS handshake failed: {0}")]
     Failed(io::Error),
+    /// The per-connection config could not be built.
+    #[error("TLS config for the connection: {0}")]
+    Config(rustls::Error),
 }
 
 impl Acceptor {
@@ -306,7 +376,35 @@ impl Acceptor {
             current,
             client_auth,
             handshake_timeout,
+            client: None,
+            provider: keyroll_ca::tls::provider(),
         }
+    }
+
+    /// Asks every connection for a client certificate, verified by `client` (not mandatory:
+    /// a client without one completes the handshake, and the admin API answers `cert_missing`).
+    pub fn with_client_verification(mut self, client: ClientVerification) -> Acceptor {
+        self.client = Some(client);
+        self
+    }
+
+    /// The config for one connection: the published one, or with client certificates a copy
+    /// carrying the verifier made for this peer (its sink then knows whom it decided for).
+    fn config_for(&self, peer: SocketAddr) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let base = Arc::clone(&self.current.borrow());
+        let Some(client) = &self.client else {
+            return Ok(base);
+        };
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(client.verifier.for_peer(peer))
+            .with_cert_resolver(Arc::clone(&base.cert_resolver));
+        config.alpn_protocols = base.alpn_protocols.clone();
+        // Every handshake is verified, logged and counted (the CA's adoption gate): a resumed
+        // session would skip the verifier and carry a certificate revoked since.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
     }
 
     /// The handshake of one connection.
@@ -315,17 +413,19 @@ impl Acceptor {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, ConnectionTls), HandshakeError> {
-        let _ = peer;
-        let config = Arc::clone(&self.current.borrow());
+        let config = self.config_for(peer).map_err(HandshakeError::Config)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
-            .await
+        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
+        // Taken whatever the outcome, so a failed handshake leaves nothing behind.
+        let peer_certificate = self.client.as_ref().and_then(|c| c.slots.take(peer));
+        let tls = handshake
             .map_err(|_| HandshakeError::Timeout(self.handshake_timeout))?
             .map_err(HandshakeError::Failed)?;
         Ok((
             tls,
             ConnectionTls {
                 client_auth: self.client_auth,
+                peer_certificate,
             },
         ))
     }
@@ -341,6 +441,31 @@ mod tests {
             len: n,
             inode: 1,
         })
+    }
+
+    #[test]
+    fn only_valid_decisions_reach_the_connection_and_each_once() {
+        let slots = PeerSlots::default();
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut d = keyroll_ca::CertDecision {
+            code: keyroll_ca::CertCode::CertRevoked,
+            detail: "revoked".into(),
+            serial: Some(keyroll_ca::Serial::from_random([9; 16])),
+            identity: Some("spiffe://example.org/ops/alice".into()),
+            issuer: None,
+            not_before: None,
+            not_after: None,
+            anchor: None,
+            fingerprint: None,
+        };
+        slots.put(peer, &d);
+        assert!(slots.take(peer).is_none());
+        d.code = keyroll_ca::CertCode::Valid;
+        slots.put(peer, &d);
+        let got = slots.take(peer).unwrap();
+        assert_eq!(got.identity, "spiffe://example.org/ops/alice");
+        assert_eq!(got.serial, keyroll_ca::Serial::from_random([9; 16]));
+        assert!(slots.take(peer).is_none(), "taken once");
     }
 
     #[test]
