@@ -4,9 +4,15 @@
 use std::fmt;
 use std::time::Duration;
 
-use keyroll_core::Timestamp;
+use keyroll_core::{Timestamp, rfc3339};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
 
-use crate::{CaError, Fingerprint, Serial, TrustDomain};
+use crate::time_conv::{to_datetime, truncate};
+use crate::{CaError, Fingerprint, Serial, TrustDomain, inspect};
 
 /// Private key bytes (PKCS#8 DER). Never printed: `Debug` shows `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,8 +56,7 @@ pub struct NewAuthority {
 /// An authority that can sign: a CA certificate with its private key.
 pub struct Signer {
     pub(crate) cert_der: Vec<u8>,
-    pub(crate) key: rcgen::KeyPair,
-    pub(crate) issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub(crate) issuer: rcgen::Issuer<'static, KeyPair>,
     pub(crate) not_before: Timestamp,
     pub(crate) not_after: Timestamp,
     pub(crate) subject: String,
@@ -72,8 +77,35 @@ impl Signer {
     /// Loads an authority: its certificate (must be a CA allowed to sign certificates) and its
     /// PKCS#8 key (must match the certificate's public key).
     pub fn from_parts(cert_der: &[u8], key_pkcs8_der: &SecretDer) -> Result<Signer, CaError> {
-        let _ = (cert_der, key_pkcs8_der);
-        todo!()
+        let info = inspect(cert_der)?;
+        if !info.is_ca {
+            return Err(CaError::NotAnIssuer {
+                subject: info.subject,
+                reason: "it is not a CA certificate (basicConstraints CA:FALSE or absent)"
+                    .to_owned(),
+            });
+        }
+        let key = KeyPair::try_from(key_pkcs8_der.as_bytes())
+            .map_err(|_| CaError::Key("not a PKCS#8 ECDSA or Ed25519 private key".to_owned()))?;
+        if key.public_key_raw() != info.public_key_raw.as_slice() {
+            return Err(CaError::Key(format!(
+                "the key does not belong to the certificate {:?}",
+                info.subject
+            )));
+        }
+        let issuer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der), key)
+            .map_err(|e| CaError::NotAnIssuer {
+                subject: info.subject.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Signer {
+            cert_der: cert_der.to_vec(),
+            issuer,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            subject: info.common_name.unwrap_or(info.subject),
+            fingerprint: info.fingerprint,
+        })
     }
 
     /// The certificate, DER.
@@ -111,8 +143,20 @@ pub fn new_root(
     lifetime: Duration,
     serial: Serial,
 ) -> Result<NewAuthority, CaError> {
-    let _ = (td, generation, now, lifetime, serial);
-    todo!()
+    let subject = format!("keyroll root CA g{generation} ({td})");
+    let not_before = truncate(now);
+    let not_after = truncate(now.saturating_add(lifetime));
+    let params = ca_params(&subject, None, not_before, not_after, serial)?;
+    let key = new_key()?;
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    Ok(NewAuthority {
+        cert_der: cert.der().to_vec(),
+        key_pkcs8_der: SecretDer::new(key.serialize_der()),
+        serial,
+        not_before,
+        not_after,
+        subject,
+    })
 }
 
 /// An intermediate CA signed by `root` (pathlen 0), valid from `now` for `lifetime` but never past
@@ -125,6 +169,79 @@ pub fn new_intermediate(
     lifetime: Duration,
     serial: Serial,
 ) -> Result<NewAuthority, CaError> {
-    let _ = (root, td, generation, now, lifetime, serial);
-    todo!()
+    check_valid(root, now)?;
+    let subject = format!("keyroll intermediate CA g{generation} ({td})");
+    let not_before = truncate(now);
+    let not_after = truncate(now.saturating_add(lifetime)).min(root.not_after);
+    let params = ca_params(&subject, Some(0), not_before, not_after, serial)?;
+    let key = new_key()?;
+    let cert = params.signed_by(&key, &root.issuer).map_err(gen_err)?;
+    Ok(NewAuthority {
+        cert_der: cert.der().to_vec(),
+        key_pkcs8_der: SecretDer::new(key.serialize_der()),
+        serial,
+        not_before,
+        not_after,
+        subject,
+    })
+}
+
+/// An ECDSA P-256 key pair (SPEC §9), from the operating system's RNG inside aws-lc-rs.
+pub(crate) fn new_key() -> Result<KeyPair, CaError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Generate {
+        what: "key pair",
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn gen_err(e: rcgen::Error) -> CaError {
+    CaError::Generate {
+        what: "certificate",
+        reason: e.to_string(),
+    }
+}
+
+/// An error when `signer` is not valid at `now`: nothing is issued by an expired or future CA.
+pub(crate) fn check_valid(signer: &Signer, now: Timestamp) -> Result<(), CaError> {
+    if now < signer.not_before || now > signer.not_after {
+        return Err(CaError::IssuerNotValid {
+            subject: signer.subject.clone(),
+            now: rfc3339(now),
+            not_before: rfc3339(signer.not_before),
+            not_after: rfc3339(signer.not_after),
+        });
+    }
+    Ok(())
+}
+
+/// The profile shared by roots and intermediates: CN, basicConstraints (critical; rcgen always
+/// marks it so), key usage keyCertSign + cRLSign (critical), the serial and validity given.
+fn ca_params(
+    subject: &str,
+    path_len: Option<u8>,
+    not_before: Timestamp,
+    not_after: Timestamp,
+    serial: Serial,
+) -> Result<CertificateParams, CaError> {
+    if not_after <= not_before {
+        return Err(CaError::InvalidLifetime(
+            subject.to_owned(),
+            "the CA would expire before it is valid",
+        ));
+    }
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, subject);
+    dn.push(DnType::OrganizationName, "keyroll");
+    params.distinguished_name = dn;
+    params.is_ca = match path_len {
+        Some(n) => IsCa::Ca(BasicConstraints::Constrained(n)),
+        None => IsCa::Ca(BasicConstraints::Unconstrained),
+    };
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
+    params.not_before = to_datetime(not_before)?;
+    params.not_after = to_datetime(not_after)?;
+    params.use_authority_key_identifier_extension = path_len.is_some();
+    Ok(params)
 }

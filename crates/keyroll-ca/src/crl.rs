@@ -4,8 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use keyroll_core::Timestamp;
+use keyroll_core::{Timestamp, rfc3339};
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 
+use crate::time_conv::{to_datetime, truncate};
 use crate::{CaError, Serial, Signer};
 
 /// Why a certificate was revoked (RFC 5280 CRLReason, the subset keyroll offers). Text form is
@@ -90,6 +92,50 @@ pub fn crl(
     next_update: Timestamp,
     revoked: &[RevokedEntry],
 ) -> Result<Vec<u8>, CaError> {
-    let _ = (issuer, number, this_update, next_update, revoked);
-    todo!()
+    let (this_update, next_update) = (truncate(this_update), truncate(next_update));
+    if next_update <= this_update {
+        return Err(CaError::CrlWindow {
+            this_update: rfc3339(this_update),
+            next_update: rfc3339(next_update),
+        });
+    }
+    let revoked_certs = revoked
+        .iter()
+        .map(|e| {
+            Ok(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(e.serial.as_bytes()),
+                revocation_time: to_datetime(e.revoked_at)?,
+                reason_code: Some(e.reason.rcgen()),
+                invalidity_date: None,
+            })
+        })
+        .collect::<Result<Vec<_>, CaError>>()?;
+    let params = CertificateRevocationListParams {
+        this_update: to_datetime(this_update)?,
+        next_update: to_datetime(next_update)?,
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let list = params
+        .signed_by(&issuer.issuer)
+        .map_err(|e| CaError::Generate {
+            what: "CRL",
+            reason: e.to_string(),
+        })?;
+    Ok(list.der().to_vec())
+}
+
+impl RevocationReason {
+    fn rcgen(self) -> rcgen::RevocationReason {
+        match self {
+            RevocationReason::Unspecified => rcgen::RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            RevocationReason::CaCompromise => rcgen::RevocationReason::CaCompromise,
+            RevocationReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+        }
+    }
 }
