@@ -70,8 +70,9 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Reads a PEM chain (leaf first) and private key into a listener config.
-pub fn load_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// Reads a PEM chain (leaf first) and private key into a listener config, with the leaf's
+/// serial (lowercase hex, as `openssl x509 -serial` prints it) for the log.
+pub fn load_files(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, String), TlsError> {
     let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
         path: cert.to_owned(),
         source,
@@ -99,14 +100,21 @@ pub fn load_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError
             "no usable private key (expected PEM: PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY): {e}"
         ),
     })?;
-    server_config(chain, private).map_err(|e| match e {
+    let serial = keyroll_ca::inspect(&chain[0])
+        .map(|i| i.serial_hex.to_ascii_lowercase())
+        .map_err(|e| TlsError::Certificate {
+            path: cert.to_owned(),
+            reason: format!("the first certificate does not parse: {e}"),
+        })?;
+    let config = server_config(chain, private).map_err(|e| match e {
         TlsError::Config(reason) => TlsError::Pair {
             cert: cert.to_owned(),
             key: key.to_owned(),
             reason,
         },
         other => other,
-    })
+    })?;
+    Ok((config, serial))
 }
 
 /// The listener config for a chain and key: keyroll's provider, TLS 1.2 and 1.3, HTTP/1.1,
@@ -138,7 +146,11 @@ pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsEr
         )));
     }
     match &settings.source {
-        TlsSource::Files { cert, key } => load_files(cert, key),
+        TlsSource::Files { cert, key } => {
+            let (config, serial) = load_files(cert, key)?;
+            tracing::info!(event = "tls.loaded", cert_file = %cert.display(), serial = serial.as_str(), "serving TLS with the certificate in {} (serial {serial})", cert.display());
+            Ok(config)
+        }
         TlsSource::Issue { .. } => Err(TlsError::Config(
             "tls.issue needs keyroll's CA, which this build does not have yet; use tls.cert_file and tls.key_file".into(),
         )),
@@ -250,14 +262,15 @@ pub async fn watch_files(
             continue;
         }
         match load_files(&cert, &key) {
-            Ok(config) => {
+            Ok((config, serial)) => {
                 state.loaded();
                 tx.send_replace(config);
                 tracing::info!(
                     event = "tls.reloaded",
                     cert_file = %cert.display(),
                     key_file = %key.display(),
-                    "new TLS certificate in use for new connections (from {})",
+                    serial = serial.as_str(),
+                    "new TLS certificate (serial {serial}) in use for new connections (from {})",
                     cert.display()
                 );
             }
