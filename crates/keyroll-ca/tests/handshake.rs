@@ -17,6 +17,9 @@ use keyroll_core::Timestamp;
 use parking_lot::{Mutex, RwLock};
 use rustls::{ClientConnection, ServerConnection};
 
+/// What the sink got.
+type Seen = (CertDecision, Option<SocketAddr>);
+
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn now_ms() -> i64 {
@@ -92,7 +95,7 @@ fn a_valid_client_certificate_passes_and_an_expired_one_is_reported() {
     let server_leaf = issue("keyroll", true, 3);
     let client_leaf = issue("billing", false, 4);
 
-    let seen: Arc<Mutex<Vec<(CertDecision, Option<SocketAddr>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let sink_seen = seen.clone();
     let sink: DecisionSink = Arc::new(move |d, peer| sink_seen.lock().push((d.clone(), peer)));
     let clock = Arc::new(AtomicI64::new(now.unix_millis()));
