@@ -42,6 +42,9 @@ pub struct TrustStore {
     pub(crate) intermediates: Vec<Vec<u8>>,
     pub(crate) crls: Vec<Vec<u8>>,
     pub(crate) parsed_crls: Arc<Vec<CertRevocationList<'static>>>,
+    /// The anchors as webpki takes them, in `anchors`' order (kept beside them so that a
+    /// verification borrows them instead of copying).
+    pub(crate) tas: Vec<TrustAnchor<'static>>,
 }
 
 impl TrustStore {
@@ -78,7 +81,9 @@ impl TrustStore {
                     .map_err(|e| CaError::CrlMalformed(format!("{e:?}")))
             })
             .collect::<Result<Vec<_>, CaError>>()?;
+        let tas = anchors.iter().map(|a| a.ta.clone()).collect();
         Ok(TrustStore {
+            tas,
             anchors,
             intermediates,
             crls,
@@ -109,6 +114,7 @@ impl TrustStore {
         let (expired, kept): (Vec<Anchor>, Vec<Anchor>) = std::mem::take(&mut self.anchors)
             .into_iter()
             .partition(|a| a.not_after < now);
+        self.tas = kept.iter().map(|a| a.ta.clone()).collect();
         self.anchors = kept;
         expired.into_iter().map(|a| a.id).collect()
     }
@@ -373,7 +379,6 @@ pub fn verify(
             .iter()
             .map(|c| CertificateDer::from(c.as_slice())),
     );
-    let anchors: Vec<TrustAnchor<'_>> = trust.anchors.iter().map(|a| a.ta.clone()).collect();
     let crl_refs: Vec<&CertRevocationList<'_>> = trust.parsed_crls.iter().collect();
     let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
         b.with_depth(RevocationCheckDepth::Chain)
@@ -388,7 +393,7 @@ pub fn verify(
     };
     let verified = ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
+        &trust.tas,
         &chain,
         to_unix_time(now),
         eku,
