@@ -448,6 +448,149 @@ impl Acceptor {
 mod tests {
     use super::*;
 
+    /// Real TCP, keyroll-ca's certificates and verifier, the listener's `Acceptor`: a valid client
+    /// certificate reaches the connection's `ConnectionTls`, none completes the handshake with
+    /// nothing, an expired one fails it after the sink saw `cert_expired`.
+    #[tokio::test]
+    async fn client_certificates_reach_the_connection_or_fail_the_handshake() {
+        use keyroll_ca::{
+            CertCode, IdentityPolicy, KeySource, LeafRequest, Serial, Signer, SpiffeId,
+            TrustDomain, TrustStore, crl, issue_leaf, new_intermediate, new_root,
+        };
+        use keyroll_core::Timestamp;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        const DAY: Duration = Duration::from_secs(86_400);
+        #[allow(clippy::disallowed_methods)]
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let now = Timestamp::from_unix_millis(wall);
+        let td = TrustDomain::parse("example.org").unwrap();
+        let root = new_root(&td, 1, now, 365 * DAY, Serial::from_random([1; 16])).unwrap();
+        let root_s = Signer::from_parts(&root.cert_der, &root.key_pkcs8_der).unwrap();
+        let inter =
+            new_intermediate(&root_s, &td, 1, now, 90 * DAY, Serial::from_random([2; 16])).unwrap();
+        let inter_s = Signer::from_parts(&inter.cert_der, &inter.key_pkcs8_der).unwrap();
+        let crls = vec![
+            crl(&root_s, 1, now, now.saturating_add(7 * DAY), &[]).unwrap(),
+            crl(&inter_s, 1, now, now.saturating_add(7 * DAY), &[]).unwrap(),
+        ];
+        let trust = TrustStore::new(vec![root.cert_der.clone()], vec![], crls).unwrap();
+        let issue = |env: &str, svc: &str, server_auth: bool, n: u8| {
+            let req = LeafRequest {
+                identity: SpiffeId::from_parts(&td, env, svc).unwrap(),
+                lifetime: DAY,
+                server_auth,
+                dns_names: if server_auth {
+                    vec!["localhost".into()]
+                } else {
+                    vec![]
+                },
+                ip_addresses: vec![],
+                serial: Serial::from_random([n; 16]),
+            };
+            issue_leaf(&inter_s, &req, KeySource::Generate, now).unwrap()
+        };
+        let server_leaf = issue("ops", "keyroll", true, 3);
+        let alice = issue("ops", "alice", false, 4);
+        let base = server_config(
+            vec![
+                CertificateDer::from(server_leaf.cert_der.clone()),
+                CertificateDer::from(inter.cert_der.clone()),
+            ],
+            PrivateKeyDer::Pkcs8(
+                server_leaf
+                    .key_pkcs8_der
+                    .as_ref()
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+            ),
+        )
+        .unwrap();
+        let slots = Arc::new(PeerSlots::default());
+        let codes: Arc<parking_lot::Mutex<Vec<CertCode>>> = Arc::default();
+        let (sink_slots, sink_codes) = (Arc::clone(&slots), Arc::clone(&codes));
+        let sink: keyroll_ca::DecisionSink = Arc::new(move |d, peer| {
+            sink_codes.lock().push(d.code);
+            if let Some(p) = peer {
+                sink_slots.put(p, d);
+            }
+        });
+        let clock = Arc::new(AtomicI64::new(wall));
+        let c = Arc::clone(&clock);
+        let verifier = keyroll_ca::ReasonedClientVerifier::new(
+            Arc::new(parking_lot::RwLock::new(Arc::new(trust.clone()))),
+            IdentityPolicy::new(td.clone(), &["*/*"]).unwrap(),
+            false,
+            sink,
+            Arc::new(move || Timestamp::from_unix_millis(c.load(Ordering::Relaxed))),
+        );
+        let (_tx, rx) = watch::channel(base);
+        let acceptor = Acceptor::new(rx, ClientAuth::RequireAdmin, Duration::from_secs(5))
+            .with_client_verification(ClientVerification {
+                verifier: Arc::new(verifier),
+                slots,
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let outcome = match acceptor.accept(stream, peer).await {
+                    Ok((mut tls, info)) => {
+                        // Answer one byte so the client's read completes (TLS 1.3 reports a
+                        // refused certificate only on the client's first read).
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut tls, b"x").await;
+                        Ok(info.peer_certificate.map(|p| p.identity))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = results_tx.send(outcome);
+            }
+        });
+        let connect = |identity: Option<&keyroll_ca::IssuedLeaf>| {
+            let config = keyroll_ca::client_config(
+                &trust,
+                identity.map(|l| {
+                    (
+                        vec![l.cert_der.clone(), inter.cert_der.clone()],
+                        l.key_pkcs8_der.as_ref().unwrap(),
+                    )
+                }),
+            )
+            .unwrap();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                if let Ok(mut tls) = connector.connect(name, tcp).await {
+                    let mut b = [0u8; 1];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut b).await;
+                }
+            }
+        };
+        connect(Some(&alice)).await;
+        assert_eq!(
+            results.recv().await.unwrap(),
+            Ok(Some("spiffe://example.org/ops/alice".to_owned()))
+        );
+        connect(None).await;
+        assert_eq!(results.recv().await.unwrap(), Ok(None));
+        // Two days later, alice's one-day certificate has expired.
+        clock.fetch_add(2 * 86_400_000, Ordering::Relaxed);
+        connect(Some(&alice)).await;
+        assert!(results.recv().await.unwrap().is_err());
+        assert_eq!(
+            *codes.lock(),
+            vec![CertCode::Valid, CertCode::CertExpired],
+            "no certificate: the verifier is not asked"
+        );
+    }
+
     fn s(n: u64) -> Option<Stamp> {
         Some(Stamp {
             modified: None,
