@@ -60,6 +60,11 @@ pub struct TlsConfig {
     /// Which identities (`ENV/SERVICE` patterns, `*` for any part) may use the admin API under
     /// `client_auth = "require_admin"`.
     pub admin_identities: Vec<String>,
+    /// The trust bundle client certificates are verified against (PEM: keyroll's `ca.pem`,
+    /// anchors, intermediates and one CRL per issuer), with its trust domain.
+    pub client_ca_file: Option<PathBuf>,
+    /// The trust domain client identities must belong to (`example.org`).
+    pub trust_domain: Option<String>,
     /// How often the certificate files are looked at for changes (default `1s`).
     pub watch_interval: String,
 }
@@ -72,6 +77,8 @@ impl Default for TlsConfig {
             issue: None,
             client_auth: "off".into(),
             admin_identities: Vec::new(),
+            client_ca_file: None,
+            trust_domain: None,
             watch_interval: "1s".into(),
         }
     }
@@ -448,6 +455,10 @@ pub struct TlsSettings {
     pub client_auth: ClientAuth,
     /// `ENV/SERVICE` patterns allowed on the admin API under `require_admin`.
     pub admin_identities: Vec<String>,
+    /// See [`TlsConfig::client_ca_file`].
+    pub client_ca_file: Option<PathBuf>,
+    /// See [`TlsConfig::trust_domain`].
+    pub trust_domain: Option<String>,
     /// See [`TlsConfig::watch_interval`].
     pub watch_interval: Duration,
 }
@@ -976,9 +987,20 @@ fn resolve_tls(
             "client_auth = \"require_admin\" needs at least one allowed identity, like [\"ops/*\"]",
         ));
     }
+    if client_auth != ClientAuth::Off
+        && (raw.client_ca_file.is_none() || raw.trust_domain.is_none())
+    {
+        return Err(invalid(
+            "tls.client_auth",
+            &raw.client_auth,
+            "needs tls.client_ca_file (keyroll's ca.pem) and tls.trust_domain to verify client certificates against",
+        ));
+    }
     Ok(Some(TlsSettings {
         source,
         client_auth,
+        client_ca_file: raw.client_ca_file.clone(),
+        trust_domain: raw.trust_domain.clone(),
         admin_identities: raw.admin_identities.clone(),
         watch_interval: positive("tls.watch_interval", &raw.watch_interval)?,
     }))
@@ -1067,6 +1089,8 @@ mod tests {
             t.key_file = Some("k.pem".into());
             t.client_auth = "require_admin".into();
             t.admin_identities = vec!["ops/*".into(), "*/deploy".into()];
+            t.client_ca_file = Some("ca.pem".into());
+            t.trust_domain = Some("example.org".into());
         })
         .unwrap()
         .unwrap();
@@ -1094,6 +1118,12 @@ mod tests {
             t.client_auth = "require_admin".into();
         });
         assert!(e.contains("tls.admin_identities"), "{e}");
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "optional".into();
+        });
+        assert!(e.contains("tls.client_ca_file"), "{e}");
         let e = err(&|t| {
             t.cert_file = Some("c.pem".into());
             t.key_file = Some("k.pem".into());

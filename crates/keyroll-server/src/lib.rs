@@ -54,6 +54,7 @@ pub struct Server {
 struct TlsListener {
     config: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
     settings: config::TlsSettings,
+    client: Option<tls::ClientVerification>,
 }
 
 impl Server {
@@ -70,6 +71,7 @@ impl Server {
                         .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?,
                 ),
                 settings: settings.clone(),
+                client: None,
             }),
         };
         let (store, earlier, installation, _) = open_checked(&config, false).await?;
@@ -104,6 +106,27 @@ impl Server {
             clock::Randomness::os(),
             master_key,
         );
+        let mut tls = tls;
+        if let Some(t) = &mut tls {
+            let (log_state, clock_state) = (Arc::clone(&state), Arc::clone(&state));
+            let sink = Arc::new(
+                move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
+                    let record = decided::CertDecisionRecord {
+                        decision: d,
+                        edge: decided::CertEdge::TlsHandshake,
+                        peer,
+                        request_id: None,
+                        now: log_state.clock.now(),
+                    };
+                    log_state
+                        .observer
+                        .cert_decision(&record, log_state.config.log_allowed_at_info);
+                },
+            );
+            let now = Arc::new(move || clock_state.clock.now());
+            t.client = tls::client_verification(&t.settings, sink, now)
+                .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
+        }
         let started = std::time::Instant::now();
         let loaded = state.load().await?;
         tracing::info!(
@@ -168,13 +191,20 @@ impl Server {
             .webhooks
             .enabled
             .then(|| tokio::spawn(jobs::webhooks(Arc::clone(&state), stop_rx.clone())));
-        let acceptor = self.tls.as_ref().map(|t| {
-            tls::Acceptor::new(
-                t.config.subscribe(),
-                t.settings.client_auth,
-                state.config.http.header_read_timeout,
-            )
-        });
+        let acceptor = match &self.tls {
+            None => None,
+            Some(t) => {
+                let acceptor = tls::Acceptor::new(
+                    t.config.subscribe(),
+                    t.settings.client_auth,
+                    state.config.http.header_read_timeout,
+                );
+                match &t.client {
+                    Some(c) => Some(acceptor.with_client_verification(c.clone())),
+                    None => Some(acceptor),
+                }
+            }
+        };
         let tls_watch = self
             .tls
             .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));

@@ -137,14 +137,6 @@ pub fn server_config(
 /// The config the listener starts with: a problem here refuses start, with one line naming
 /// the file and what is wrong.
 pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    if settings.client_auth != ClientAuth::Off {
-        // The verifier is ready (`Acceptor::with_client_verification`); its trust store comes
-        // from keyroll's CA, which this build does not run yet.
-        return Err(TlsError::Config(format!(
-            "tls.client_auth = {:?} needs keyroll's CA as the trust store, which this build does not have yet; use client_auth = \"off\"",
-            settings.client_auth.as_str()
-        )));
-    }
     match &settings.source {
         TlsSource::Files { cert, key } => {
             let (config, serial) = load_files(cert, key)?;
@@ -155,6 +147,55 @@ pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsEr
             "tls.issue needs keyroll's CA, which this build does not have yet; use tls.cert_file and tls.key_file".into(),
         )),
     }
+}
+
+/// The client-certificate verification of `settings` (`None` with `client_auth = "off"`): the
+/// trust store read from `tls.client_ca_file`, identities of `tls.trust_domain`, every decision
+/// handed to `sink` (log line, metrics) and the valid ones kept for their connection.
+pub fn client_verification(
+    settings: &TlsSettings,
+    sink: keyroll_ca::DecisionSink,
+    now: Arc<dyn Fn() -> keyroll_core::Timestamp + Send + Sync>,
+) -> Result<Option<ClientVerification>, TlsError> {
+    let (Some(path), Some(td)) = (&settings.client_ca_file, &settings.trust_domain) else {
+        return Ok(None);
+    };
+    if settings.client_auth == ClientAuth::Off {
+        return Ok(None);
+    }
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let bad = |reason: String| TlsError::Certificate {
+        path: path.clone(),
+        reason,
+    };
+    let mut trust = keyroll_ca::TrustStore::from_bundle_pem(&pem)
+        .map_err(|e| bad(format!("not a usable trust bundle: {e}")))?;
+    trust.prune_expired(now());
+    let td = keyroll_ca::TrustDomain::parse(td)
+        .map_err(|e| TlsError::Config(format!("tls.trust_domain = {td:?}: {e}")))?;
+    let slots = Arc::new(PeerSlots::default());
+    let sink_slots = Arc::clone(&slots);
+    let sink: keyroll_ca::DecisionSink = Arc::new(move |d, peer| {
+        sink(d, peer);
+        if let Some(p) = peer {
+            sink_slots.put(p, d);
+        }
+    });
+    // The handshake only checks the trust domain; `admin_identities` is the admin API's rule.
+    let verifier = keyroll_ca::ReasonedClientVerifier::new(
+        Arc::new(parking_lot::RwLock::new(Arc::new(trust))),
+        keyroll_ca::IdentityPolicy::any(td),
+        false,
+        sink,
+        now,
+    );
+    Ok(Some(ClientVerification {
+        verifier: Arc::new(verifier),
+        slots,
+    }))
 }
 
 /// Keeps the published config current until `stop`: the files polled, or (with `tls.issue`)
@@ -343,6 +384,52 @@ pub struct ClientVerification {
     pub slots: Arc<PeerSlots>,
 }
 
+/// The verifier without CA-name hints in the CertificateRequest. keyroll-ca's hints are the
+/// anchors' subject contents without their outer SEQUENCE, which OpenSSL clients (curl, s_client)
+/// refuse to parse ("parse_ca_names: wrong tag"); an empty list is valid TLS (the client may
+/// send any certificate) and keeps working whether or not those hints get fixed.
+#[derive(Debug)]
+struct NoHints(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for NoHints {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// What the request path knows of a connection's TLS (a request extension; absent on plain
 /// HTTP).
 #[derive(Debug, Clone)]
@@ -410,7 +497,7 @@ impl Acceptor {
         };
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(client.verifier.for_peer(peer))
+            .with_client_cert_verifier(Arc::new(NoHints(client.verifier.for_peer(peer))))
             .with_cert_resolver(Arc::clone(&base.cert_resolver));
         config.alpn_protocols = base.alpn_protocols.clone();
         // Every handshake is verified, logged and counted (the CA's adoption gate): a resumed

@@ -279,3 +279,222 @@ fn serve_https_from_files_and_reload_them_without_a_restart() {
     assert!(err.contains(cert.to_str().unwrap()), "{err}");
     assert!(err.contains("no certificate"), "{err}");
 }
+
+/// What the mTLS test issues: files in `dir`, named by what they are.
+fn issue_certificates(dir: &Path) {
+    use keyroll_ca::{
+        KeySource, LeafRequest, RevocationReason, RevokedEntry, Serial, Signer, SpiffeId,
+        TrustDomain, crl, issue_leaf, new_intermediate, new_root, pem,
+    };
+    const DAY: Duration = Duration::from_secs(86_400);
+    #[allow(clippy::disallowed_methods)]
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let now = keyroll_core::Timestamp::from_unix_millis(wall);
+    let before = now.saturating_sub(3 * DAY);
+    let serial = || Serial::from_random(std::array::from_fn(|_| fastrand::u8(..)));
+    let td = TrustDomain::parse("example.org").unwrap();
+    let root = new_root(&td, 1, before, 365 * DAY, serial()).unwrap();
+    let root_s = Signer::from_parts(&root.cert_der, &root.key_pkcs8_der).unwrap();
+    let inter = new_intermediate(&root_s, &td, 1, before, 90 * DAY, serial()).unwrap();
+    let inter_s = Signer::from_parts(&inter.cert_der, &inter.key_pkcs8_der).unwrap();
+    let leaf = |env: &str, svc: &str, server: bool, at, lifetime, s: Serial| {
+        let req = LeafRequest {
+            identity: SpiffeId::from_parts(&td, env, svc).unwrap(),
+            lifetime,
+            server_auth: server,
+            dns_names: if server {
+                vec!["localhost".into()]
+            } else {
+                vec![]
+            },
+            ip_addresses: vec![],
+            serial: s,
+        };
+        issue_leaf(&inter_s, &req, KeySource::Generate, at).unwrap()
+    };
+    let write = |name: &str, l: &keyroll_ca::IssuedLeaf| {
+        std::fs::write(
+            dir.join(format!("{name}.pem")),
+            pem("CERTIFICATE", &l.cert_der) + &pem("CERTIFICATE", &inter.cert_der),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            pem("PRIVATE KEY", l.key_pkcs8_der.as_ref().unwrap().as_bytes()),
+        )
+        .unwrap();
+    };
+    write("server", &leaf("ops", "keyroll", true, now, DAY, serial()));
+    write("alice", &leaf("ops", "alice", false, now, DAY, serial()));
+    write("bob", &leaf("prod", "bob", false, now, DAY, serial()));
+    write("expired", &leaf("ops", "old", false, before, DAY, serial()));
+    let carol = serial();
+    write("revoked", &leaf("ops", "carol", false, now, DAY, carol));
+    // A foreign CA (its own name: a root with keyroll's subject would be found as the issuer and
+    // fail as a bad signature instead): chains nowhere keyroll trusts.
+    let foreign_td = TrustDomain::parse("foreign.example").unwrap();
+    let other = new_root(&foreign_td, 1, before, 365 * DAY, serial()).unwrap();
+    let other_s = Signer::from_parts(&other.cert_der, &other.key_pkcs8_der).unwrap();
+    let req = LeafRequest {
+        identity: SpiffeId::from_parts(&foreign_td, "ops", "mallory").unwrap(),
+        lifetime: DAY,
+        server_auth: false,
+        dns_names: vec![],
+        ip_addresses: vec![],
+        serial: serial(),
+    };
+    let foreign = issue_leaf(&other_s, &req, KeySource::Generate, now).unwrap();
+    std::fs::write(
+        dir.join("foreign.pem"),
+        pem("CERTIFICATE", &foreign.cert_der),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("foreign.key"),
+        pem(
+            "PRIVATE KEY",
+            foreign.key_pkcs8_der.as_ref().unwrap().as_bytes(),
+        ),
+    )
+    .unwrap();
+    let revoked = [RevokedEntry {
+        serial: carol,
+        revoked_at: now,
+        reason: RevocationReason::KeyCompromise,
+    }];
+    let bundle = pem("CERTIFICATE", &root.cert_der)
+        + &pem("CERTIFICATE", &inter.cert_der)
+        + &pem(
+            "X509 CRL",
+            &crl(&root_s, 1, now, now.saturating_add(DAY), &[]).unwrap(),
+        )
+        + &pem(
+            "X509 CRL",
+            &crl(&inter_s, 1, now, now.saturating_add(DAY), &revoked).unwrap(),
+        );
+    std::fs::write(dir.join("ca.pem"), bundle).unwrap();
+}
+
+#[test]
+fn client_certificates_on_the_admin_api_pass_or_fail_with_their_reason_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if !harness::require_program("curl", "apt-get install curl")
+        || !harness::require_program("openssl", "apt-get install openssl")
+    {
+        return;
+    }
+    issue_certificates(d);
+    let p = |n: &str| d.join(n).to_str().unwrap().to_owned();
+    let config = d.join("keyroll.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_auth = \"require_admin\"\nadmin_identities = [\"ops/*\"]\nclient_ca_file = {:?}\ntrust_domain = \"example.org\"\n",
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem")
+        ),
+    )
+    .unwrap();
+    let s = harness::start_with(&["-c", config.to_str().unwrap()]);
+    let url = format!("https://localhost:{}", port(&s.addr));
+    let token = s.token();
+    let auth = format!("Authorization: Bearer {token}");
+    let admin = |who: Option<&str>| {
+        let mut args = vec![
+            "--cacert".to_owned(),
+            p("ca.pem"),
+            "-H".to_owned(),
+            auth.clone(),
+            "-w".to_owned(),
+            "\n%{http_code}".to_owned(),
+        ];
+        if let Some(w) = who {
+            args.extend([
+                "--cert".to_owned(),
+                p(&format!("{w}.pem")),
+                "--key".to_owned(),
+                p(&format!("{w}.key")),
+            ]);
+        }
+        args.push(format!("{url}/v1/environments"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+    };
+    // Valid and allowed: the admin API answers.
+    let (code, out, err) = admin(Some("alice"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("200"), "{out}");
+    // No certificate: 401 cert_missing; health stays open.
+    let (code, out, _) = admin(None);
+    assert_eq!(code, 0);
+    assert!(
+        out.ends_with("401") && out.contains("cert_missing"),
+        "{out}"
+    );
+    let (code, out, _) = curl(&["--cacert", &p("ca.pem"), &format!("{url}/healthz")]);
+    assert_eq!((code, out.as_str()), (0, "ok"));
+    // A valid certificate of an identity not in admin_identities: 403 cert_wrong_identity.
+    let (_, out, _) = admin(Some("bob"));
+    assert!(
+        out.ends_with("403") && out.contains("cert_wrong_identity"),
+        "{out}"
+    );
+    // openssl s_client completes a handshake with the valid certificate.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -servername localhost -CAfile {} -cert {} -key {} </dev/null 2>&1",
+            s.addr,
+            p("ca.pem"),
+            p("alice.pem"),
+            p("alice.key")
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Verify return code: 0"), "{text}");
+    // Refused certificates fail the handshake; the log names the exact reason of each.
+    for (who, expected) in [
+        ("expired", "cert_expired"),
+        ("revoked", "cert_revoked"),
+        ("foreign", "cert_unknown_issuer"),
+    ] {
+        let (code, out, _) = admin(Some(who));
+        assert!(code != 0 || !out.ends_with("200"), "{who}: {code} {out}");
+        until(
+            &format!("{expected}: {}", s.logs_text()),
+            Duration::from_secs(5),
+            || {
+                s.logs_text().lines().any(|l| {
+                    l.contains("\"cert.decision\"")
+                        && l.contains(&format!("\"code\":\"{expected}\""))
+                })
+            },
+        );
+    }
+    let line = s
+        .logs_text()
+        .lines()
+        .find(|l| l.contains("\"cert.decision\"") && l.contains("cert_revoked"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    assert_eq!(line["identity"], "spiffe://example.org/ops/carol", "{line}");
+    assert_eq!(line["edge"], "tls_handshake");
+    assert!(
+        line["serial"].is_string() && line["peer"].is_string(),
+        "{line}"
+    );
+    // Counted by code and edge.
+    let (_, metrics, _) = curl(&["--cacert", &p("ca.pem"), &format!("{url}/metrics")]);
+    assert!(
+        metrics.contains(
+            "keyroll_cert_decisions_total{code=\"cert_revoked\",edge=\"tls_handshake\"} 1"
+        ),
+        "{metrics}"
+    );
+}
