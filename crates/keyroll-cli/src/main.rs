@@ -67,6 +67,28 @@ struct Global {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// PEM CA bundle to trust for an https:// server (e.g. keyroll's own `ca.pem`) [default:
+    /// the public webpki roots].
+    #[arg(long, global = true, env = "KEYROLL_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain, leaf first) to present to an https:// server.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYROLL_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYROLL_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -423,15 +445,30 @@ const NOT_HERE: [(&str, &[(&str, &str)]); 3] = [
             ("server", "server"),
             ("token", "token"),
             ("output", "output"),
+            ("ca_file", "ca-file"),
+            ("client_cert", "client-cert"),
+            ("client_key", "client-key"),
         ],
     ),
-    ("init", &[("server", "server"), ("token", "token")]),
+    (
+        "init",
+        &[
+            ("server", "server"),
+            ("token", "token"),
+            ("ca_file", "ca-file"),
+            ("client_cert", "client-cert"),
+            ("client_key", "client-key"),
+        ],
+    ),
     (
         "fingerprint",
         &[
             ("server", "server"),
             ("token", "token"),
             ("data_dir", "data-dir"),
+            ("ca_file", "ca-file"),
+            ("client_cert", "client-cert"),
+            ("client_key", "client-key"),
         ],
     ),
 ];
@@ -610,7 +647,21 @@ fn token(global: &Global) -> anyhow::Result<String> {
 
 fn client(global: &Global) -> anyhow::Result<Client> {
     let token = token(global)?;
-    Ok(Client::new(&global.server, Some(token))?)
+    Ok(Client::with_tls(
+        &global.server,
+        Some(token),
+        &tls(global)?,
+    )?)
+}
+
+/// `--ca-file`, `--client-cert` and `--client-key`, read and checked before any request.
+fn tls(global: &Global) -> anyhow::Result<keyroll_client::Tls> {
+    keyroll_client::Tls::from_files(
+        global.ca_file.as_deref(),
+        global.client_cert.as_deref(),
+        global.client_key.as_deref(),
+    )
+    .map_err(|e| Failure::new(Exit::Usage, "invalid_tls_file", e.to_string()).into())
 }
 
 fn server_config(flags: ServerFlags) -> anyhow::Result<keyroll_server::Config> {
@@ -1064,8 +1115,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Apply(args) => return policy::apply(args, &client(&cli.global)?, out).await,
         Cmd::Audit(cmd) => return audit::run(cmd, &client(&cli.global)?, out).await,
-        Cmd::Agent(args) => return agent::agent(args, &cli.global.server, out).await,
-        Cmd::Run(args) => return agent::run::run(args, &cli.global.server).await,
+        Cmd::Agent(args) => {
+            return agent::agent(args, &cli.global.server, tls(&cli.global)?, out).await;
+        }
+        Cmd::Run(args) => {
+            return agent::run::run(args, &cli.global.server, tls(&cli.global)?).await;
+        }
         Cmd::Fingerprint { key } => {
             let key = read_key(&key)?;
             let fp = fingerprint(key.as_bytes());

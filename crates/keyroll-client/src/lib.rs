@@ -3,9 +3,13 @@
 //! Errors keep what the server said: an API error carries the problem+json body (code, detail,
 //! request id), so a caller can print one precise line.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyroll_proto as proto;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 /// Why a call failed.
@@ -57,6 +61,8 @@ pub enum Transport {
     Timeout,
     /// Connected, but the connection was reset or closed before a whole answer.
     ConnectionLost,
+    /// The TLS handshake failed (the server's certificate is not trusted, or ours was refused).
+    Tls,
     /// Another network failure (no route to the host, …).
     Other,
 }
@@ -69,6 +75,7 @@ impl Transport {
             Transport::Dns => "dns_failed",
             Transport::Timeout => "timeout",
             Transport::ConnectionLost => "connection_lost",
+            Transport::Tls => "tls_failed",
             Transport::Other => "unreachable",
         }
     }
@@ -116,28 +123,155 @@ pub struct Answer<T> {
     pub json: serde_json::Value,
 }
 
+/// How the client speaks HTTPS: which CA bundle it trusts (default: the public webpki roots)
+/// and which client certificate it presents (default: none).
+#[derive(Clone, Default)]
+pub struct Tls {
+    ca: Option<Vec<CertificateDer<'static>>>,
+    identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls")
+            .field("ca_certificates", &self.ca.as_ref().map(Vec::len))
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads `--ca-file` (PEM certificates: the only anchors trusted) and `--client-cert` /
+    /// `--client-key` (a PEM chain, leaf first, and its key); each error names the file.
+    pub fn from_files(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Tls, ClientError> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| ClientError::Request(format!("cannot read {}: {e}", p.display())))
+        };
+        let ca = match ca {
+            None => None,
+            Some(p) => Some(certificates(&read(p)?, p)?),
+        };
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let chain = certificates(&read(c)?, c)?;
+                let key = PrivateKeyDer::from_pem_slice(&read(k)?).map_err(|e| {
+                    ClientError::Request(format!("{}: no usable PEM private key: {e}", k.display()))
+                })?;
+                Some((chain, Arc::new(key)))
+            }
+            (Some(c), None) => {
+                return Err(ClientError::Request(format!(
+                    "--client-cert {} needs --client-key",
+                    c.display()
+                )));
+            }
+            (None, Some(k)) => {
+                return Err(ClientError::Request(format!(
+                    "--client-key {} needs --client-cert",
+                    k.display()
+                )));
+            }
+        };
+        Ok(Tls { ca, identity })
+    }
+
+    /// Trusts these PEM certificates (in memory: the agent's refreshed `ca.pem`).
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Tls, ClientError> {
+        self.ca = Some(certificates(pem, Path::new("the CA bundle"))?);
+        Ok(self)
+    }
+
+    /// Presents this PEM chain and key (in memory).
+    pub fn with_identity_pem(mut self, cert: &[u8], key: &[u8]) -> Result<Tls, ClientError> {
+        let chain = certificates(cert, Path::new("the client certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| ClientError::Request(format!("no usable PEM private key: {e}")))?;
+        self.identity = Some((chain, Arc::new(key)));
+        Ok(self)
+    }
+
+    /// The rustls config: keyroll's one provider, the given anchors (else webpki's), the
+    /// client certificate if any.
+    fn client_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(certs) => {
+                for c in certs {
+                    roots.add(c.clone()).map_err(|e| {
+                        ClientError::Request(format!("a CA certificate is not usable: {e}"))
+                    })?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(keyroll_ca::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Request(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| {
+                    ClientError::Request(format!("the client certificate and key: {e}"))
+                })?,
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+fn certificates(pem: &[u8], from: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ClientError::Request(format!(
+                "{}: not a PEM certificate bundle: {e}",
+                from.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(ClientError::Request(format!(
+            "{}: no certificate in it; expected PEM (-----BEGIN CERTIFICATE-----)",
+            from.display()
+        )));
+    }
+    Ok(certs)
+}
+
 impl Client {
-    /// A client for `base` (`http://127.0.0.1:7878`) with an optional admin token.
+    /// A client for `base` (`http://127.0.0.1:7878` or `https://…`) with an optional admin
+    /// token; HTTPS trusts the public webpki roots.
     pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        Client::with_tls(base, token, &Tls::default())
+    }
+
+    /// A client whose HTTPS trusts and presents what `tls` says.
+    pub fn with_tls(base: &str, token: Option<String>, tls: &Tls) -> Result<Client, ClientError> {
         let shown = keyroll_core::redact_url(base);
         let url = reqwest::Url::parse(base).map_err(|e| {
             ClientError::Request(format!(
-                "server URL {shown:?}: {e}; expected http://HOST:PORT"
+                "server URL {shown:?}: {e}; expected http://HOST:PORT or https://HOST:PORT"
             ))
         })?;
-        if url.scheme() != "http" || url.host().is_none() {
-            // No TLS in this build (see ARCHITECTURE.md): refusing https here beats a confusing
-            // transport error later.
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(ClientError::Request(format!(
-                "server URL {shown:?}: expected http://HOST:PORT (this client speaks plain HTTP only)"
+                "server URL {shown:?}: expected http://HOST:PORT or https://HOST:PORT"
             )));
         }
-        // Wherever reqwest's rustls is compiled in (feature unification in a binary that also
-        // sends webhooks), it takes the process's crypto provider: make sure there is one.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        // Always a config of ours, so reqwest never reaches for a process-default provider.
+        builder = builder.use_preconfigured_tls(tls.client_config()?);
+        let http = builder
             .build()
             .map_err(|e| ClientError::Request(e.to_string()))?;
         Ok(Client {
@@ -480,7 +614,13 @@ impl Client {
         }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(c) = cause {
+            if c.downcast_ref::<rustls::Error>().is_some() {
+                return Transport::Tls;
+            }
             if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                if carries_tls_error(io) {
+                    return Transport::Tls;
+                }
                 use std::io::ErrorKind as K;
                 match io.kind() {
                     K::ConnectionRefused => return Transport::Refused,
@@ -529,6 +669,21 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Whether an IO error wraps a rustls error, at any depth: tokio-rustls puts it in an IO error
+/// and the HTTPS connector may wrap that one again; `source()` skips the wrapped error itself.
+fn carries_tls_error(io: &std::io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+    }
+    false
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub webhooks: WebhooksConfig,
     /// Several nodes on one database.
     pub cluster: ClusterConfig,
+    /// TLS on the listener (off unless a certificate is configured).
+    pub tls: TlsConfig,
     /// The dashboard's sessions.
     pub ui: UiConfig,
 }
@@ -66,6 +68,48 @@ impl Default for UiConfig {
     }
 }
 
+/// `[tls]`: HTTPS on keyroll's own listener, optionally with client certificates (SPEC §9).
+/// Plain HTTP stays the default: without `cert_file` or `issue` nothing here applies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first), watched and reloaded when it changes.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) of `cert_file`'s leaf, watched with it.
+    pub key_file: Option<PathBuf>,
+    /// Have keyroll's own CA issue the listener's certificate (renewed at half its life)
+    /// instead of reading files.
+    pub issue: Option<TlsIssueConfig>,
+    /// Client certificates: `off` (never asked for), `optional` (verified when sent) or
+    /// `require_admin` (the admin API needs a verified identity in `admin_identities`).
+    pub client_auth: String,
+    /// Which identities (`ENV/SERVICE` patterns, `*` for any part) may use the admin API under
+    /// `client_auth = "require_admin"`.
+    pub admin_identities: Vec<String>,
+    /// The trust bundle client certificates are verified against (PEM: keyroll's `ca.pem`,
+    /// anchors, intermediates and one CRL per issuer), with its trust domain.
+    pub client_ca_file: Option<PathBuf>,
+    /// The trust domain client identities must belong to (`example.org`).
+    pub trust_domain: Option<String>,
+    /// How often the certificate files are looked at for changes (default `1s`).
+    pub watch_interval: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            issue: None,
+            client_auth: "off".into(),
+            admin_identities: Vec::new(),
+            client_ca_file: None,
+            trust_domain: None,
+            watch_interval: "1s".into(),
+        }
+    }
+}
+
 /// The validated `[ui]` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UiSettings {
@@ -75,6 +119,18 @@ pub struct UiSettings {
     pub session_lifetime: Duration,
     /// See [`UiConfig::secure_cookie`].
     pub secure_cookie: bool,
+}
+
+/// `[tls] issue = { identity = "ENV/SERVICE", dns = [...], ip = [...] }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsIssueConfig {
+    /// The listener's identity, `ENV/SERVICE`.
+    pub identity: String,
+    /// DNS names the certificate is valid for.
+    pub dns: Vec<String>,
+    /// IP addresses the certificate is valid for.
+    pub ip: Vec<String>,
 }
 
 /// `[cluster]`: this node among the others sharing its database (SPEC §11).
@@ -300,6 +356,7 @@ impl Default for RawConfig {
             webhooks: WebhooksConfig::default(),
             cluster: ClusterConfig::default(),
             ui: UiConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -382,6 +439,68 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// The validated `[ui]` section.
     pub ui: UiSettings,
+    /// The validated `[tls]` section; `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Where the listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files, watched.
+    Files {
+        /// The chain.
+        cert: PathBuf,
+        /// The key.
+        key: PathBuf,
+    },
+    /// Issued by keyroll's own CA.
+    Issue {
+        /// `ENV/SERVICE`.
+        identity: String,
+        /// DNS names.
+        dns: Vec<String>,
+        /// IP addresses.
+        ip: Vec<std::net::IpAddr>,
+    },
+}
+
+/// Whether and where client certificates are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Never asked for.
+    Off,
+    /// Asked for and verified when sent; nothing requires one.
+    Optional,
+    /// Asked for; the admin API needs a verified identity in `admin_identities`.
+    RequireAdmin,
+}
+
+impl ClientAuth {
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Off => "off",
+            ClientAuth::Optional => "optional",
+            ClientAuth::RequireAdmin => "require_admin",
+        }
+    }
+}
+
+/// The validated `[tls]` section (see [`TlsConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate's source.
+    pub source: TlsSource,
+    /// Client certificates.
+    pub client_auth: ClientAuth,
+    /// `ENV/SERVICE` patterns allowed on the admin API under `require_admin`.
+    pub admin_identities: Vec<String>,
+    /// See [`TlsConfig::client_ca_file`].
+    pub client_ca_file: Option<PathBuf>,
+    /// See [`TlsConfig::trust_domain`].
+    pub trust_domain: Option<String>,
+    /// See [`TlsConfig::watch_interval`].
+    pub watch_interval: Duration,
 }
 
 /// The validated `[cluster]` section (see [`ClusterConfig`]).
@@ -521,7 +640,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 14] = [
     "listen",
     "data_dir",
     "database_url",
@@ -535,6 +654,7 @@ const ENV_KEYS: [&str; 13] = [
     "webhooks",
     "cluster",
     "ui",
+    "tls",
 ];
 
 impl Config {
@@ -731,7 +851,9 @@ impl Config {
                 reason: "longer than ui.session_lifetime".into(),
             });
         }
+        let tls = resolve_tls(&raw.tls, positive)?;
         Ok(Config {
+            tls,
             cluster,
             ui,
             webhooks,
@@ -813,6 +935,145 @@ fn resolve_cluster(
     })
 }
 
+fn resolve_tls(
+    raw: &TlsConfig,
+    positive: impl Fn(&'static str, &str) -> Result<Duration, ConfigError>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let invalid = |key: &'static str, value: &str, reason: &str| ConfigError::Invalid {
+        key,
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let client_auth = match raw.client_auth.as_str() {
+        "off" => ClientAuth::Off,
+        "optional" => ClientAuth::Optional,
+        "require_admin" => ClientAuth::RequireAdmin,
+        other => {
+            return Err(invalid(
+                "tls.client_auth",
+                other,
+                "expected off, optional or require_admin",
+            ));
+        }
+    };
+    for pattern in &raw.admin_identities {
+        if !identity_pattern_ok(pattern) {
+            return Err(invalid(
+                "tls.admin_identities",
+                pattern,
+                "expected ENV/SERVICE patterns like ops/* or prod/billing (`*` for a whole part)",
+            ));
+        }
+    }
+    let source = match (&raw.cert_file, &raw.key_file, &raw.issue) {
+        (None, None, None) => {
+            if client_auth != ClientAuth::Off {
+                return Err(invalid(
+                    "tls.client_auth",
+                    &raw.client_auth,
+                    "needs TLS: set tls.cert_file and tls.key_file, or tls.issue",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(cert), Some(key), None) => TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (Some(cert), None, None) => {
+            return Err(invalid(
+                "tls.key_file",
+                "",
+                &format!("missing: tls.cert_file = {} needs its key", cert.display()),
+            ));
+        }
+        (None, Some(key), None) => {
+            return Err(invalid(
+                "tls.cert_file",
+                "",
+                &format!(
+                    "missing: tls.key_file = {} needs its certificate",
+                    key.display()
+                ),
+            ));
+        }
+        (None, None, Some(issue)) => {
+            if !identity_pattern_ok(&issue.identity) || issue.identity.contains('*') {
+                return Err(invalid(
+                    "tls.issue.identity",
+                    &issue.identity,
+                    "expected ENV/SERVICE, like ops/keyroll",
+                ));
+            }
+            let ip = issue
+                .ip
+                .iter()
+                .map(|a| {
+                    a.parse::<std::net::IpAddr>()
+                        .map_err(|_| invalid("tls.issue.ip", a, "expected an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if issue.dns.is_empty() && ip.is_empty() {
+                return Err(invalid(
+                    "tls.issue",
+                    &issue.identity,
+                    "give at least one DNS name (dns = [\"keyroll.internal\"]) or IP address",
+                ));
+            }
+            TlsSource::Issue {
+                identity: issue.identity.clone(),
+                dns: issue.dns.clone(),
+                ip,
+            }
+        }
+        (_, _, Some(_)) => {
+            return Err(invalid(
+                "tls.issue",
+                "",
+                "either tls.issue or tls.cert_file and tls.key_file, not both",
+            ));
+        }
+    };
+    if client_auth == ClientAuth::RequireAdmin && raw.admin_identities.is_empty() {
+        return Err(invalid(
+            "tls.admin_identities",
+            "[]",
+            "client_auth = \"require_admin\" needs at least one allowed identity, like [\"ops/*\"]",
+        ));
+    }
+    if client_auth != ClientAuth::Off
+        && (raw.client_ca_file.is_none() || raw.trust_domain.is_none())
+    {
+        return Err(invalid(
+            "tls.client_auth",
+            &raw.client_auth,
+            "needs tls.client_ca_file (keyroll's ca.pem) and tls.trust_domain to verify client certificates against",
+        ));
+    }
+    Ok(Some(TlsSettings {
+        source,
+        client_auth,
+        client_ca_file: raw.client_ca_file.clone(),
+        trust_domain: raw.trust_domain.clone(),
+        admin_identities: raw.admin_identities.clone(),
+        watch_interval: positive("tls.watch_interval", &raw.watch_interval)?,
+    }))
+}
+
+/// `ENV/SERVICE` where each part is `*` or a name of keyroll's grammar (lowercase letters,
+/// digits and `-`, starting with a letter).
+fn identity_pattern_ok(pattern: &str) -> bool {
+    let part = |p: &str| {
+        p == "*"
+            || (!p.is_empty()
+                && p.len() <= 64
+                && p.starts_with(|c: char| c.is_ascii_lowercase())
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    };
+    matches!(pattern.split_once('/'), Some((e, s)) if part(e) && part(s))
+}
+
 fn resolve_http(
     raw: &HttpConfig,
     positive: impl Fn(&'static str, &str) -> Result<Duration, ConfigError>,
@@ -866,6 +1127,74 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
         assert_eq!(c.default_grace, Duration::from_secs(48 * 3600));
         assert_eq!(c.explain, Explain::Full);
+    }
+
+    #[test]
+    fn tls_settings_and_their_checks() {
+        let c = Config::resolve(RawConfig::default()).unwrap();
+        assert!(c.tls.is_none(), "plain HTTP by default");
+        let with = |f: &dyn Fn(&mut TlsConfig)| {
+            let mut raw = RawConfig::default();
+            f(&mut raw.tls);
+            Config::resolve(raw).map(|c| c.tls)
+        };
+        let files = with(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "require_admin".into();
+            t.admin_identities = vec!["ops/*".into(), "*/deploy".into()];
+            t.client_ca_file = Some("ca.pem".into());
+            t.trust_domain = Some("example.org".into());
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            files.source,
+            TlsSource::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            }
+        );
+        assert_eq!(files.client_auth, ClientAuth::RequireAdmin);
+        assert_eq!(files.watch_interval, Duration::from_secs(1));
+        let err = |f: &dyn Fn(&mut TlsConfig)| with(f).unwrap_err().to_string();
+        assert!(err(&|t| t.cert_file = Some("c.pem".into())).contains("tls.key_file"));
+        assert!(err(&|t| t.client_auth = "optional".into()).contains("needs TLS"));
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "sometimes".into();
+        });
+        assert!(e.contains("tls.client_auth"), "{e}");
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "require_admin".into();
+        });
+        assert!(e.contains("tls.admin_identities"), "{e}");
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "optional".into();
+        });
+        assert!(e.contains("tls.client_ca_file"), "{e}");
+        let e = err(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.admin_identities = vec!["Ops".into()];
+        });
+        assert!(
+            e.contains("tls.admin_identities") && e.contains("Ops"),
+            "{e}"
+        );
+        let e = err(&|t| {
+            t.issue = Some(TlsIssueConfig {
+                identity: "ops/keyroll".into(),
+                dns: vec![],
+                ip: vec!["not-an-ip".into()],
+            })
+        });
+        assert!(e.contains("tls.issue.ip"), "{e}");
     }
 
     #[test]

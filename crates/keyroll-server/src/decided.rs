@@ -125,6 +125,41 @@ impl DecisionRecord<'_> {
     }
 }
 
+/// Which edge made a certificate decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertEdge {
+    /// The listener's TLS handshake (`[tls] client_auth`).
+    TlsHandshake,
+    /// `/v1/forward-auth-cert`: a proxy forwarded the certificate it verified.
+    ForwardAuthCert,
+}
+
+impl CertEdge {
+    /// The log field's and metric label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertEdge::TlsHandshake => "tls_handshake",
+            CertEdge::ForwardAuthCert => "forward_auth_cert",
+        }
+    }
+}
+
+/// One certificate decision as everything after it sees it (log line, metrics), beside the key
+/// [`DecisionRecord`]: the verifier's decision and what the edge knows of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct CertDecisionRecord<'a> {
+    /// The verification.
+    pub decision: &'a keyroll_ca::CertDecision,
+    /// The edge that decided.
+    pub edge: CertEdge,
+    /// The TCP peer.
+    pub peer: Option<SocketAddr>,
+    /// The request id (forward-auth; a handshake has none).
+    pub request_id: Option<&'a str>,
+    /// When.
+    pub now: Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

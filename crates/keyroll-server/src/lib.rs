@@ -22,6 +22,7 @@ pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod sweeper;
+pub mod tls;
 pub mod ui;
 pub mod usage;
 pub mod webhooks;
@@ -46,6 +47,15 @@ use installation::{
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    tls: Option<TlsListener>,
+}
+
+/// The listener's TLS: the published config and where it is refreshed from.
+#[derive(Debug)]
+struct TlsListener {
+    config: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+    settings: config::TlsSettings,
+    client: Option<tls::ClientVerification>,
 }
 
 impl Server {
@@ -53,6 +63,18 @@ impl Server {
     /// index and binds the listener.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         keyroll_ca::tls::install_provider();
+        // A bad certificate refuses start before anything is opened or created.
+        let tls = match &config.tls {
+            None => None,
+            Some(settings) => Some(TlsListener {
+                config: tokio::sync::watch::Sender::new(
+                    tls::initial_config(settings)
+                        .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?,
+                ),
+                settings: settings.clone(),
+                client: None,
+            }),
+        };
         let (store, earlier, installation, _) = open_checked(&config, false).await?;
         if store.count_admin_tokens().await? == 0 {
             let path = config.data_dir.join(ADMIN_TOKEN_FILE);
@@ -85,6 +107,27 @@ impl Server {
             clock::Randomness::os(),
             master_key,
         );
+        let mut tls = tls;
+        if let Some(t) = &mut tls {
+            let (log_state, clock_state) = (Arc::clone(&state), Arc::clone(&state));
+            let sink = Arc::new(
+                move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
+                    let record = decided::CertDecisionRecord {
+                        decision: d,
+                        edge: decided::CertEdge::TlsHandshake,
+                        peer,
+                        request_id: None,
+                        now: log_state.clock.now(),
+                    };
+                    log_state
+                        .observer
+                        .cert_decision(&record, log_state.config.log_allowed_at_info);
+                },
+            );
+            let now = Arc::new(move || clock_state.clock.now());
+            t.client = tls::client_verification(&t.settings, sink, now)
+                .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
+        }
         let started = std::time::Instant::now();
         let loaded = state.load().await?;
         tracing::info!(
@@ -102,7 +145,11 @@ impl Server {
             };
             anyhow::anyhow!("cannot listen on {listen}: {e}{hint}")
         })?;
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            state,
+            tls,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -145,13 +192,34 @@ impl Server {
             .webhooks
             .enabled
             .then(|| tokio::spawn(jobs::webhooks(Arc::clone(&state), stop_rx.clone())));
+        let acceptor = match &self.tls {
+            None => None,
+            Some(t) => {
+                let acceptor = tls::Acceptor::new(
+                    t.config.subscribe(),
+                    t.settings.client_auth,
+                    state.config.http.header_read_timeout,
+                );
+                match &t.client {
+                    Some(c) => Some(acceptor.with_client_verification(c.clone())),
+                    None => Some(acceptor),
+                }
+            }
+        };
+        let tls_watch = self
+            .tls
+            .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
-        tracing::info!(event = "server.listening", addr = %addr, store = state.store.backend(), node_id = %state.cluster.node_id, leader = state.is_leader(), "keyroll listening on http://{addr}");
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(event = "server.listening", addr = %addr, scheme, store = state.store.backend(), node_id = %state.cluster.node_id, leader = state.is_leader(), "keyroll listening on {scheme}://{addr}");
         let app = http::router(Arc::clone(&state));
-        listener::serve(self.listener, app, state.config.http, stop_signal).await;
+        listener::serve(self.listener, app, state.config.http, acceptor, stop_signal).await;
         // In-flight requests are done: stop the background tasks; the flusher writes a last batch.
         let _ = stop_tx.send(true);
         let _ = sweeper.await;
+        if let Some(w) = tls_watch {
+            let _ = w.await;
+        }
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
         }

@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::config::HttpLimits;
+use crate::tls::{Acceptor, ConnectionTls};
 
 /// Lines of `http.bad_request` written one by one per `log_interval`; the rest are counted.
 const BAD_REQUEST_LINES: u64 = 20;
@@ -50,6 +51,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Acceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let stats = Arc::new(Stats::default());
@@ -81,7 +83,12 @@ pub async fn serve(
             },
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            shed(stream, peer, &stats);
+            // A plaintext 503 means nothing to a TLS client: there, closing is the answer.
+            if tls.is_none() {
+                shed(stream, peer, &stats);
+            } else {
+                stats.bite(Limit::Connections, peer);
+            }
             continue;
         };
         // Answers are one small write each: do not let Nagle hold them back.
@@ -93,8 +100,19 @@ pub async fn serve(
             stats: Arc::clone(&stats),
             close: close_rx.clone(),
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            conn.run(stream, peer).await;
+            match tls {
+                None => conn.run(stream, peer, None).await,
+                // The handshake runs here, in the connection's task, so a slow one holds
+                // only its own slot and never the accept loop.
+                Some(tls) => match tls.accept(stream, peer).await {
+                    Ok((stream, info)) => conn.run(stream, peer, Some(info)).await,
+                    Err(e) => {
+                        tracing::debug!(event = "tls.handshake_failed", peer = %peer, error = %e, "{e} (from {peer})");
+                    }
+                },
+            }
             drop(slot);
         });
     }
@@ -116,7 +134,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream, peer: SocketAddr) {
+    async fn run<S>(mut self, stream: S, peer: SocketAddr, tls: Option<ConnectionTls>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let opened = Instant::now();
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(Tracked {
@@ -131,6 +152,7 @@ impl Connection {
             opened,
             body_timeout: self.limits.body_read_timeout,
             stats: Arc::clone(&self.stats),
+            tls: tls.map(Arc::new),
         };
         let conn = self.builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
@@ -237,14 +259,15 @@ impl Activity {
     }
 }
 
-/// The socket, noting when the first byte of a request head arrives.
-struct Tracked {
-    inner: TcpStream,
+/// The socket (or the TLS stream over it), noting when the first byte of a request head
+/// arrives.
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
     opened: Instant,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -263,7 +286,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -299,6 +322,8 @@ struct Handler {
     opened: Instant,
     body_timeout: Duration,
     stats: Arc<Stats>,
+    /// The connection's TLS, handed to handlers as a request extension.
+    tls: Option<Arc<ConnectionTls>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -309,6 +334,12 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     fn call(&self, mut req: Request<Incoming>) -> Handled {
         self.activity.busy.store(true, Ordering::Release);
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(tls) = &self.tls {
+            req.extensions_mut().insert(Arc::clone(tls));
+            // The dashboard marks its cookies Secure on this.
+            req.extensions_mut()
+                .insert(crate::ui::session::ServedOverTls);
+        }
         // Bodyless requests (every forward-auth subrequest) get no timer.
         let timed_out = if http_body::Body::is_end_stream(req.body()) {
             None

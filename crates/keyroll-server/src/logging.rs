@@ -15,7 +15,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use keyroll_core::DecisionCode;
 
-use crate::decided::DecisionRecord;
+use crate::decided::{CertDecisionRecord, DecisionRecord};
 
 const LEVELS: &str = "trace, debug, info, warn, error or off";
 
@@ -223,6 +223,48 @@ pub fn decision(record: &DecisionRecord<'_>, detail: &str, allowed_at_info: bool
         Level::WARN => emit!(Level::WARN),
         Level::INFO => emit!(Level::INFO),
         _ => emit!(Level::DEBUG),
+    }
+}
+
+/// Writes the `cert.decision` line of one certificate decision (SPEC §9, with §5's field names
+/// where they apply): rejections at WARN, accepted ones at DEBUG (INFO with `log.allowed`).
+pub fn cert_decision(record: &CertDecisionRecord<'_>, allowed_at_info: bool) {
+    let d = record.decision;
+    let allowed = d.code.allowed();
+    let serial = d.serial.as_ref().map(|s| s.to_string());
+    let anchor = d.anchor.as_ref().map(|a| a.to_string());
+    let fingerprint = d.fingerprint.as_ref().map(|f| f.to_string());
+    let not_before = d.not_before.map(keyroll_core::rfc3339);
+    let not_after = d.not_after.map(keyroll_core::rfc3339);
+    let peer = record.peer.map(|p| p.to_string());
+    macro_rules! emit {
+        ($lvl:expr) => {
+            tracing::event!(
+                target: "keyroll::decision",
+                $lvl,
+                event = "cert.decision",
+                decision = if allowed { "allowed" } else { "rejected" },
+                code = d.code.as_str(),
+                detail = d.detail.as_str(),
+                edge = record.edge.as_str(),
+                serial = serial.as_deref(),
+                identity = d.identity.as_deref(),
+                issuer = d.issuer.as_deref(),
+                not_before = not_before.as_deref(),
+                not_after = not_after.as_deref(),
+                anchor = anchor.as_deref(),
+                fingerprint = fingerprint.as_deref(),
+                peer = peer.as_deref(),
+                remote_addr = peer.as_deref(),
+                request_id = record.request_id,
+                "{}", d.detail
+            )
+        };
+    }
+    match (allowed, allowed_at_info) {
+        (false, _) => emit!(Level::WARN),
+        (true, true) => emit!(Level::INFO),
+        (true, false) => emit!(Level::DEBUG),
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! server = "http://keyroll.internal:7878"
+//! ca_file = "/etc/keyroll/ca.pem"           # optional; trusted for an https:// server
 //! state_dir = "/var/lib/keyroll-agent"     # optional; else KEY_FILE.keyroll/ per consumer
 //!
 //! [[consumer]]
@@ -43,6 +44,8 @@ pub struct ConsumerSpec {
 pub struct AgentConfig {
     /// `server`, when the file names one.
     pub server: Option<String>,
+    /// `ca_file`: the PEM bundle an https:// server is trusted with.
+    pub ca_file: Option<PathBuf>,
     /// The consumers, in file order.
     pub consumers: Vec<ConsumerSpec>,
 }
@@ -51,6 +54,7 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     server: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     #[serde(default)]
     consumer: Vec<Spanned<RawConsumer>>,
@@ -207,6 +211,7 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
     }
     Ok(AgentConfig {
         server: raw.server.map(Spanned::into_inner),
+        ca_file: raw.ca_file.map(|c| resolve(c.get_ref())),
         consumers: consumers.into_iter().map(|(c, _)| c).collect(),
     })
 }

@@ -4,8 +4,9 @@
 //!
 //! The pieces: `decide.rs` (pure: what to do after a poll, backoff, restart jitter),
 //! `keyfile.rs` (atomic 0600 writes), `state.rs` (`agent.json`), `reload.rs` (command and
-//! signal), `config.rs` (several consumers), `log.rs` (JSON lines), `worker.rs` (the loop).
+//! signal), `certfiles.rs` (the certificate set, replaced as one), `config.rs` (several consumers), `log.rs` (JSON lines), `worker.rs` (the loop).
 
+pub mod certfiles;
 pub mod config;
 pub mod decide;
 pub mod keyfile;
@@ -194,7 +195,12 @@ pub fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
 }
 
 /// `keyroll agent`: runs until killed.
-pub async fn agent(args: AgentArgs, server: &str, out: Output) -> anyhow::Result<ExitCode> {
+pub async fn agent(
+    args: AgentArgs,
+    server: &str,
+    tls: keyroll_client::Tls,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
     if let Some(AgentCmd::Status {
         key_file,
         state_dir,
@@ -204,17 +210,27 @@ pub async fn agent(args: AgentArgs, server: &str, out: Output) -> anyhow::Result
         return status(key_file, state_dir, config, out);
     }
     let timing = args.timing.resolve()?;
-    let (server, specs) = match &args.config {
+    let (server, specs, tls) = match &args.config {
         Some(path) => {
             let c = load_config(path)?;
-            (c.server.unwrap_or_else(|| server.to_owned()), c.consumers)
+            // The file's `ca_file` wins over the flag, like its `server`.
+            let tls = match &c.ca_file {
+                Some(ca) => keyroll_client::Tls::from_files(Some(ca), None, None)
+                    .map_err(|e| Failure::new(Exit::Usage, "invalid_tls_file", e.to_string()))?,
+                None => tls,
+            };
+            (
+                c.server.unwrap_or_else(|| server.to_owned()),
+                c.consumers,
+                tls,
+            )
         }
-        None => (server.to_owned(), vec![args.one.resolve("agent")?]),
+        None => (server.to_owned(), vec![args.one.resolve("agent")?], tls),
     };
     // Every consumer is checked (key file, state) before any of them runs.
     let workers = specs
         .into_iter()
-        .map(|spec| Worker::start(spec, &server, "file", timing, None))
+        .map(|spec| Worker::start(spec, &server, &tls, "file", timing, None))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut tasks = tokio::task::JoinSet::new();
     for w in workers {

@@ -114,7 +114,11 @@ async fn stop(c: &mut Child, stop: Signal, timeout: Duration) -> Option<ExitStat
 }
 
 /// `keyroll run`: returns the child's exit code.
-pub async fn run(args: RunArgs, server: &str) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: RunArgs,
+    server: &str,
+    tls: keyroll_client::Tls,
+) -> anyhow::Result<ExitCode> {
     let spec = args.one.resolve("run")?;
     let timing = args.timing.resolve()?;
     let stop_signal =
@@ -131,7 +135,7 @@ pub async fn run(args: RunArgs, server: &str) -> anyhow::Result<ExitCode> {
     }
     let log = Log::new(&spec.consumer.to_string());
     let (tx, mut rx) = watch::channel::<Option<KeyUpdate>>(None);
-    let worker = Worker::start(spec, server, "exec", timing, Some(tx))?;
+    let worker = Worker::start(spec, server, &tls, "exec", timing, Some(tx))?;
     let mut key = worker.key().to_owned();
     // Signal handlers first: a signal that arrives while the child starts is passed on, not
     // lost (or fatal to us).

@@ -117,6 +117,8 @@ pub struct Worker {
     _lock: state::DirLock,
     spec: ConsumerSpec,
     server: String,
+    /// How the server's HTTPS is trusted (`--ca-file`).
+    tls: keyroll_client::Tls,
     mode: &'static str,
     timing: Timing,
     log: Log,
@@ -146,6 +148,7 @@ impl Worker {
     pub fn start(
         spec: ConsumerSpec,
         server: &str,
+        tls: &keyroll_client::Tls,
         mode: &'static str,
         timing: Timing,
         updates: Option<watch::Sender<Option<KeyUpdate>>>,
@@ -207,7 +210,7 @@ impl Worker {
         };
         state.key_file = path.clone();
         state.pid = std::process::id();
-        let client = Client::new(server, Some(key.clone()))?;
+        let client = Client::with_tls(server, Some(key.clone()), tls)?;
         let host = nix::unistd::gethostname()
             .ok()
             .map(|h| h.to_string_lossy().into_owned());
@@ -216,6 +219,7 @@ impl Worker {
             log: Log::new(&consumer),
             spec,
             server: server.to_owned(),
+            tls: tls.clone(),
             mode,
             timing,
             state,
@@ -305,7 +309,7 @@ impl Worker {
         if k == self.key || check_key(&k, &self.spec).is_err() {
             return;
         }
-        match Client::new(&self.server, Some(k.clone())) {
+        match Client::with_tls(&self.server, Some(k.clone()), &self.tls) {
             Ok(c) => self.client = c,
             Err(_) => return,
         }
@@ -607,7 +611,7 @@ impl Worker {
                 json!({"kid": kid}),
             ),
         }
-        let client = Client::new(&self.server, Some(key.clone()))
+        let client = Client::with_tls(&self.server, Some(key.clone()), &self.tls)
             .map_err(|e| Trouble::Other(e.to_string()))?;
         self.client = client;
         self.key = key.clone();

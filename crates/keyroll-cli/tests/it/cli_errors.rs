@@ -316,9 +316,20 @@ fn each_kind_of_failure_has_its_exit_code_and_json() {
     let r = run(c);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("no key on stdin"), "{}", r.stderr);
-    let r = s.cli(&["status", "--server", "https://127.0.0.1:1"]);
+    let r = s.cli(&["status", "--server", "ftp://127.0.0.1:1"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("plain HTTP"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("expected http://HOST:PORT or https://HOST:PORT"),
+        "{}",
+        r.stderr
+    );
+    // HTTPS is spoken: nothing listening there is "unreachable", not a usage error.
+    let r = s.cli(&["status", "--server", "https://127.0.0.1:1"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let r = s.cli(&["status", "--ca-file", "/nonexistent/ca.pem"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("/nonexistent/ca.pem"), "{}", r.stderr);
 
     // No failure is a panic.
     for line in s.transcript.lock().unwrap().iter() {

@@ -22,6 +22,7 @@ mod environment_and_reasons;
 mod forward_auth;
 mod harness;
 mod incident;
+mod mtls;
 mod nginx;
 mod nodes;
 mod observe;

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod schedule;
 pub mod self_service;
 pub mod status;
+pub mod tls_admin;
 pub mod tokens;
 pub mod ui;
 pub mod webhooks;
@@ -138,6 +139,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            tls_admin::require_admin_certificate,
+        ))
         .layer(middleware::from_fn(with_request_id));
     Router::new()
         .route("/v1/forward-auth", any(forward_auth::forward_auth))

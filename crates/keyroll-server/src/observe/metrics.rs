@@ -48,6 +48,7 @@ const SUPPRESSED: &str = "keyroll_decision_log_suppressed_total";
 const CLUSTER_APPLIED: &str = "keyroll_cluster_applied_seq";
 const CLUSTER_LAG: &str = "keyroll_cluster_lag_changes";
 const CLUSTER_LEADER: &str = "keyroll_cluster_leader";
+const CERT_DECISIONS: &str = "keyroll_cert_decisions_total";
 
 /// A usage flush is one store transaction: milliseconds, seconds when the store struggles.
 const FLUSH_BUCKETS: [f64; 12] = [
@@ -105,6 +106,8 @@ pub struct Metrics {
     caller_budget_spent: AtomicBool,
     verify_duration: LatencyHistogram,
     rotations: Mutex<RotationCounters>,
+    /// Certificate decisions by (code, edge): at most 11 codes × 2 edges.
+    cert_decisions: Mutex<Vec<((&'static str, &'static str), Counter)>>,
     retiring_in_use: Mutex<Vec<(Box<str>, Gauge)>>,
     key_versions: Mutex<StateGauges>,
     flush_duration: Histogram,
@@ -160,6 +163,7 @@ impl Metrics {
             caller_budget_spent: AtomicBool::new(false),
             verify_duration: LatencyHistogram::default(),
             rotations: Mutex::new(Vec::new()),
+            cert_decisions: Mutex::new(Vec::new()),
             retiring_in_use: Mutex::new(Vec::new()),
             key_versions: Mutex::new(Vec::new()),
             flush_duration: recorder.register_histogram(&plain(FLUSH_DURATION), &METADATA),
@@ -279,6 +283,23 @@ impl Metrics {
         all.push(((environment.into(), outcome.into()), c));
     }
 
+    /// Counts a certificate decision. Labels are static strings (the code and the edge), so the
+    /// series are bounded whatever a peer presents.
+    pub fn cert_decision(&self, code: &'static str, edge: &'static str) {
+        let mut all = self.cert_decisions.lock();
+        if let Some((_, c)) = all.iter().find(|(k, _)| *k == (code, edge)) {
+            c.increment(1);
+            return;
+        }
+        let key = Key::from_parts(
+            CERT_DECISIONS,
+            vec![Label::new("code", code), Label::new("edge", edge)],
+        );
+        let c = self.recorder.register_counter(&key, &METADATA);
+        c.increment(1);
+        all.push(((code, edge), c));
+    }
+
     /// Sets the number of retiring versions still seen in traffic.
     pub fn set_retiring_in_use(&self, environment: &str, n: u64) {
         let mut all = self.retiring_in_use.lock();
@@ -390,6 +411,12 @@ fn describe(r: &PrometheusRecorder) {
         d(KEY_VERSIONS),
         None,
         "Key versions in the index by environment and state now.".into(),
+    );
+    r.describe_counter(
+        d(CERT_DECISIONS),
+        None,
+        "Client-certificate decisions by reason code and edge (tls_handshake, forward_auth_cert)."
+            .into(),
     );
     r.describe_counter(
         d(ROTATIONS),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use keyroll_core::Timestamp;
 
 use crate::config::Config;
-use crate::decided::DecisionRecord;
+use crate::decided::{CertDecisionRecord, DecisionRecord};
 use crate::logging;
 use keyroll_verify::index::Index;
 
@@ -216,6 +216,14 @@ impl Observer {
         }
     }
 
+    /// Records one certificate decision (a handshake or a forwarded certificate): its metric
+    /// and its `cert.decision` log line.
+    pub fn cert_decision(&self, record: &CertDecisionRecord<'_>, allowed_at_info: bool) {
+        self.metrics
+            .cert_decision(record.decision.code.as_str(), record.edge.as_str());
+        logging::cert_decision(record, allowed_at_info);
+    }
+
     /// The periodic work due at `now`, tick number `n` (one every [`TICK_EVERY`]): the
     /// summaries of flood windows that ended, and every few ticks the histogram upkeep; says
     /// whether a store ping is due (the driver does it: the observer does no IO).
@@ -309,6 +317,40 @@ impl Observer {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_decisions_are_counted_by_code_and_edge() {
+        let o = Observer::new();
+        let decision = keyroll_ca::CertDecision {
+            code: keyroll_ca::CertCode::CertExpired,
+            detail: "the certificate expired".into(),
+            serial: Some(keyroll_ca::Serial::from_random([7; 16])),
+            identity: Some("spiffe://example.org/prod/billing".into()),
+            issuer: Some("CN=keyroll intermediate".into()),
+            not_before: None,
+            not_after: None,
+            anchor: None,
+            fingerprint: None,
+        };
+        let record = CertDecisionRecord {
+            decision: &decision,
+            edge: crate::decided::CertEdge::TlsHandshake,
+            peer: None,
+            request_id: None,
+            now: Timestamp::EPOCH,
+        };
+        o.cert_decision(&record, false);
+        o.cert_decision(&record, false);
+        let text = o.metrics.render();
+        assert!(
+            text.contains(
+                "keyroll_cert_decisions_total{code=\"cert_expired\",edge=\"tls_handshake\"} 2"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn environment_names() {
         // The metrics labels taken from requests use the core's grammar.
