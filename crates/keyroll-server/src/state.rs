@@ -36,6 +36,9 @@ pub struct AppState {
     /// Ticks after every committed consumer change and agent delivery: agents' long-polls
     /// (`GET /v1/self?wait=`) wait on it instead of polling.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Ticks when the CA's trust bundle may have changed (a `ca` change applied from the log,
+    /// a full reload): what rebuilds the trust store waits on it.
+    pub ca_changes: tokio::sync::watch::Sender<u64>,
     /// This node among the others on its database: identity, applied changes, leadership.
     pub cluster: crate::cluster::Cluster,
 }
@@ -50,6 +53,11 @@ impl AppState {
     /// Wakes every long-poll: something was committed.
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes what rebuilds the CA trust store: the bundle may have changed.
+    pub fn ca_changed(&self) {
+        self.ca_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A shared state around a store whose index is loaded by [`AppState::load`].
@@ -92,6 +100,7 @@ impl AppState {
             config,
             ready: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
+            ca_changes: tokio::sync::watch::Sender::new(0),
             clock,
             randomness,
             master_key,
