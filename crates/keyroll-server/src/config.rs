@@ -38,6 +38,19 @@ pub struct RawConfig {
     pub webhooks: WebhooksConfig,
     /// Several nodes on one database.
     pub cluster: ClusterConfig,
+    /// keyroll's own certificate authority.
+    pub ca: CaConfig,
+}
+
+/// `[ca]`: keyroll's own certificate authority (SPEC §9).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// The master key (32 raw bytes, mode 0600) that seals the CA's private keys and the
+    /// webhook secrets, read from this file (never created) instead of `DATA_DIR/master.key`;
+    /// `KEYROLL_MASTER_KEY` still comes first. A missing, unreadable or wrong-size file refuses
+    /// start.
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: this node among the others sharing its database (SPEC §11).
@@ -262,6 +275,7 @@ impl Default for RawConfig {
             schedule: ScheduleConfig::default(),
             webhooks: WebhooksConfig::default(),
             cluster: ClusterConfig::default(),
+            ca: CaConfig::default(),
         }
     }
 }
@@ -342,6 +356,8 @@ pub struct Config {
     pub unseen_after: Duration,
     /// The validated `[cluster]` section.
     pub cluster: ClusterSettings,
+    /// `ca.master_key_file`: where the master key is read from (else `DATA_DIR/master.key`).
+    pub ca_master_key_file: Option<PathBuf>,
 }
 
 /// The validated `[cluster]` section (see [`ClusterConfig`]).
@@ -680,6 +696,7 @@ impl Config {
         let cluster = resolve_cluster(&raw.cluster, positive)?;
         Ok(Config {
             cluster,
+            ca_master_key_file: raw.ca.master_key_file,
             webhooks,
             unseen_after,
             schedule_enabled: raw.schedule.enabled,

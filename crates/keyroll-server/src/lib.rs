@@ -71,11 +71,17 @@ impl Server {
             tracing::warn!(event = "admin_token.created", path = %path.display(), "first start: created an admin token with scope admin in {} (mode 0600); keep it safe", path.display());
         }
         check_installation(&config, &earlier, &installation)?;
-        let master_key = master_key::MasterKey::load(
-            std::env::var(master_key::MASTER_KEY_ENV).ok().as_deref(),
-            &config.data_dir,
-            clock::Randomness::os(),
-        )?;
+        let env_key = std::env::var(master_key::MASTER_KEY_ENV).ok();
+        let master_key = match &config.ca_master_key_file {
+            Some(file) => {
+                master_key::MasterKey::load_file(env_key.as_deref(), file, clock::Randomness::os())?
+            }
+            None => master_key::MasterKey::load(
+                env_key.as_deref(),
+                &config.data_dir,
+                clock::Randomness::os(),
+            )?,
+        };
         master_key.check_against(store.as_ref()).await?;
         let state = AppState::with_master_key(
             store,
