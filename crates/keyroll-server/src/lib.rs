@@ -5,6 +5,7 @@
 //! response + log line. Admin change → store transaction → index update → response.
 
 pub mod admin_token;
+pub mod ca;
 pub mod client_addr;
 pub mod clock;
 pub mod cluster;
@@ -140,6 +141,7 @@ impl Server {
         let applier = tokio::spawn(jobs::changes(Arc::clone(&state), stop_rx.clone()));
         let pruner = tokio::spawn(jobs::prune(Arc::clone(&state), stop_rx.clone()));
         let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
+        let ca = tokio::spawn(jobs::ca(Arc::clone(&state), stop_rx.clone()));
         let observer = tokio::spawn(jobs::observer(Arc::clone(&state), stop_rx.clone()));
         let scheduler = state
             .config
@@ -164,6 +166,7 @@ impl Server {
             let _ = webhooks.await;
         }
         let _ = flusher.await;
+        let _ = ca.await;
         let _ = pruner.await;
         let _ = applier.await;
         // The leader's jobs have stopped: give the lease up, then leave.

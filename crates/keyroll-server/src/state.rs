@@ -41,6 +41,8 @@ pub struct AppState {
     pub ca_changes: tokio::sync::watch::Sender<u64>,
     /// This node among the others on its database: identity, applied changes, leadership.
     pub cluster: crate::cluster::Cluster,
+    /// keyroll's CA in memory: the trust store, the bundle version, handshake uses.
+    pub ca: Arc<crate::ca::CaRuntime>,
 }
 
 impl AppState {
@@ -105,7 +107,18 @@ impl AppState {
             randomness,
             master_key,
             webhook_wake: tokio::sync::Notify::new(),
+            ca: Arc::new(crate::ca::CaRuntime::new()),
         })
+    }
+
+    /// Rebuilds the CA's trust store from the store (at start, after a `ca` change). A stored
+    /// CA that cannot be made into a trust store is `Corrupt`: start is refused, and a running
+    /// node keeps its previous trust store.
+    pub async fn reload_ca(&self) -> Result<(), keyroll_store::StoreError> {
+        let ca = self.store.ca_state().await?;
+        self.ca
+            .install(&ca, self.clock.now())
+            .map_err(|e| keyroll_store::StoreError::Corrupt(e.to_string()))
     }
 
     /// Loads every key version from the store into the index.
@@ -141,6 +154,7 @@ impl AppState {
         let seen = self.store.last_used_all().await?;
         self.index.seed_last_used(&seen);
         self.cluster.loaded_at(head);
+        self.reload_ca().await?;
         self.ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(self.index.len())
     }
