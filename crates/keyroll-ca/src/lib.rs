@@ -9,9 +9,6 @@
 //! (verification with a reason code), [`verifier`] (the rustls integration), [`tls`] (the one
 //! crypto provider).
 
-// Until every body lands (the API was published first so dependants can build against it).
-#![allow(dead_code, clippy::todo)]
-
 pub mod authority;
 pub mod crl;
 pub mod error;

@@ -30,7 +30,3 @@ pub(crate) fn from_unix_secs(secs: i64) -> Timestamp {
     Timestamp::from_unix_millis(secs.saturating_mul(1000))
 }
 
-/// A timestamp from a webpki instant.
-pub(crate) fn from_unix_time(t: UnixTime) -> Timestamp {
-    from_unix_secs(i64::try_from(t.as_secs()).unwrap_or(i64::MAX / 1000))
-}

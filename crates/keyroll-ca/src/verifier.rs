@@ -10,9 +10,15 @@ use std::sync::Arc;
 
 use keyroll_core::Timestamp;
 use parking_lot::RwLock;
-use rustls::server::danger::ClientCertVerifier;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
-use crate::{CaError, CertDecision, IdentityPolicy, SecretDer, TrustStore};
+use crate::{
+    CaError, CertCode, CertDecision, IdentityPolicy, SecretDer, TrustStore, Usage, tls, verify,
+};
 
 /// Where every decision goes (log, metrics, handshake-adoption tracking), with the peer address
 /// when the verifier was made for one connection ([`ReasonedClientVerifier::for_peer`]).
@@ -31,6 +37,20 @@ pub struct ReasonedClientVerifier {
     pub(crate) sink: DecisionSink,
     pub(crate) now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     pub(crate) peer: Option<SocketAddr>,
+    /// The anchors' subjects as of this instance's creation (`for_peer` takes a fresh copy, so a
+    /// rotated root is hinted from the next connection on).
+    pub(crate) hints: Arc<Vec<DistinguishedName>>,
+    pub(crate) provider: Arc<CryptoProvider>,
+}
+
+fn hints_of(trust: &TrustStore) -> Arc<Vec<DistinguishedName>> {
+    Arc::new(
+        trust
+            .anchors
+            .iter()
+            .map(|a| DistinguishedName::from(a.ta.subject.as_ref().to_vec()))
+            .collect(),
+    )
 }
 
 impl std::fmt::Debug for ReasonedClientVerifier {
@@ -53,6 +73,7 @@ impl ReasonedClientVerifier {
         sink: DecisionSink,
         now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     ) -> Self {
+        let hints = hints_of(&trust.read());
         ReasonedClientVerifier {
             trust,
             policy: Arc::new(policy),
@@ -60,13 +81,17 @@ impl ReasonedClientVerifier {
             sink,
             now,
             peer: None,
+            hints,
+            provider: tls::provider(),
         }
     }
 
     /// A cheap per-connection copy that reports `peer` with its decisions.
     pub fn for_peer(&self, peer: SocketAddr) -> Arc<dyn ClientCertVerifier> {
-        let _ = peer;
-        todo!()
+        let mut v = self.clone();
+        v.peer = Some(peer);
+        v.hints = hints_of(&self.trust.read());
+        Arc::new(v)
     }
 
     /// Swaps the trust store for every connection verified from now on.
@@ -87,8 +112,24 @@ pub fn server_config(
     key: &SecretDer,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<rustls::ServerConfig, CaError> {
-    let _ = (cert_chain_der, key, verifier);
-    todo!()
+    let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CaError::Tls(e.to_string()))?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(chain(cert_chain_der), private_key(key))
+        .map_err(|e| CaError::Tls(e.to_string()))
+}
+
+fn chain(ders: Vec<Vec<u8>>) -> Vec<CertificateDer<'static>> {
+    ders.into_iter().map(CertificateDer::from).collect()
+}
+
+fn private_key(key: &SecretDer) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.as_bytes().to_vec()))
 }
 
 /// A rustls client config on the one provider that trusts the store's anchors for the server's
@@ -98,6 +139,109 @@ pub fn client_config(
     trust: &TrustStore,
     client_identity: Option<(Vec<Vec<u8>>, &SecretDer)>,
 ) -> Result<rustls::ClientConfig, CaError> {
-    let _ = (trust, client_identity);
-    todo!()
+    let mut roots = rustls::RootCertStore::empty();
+    for a in &trust.anchors {
+        roots.roots.push(a.ta.clone());
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CaError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    match client_identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(chain(certs), private_key(key))
+            .map_err(|e| CaError::Tls(e.to_string())),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The closest rustls error for a code, so the TLS alert is as right as it can be.
+fn tls_error(code: CertCode) -> rustls::Error {
+    rustls::Error::InvalidCertificate(match code {
+        CertCode::CertExpired => CertificateError::Expired,
+        CertCode::CertNotYetValid => CertificateError::NotValidYet,
+        CertCode::CertUnknownIssuer => CertificateError::UnknownIssuer,
+        CertCode::CertRevoked => CertificateError::Revoked,
+        CertCode::CertRevocationUnknown => CertificateError::UnknownRevocationStatus,
+        CertCode::CertBadSignature => CertificateError::BadSignature,
+        CertCode::CertWrongUsage => CertificateError::InvalidPurpose,
+        CertCode::CertMalformed => CertificateError::BadEncoding,
+        CertCode::CertWrongIdentity | CertCode::CertMissing | CertCode::Valid => {
+            CertificateError::ApplicationVerificationFailure
+        }
+    })
+}
+
+impl ClientCertVerifier for ReasonedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _rustls_now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // The injected clock, not rustls's, so that every decision is made at one testable `now`.
+        let now = (self.now)();
+        let trust = self.trust.read().clone();
+        let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        let decision = verify(
+            &trust,
+            &self.policy,
+            end_entity.as_ref(),
+            &ints,
+            Usage::Client,
+            now,
+        );
+        (self.sink)(&decision, self.peer);
+        if decision.allowed() {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(tls_error(decision.code))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
