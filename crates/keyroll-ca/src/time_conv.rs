@@ -29,4 +29,3 @@ pub(crate) fn to_unix_time(ts: Timestamp) -> UnixTime {
 pub(crate) fn from_unix_secs(secs: i64) -> Timestamp {
     Timestamp::from_unix_millis(secs.saturating_mul(1000))
 }
-
