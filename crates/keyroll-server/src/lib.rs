@@ -91,6 +91,9 @@ impl Server {
             clock::Randomness::os(),
             master_key,
         );
+        service::ca::check_sealed_keys(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let started = std::time::Instant::now();
         let loaded = state.load().await?;
         tracing::info!(

@@ -84,3 +84,35 @@ async fn init_makes_a_sealed_root_and_intermediate_and_installs_the_bundle() {
     assert!(matches!(err, ServiceError::AlreadyExists(_)), "{err:?}");
     assert_eq!(state.store.ca_state().await.unwrap().authorities.len(), 2);
 }
+
+#[tokio::test]
+async fn a_master_key_that_does_not_open_the_ca_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(&dir).await;
+    let req = InitRequest {
+        trust_domain: keyroll_ca::TrustDomain::parse("example.org").unwrap(),
+        root_ttl: None,
+        intermediate_ttl: None,
+    };
+    init(&state, &Actor::system("rq_test".into()), req)
+        .await
+        .unwrap();
+    keyroll_server::service::ca::check_sealed_keys(&state)
+        .await
+        .unwrap();
+    // Another state on the same database with a key of its own (AppState::with makes one).
+    let other = AppState::with(
+        Arc::clone(&state.store),
+        state.config.clone(),
+        Clock::manual(t0()),
+        Randomness::os(),
+    );
+    let err = keyroll_server::service::ca::check_sealed_keys(&other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not open") && err.contains("KEYROLL_MASTER_KEY") && !err.contains('\n'),
+        "{err}"
+    );
+}

@@ -112,6 +112,30 @@ pub fn signer(state: &AppState, a: &AuthorityRecord) -> Result<Signer, ServiceEr
     Signer::from_parts(&a.cert_der, &SecretDer::new(key)).map_err(ca_error)
 }
 
+/// Refuses a master key that does not open the stored CA's private keys (every authority still
+/// in use): a server with a CA must be able to sign, and finding out at the first issue would
+/// be too late. One line naming the authority and where the key comes from.
+pub async fn check_sealed_keys(state: &AppState) -> Result<(), ServiceError> {
+    let ca = state.store.ca_state().await?;
+    for a in ca
+        .authorities
+        .iter()
+        .filter(|a| a.state != AuthorityState::Removed)
+    {
+        if state
+            .master_key
+            .open(a.id.as_bytes(), &a.sealed_key)
+            .is_err()
+        {
+            return Err(ServiceError::Invalid(format!(
+                "the private key of CA {} ({}) does not open under this server's master key: start with the key the CA was made under (KEYROLL_MASTER_KEY, ca.master_key_file or DATA_DIR/master.key)",
+                a.id, a.subject
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `ca init`: a root and an intermediate (ECDSA P-256, random 16-byte serials), an empty CRL
 /// for each, in one transaction guarded on the empty bundle (`AlreadyExists` when a CA
 /// exists, also when two inits race).
