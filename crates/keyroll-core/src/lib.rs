@@ -7,6 +7,7 @@
 
 pub mod audit_chain;
 pub mod base62;
+pub mod ca_timeline;
 pub mod decision;
 pub mod duration;
 pub mod key;

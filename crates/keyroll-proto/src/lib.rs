@@ -1099,6 +1099,10 @@ pub struct AgentReport {
     /// In words.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The CA trust bundle version (`X-Keyroll-Bundle-Version`) the agent has loaded; agents
+    /// without certificates (and older agents) leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_version: Option<u64>,
 }
 
 /// An agent as the server last heard of it.
@@ -1124,6 +1128,9 @@ pub struct AgentInfo {
     /// In words.
     #[serde(default)]
     pub detail: Option<String>,
+    /// The CA trust bundle version it reported to have loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_version: Option<u64>,
 }
 
 /// `POST /v1/consumers/{env}/{name}/request-rotation`: ask the consumer's agents to rotate.

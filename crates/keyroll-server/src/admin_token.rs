@@ -5,7 +5,7 @@ use keyroll_core::{Entropy, EntropyUnavailable, SecretHash, Timestamp, random_ba
 use keyroll_store::{AdminTokenEntry, AdminTokenRecord};
 
 /// Every scope an admin token can carry.
-pub const SCOPES: [&str; 12] = [
+pub const SCOPES: [&str; 16] = [
     "admin",
     "environments:write",
     "consumers:read",
@@ -18,6 +18,10 @@ pub const SCOPES: [&str; 12] = [
     "audit:read",
     "webhooks:read",
     "webhooks:write",
+    "ca:read",
+    "ca:write",
+    "certs:read",
+    "certs:write",
 ];
 
 /// A parsed presented token.
@@ -105,6 +109,8 @@ pub fn grants(held: &[String], scope: &str) -> bool {
         "keys:read" => &["consumers:read"],
         "tokens:read" => &["tokens:write"],
         "webhooks:read" => &["webhooks:write"],
+        "ca:read" => &["ca:write"],
+        "certs:read" => &["certs:write"],
         _ => &[],
     };
     held.iter()
@@ -288,6 +294,11 @@ mod tests {
         assert!(grants(&held(&["tokens:write"]), "tokens:read"));
         assert!(!grants(&held(&["tokens:read"]), "tokens:write"));
         assert!(!grants(&held(&["tokens:write"]), "admin"));
+        assert!(grants(&held(&["ca:write"]), "ca:read"));
+        assert!(!grants(&held(&["ca:read"]), "ca:write"));
+        assert!(grants(&held(&["certs:write"]), "certs:read"));
+        assert!(!grants(&held(&["certs:write"]), "ca:write"));
+        assert!(grants(&held(&["admin"]), "certs:write"));
         let writer = held(&["tokens:write", "keys:read"]);
         assert_eq!(first_not_granted(&writer, &held(&["keys:read"])), None);
         assert_eq!(

@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub tls: TlsConfig,
     /// The dashboard's sessions.
     pub ui: UiConfig,
+    /// keyroll's own certificate authority.
+    pub ca: CaConfig,
 }
 
 /// `[ui]`: the dashboard at `/ui/` and its login sessions.
@@ -131,6 +133,17 @@ pub struct TlsIssueConfig {
     pub dns: Vec<String>,
     /// IP addresses the certificate is valid for.
     pub ip: Vec<String>,
+}
+
+/// `[ca]`: keyroll's own certificate authority (SPEC §9).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// The master key (32 raw bytes, mode 0600) that seals the CA's private keys and the
+    /// webhook secrets, read from this file (never created) instead of `DATA_DIR/master.key`;
+    /// `KEYROLL_MASTER_KEY` still comes first. A missing, unreadable or wrong-size file refuses
+    /// start.
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// `[cluster]`: this node among the others sharing its database (SPEC §11).
@@ -357,6 +370,7 @@ impl Default for RawConfig {
             cluster: ClusterConfig::default(),
             ui: UiConfig::default(),
             tls: TlsConfig::default(),
+            ca: CaConfig::default(),
         }
     }
 }
@@ -441,6 +455,8 @@ pub struct Config {
     pub ui: UiSettings,
     /// The validated `[tls]` section; `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// `ca.master_key_file`: where the master key is read from (else `DATA_DIR/master.key`).
+    pub ca_master_key_file: Option<PathBuf>,
 }
 
 /// Where the listener's certificate comes from.
@@ -640,7 +656,7 @@ pub enum ConfigError {
 
 /// The environment variables that are settings (others, like `KEYROLL_TOKEN`, belong to the
 /// CLI and must not trip `deny_unknown_fields`).
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
     "listen",
     "data_dir",
     "database_url",
@@ -655,6 +671,7 @@ const ENV_KEYS: [&str; 14] = [
     "cluster",
     "ui",
     "tls",
+    "ca",
 ];
 
 impl Config {
@@ -856,6 +873,7 @@ impl Config {
             tls,
             cluster,
             ui,
+            ca_master_key_file: raw.ca.master_key_file,
             webhooks,
             unseen_after,
             schedule_enabled: raw.schedule.enabled,

@@ -131,6 +131,42 @@ pub async fn flush_usage(state: &AppState) {
     }
 }
 
+/// The CA's upkeep on every node: flushes the handshake uses counted in memory (every usage
+/// flush interval, and at stop), and rebuilds the trust store when the bundle may have changed
+/// (`AppState::ca_changed`: a `ca` change from the log, a full reload).
+pub async fn ca(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut changed = state.ca_changes.subscribe();
+    let mut tick = tokio::time::interval(state.config.usage_flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => flush_handshakes(&state).await,
+            r = changed.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                if let Err(e) = state.reload_ca().await {
+                    tracing::error!(event = "ca.reload_failed", error = %e, "could not rebuild the CA trust store (the previous one stays): {e}");
+                }
+            }
+        }
+    }
+    flush_handshakes(&state).await;
+}
+
+/// Writes the handshake uses counted since the last flush; a failed write puts them back.
+pub async fn flush_handshakes(state: &AppState) {
+    let batch = state.ca.take_handshakes();
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.record_handshakes(&batch).await {
+        tracing::warn!(event = "ca.handshakes_flush_failed", error = %e, "could not record {} handshake uses (kept for the next flush): {e}", batch.len());
+        state.ca.restore_handshakes(batch);
+    }
+}
+
 /// The webhook sender: one [`crate::webhooks::sender::Sender::tick`] every `[webhooks]
 /// interval`, and at once when a write appended events (`AppState::webhook_wake`), until `stop`.
 pub async fn webhooks(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {

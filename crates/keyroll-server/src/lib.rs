@@ -5,6 +5,7 @@
 //! response + log line. Admin change → store transaction → index update → response.
 
 pub mod admin_token;
+pub mod ca;
 pub mod client_addr;
 pub mod clock;
 pub mod cluster;
@@ -94,11 +95,17 @@ impl Server {
             tracing::warn!(event = "admin_token.created", path = %path.display(), "first start: created an admin token with scope admin in {} (mode 0600); keep it safe", path.display());
         }
         check_installation(&config, &earlier, &installation)?;
-        let master_key = master_key::MasterKey::load(
-            std::env::var(master_key::MASTER_KEY_ENV).ok().as_deref(),
-            &config.data_dir,
-            clock::Randomness::os(),
-        )?;
+        let env_key = std::env::var(master_key::MASTER_KEY_ENV).ok();
+        let master_key = match &config.ca_master_key_file {
+            Some(file) => {
+                master_key::MasterKey::load_file(env_key.as_deref(), file, clock::Randomness::os())?
+            }
+            None => master_key::MasterKey::load(
+                env_key.as_deref(),
+                &config.data_dir,
+                clock::Randomness::os(),
+            )?,
+        };
         master_key.check_against(store.as_ref()).await?;
         let state = AppState::with_master_key(
             store,
@@ -128,6 +135,9 @@ impl Server {
             t.client = tls::client_verification(&t.settings, sink, now)
                 .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
         }
+        service::ca::check_sealed_keys(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let started = std::time::Instant::now();
         let loaded = state.load().await?;
         tracing::info!(
@@ -182,6 +192,7 @@ impl Server {
         let applier = tokio::spawn(jobs::changes(Arc::clone(&state), stop_rx.clone()));
         let pruner = tokio::spawn(jobs::prune(Arc::clone(&state), stop_rx.clone()));
         let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
+        let ca = tokio::spawn(jobs::ca(Arc::clone(&state), stop_rx.clone()));
         let observer = tokio::spawn(jobs::observer(Arc::clone(&state), stop_rx.clone()));
         let scheduler = state
             .config
@@ -227,6 +238,7 @@ impl Server {
             let _ = webhooks.await;
         }
         let _ = flusher.await;
+        let _ = ca.await;
         let _ = pruner.await;
         let _ = applier.await;
         // The leader's jobs have stopped: give the lease up, then leave.

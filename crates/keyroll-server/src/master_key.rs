@@ -115,6 +115,35 @@ impl MasterKey {
         }
     }
 
+    /// The key from `env_value` (`KEYROLL_MASTER_KEY`) when given, else from `file` (the
+    /// `[ca] master_key_file` setting), which is read and never created: a missing, unreadable,
+    /// too open or wrong-size file is an error naming the file and the variable.
+    pub fn load_file(
+        env_value: Option<&str>,
+        file: &Path,
+        randomness: Randomness,
+    ) -> Result<MasterKey, MasterKeyError> {
+        if env_value.is_some() {
+            return MasterKey::load(env_value, file, randomness);
+        }
+        let hint = format!(
+            "ca.master_key_file names {}: put 32 random bytes there (mode 0600, `head -c 32 /dev/urandom > FILE`) or set {MASTER_KEY_ENV}",
+            file.display()
+        );
+        let bytes = std::fs::read(file).map_err(|e| {
+            MasterKeyError::Invalid(format!("cannot read {} ({e}); {hint}", file.display()))
+        })?;
+        check_mode(file)?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            MasterKeyError::Invalid(format!(
+                "{} holds {} bytes, a master key file holds 32 raw bytes; {hint}",
+                file.display(),
+                b.len()
+            ))
+        })?;
+        Ok(MasterKey { key, randomness })
+    }
+
     /// A one-way value that tells this key from another without revealing it (HKDF-SHA256 of the
     /// key with a fixed label): the store records the first node's, and a node whose value
     /// differs refuses to start.
@@ -248,6 +277,27 @@ mod tests {
         assert!(other.open(b"wh_1", &sealed).is_err());
         assert!(k.open(b"wh_1", &sealed[..5]).is_err());
         assert_eq!(format!("{k:?}"), "MasterKey(<redacted>)");
+    }
+
+    #[test]
+    fn a_configured_file_is_read_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.key");
+        let err = MasterKey::load_file(None, &file, Randomness::os()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("ca.key") && text.contains(MASTER_KEY_ENV),
+            "{text}"
+        );
+        assert!(!file.exists());
+        std::fs::write(&file, [3u8; 32]).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let key = MasterKey::load_file(None, &file, Randomness::os()).unwrap();
+        assert_eq!(
+            key.check_value(),
+            MasterKey::from_bytes([3; 32], Randomness::os()).check_value()
+        );
     }
 
     #[test]

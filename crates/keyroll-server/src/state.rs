@@ -36,8 +36,13 @@ pub struct AppState {
     /// Ticks after every committed consumer change and agent delivery: agents' long-polls
     /// (`GET /v1/self?wait=`) wait on it instead of polling.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Ticks when the CA's trust bundle may have changed (a `ca` change applied from the log,
+    /// a full reload): what rebuilds the trust store waits on it.
+    pub ca_changes: tokio::sync::watch::Sender<u64>,
     /// This node among the others on its database: identity, applied changes, leadership.
     pub cluster: crate::cluster::Cluster,
+    /// keyroll's CA in memory: the trust store, the bundle version, handshake uses.
+    pub ca: Arc<crate::ca::CaRuntime>,
 }
 
 impl AppState {
@@ -50,6 +55,11 @@ impl AppState {
     /// Wakes every long-poll: something was committed.
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes what rebuilds the CA trust store: the bundle may have changed.
+    pub fn ca_changed(&self) {
+        self.ca_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A shared state around a store whose index is loaded by [`AppState::load`].
@@ -92,11 +102,23 @@ impl AppState {
             config,
             ready: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
+            ca_changes: tokio::sync::watch::Sender::new(0),
             clock,
             randomness,
             master_key,
             webhook_wake: tokio::sync::Notify::new(),
+            ca: Arc::new(crate::ca::CaRuntime::new()),
         })
+    }
+
+    /// Rebuilds the CA's trust store from the store (at start, after a `ca` change). A stored
+    /// CA that cannot be made into a trust store is `Corrupt`: start is refused, and a running
+    /// node keeps its previous trust store.
+    pub async fn reload_ca(&self) -> Result<(), keyroll_store::StoreError> {
+        let ca = self.store.ca_state().await?;
+        self.ca
+            .install(&ca, self.clock.now())
+            .map_err(|e| keyroll_store::StoreError::Corrupt(e.to_string()))
     }
 
     /// Loads every key version from the store into the index.
@@ -132,6 +154,7 @@ impl AppState {
         let seen = self.store.last_used_all().await?;
         self.index.seed_last_used(&seen);
         self.cluster.loaded_at(head);
+        self.reload_ca().await?;
         self.ready.store(true, std::sync::atomic::Ordering::Release);
         Ok(self.index.len())
     }

@@ -17,6 +17,7 @@
 //! - Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`); one
 //!   conformance suite (`tests/it/conformance.rs`) runs against every backend.
 
+mod ca;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -27,6 +28,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyroll_core::{Consumer, ConsumerRef, Environment, Kid, SecretHash, Timestamp};
 
+pub use ca::{
+    AuthorityKind, AuthorityRecord, AuthorityState, CaCommit, CaState, CaWrite, CertFilter,
+    CertQuery, CertRevocation, CrlRecord, HandshakeUse, IssuedCertRecord, RevokedIdentityRecord,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -420,12 +425,42 @@ pub struct DeliveryQuery {
     pub limit: u32,
 }
 
-/// One committed consumer change, in commit order (seqs are gapless: 1, 2, 3, …).
+/// What a logged change changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A consumer (named by [`ChangeRecord::consumer_id`]).
+    Consumer,
+    /// The CA's trust bundle (authorities, CRLs): every node rebuilds its trust store.
+    Ca,
+}
+
+impl ChangeKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Consumer => "consumer",
+            ChangeKind::Ca => "ca",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        match s {
+            "consumer" => Some(ChangeKind::Consumer),
+            "ca" => Some(ChangeKind::Ca),
+            _ => None,
+        }
+    }
+}
+
+/// One committed change, in commit order (seqs are gapless: 1, 2, 3, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeRecord {
     /// Its position in the log.
     pub seq: i64,
-    /// The consumer it changed (its row id).
+    /// What it changed.
+    pub kind: ChangeKind,
+    /// The consumer it changed (its row id); 0 for a [`ChangeKind::Ca`] change.
     pub consumer_id: i64,
     /// When (the time of the change's latest audit entry or event, else the consumer's last
     /// update); what [`Store::prune_changes`] compares.
@@ -515,6 +550,9 @@ pub struct AgentRecord {
     pub first_seen: Timestamp,
     /// Its last report.
     pub last_contact: Timestamp,
+    /// The CA trust bundle version it has loaded, when it says (older agents and agents
+    /// without certificates do not).
+    pub bundle_version: Option<u64>,
 }
 
 /// The first report of a version by an agent: the moment the agent had written it.
@@ -892,4 +930,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: Timestamp,
         idle_before: Timestamp,
     ) -> Result<u64, StoreError>;
+
+    /// The CA as stored: every authority (removed ones too, oldest first), each issuer's
+    /// current CRL and the bundle version.
+    async fn ca_state(&self) -> Result<CaState, StoreError>;
+
+    /// Commits one CA change (authorities, a new certificate, revocations, a revoked identity,
+    /// CRLs, audit entries and events) in one transaction. `Conflict` when
+    /// `expected_bundle_version` is set and the version moved; `AlreadyExists` when the new
+    /// certificate's serial (or an authority's serial) is taken; `NotFound` when a revoked or
+    /// superseded serial does not exist. With `bump_bundle` the bundle version grows by one and a
+    /// `ca` change is logged.
+    async fn write_ca(&self, write: CaWrite<'_>) -> Result<CaCommit, StoreError>;
+
+    /// Issued certificates matching `query`, by serial.
+    async fn list_certificates(
+        &self,
+        query: &CertQuery,
+    ) -> Result<Vec<IssuedCertRecord>, StoreError>;
+
+    /// One issued certificate by serial.
+    async fn get_certificate(&self, serial: &str) -> Result<Option<IssuedCertRecord>, StoreError>;
+
+    /// The revocation of an identity's self-renewal, if any.
+    async fn identity_revocation(
+        &self,
+        identity: &ConsumerRef,
+    ) -> Result<Option<RevokedIdentityRecord>, StoreError>;
+
+    /// Adds handshake uses in one transaction: per (anchor, identity, peer) the count is added,
+    /// `last_at` becomes the later of stored and given, `serial` that of the later one.
+    async fn record_handshakes(&self, uses: &[HandshakeUse]) -> Result<(), StoreError>;
+
+    /// Handshake uses whose last handshake is at or after `since`, newest first.
+    async fn list_handshakes(&self, since: Timestamp) -> Result<Vec<HandshakeUse>, StoreError>;
 }

@@ -12,6 +12,7 @@
 //! - [`webhooks`]: webhook endpoints, deliveries, attempts and the sender's cursor;
 //! - [`delivery`]: handovers, agents' reports and deliveries;
 //! - [`health`]: `ping`, the outage state and the write probe;
+//! - [`ca`]: the certificate authority (authorities, certificates, CRLs, handshake uses);
 //! - [`cluster`]: the change log and its notifications, node heartbeats, the leader lease,
 //!   recent last uses;
 //! - [`decode`]: every sqlx row to a record; [`errors`]: every PostgreSQL failure to a
@@ -36,6 +37,7 @@
 //!   transaction: both queries see one snapshot.
 
 mod audit;
+mod ca;
 mod cluster;
 mod consumers;
 mod copy;
@@ -426,6 +428,46 @@ impl crate::Store for PostgresStore {
         idle_before: Timestamp,
     ) -> Result<u64, StoreError> {
         self.session_prune(now, idle_before).await
+    }
+
+    async fn ca_state(&self) -> Result<crate::CaState, StoreError> {
+        self.ca_state_read().await
+    }
+
+    async fn write_ca(&self, write: crate::CaWrite<'_>) -> Result<crate::CaCommit, StoreError> {
+        self.ca_write(write).await
+    }
+
+    async fn list_certificates(
+        &self,
+        query: &crate::CertQuery,
+    ) -> Result<Vec<crate::IssuedCertRecord>, StoreError> {
+        self.cert_list(query).await
+    }
+
+    async fn get_certificate(
+        &self,
+        serial: &str,
+    ) -> Result<Option<crate::IssuedCertRecord>, StoreError> {
+        self.cert_get(serial).await
+    }
+
+    async fn identity_revocation(
+        &self,
+        identity: &ConsumerRef,
+    ) -> Result<Option<crate::RevokedIdentityRecord>, StoreError> {
+        self.identity_revocation_get(identity).await
+    }
+
+    async fn record_handshakes(&self, uses: &[crate::HandshakeUse]) -> Result<(), StoreError> {
+        self.handshakes_record(uses).await
+    }
+
+    async fn list_handshakes(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<crate::HandshakeUse>, StoreError> {
+        self.handshakes_list(since).await
     }
 
     async fn create_webhook_endpoint(

@@ -7,6 +7,7 @@
 //! - [`audit`]: the audit log and the event outbox; [`idempotency`]: `Idempotency-Key` records;
 //! - [`environments`], [`tokens`] (admin tokens), [`installation`], [`usage`];
 //! - [`load`]: the bulk reads at start (`load_all`, `last_used_all`) through rusqlite;
+//! - [`ca`]: the certificate authority (authorities, certificates, CRLs, handshake uses);
 //! - [`cluster`]: the change log, node heartbeats, the leader lease, recent last uses;
 //! - [`webhooks`]: webhook endpoints, deliveries, attempts and the sender's cursor;
 //! - [`health`]: the outage state, the write probe and the database file's identity;
@@ -38,6 +39,7 @@
 //!   transactions check that the file is still the one opened, see [`health`]).
 
 mod audit;
+mod ca;
 mod cluster;
 mod consumers;
 mod decode;
@@ -465,6 +467,46 @@ impl crate::Store for SqliteStore {
         idle_before: Timestamp,
     ) -> Result<u64, StoreError> {
         self.session_prune(now, idle_before).await
+    }
+
+    async fn ca_state(&self) -> Result<crate::CaState, StoreError> {
+        self.ca_state_read().await
+    }
+
+    async fn write_ca(&self, write: crate::CaWrite<'_>) -> Result<crate::CaCommit, StoreError> {
+        self.ca_write(write).await
+    }
+
+    async fn list_certificates(
+        &self,
+        query: &crate::CertQuery,
+    ) -> Result<Vec<crate::IssuedCertRecord>, StoreError> {
+        self.cert_list(query).await
+    }
+
+    async fn get_certificate(
+        &self,
+        serial: &str,
+    ) -> Result<Option<crate::IssuedCertRecord>, StoreError> {
+        self.cert_get(serial).await
+    }
+
+    async fn identity_revocation(
+        &self,
+        identity: &ConsumerRef,
+    ) -> Result<Option<crate::RevokedIdentityRecord>, StoreError> {
+        self.identity_revocation_get(identity).await
+    }
+
+    async fn record_handshakes(&self, uses: &[crate::HandshakeUse]) -> Result<(), StoreError> {
+        self.handshakes_record(uses).await
+    }
+
+    async fn list_handshakes(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<crate::HandshakeUse>, StoreError> {
+        self.handshakes_list(since).await
     }
 
     async fn create_webhook_endpoint(

@@ -694,6 +694,8 @@ impl Worker {
             mode: Some(self.mode.to_owned()),
             health: Some(if degraded.is_some() { "degraded" } else { "ok" }.to_owned()),
             detail: degraded.map(|r| r.detail.clone()),
+            // Set once the agent delivers certificates (the bundle it wrote to ca.pem).
+            bundle_version: None,
         };
         if let Err(e) = self.client.self_report(&req).await {
             self.log.warn(

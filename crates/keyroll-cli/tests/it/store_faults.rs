@@ -435,6 +435,56 @@ fn a_master_key_other_than_the_databases_is_refused_at_start() {
 }
 
 #[test]
+fn a_missing_ca_master_key_file_refuses_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let missing = dir.path().join("nowhere").join("master.key");
+    let config = dir.path().join("keyroll.toml");
+    std::fs::write(
+        &config,
+        format!("[ca]\nmaster_key_file = {:?}\n", missing.to_str().unwrap()),
+    )
+    .unwrap();
+    let run = |config: &Path| {
+        harness::cli_offline(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            dir.path(),
+        )
+    };
+    let r = run(&config);
+    assert_ne!(r.code, 0);
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let refusal: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains(missing.to_str().unwrap()))
+        .collect();
+    assert_eq!(refusal.len(), 1, "{}", r.stderr);
+    assert!(refusal[0].contains("KEYROLL_MASTER_KEY"), "{}", r.stderr);
+    assert!(!missing.exists(), "the file is never created");
+    // A file of the wrong size is refused the same way.
+    std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
+    std::fs::write(&missing, [1u8; 16]).unwrap();
+    std::fs::set_permissions(
+        &missing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let r = run(&config);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("holds 16 bytes"), "{}", r.stderr);
+}
+
+#[test]
 fn a_fresh_data_dir_starts_with_no_setup_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

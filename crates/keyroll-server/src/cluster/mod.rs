@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use keyroll_core::{Timestamp, random_base62, rfc3339};
 use keyroll_proto as proto;
-use keyroll_store::{ChangeRecord, NodeRecord};
+use keyroll_store::{ChangeKind, ChangeRecord, NodeRecord};
 use parking_lot::Mutex;
 
 use crate::config::ClusterSettings;
@@ -117,17 +117,23 @@ impl Progress {
             return Plan::Reload;
         }
         let mut ids = Vec::new();
+        let mut ca = false;
         let mut through = self.applied;
         for c in pending {
             if c.seq != through + 1 {
                 break;
             }
             through = c.seq;
-            if !self.local.contains(&c.seq) && !ids.contains(&c.consumer_id) {
-                ids.push(c.consumer_id);
+            if self.local.contains(&c.seq) {
+                continue;
+            }
+            match c.kind {
+                ChangeKind::Consumer if !ids.contains(&c.consumer_id) => ids.push(c.consumer_id),
+                ChangeKind::Consumer => {}
+                ChangeKind::Ca => ca = true,
             }
         }
-        Plan::Apply { ids, through }
+        Plan::Apply { ids, ca, through }
     }
 }
 
@@ -141,6 +147,8 @@ pub enum Plan {
     Apply {
         /// Consumers to read, each once (this node's own changes are left out).
         ids: Vec<i64>,
+        /// Another node changed the CA's trust bundle: rebuild the trust store.
+        ca: bool,
         /// The last seq of the batch's gapless run.
         through: i64,
     },
@@ -418,6 +426,7 @@ mod tests {
     fn change(seq: i64, consumer_id: i64) -> ChangeRecord {
         ChangeRecord {
             seq,
+            kind: ChangeKind::Consumer,
             consumer_id,
             at: Timestamp::from_unix_millis(seq),
         }
@@ -468,6 +477,7 @@ mod tests {
             p.plan(&[change(11, 7), change(12, 8), change(13, 7), change(14, 9)]),
             Plan::Apply {
                 ids: vec![7, 9],
+                ca: false,
                 through: 14
             },
             "12 is ours; 7 is read once"
@@ -476,6 +486,7 @@ mod tests {
             p.plan(&[change(11, 7), change(13, 9)]),
             Plan::Apply {
                 ids: vec![7],
+                ca: false,
                 through: 11
             },
             "only the gapless run"
@@ -484,12 +495,41 @@ mod tests {
             p.plan(&[change(9, 1), change(11, 3)]),
             Plan::Apply {
                 ids: vec![3],
+                ca: false,
                 through: 11
             },
             "already applied seqs are skipped"
         );
         assert_eq!(p.plan(&[change(12, 8), change(13, 7)]), Plan::Reload);
         assert_eq!(Progress::at(0).plan(&[change(4, 1)]), Plan::Reload);
+    }
+
+    #[test]
+    fn a_ca_change_by_another_node_asks_for_a_trust_store_rebuild() {
+        let ca = |seq: i64| ChangeRecord {
+            kind: ChangeKind::Ca,
+            ..change(seq, 0)
+        };
+        let mut p = Progress::at(1);
+        assert_eq!(
+            p.plan(&[change(2, 5), ca(3)]),
+            Plan::Apply {
+                ids: vec![5],
+                ca: true,
+                through: 3
+            },
+            "a ca change names no consumer"
+        );
+        p.note_local(3);
+        assert_eq!(
+            p.plan(&[change(2, 5), ca(3)]),
+            Plan::Apply {
+                ids: vec![5],
+                ca: false,
+                through: 3
+            },
+            "this node's own CA write is already in its trust store"
+        );
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub async fn catch_up(state: &AppState) -> Result<usize, StoreError> {
                 full_reload(state, Resync::Pruned).await?;
                 return Ok(foreign);
             }
-            Plan::Apply { ids, through } => {
+            Plan::Apply { ids, ca, through } => {
+                if ca {
+                    // The CA's rebuild job reads the store's CA state on this tick.
+                    state.ca_changed();
+                }
                 let consumers = state.store.consumers_by_id(&ids).await?;
                 for c in &consumers {
                     state.index.upsert(c.revision, &c.consumer);
@@ -72,6 +76,7 @@ pub async fn full_reload(state: &AppState, why: Resync) -> Result<(), StoreError
     }
     state.cluster.loaded_at(head);
     state.changed();
+    state.ca_changed();
     state.cluster.heartbeat_wake.notify_one();
     tracing::info!(
         event = "cluster.resync",

@@ -393,6 +393,7 @@ pub async fn report(
         // The store keeps the first report's time on an existing row.
         first_seen: now,
         last_contact: now,
+        bundle_version: report.bundle_version,
     };
     let actor = caller.actor(&report.agent);
     let detail = json!({
@@ -439,6 +440,7 @@ pub fn agent_info(a: &AgentRecord) -> keyroll_proto::AgentInfo {
         last_contact: rfc3339(a.last_contact),
         health: a.health.clone(),
         detail: a.detail.clone(),
+        bundle_version: a.bundle_version,
     }
 }
 

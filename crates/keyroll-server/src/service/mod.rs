@@ -10,6 +10,7 @@
 //! (the same value is what an idempotent replay returns).
 
 pub mod audit;
+pub mod ca;
 mod consumers;
 pub mod delivery;
 mod effects;

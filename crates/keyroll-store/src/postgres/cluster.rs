@@ -97,6 +97,38 @@ impl PostgresStore {
         Ok(seq)
     }
 
+    /// Takes the next change seq for a CA change (the trust bundle changed) inside a write
+    /// transaction, appends it to the log as kind `ca` and notifies. Returns the seq.
+    pub(super) async fn log_ca_change(
+        &self,
+        conn: &mut PgConnection,
+        at: Timestamp,
+        doing: &str,
+    ) -> Result<i64, StoreError> {
+        let seq: i64 = sqlx::query_scalar(
+            "WITH next AS (UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq) \
+             INSERT INTO changes (seq, consumer_id, at, kind) \
+             SELECT next.seq, 0, $1, 'ca' FROM next RETURNING seq",
+        )
+        .bind(at.unix_millis())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.fail(doing, e))?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "PostgreSQL database {}: {doing}: the change_counter row is missing",
+                self.location
+            ))
+        })?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(seq.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        Ok(seq)
+    }
+
     pub(super) async fn change_head_get(&self) -> Result<i64, StoreError> {
         let doing = "reading the change head";
         let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM change_counter WHERE id = 1")
@@ -113,7 +145,7 @@ impl PostgresStore {
     ) -> Result<Vec<ChangeRecord>, StoreError> {
         let doing = format!("reading changes after {after}");
         let rows = sqlx::query(
-            "SELECT seq, consumer_id, at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, consumer_id, at, kind FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(i64::from(limit))

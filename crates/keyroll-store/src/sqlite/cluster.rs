@@ -80,6 +80,30 @@ impl SqliteStore {
         Ok(seq)
     }
 
+    /// Takes the next change seq for a CA change (the trust bundle changed) inside a write
+    /// transaction and appends it to the log as kind `ca`. Returns the seq.
+    pub(super) async fn log_ca_change(
+        &self,
+        conn: &mut SqliteConnection,
+        at: Timestamp,
+        doing: &str,
+    ) -> Result<i64, StoreError> {
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq",
+        )
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.fail(doing, e))?
+        .ok_or_else(|| StoreError::Corrupt("the change_counter row is missing".to_owned()))?;
+        sqlx::query("INSERT INTO changes (seq, consumer_id, at, kind) VALUES (?1, 0, ?2, 'ca')")
+            .bind(seq)
+            .bind(at.unix_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(doing, e))?;
+        Ok(seq)
+    }
+
     pub(super) async fn change_head_get(&self) -> Result<i64, StoreError> {
         let doing = "reading the change head";
         self.check_file(doing)?;
@@ -98,7 +122,7 @@ impl SqliteStore {
         let doing = format!("reading changes after {after}");
         self.check_file(&doing)?;
         let rows = sqlx::query(
-            "SELECT seq, consumer_id, at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, consumer_id, at, kind FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )
         .bind(after)
         .bind(i64::from(limit))

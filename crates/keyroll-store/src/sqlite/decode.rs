@@ -351,13 +351,17 @@ pub(super) fn webhook_attempt_from_row(
     })
 }
 
-/// A `changes` row: `seq, consumer_id, at`.
+/// A `changes` row: `seq, consumer_id, at, kind`.
 pub(super) fn change_from_row(row: &SqliteRow) -> Result<ChangeRecord, StoreError> {
     let table = || "changes row".to_owned();
     let seq: i64 = get(row, 0, &table)?;
     let place = || format!("changes row (seq {seq})");
+    let kind: String = get(row, 3, &place)?;
     Ok(ChangeRecord {
         seq,
+        kind: crate::ChangeKind::parse(&kind).ok_or_else(|| {
+            rows::corrupt(&place, "kind", format!("unknown change kind {kind:?}"))
+        })?,
         consumer_id: get(row, 1, &place)?,
         at: Timestamp::from_unix_millis(get(row, 2, &place)?),
     })

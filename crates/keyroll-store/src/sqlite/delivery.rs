@@ -93,10 +93,12 @@ impl SqliteStore {
         let mut tx = self.begin_write(&doing).await?;
         sqlx::query(
             "INSERT INTO agents (consumer_id, agent_id, host, mode, version, health, detail, \
-             first_seen, last_contact) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             first_seen, last_contact, bundle_version) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
              ON CONFLICT (consumer_id, agent_id) DO UPDATE SET host = excluded.host, \
              mode = excluded.mode, version = excluded.version, health = excluded.health, \
-             detail = excluded.detail, last_contact = excluded.last_contact",
+             detail = excluded.detail, last_contact = excluded.last_contact, \
+             bundle_version = COALESCE(excluded.bundle_version, agents.bundle_version)",
         )
         .bind(consumer_id)
         .bind(agent.agent_id.as_str())
@@ -107,6 +109,7 @@ impl SqliteStore {
         .bind(agent.detail.as_deref())
         .bind(agent.first_seen.unix_millis())
         .bind(agent.last_contact.unix_millis())
+        .bind(agent.bundle_version.map(rows::count_value))
         .execute(&mut *tx)
         .await
         .map_err(|e| self.fail(&doing, e))?;
@@ -138,7 +141,7 @@ impl SqliteStore {
         let doing = "listing agents";
         let mut rows = sqlx::query(
             "SELECT c.environment, c.name, a.agent_id, a.host, a.mode, a.version, a.health, \
-             a.detail, a.first_seen, a.last_contact FROM agents a \
+             a.detail, a.first_seen, a.last_contact, a.bundle_version FROM agents a \
              JOIN consumers c ON c.id = a.consumer_id \
              WHERE ?1 IS NULL OR c.environment = ?1 \
              ORDER BY c.environment, c.name, a.agent_id",
@@ -194,6 +197,7 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
     let place = || "agents row".to_owned();
     let place: Place<'_> = &place;
     let version: i64 = get(row, 5, place)?;
+    let bundle_version: Option<i64> = get(row, 10, place)?;
     Ok(AgentRecord {
         consumer: consumer_ref(row, place)?,
         agent_id: get(row, 2, place)?,
@@ -204,5 +208,8 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
         detail: get(row, 7, place)?,
         first_seen: Timestamp::from_unix_millis(get(row, 8, place)?),
         last_contact: Timestamp::from_unix_millis(get(row, 9, place)?),
+        bundle_version: bundle_version
+            .map(|v| rows::counter(v, "bundle_version", place))
+            .transpose()?,
     })
 }

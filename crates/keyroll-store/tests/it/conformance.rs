@@ -15,9 +15,13 @@ use keyroll_core::{
     Schedule, Scope, SecretHash, StoredState, Timestamp, Usage, VersionNumber, issue_key,
 };
 use keyroll_store::{
-    AdminTokenRecord, AuditQuery, AuditRecord, ChangeRecord, ConsumerWrite, EnvironmentRecord,
-    EventRecord, IdempotencyRecord, Lease, NodeRecord, SourceSeen, Store, StoreError,
-    StoredConsumer, UiSession, UsageDelta, VersionUsage,
+    AdminTokenRecord, AuditQuery, AuditRecord, ChangeKind, ChangeRecord, ConsumerWrite,
+    EnvironmentRecord, EventRecord, IdempotencyRecord, Lease, NodeRecord, SourceSeen, Store,
+    StoreError, StoredConsumer, UiSession, UsageDelta, VersionUsage,
+};
+use keyroll_store::{
+    AuthorityKind, AuthorityRecord, AuthorityState, CaCommit, CaState, CaWrite, CertFilter,
+    CertQuery, CertRevocation, CrlRecord, HandshakeUse, IssuedCertRecord, RevokedIdentityRecord,
 };
 
 /// One test's database, however the backend provides it.
@@ -94,6 +98,10 @@ macro_rules! conformance_suite {
             concurrent_writes_take_gapless_seqs,
             concurrent_usage_on_one_kid_sums,
             concurrent_audit_appends_keep_one_chain,
+            ca_authorities_crls_and_bundle_version,
+            ca_certificates_record_list_and_revoke,
+            ca_handshake_uses_add_up,
+            agents_report_their_bundle_version,
                 );
         $crate::conformance::conformance_suite!(@backend $fresh, $mode;
             no_secret_in_any_column,
@@ -3118,6 +3126,7 @@ pub async fn agents_deliveries_and_handovers(store: &dyn Store) {
         detail: None,
         first_seen: at(when),
         last_contact: at(when),
+        bundle_version: None,
     };
     let delivered = |when: i64| event(when, &Effect::Issued(VersionNumber(2)), "prod/billing");
     let before = audit_len(store).await;
@@ -3248,21 +3257,25 @@ pub async fn changes_are_gapless_and_in_commit_order(store: &dyn Store) {
         [
             ChangeRecord {
                 seq: 1,
+                kind: ChangeKind::Consumer,
                 consumer_id: app.id,
                 at: at(2_000)
             },
             ChangeRecord {
                 seq: 2,
+                kind: ChangeKind::Consumer,
                 consumer_id: other.id,
                 at: at(2_000)
             },
             ChangeRecord {
                 seq: 3,
+                kind: ChangeKind::Consumer,
                 consumer_id: app.id,
                 at: at(7_000)
             },
             ChangeRecord {
                 seq: 4,
+                kind: ChangeKind::Consumer,
                 consumer_id: other.id,
                 at: at(10_000)
             },
@@ -3870,4 +3883,546 @@ pub async fn no_secret_in_ui_session_columns(backend: &dyn Backend) {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The certificate authority (SPEC §9)
+
+fn authority(
+    id: &str,
+    kind: AuthorityKind,
+    generation: u32,
+    parent: Option<&str>,
+    serial: &str,
+) -> AuthorityRecord {
+    AuthorityRecord {
+        id: id.to_owned(),
+        kind,
+        generation,
+        parent_id: parent.map(str::to_owned),
+        trust_domain: "example.org".to_owned(),
+        subject: format!("keyroll {} CA g{generation} (example.org)", kind.as_str()),
+        cert_der: vec![0x30, 0x82, 1, 2, 3, generation as u8],
+        sealed_key: vec![9, 8, 7, generation as u8],
+        serial: serial.to_owned(),
+        fingerprint: format!("sha256:{serial}"),
+        not_before: at(1_000),
+        not_after: at(1_000_000),
+        enters_bundle_at: at(1_000),
+        signs_from: at(1_000),
+        idle: Duration::from_secs(3600),
+        entered_version: Some(1),
+        removed_at: None,
+        state: AuthorityState::Active,
+        created_at: at(1_000 + i64::from(generation)),
+    }
+}
+
+fn issued(serial: &str, identity: &str, issuer: &str, not_after: i64) -> IssuedCertRecord {
+    let (e, n) = identity.split_once('/').unwrap();
+    IssuedCertRecord {
+        serial: serial.to_owned(),
+        identity: consumer_ref(e, n),
+        issuer_id: issuer.to_owned(),
+        not_before: at(2_000),
+        not_after: at(not_after),
+        issued_at: at(2_000),
+        fingerprint: format!("sha256:f{serial}"),
+        server_auth: serial.ends_with('1'),
+        requested_by: "tok_test".to_owned(),
+        superseded_by: None,
+        revoked_at: None,
+        revocation_reason: None,
+    }
+}
+
+fn crl(issuer: &str, number: u64, this_update: i64) -> CrlRecord {
+    CrlRecord {
+        issuer_id: issuer.to_owned(),
+        number,
+        this_update: at(this_update),
+        next_update: at(this_update + 86_400_000),
+        der: vec![0x30, 1, number as u8],
+    }
+}
+
+/// `ca init` as the server writes it: a root, its intermediate, an empty CRL for the
+/// intermediate, guarded on the empty bundle.
+async fn ca_init(store: &dyn Store) -> CaCommit {
+    let root = authority("ca_root1", AuthorityKind::Root, 1, None, "01");
+    let int = authority(
+        "ca_int1",
+        AuthorityKind::Intermediate,
+        1,
+        Some("ca_root1"),
+        "02",
+    );
+    store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(0),
+            bump_bundle: true,
+            authorities: &[root, int],
+            crls: &[crl("ca_int1", 1, 1_000)],
+            audit: &[audit(1_000, "ca.initialized", "ca")],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap()
+}
+
+pub async fn ca_authorities_crls_and_bundle_version(store: &dyn Store) {
+    assert_eq!(store.ca_state().await.unwrap(), CaState::default());
+    let before = audit_len(store).await;
+    let head = store.change_head().await.unwrap();
+
+    let commit = ca_init(store).await;
+    assert_eq!(commit.bundle_version, 1);
+    assert_eq!(commit.change_seq, Some(head + 1));
+    assert_eq!(
+        audit_len(store).await,
+        before + 1,
+        "the audit entry commits with it"
+    );
+    let log = store.changes_since(head, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        log[0].kind,
+        ChangeKind::Ca,
+        "a bundle change is logged for other nodes"
+    );
+    assert_eq!(log[0].consumer_id, 0);
+    assert_eq!(log[0].at, at(1_000));
+
+    let state = store.ca_state().await.unwrap();
+    assert_eq!(state.bundle_version, 1);
+    assert_eq!(
+        state.authorities,
+        [
+            authority("ca_root1", AuthorityKind::Root, 1, None, "01"),
+            authority(
+                "ca_int1",
+                AuthorityKind::Intermediate,
+                1,
+                Some("ca_root1"),
+                "02"
+            ),
+        ],
+        "every field round-trips, oldest first"
+    );
+    assert_eq!(state.crls, [crl("ca_int1", 1, 1_000)]);
+
+    // A second init computed from the empty bundle conflicts and writes nothing.
+    let err = store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(0),
+            bump_bundle: true,
+            authorities: &[authority("ca_root9", AuthorityKind::Root, 1, None, "09")],
+            audit: &[audit(2_000, "ca.initialized", "ca")],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(audit_len(store).await, before + 1);
+    assert_eq!(store.ca_state().await.unwrap(), state);
+    assert_eq!(store.change_head().await.unwrap(), head + 1);
+
+    // The timeline moves: an authority is replaced by id (its certificate and key are kept),
+    // a CRL replaces the issuer's previous one; without `bump_bundle` nothing is logged.
+    let mut retiring = authority(
+        "ca_int1",
+        AuthorityKind::Intermediate,
+        1,
+        Some("ca_root1"),
+        "02",
+    );
+    retiring.state = AuthorityState::Retiring;
+    retiring.removed_at = Some(at(5_000));
+    retiring.idle = Duration::from_secs(60);
+    retiring.entered_version = Some(1);
+    let commit = store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(1),
+            bump_bundle: false,
+            authorities: std::slice::from_ref(&retiring),
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        commit,
+        CaCommit {
+            bundle_version: 1,
+            change_seq: None
+        }
+    );
+    assert_eq!(store.change_head().await.unwrap(), head + 1);
+    let commit = store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(1),
+            bump_bundle: true,
+            crls: &[crl("ca_int1", 2, 3_000)],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(commit.bundle_version, 2);
+    let state = store.ca_state().await.unwrap();
+    assert_eq!(state.authorities[1], retiring);
+    assert_eq!(state.crls, [crl("ca_int1", 2, 3_000)], "one CRL per issuer");
+
+    // Refusals: an authority serial taken, a CRL of an unknown issuer.
+    let err = store
+        .write_ca(CaWrite {
+            authorities: &[authority("ca_root2", AuthorityKind::Root, 2, None, "01")],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    let err = store
+        .write_ca(CaWrite {
+            crls: &[crl("ca_nope", 1, 1_000)],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        store.ca_state().await.unwrap(),
+        state,
+        "refused writes leave nothing"
+    );
+    let debug = format!("{:?}", state.authorities[0]);
+    assert!(
+        debug.contains("<redacted>") && !debug.contains("[9, 8, 7"),
+        "{debug}"
+    );
+}
+
+pub async fn ca_certificates_record_list_and_revoke(store: &dyn Store) {
+    ca_init(store).await;
+    let write = |c: IssuedCertRecord| async move {
+        store
+            .write_ca(CaWrite {
+                certificate: Some(&c),
+                audit: &[audit(2_000, "cert.issued", &c.identity.to_string())],
+                ..CaWrite::default()
+            })
+            .await
+    };
+    let a = issued("0a", "prod/billing", "ca_int1", 100_000);
+    let b = issued("0b", "prod/billing", "ca_int1", 3_000);
+    let c = issued("0c", "staging/web", "ca_int1", 100_000);
+    for cert in [&a, &b, &c] {
+        let commit = write(cert.clone()).await.unwrap();
+        assert_eq!(
+            commit.change_seq, None,
+            "issuing does not change the bundle"
+        );
+        assert_eq!(commit.bundle_version, 1);
+    }
+    let err = write(a.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err:?}");
+    assert_eq!(store.get_certificate("0a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_certificate("ff").await.unwrap(), None);
+
+    let query = |identity: Option<ConsumerRef>, state: Option<CertFilter>| CertQuery {
+        identity,
+        issuer: None,
+        state,
+        at: at(5_000),
+        after: None,
+        limit: 100,
+    };
+    let serials = |v: Vec<IssuedCertRecord>| v.into_iter().map(|c| c.serial).collect::<Vec<_>>();
+    assert_eq!(
+        serials(store.list_certificates(&query(None, None)).await.unwrap()),
+        ["0a", "0b", "0c"]
+    );
+    let billing = Some(consumer_ref("prod", "billing"));
+    assert_eq!(
+        serials(
+            store
+                .list_certificates(&query(billing.clone(), None))
+                .await
+                .unwrap()
+        ),
+        ["0a", "0b"]
+    );
+    assert_eq!(
+        serials(
+            store
+                .list_certificates(&query(billing.clone(), Some(CertFilter::Live)))
+                .await
+                .unwrap()
+        ),
+        ["0a"]
+    );
+    assert_eq!(
+        serials(
+            store
+                .list_certificates(&query(None, Some(CertFilter::Expired)))
+                .await
+                .unwrap()
+        ),
+        ["0b"]
+    );
+    let mut paged = query(None, None);
+    paged.after = Some("0a".into());
+    paged.limit = 1;
+    assert_eq!(
+        serials(store.list_certificates(&paged).await.unwrap()),
+        ["0b"]
+    );
+    let mut by_issuer = query(None, Some(CertFilter::Live));
+    by_issuer.issuer = Some("ca_root1".into());
+    assert!(
+        store
+            .list_certificates(&by_issuer)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    by_issuer.issuer = Some("ca_int1".into());
+    assert_eq!(
+        serials(store.list_certificates(&by_issuer).await.unwrap()),
+        ["0a", "0c"]
+    );
+
+    // A renewal records the certificate it supersedes; an unknown one is refused.
+    let d = issued("0d", "prod/billing", "ca_int1", 200_000);
+    store
+        .write_ca(CaWrite {
+            certificate: Some(&d),
+            supersedes: Some("0a"),
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_certificate("0a")
+            .await
+            .unwrap()
+            .unwrap()
+            .superseded_by
+            .as_deref(),
+        Some("0d")
+    );
+    let e = issued("0e", "prod/billing", "ca_int1", 200_000);
+    let err = store
+        .write_ca(CaWrite {
+            certificate: Some(&e),
+            supersedes: Some("77"),
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(
+        store.get_certificate("0e").await.unwrap(),
+        None,
+        "all or nothing"
+    );
+
+    // Revocation: once (the first reason stays), with the identity blocked, and a new CRL.
+    assert_eq!(
+        store
+            .identity_revocation(&consumer_ref("prod", "billing"))
+            .await
+            .unwrap(),
+        None
+    );
+    let blocked = RevokedIdentityRecord {
+        identity: consumer_ref("prod", "billing"),
+        revoked_at: at(6_000),
+        reason: "key-compromise".into(),
+        revoked_by: "tok_test".into(),
+    };
+    let before = audit_len(store).await;
+    store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(1),
+            bump_bundle: true,
+            revocations: &[
+                CertRevocation {
+                    serial: "0a".into(),
+                    at: at(6_000),
+                    reason: "key-compromise".into(),
+                },
+                CertRevocation {
+                    serial: "0d".into(),
+                    at: at(6_000),
+                    reason: "key-compromise".into(),
+                },
+            ],
+            revoke_identity: Some(&blocked),
+            crls: &[crl("ca_int1", 2, 6_000)],
+            audit: &[audit(6_000, "cert.revoked", "prod/billing")],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit_len(store).await, before + 1);
+    store
+        .write_ca(CaWrite {
+            revocations: &[CertRevocation {
+                serial: "0a".into(),
+                at: at(7_000),
+                reason: "superseded".into(),
+            }],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap();
+    let revoked = store.get_certificate("0a").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(6_000)));
+    assert_eq!(revoked.revocation_reason.as_deref(), Some("key-compromise"));
+    assert_eq!(
+        serials(
+            store
+                .list_certificates(&query(None, Some(CertFilter::Revoked)))
+                .await
+                .unwrap()
+        ),
+        ["0a", "0d"]
+    );
+    assert_eq!(
+        serials(
+            store
+                .list_certificates(&query(billing, Some(CertFilter::Live)))
+                .await
+                .unwrap()
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store
+            .identity_revocation(&consumer_ref("prod", "billing"))
+            .await
+            .unwrap(),
+        Some(blocked)
+    );
+    assert_eq!(
+        store
+            .identity_revocation(&consumer_ref("staging", "web"))
+            .await
+            .unwrap(),
+        None
+    );
+    let err = store
+        .write_ca(CaWrite {
+            revocations: &[CertRevocation {
+                serial: "99".into(),
+                at: at(7_000),
+                reason: "superseded".into(),
+            }],
+            ..CaWrite::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+pub async fn ca_handshake_uses_add_up(store: &dyn Store) {
+    let use_ = |anchor: &str, identity: &str, peer: &str, serial: &str, last: i64, count: u64| {
+        HandshakeUse {
+            anchor_id: anchor.into(),
+            identity: identity.into(),
+            peer: peer.into(),
+            serial: serial.into(),
+            last_at: at(last),
+            count,
+        }
+    };
+    store.record_handshakes(&[]).await.unwrap();
+    store
+        .record_handshakes(&[
+            use_("sha256:r1", "prod/billing", "10.0.0.1", "0a", 5_000, 3),
+            use_("sha256:r1", "prod/web", "", "0b", 4_000, 1),
+        ])
+        .await
+        .unwrap();
+    // A later flush adds; an older one (another node's) keeps the later instant and serial.
+    store
+        .record_handshakes(&[use_(
+            "sha256:r1",
+            "prod/billing",
+            "10.0.0.1",
+            "0c",
+            9_000,
+            2,
+        )])
+        .await
+        .unwrap();
+    store
+        .record_handshakes(&[use_(
+            "sha256:r1",
+            "prod/billing",
+            "10.0.0.1",
+            "0a",
+            6_000,
+            1,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_handshakes(at(0)).await.unwrap(),
+        [
+            use_("sha256:r1", "prod/billing", "10.0.0.1", "0c", 9_000, 6),
+            use_("sha256:r1", "prod/web", "", "0b", 4_000, 1),
+        ],
+        "newest first"
+    );
+    assert_eq!(
+        store.list_handshakes(at(4_001)).await.unwrap(),
+        [use_(
+            "sha256:r1",
+            "prod/billing",
+            "10.0.0.1",
+            "0c",
+            9_000,
+            6
+        )]
+    );
+}
+
+pub async fn agents_report_their_bundle_version(store: &dyn Store) {
+    make_env(store, "prod", false).await;
+    let c = create(store, "prod", "billing", 1).await;
+    let report = |bundle: Option<u64>, when: i64| keyroll_store::AgentRecord {
+        consumer: consumer_ref("prod", "billing"),
+        agent_id: "agt_0123456789abcdef".into(),
+        host: None,
+        mode: Some("file".into()),
+        version: 1,
+        health: Some("ok".into()),
+        detail: None,
+        first_seen: at(when),
+        last_contact: at(when),
+        bundle_version: bundle,
+    };
+    store
+        .record_agent(c.id, &report(Some(3), 2_000), &[], &[])
+        .await
+        .unwrap();
+    let listed = store.list_agents(None).await.unwrap();
+    assert_eq!(listed[0].bundle_version, Some(3));
+    // An agent that does not say (an older agent) keeps what was reported before.
+    store
+        .record_agent(c.id, &report(None, 3_000), &[], &[])
+        .await
+        .unwrap();
+    let listed = store.list_agents(None).await.unwrap();
+    assert_eq!(listed[0].bundle_version, Some(3));
+    assert_eq!(listed[0].last_contact, at(3_000));
+    store
+        .record_agent(c.id, &report(Some(4), 4_000), &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_agents(None).await.unwrap()[0].bundle_version,
+        Some(4)
+    );
 }
