@@ -148,6 +148,18 @@ impl Driver {
         );
     }
 
+    /// Presses one key (a WebDriver key code such as TAB or ENTER) on whatever has the focus.
+    fn press(&self, key: &str) {
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key},
+                {"type": "keyUp", "value": key},
+            ]}]}),
+        );
+    }
+
     fn js(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
@@ -309,6 +321,30 @@ fn dashboard_in_chromium_watches_a_rotation_stall_and_logs_out() {
     assert!(t.contains("signed in as"), "{t}");
     d.screenshot(&shots, "overview");
 
+    // By keyboard alone: Tab moves the focus (visibly named) to the consumer's link, Enter
+    // opens its page.
+    const TAB: &str = "\u{E004}";
+    const ENTER: &str = "\u{E007}";
+    d.js("document.activeElement && document.activeElement.blur(); return null");
+    let mut reached = false;
+    for _ in 0..40 {
+        d.press(TAB);
+        let focused = d.js(
+            "const a = document.activeElement; return a ? (a.getAttribute('href') || a.id || a.tagName) : ''",
+        );
+        if focused.as_str() == Some("/ui/consumer/prod/billing") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached the consumer link");
+    let outline = d.js("return getComputedStyle(document.activeElement).outlineStyle");
+    assert_ne!(outline.as_str(), Some("none"), "the focused link shows no focus ring");
+    d.press(ENTER);
+    d.wait_for("the consumer page opened by keyboard", 15, |d| {
+        d.url().ends_with("/ui/consumer/prod/billing") && d.text().contains("Consumer prod/billing")
+    });
+
     // Rotate through the confirmation; prod is protected, so it needs the extra tick.
     d.go(&format!("{url}/ui/rotate/prod/billing"));
     d.wait_for("the preflight", 15, |d| {
@@ -400,6 +436,21 @@ fn dashboard_in_chromium_watches_a_rotation_stall_and_logs_out() {
     assert!(
         marks.contains("issued") && marks.contains("deadline"),
         "{marks}"
+    );
+    // The chart fits the traffic: it starts shortly before the first request or mark instead of
+    // squeezing a minute of rotation into the right edge of the 15-minute window; the marks are
+    // listed in words under it.
+    let fitted = d.js("return Date.now() - Date.parse(document.getElementById('adoption-svg').dataset.from)");
+    let fitted_ms = fitted.as_f64().unwrap();
+    assert!(
+        fitted_ms < 10.0 * 60_000.0,
+        "the chart shows {fitted_ms} ms of an empty window"
+    );
+    let listed = d.js("return [...document.querySelectorAll('ol.marks li')].map(l => l.innerText)");
+    let listed = listed.to_string();
+    assert!(
+        listed.contains("v2 issued at") && listed.contains("v1 deadline at"),
+        "{listed}"
     );
     d.screenshot(&shots, "consumer-rotating");
 

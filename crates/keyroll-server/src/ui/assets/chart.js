@@ -20,22 +20,54 @@ const MARK_WORDS = {
   revoked: "revoked",
 };
 
+// The first instant worth drawing: a little before the earliest traffic or mark in the window,
+// so a rotation that began two minutes ago is not squeezed into the right edge of a 15-minute
+// window. At least `MIN_STEPS` steps stay visible; with nothing to show the whole window does.
+const MIN_STEPS = 4;
+function fitFrom(from, end, step, series, marks) {
+  let first = end;
+  for (const s of series) {
+    const i = s.counts.findIndex((n) => n > 0);
+    if (i >= 0) first = Math.min(first, from + i * step);
+  }
+  for (const m of marks) {
+    const t = Date.parse(m.at);
+    if (t >= from && t <= end) first = Math.min(first, t - (t % step));
+  }
+  if (first >= end) return from;
+  return Math.max(from, Math.min(first - step, end - MIN_STEPS * step));
+}
+
+function clock(t) {
+  return new Date(t).toISOString().slice(11, 19) + "Z";
+}
+
 // `data` is the answer of GET /v1/consumers/{env}/{name}/adoption. Returns a <figure>.
 export function adoptionChart(data) {
-  const W = 900, H = 300, L = 56, R = 16, T = 16, B = 40;
+  const W = 900, H = 300, L = 56, R = 16, T = 22, B = 40;
   const step = data.step_seconds * 1000;
-  const from = Date.parse(data.from);
+  const windowFrom = Date.parse(data.from);
   const to = Date.parse(data.to);
-  const end = to - (to % step) + step;
-  const buckets = Math.max(1, Math.round((end - from) / step));
-  const series = data.versions.map((v) => {
-    const counts = new Array(buckets).fill(0);
+  // Upcoming marks (a deadline seconds ahead) stay in view: the axis runs past now to the
+  // latest of them, up to a third of the window ahead; the lines stop at now.
+  let end = to - (to % step) + step;
+  const horizon = to + (to - windowFrom) / 3;
+  for (const m of data.marks) {
+    const t = Date.parse(m.at);
+    if (t > end && t <= horizon) end = t - (t % step) + step;
+  }
+  const allBuckets = Math.max(1, Math.round((end - windowFrom) / step));
+  const all = data.versions.map((v) => {
+    const counts = new Array(allBuckets).fill(0);
     for (const p of v.points) {
-      const i = Math.floor((Date.parse(p.at) - from) / step);
-      if (i >= 0 && i < buckets) counts[i] += p.requests;
+      const i = Math.floor((Date.parse(p.at) - windowFrom) / step);
+      if (i >= 0 && i < allBuckets) counts[i] += p.requests;
     }
     return { v, counts };
   });
+  const from = fitFrom(windowFrom, end, step, all, data.marks);
+  const skip = Math.round((from - windowFrom) / step);
+  const series = all.map((s) => ({ v: s.v, counts: s.counts.slice(skip) }));
   const max = Math.max(1, ...series.flatMap((s) => s.counts));
   const x = (t) => L + ((t - from) / (end - from)) * (W - L - R);
   const y = (n) => H - B - (n / max) * (H - T - B);
@@ -45,8 +77,9 @@ export function adoptionChart(data) {
   const root = svg("svg", {
     viewBox: `0 0 ${W} ${H}`,
     role: "img",
-    "aria-label": `Requests per ${data.resolution} per version since ${data.from} (${total})`,
+    "aria-label": `Requests per ${data.resolution} per version since ${new Date(from).toISOString()} (${total})`,
     id: "adoption-svg",
+    "data-from": new Date(from).toISOString(),
   });
   for (let k = 0; k <= 4; k++) {
     const n = Math.round((max * k) / 4);
@@ -55,13 +88,18 @@ export function adoptionChart(data) {
   }
   root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
   root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
+  const short = end - from <= 30 * 60 * 1000;
   for (let k = 0; k <= 4; k++) {
     const t = from + ((end - from) * k) / 4;
-    const label = new Date(t).toISOString().slice(11, 16) + "Z";
-    root.append(svg("text", { x: x(t), y: H - B + 16, "text-anchor": "middle" }, label));
+    const label = short ? clock(t).slice(0, 8) + "Z" : new Date(t).toISOString().slice(5, 16).replace("T", " ") + "Z";
+    const anchor = k === 0 ? "start" : k === 4 ? "end" : "middle";
+    root.append(svg("text", { x: x(t), y: H - B + 16, "text-anchor": anchor }, label));
   }
   series.forEach((s, i) => {
-    const pts = s.counts.map((n, j) => `${x(from + j * step + step / 2).toFixed(1)},${y(n).toFixed(1)}`);
+    const pts = s.counts
+      .map((n, j) => [from + j * step, n])
+      .filter(([t]) => t <= to)
+      .map(([t, n]) => `${x(t + step / 2).toFixed(1)},${y(n).toFixed(1)}`);
     const line = svg("polyline", {
       class: `line c${i % 5}`,
       points: pts.join(" "),
@@ -71,13 +109,25 @@ export function adoptionChart(data) {
     line.append(svg("title", {}, `v${s.v.version} (${s.v.state})`));
     root.append(line);
   });
-  let labelRow = 0;
-  for (const m of data.marks) {
-    const t = Date.parse(m.at);
-    if (t < from || t > end) continue;
-    root.append(svg("line", { class: `mark mark-${m.kind}`, x1: x(t), x2: x(t), y1: T, y2: H - B, "data-kind": m.kind }));
-    root.append(svg("text", { x: x(t) + 3, y: T + 10 + 12 * (labelRow++ % 4) }, `v${m.version} ${MARK_WORDS[m.kind] || m.kind}`));
+  if (end - to > step) {
+    root.append(svg("line", { class: "now", x1: x(to), x2: x(to), y1: T, y2: H - B }));
   }
+  // Marks: a numbered badge on each line (badges of marks close together alternate rows), and
+  // the words in the caption's list, so labels never overlap or run off the edge.
+  const shown = data.marks
+    .map((m) => ({ m, t: Date.parse(m.at) }))
+    .filter(({ t }) => t >= from && t <= end)
+    .sort((a, b) => a.t - b.t);
+  let lastX = -Infinity, row = 0;
+  shown.forEach(({ m, t }, k) => {
+    const mx = x(t);
+    row = mx - lastX < 14 ? (row + 1) % 3 : 0;
+    lastX = mx;
+    root.append(svg("line", { class: `mark mark-${m.kind}`, x1: mx, x2: mx, y1: T, y2: H - B, "data-kind": m.kind }));
+    const badge = svg("text", { class: "badge", x: mx, y: T - 8 + 11 * row, "text-anchor": "middle" }, String(k + 1));
+    badge.append(svg("title", {}, `v${m.version} ${MARK_WORDS[m.kind] || m.kind} at ${m.at}`));
+    root.append(badge);
+  });
   figure.append(root);
   const legend = document.createElement("figcaption");
   legend.className = "legend";
@@ -94,6 +144,17 @@ export function adoptionChart(data) {
     ? "per minute, this node's traffic (kept in memory for 3 h)"
     : "per hour, every node (stored)";
   legend.append(note);
+  if (shown.length) {
+    const list = document.createElement("ol");
+    list.className = "marks";
+    for (const { m, t } of shown) {
+      const li = document.createElement("li");
+      li.dataset.kind = m.kind;
+      li.textContent = `v${m.version} ${MARK_WORDS[m.kind] || m.kind} at ${short ? clock(t) : m.at}`;
+      list.append(li);
+    }
+    legend.append(list);
+  }
   figure.append(legend);
   return figure;
 }
