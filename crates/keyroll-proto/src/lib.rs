@@ -542,6 +542,16 @@ pub struct Health {
     pub key_versions: Option<u64>,
 }
 
+/// `GET /v1/status`: the consumers asked for, and how many matched before `offset`/`limit`
+/// cut a page out of them (a `List` with one more field, so older clients read it unchanged).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusPage {
+    /// The consumers of the page, by `ENV/NAME`.
+    pub items: Vec<ConsumerStatus>,
+    /// How many consumers matched the filters (all pages).
+    pub matched: u64,
+}
+
 /// A list wrapper, so lists can grow fields (paging) without breaking clients.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct List<T> {

@@ -303,3 +303,113 @@ fn dashboard_headers_sessions_and_csrf() {
     assert_eq!(body["code"], "token_revoked");
     s.assert_no_secret_leaked(&[]);
 }
+
+/// The overview's lists are cut by the server: a page of consumers by `ENV/NAME`, a search,
+/// and only those that need attention, with how many matched; bad paging is a 400.
+#[test]
+fn status_pages_searches_and_lists_what_needs_attention() {
+    let s = harness::start();
+    assert_eq!(s.cli(&["env", "create", "prod"]).code, 0);
+    assert_eq!(s.cli(&["env", "create", "staging"]).code, 0);
+    for r in ["prod/billing", "prod/search", "staging/billing", "prod/api"] {
+        s.consumer(r, &[]);
+    }
+    s.rotate("prod/search", &["--grace", "1h"]);
+    let http = harness::http();
+    let get = |query: &str| {
+        let r = http
+            .get(format!("{}/v1/status?{query}", s.url()))
+            .bearer_auth(s.token())
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().unwrap())
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["consumer"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (code, all) = get("");
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["matched"], 4);
+    assert_eq!(
+        names(&all),
+        ["prod/api", "prod/billing", "prod/search", "staging/billing"]
+    );
+    let (_, first) = get("limit=2");
+    assert_eq!(names(&first), ["prod/api", "prod/billing"]);
+    assert_eq!(first["matched"], 4);
+    let (_, rest) = get("limit=2&offset=2");
+    assert_eq!(names(&rest), ["prod/search", "staging/billing"]);
+    let (_, found) = get("q=BILL");
+    assert_eq!(names(&found), ["prod/billing", "staging/billing"]);
+    assert_eq!(found["matched"], 2);
+    let (_, env) = get("environment=prod&q=bill");
+    assert_eq!(names(&env), ["prod/billing"]);
+    let (_, attention) = get("attention=true");
+    assert_eq!(names(&attention), ["prod/search"], "{attention}");
+    assert_eq!(attention["matched"], 1);
+    let (_, none) = get("attention=true&q=billing");
+    assert_eq!(names(&none), Vec::<String>::new());
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "offset=-1",
+        "attention=maybe",
+    ] {
+        let (code, body) = get(bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+        let text = body.to_string();
+        let field = bad.split('=').next().unwrap();
+        assert!(text.contains(field), "{bad}: {body}");
+    }
+}
+
+/// The adoption series' window: empty is the default hour (per minute), longer than 30 days is
+/// cut to 30 days (per hour, from the store), zero, junk and unknown parameters are a 400.
+#[test]
+fn adoption_window_defaults_caps_and_refusals() {
+    let s = harness::start();
+    assert_eq!(s.cli(&["env", "create", "prod"]).code, 0);
+    s.consumer("prod/billing", &[]);
+    let http = harness::http();
+    let get = |query: &str| {
+        let r = http
+            .get(format!(
+                "{}/v1/consumers/prod/billing/adoption?{query}",
+                s.url()
+            ))
+            .bearer_auth(s.token())
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().unwrap())
+    };
+    let span_hours = |v: &serde_json::Value| {
+        let at = |k: &str| {
+            time::OffsetDateTime::parse(
+                v[k].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        (at("to") - at("from")).whole_hours()
+    };
+    let (code, default) = get("window=");
+    assert_eq!(code, 200, "{default}");
+    assert_eq!(default["resolution"], "minute");
+    assert_eq!(span_hours(&default), 1);
+    let (code, long) = get("window=400d");
+    assert_eq!(code, 200, "{long}");
+    assert_eq!(long["resolution"], "hour");
+    assert_eq!(span_hours(&long), 30 * 24);
+    for bad in ["window=0s", "window=soon", "since=1h"] {
+        let (code, body) = get(bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+}

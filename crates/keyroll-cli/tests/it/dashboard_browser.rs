@@ -150,13 +150,26 @@ impl Driver {
 
     /// Presses one key (a WebDriver key code such as TAB or ENTER) on whatever has the focus.
     fn press(&self, key: &str) {
+        self.keys(key);
+    }
+
+    /// Types `text` key by key on whatever has the focus, as a person would (an element found
+    /// first could be replaced by a refresh before the keys arrive).
+    fn keys(&self, text: &str) {
+        let actions: Vec<Value> = text
+            .chars()
+            .flat_map(|c| {
+                let c = c.to_string();
+                [
+                    json!({"type": "keyDown", "value": c}),
+                    json!({"type": "keyUp", "value": c}),
+                ]
+            })
+            .collect();
         self.call(
             reqwest::Method::POST,
             "/actions",
-            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
-                {"type": "keyDown", "value": key},
-                {"type": "keyUp", "value": key},
-            ]}]}),
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}),
         );
     }
 
@@ -321,6 +334,25 @@ fn dashboard_in_chromium_watches_a_rotation_stall_and_logs_out() {
     assert!(t.contains("signed in as"), "{t}");
     d.screenshot(&shots, "overview");
 
+    // The consumer list is searched by the server; typing survives the page's refreshes.
+    d.js("document.getElementById('consumers-search').focus(); return null");
+    d.keys("no-such-consumer\u{E007}");
+    d.wait_for("an empty search result", 15, |d| {
+        d.text().contains("(0 shown of 0)")
+    });
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        d.js("return document.getElementById('consumers-search').value"),
+        json!("no-such-consumer"),
+        "the search box lost its text in a refresh"
+    );
+    // Erase what is there (Backspace from its end, where the caret stayed) and search again.
+    d.keys(&("\u{E003}".repeat("no-such-consumer".len()) + "BILL\u{E007}"));
+    d.wait_for("the search result", 15, |d| {
+        d.text().contains("(1 shown of 1)")
+    });
+    assert!(d.text().contains("prod/billing"));
+
     // By keyboard alone: Tab moves the focus (visibly named) to the consumer's link, Enter
     // opens its page.
     const TAB: &str = "\u{E004}";
@@ -339,7 +371,11 @@ fn dashboard_in_chromium_watches_a_rotation_stall_and_logs_out() {
     }
     assert!(reached, "Tab never reached the consumer link");
     let outline = d.js("return getComputedStyle(document.activeElement).outlineStyle");
-    assert_ne!(outline.as_str(), Some("none"), "the focused link shows no focus ring");
+    assert_ne!(
+        outline.as_str(),
+        Some("none"),
+        "the focused link shows no focus ring"
+    );
     d.press(ENTER);
     d.wait_for("the consumer page opened by keyboard", 15, |d| {
         d.url().ends_with("/ui/consumer/prod/billing") && d.text().contains("Consumer prod/billing")
@@ -440,7 +476,8 @@ fn dashboard_in_chromium_watches_a_rotation_stall_and_logs_out() {
     // The chart fits the traffic: it starts shortly before the first request or mark instead of
     // squeezing a minute of rotation into the right edge of the 15-minute window; the marks are
     // listed in words under it.
-    let fitted = d.js("return Date.now() - Date.parse(document.getElementById('adoption-svg').dataset.from)");
+    let fitted = d
+        .js("return Date.now() - Date.parse(document.getElementById('adoption-svg').dataset.from)");
     let fitted_ms = fitted.as_f64().unwrap();
     assert!(
         fitted_ms < 10.0 * 60_000.0,

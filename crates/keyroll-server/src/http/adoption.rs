@@ -29,7 +29,7 @@ const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `GET /v1/consumers/{env}/{name}/adoption[?window=DURATION]`.
 #[utoipa::path(get, path = "/v1/consumers/{env}/{name}/adoption", tag = "status",
     params(("env" = String, Path), ("name" = String, Path),
-        ("window" = Option<String>, Query, description = "how far back (default 1h, at most 30d); up to 3h per minute from this node's memory, longer per hour from the store")),
+        ("window" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,3}(ms|s|m|h|d)( [1-9][0-9]{0,3}(ms|s|m|h|d)){0,2}$", description = "how far back (default 1h, more than 0, at most 30d, longer is cut to 30d); up to 3h per minute from this node's memory, longer per hour from the store")),
     responses((status = 200, body = proto::Adoption),
         (status = 404, body = proto::Problem, description = "the consumer does not exist")),
     security(("admin_token" = ["consumers:read"])))]
@@ -44,14 +44,15 @@ pub async fn adoption(
     let mut window = Duration::from_secs(3600);
     for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
+            // An empty value is the default, as a form's empty field means.
+            "window" if v.is_empty() => {}
             "window" => {
                 window = parse_duration(&v)
                     .map_err(|e| ApiError::bad_request(format!("window: {e}")))?;
-                if window.is_zero() || window > MAX_WINDOW {
-                    return Err(ApiError::bad_request(
-                        "window: expected more than 0 and at most 30d",
-                    ));
+                if window.is_zero() {
+                    return Err(ApiError::bad_request("window: expected more than 0"));
                 }
+                window = window.min(MAX_WINDOW);
             }
             other => {
                 return Err(ApiError::bad_request(format!(

@@ -28,20 +28,37 @@ fn query(uri: &Uri) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `GET /v1/status[?environment=E][&consumer=ENV/NAME]`.
+/// The most consumers one `/v1/status` page holds.
+pub const MAX_STATUS_LIMIT: usize = 1000;
+
+/// `GET /v1/status[?environment=E][&consumer=ENV/NAME][&attention=true][&q=TEXT][&offset=N&limit=N]`.
+///
+/// `q`, `offset` and `limit` cut the consumer list before anything is computed for it, so a
+/// dashboard page at a million versions costs one page; `attention` keeps only the consumers
+/// that need someone (a version retiring, stalled, a delivery warning, a rotation due or
+/// blocked), which needs every consumer's status first.
 #[utoipa::path(get, path = "/v1/status", tag = "status",
-    params(("environment" = Option<String>, Query), ("consumer" = Option<String>, Query, description = "ENV/NAME")),
-    responses((status = 200, body = proto::List<proto::ConsumerStatus>),
+    params(("environment" = Option<String>, Query), ("consumer" = Option<String>, Query, description = "ENV/NAME"),
+        ("attention" = Option<bool>, Query, description = "only consumers that need attention: retiring, stalled, delivery warnings, due or blocked"),
+        ("q" = Option<String>, Query, description = "only consumers whose ENV/NAME or owner contains this text (case-insensitive)"),
+        ("offset" = Option<u32>, Query, description = "skip this many matching consumers (by ENV/NAME)"),
+        ("limit" = Option<u32>, Query, description = "at most this many consumers (1 to 1000)")),
+    responses((status = 200, body = proto::StatusPage),
+        (status = 400, body = proto::Problem, description = "a bad query parameter"),
         (status = 404, body = proto::Problem, description = "the consumer does not exist")),
     security(("admin_token" = ["consumers:read"])))]
 pub async fn status(
     State(state): State<Arc<AppState>>,
     admin: Admin,
     uri: Uri,
-) -> Result<Json<proto::List<proto::ConsumerStatus>>, ApiError> {
+) -> Result<Json<proto::StatusPage>, ApiError> {
     admin.require("consumers:read")?;
     let mut environment = None;
     let mut only = None;
+    let mut attention = false;
+    let mut text: Option<String> = None;
+    let mut offset = 0usize;
+    let mut limit: Option<usize> = None;
     for (k, v) in query(&uri) {
         match k.as_str() {
             "environment" => {
@@ -51,6 +68,38 @@ pub async fn status(
             "consumer" => {
                 only =
                     Some(ConsumerRef::parse(&v).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            "attention" => {
+                attention = match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "attention must be true or false, not {v:?}"
+                        )));
+                    }
+                }
+            }
+            "q" => text = Some(v.to_lowercase()).filter(|t| !t.is_empty()),
+            "offset" => {
+                let n: i32 = v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "offset must be a whole number from 0 to {}, not {v:?}",
+                        i32::MAX
+                    ))
+                })?;
+                offset = n as usize;
+            }
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit must be a whole number, not {v:?}"))
+                })?;
+                if !(1..=MAX_STATUS_LIMIT).contains(&n) {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be between 1 and {MAX_STATUS_LIMIT}, not {n}"
+                    )));
+                }
+                limit = Some(n);
             }
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -71,6 +120,28 @@ pub async fn status(
         ],
         None => state.store.list_consumers(environment.as_ref()).await?,
     };
+    let listed_all = consumers.len();
+    let mut consumers = consumers;
+    if let Some(t) = &text {
+        consumers.retain(|c| {
+            let r = format!("{}/{}", c.consumer.environment, c.consumer.name);
+            r.to_lowercase().contains(t)
+                || c.consumer
+                    .owner
+                    .as_deref()
+                    .is_some_and(|o| o.to_lowercase().contains(t))
+        });
+    }
+    consumers.sort_by(|a, b| {
+        (a.consumer.environment.as_str(), a.consumer.name.as_str())
+            .cmp(&(b.consumer.environment.as_str(), b.consumer.name.as_str()))
+    });
+    // Without `attention` the page is known before any status is computed.
+    let mut matched = consumers.len();
+    if !attention {
+        consumers = page(consumers, offset, limit);
+    }
+    let whole = consumers.len() == listed_all;
     let at = state.clock.now();
     let kids: Vec<_> = consumers
         .iter()
@@ -79,7 +150,7 @@ pub async fn status(
     let usage = state.store.usage(&kids, at.saturating_sub(DAY)).await?;
     // Unfiltered, `consumers` is every consumer: place them from it rather than reading the
     // store a second time (`status --watch` asks every 2 s).
-    let snapshot = if only.is_none() && environment.is_none() {
+    let snapshot = if only.is_none() && environment.is_none() && whole {
         crate::schedule::Snapshot::of(&state, consumers.clone(), at).await?
     } else {
         crate::schedule::Snapshot::read(&state, at).await?
@@ -111,8 +182,38 @@ pub async fn status(
                 .map(|settled| snapshot.place(settled).to_proto());
             status
         })
-        .collect();
-    Ok(Json(proto::List { items }))
+        .collect::<Vec<_>>();
+    let items = if attention {
+        let needing: Vec<_> = items.into_iter().filter(needs_attention).collect();
+        matched = needing.len();
+        page(needing, offset, limit)
+    } else {
+        items
+    };
+    Ok(Json(proto::StatusPage {
+        items,
+        matched: matched as u64,
+    }))
+}
+
+/// `offset` and `limit` applied to an ordered list.
+fn page<T>(items: Vec<T>, offset: usize, limit: Option<usize>) -> Vec<T> {
+    items
+        .into_iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .collect()
+}
+
+/// What the dashboard's overview lists: a rotation under way or stalled, a delivery warning,
+/// a scheduled rotation due or blocked.
+fn needs_attention(c: &proto::ConsumerStatus) -> bool {
+    c.verdict_code == "stalled"
+        || c.versions.iter().any(|v| v.state == "retiring")
+        || c.delivery.as_ref().is_some_and(|d| !d.warnings.is_empty())
+        || c.schedule
+            .as_ref()
+            .is_some_and(|s| s.state == "due" || s.state == "blocked")
 }
 
 fn requests_within(u: &VersionUsage, at: Timestamp, window: Duration) -> u64 {

@@ -94,11 +94,40 @@ paged.state = {};
 
 // ---- Overview -----------------------------------------------------------------------------
 
+// The overview's consumer list is paged and searched by the server (`/v1/status?q=&offset=&
+// limit=`), so a million versions cost one page per refresh, not one giant table.
+const consumerList = { q: "", page: 0 };
+
+function consumersPage(page) {
+  const state = consumerList;
+  const pages = Math.max(1, Math.ceil(page.matched / PAGE_SIZE));
+  // What is typed survives the 3-second redraws; it is searched for on Enter or on leaving the box.
+  const search = el("input", { type: "search", id: "consumers-search", value: state.draft ?? state.q, "aria-label": "Search consumers" });
+  const commit = () => { if (search.value !== state.q) { state.q = search.value; state.page = 0; refresh(); } };
+  search.addEventListener("input", () => { state.draft = search.value; });
+  search.addEventListener("change", commit);
+  search.addEventListener("keydown", (e) => { if (e.key === "Enter") commit(); });
+  return el("div", { id: "consumers" },
+    el("div", { class: "pager" },
+      el("label", { for: "consumers-search" }, "Search "), search,
+      el("button", { type: "button", id: "consumers-prev", disabled: state.page === 0, onclick: () => { state.page--; refresh(); } }, "Previous"),
+      el("span", { id: "consumers-page" }, `page ${state.page + 1} of ${pages} (${page.items.length} shown of ${page.matched})`),
+      el("button", { type: "button", id: "consumers-next", disabled: state.page >= pages - 1, onclick: () => { state.page++; refresh(); } }, "Next")),
+    table(["Consumer", "Owner", "Verdict", "Versions"], page.items.map((c) => el("tr", {},
+      el("td", {}, consumerLink(c.consumer)),
+      el("td", {}, c.owner || "—"),
+      el("td", {}, badge(c.verdict_code.replace(/_/g, " "), c.verdict_code), " ", c.verdict),
+      el("td", {}, c.versions.map((v) => `v${v.version} ${v.state}`).join(", "))))));
+}
+
 async function overview() {
-  const [envs, status, decisions] = await Promise.all([
+  const list = new URLSearchParams({ offset: String(consumerList.page * PAGE_SIZE), limit: String(PAGE_SIZE) });
+  if (consumerList.q) list.set("q", consumerList.q);
+  const [envs, status, decisions, page] = await Promise.all([
     api("/v1/environments"),
-    api("/v1/status"),
+    api("/v1/status?attention=true&limit=1000"),
     api("/v1/decisions?since=1h&limit=1000"),
+    api(`/v1/status?${list}`),
   ]);
   const consumers = status.items;
   const stalled = consumers.filter((c) => c.verdict_code === "stalled");
@@ -151,13 +180,9 @@ async function overview() {
   out.push(el("h2", {}, "Environments"));
   out.push(table(["Environment", "Protected", "Rotates after"], envs.items.map((e) => el("tr", {},
     el("td", {}, e.name), el("td", {}, e.protected ? "protected" : "no"), el("td", {}, e.rotate_after || "—")))));
+  if (status.matched > status.items.length) out.push(el("p", { class: "hint" }, `${status.matched} consumers need attention; the first ${status.items.length} are shown.`));
   out.push(el("h2", {}, "Consumers"));
-  out.push(paged("consumers", consumers, (c) => `${c.consumer} ${c.owner || ""} ${c.verdict}`, (c) => el("tr", {},
-    el("td", {}, consumerLink(c.consumer)),
-    el("td", {}, c.owner || "—"),
-    el("td", {}, badge(c.verdict_code.replace(/_/g, " "), c.verdict_code), " ", c.verdict),
-    el("td", {}, c.versions.map((v) => `v${v.version} ${v.state}`).join(", "))),
-  ["Consumer", "Owner", "Verdict", "Versions"]));
+  out.push(consumersPage(page));
   return out;
 }
 
@@ -371,6 +396,8 @@ async function refresh() {
   running = true;
   const main = document.getElementById("main");
   const focused = document.activeElement && document.activeElement.id;
+  const caret = focused && typeof document.activeElement.selectionStart === "number"
+    ? [document.activeElement.selectionStart, document.activeElement.selectionEnd] : null;
   try {
     const content = await route()();
     main.replaceChildren(...content);
@@ -383,7 +410,14 @@ async function refresh() {
     running = false;
   }
   // A redraw must not throw the keyboard user back to the top.
-  if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
+  // A box being typed in keeps its caret too.
+  const again = focused && document.getElementById(focused);
+  if (again) {
+    again.focus();
+    if (caret && typeof again.setSelectionRange === "function") {
+      try { again.setSelectionRange(caret[0], caret[1]); } catch (e) { /* not a text box */ }
+    }
+  }
 }
 
 async function start() {
