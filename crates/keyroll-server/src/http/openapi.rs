@@ -69,6 +69,11 @@ use crate::http::{admin, forward_auth};
         crate::http::self_service::request_rotation,
         crate::http::self_service::list_agents,
         crate::http::cluster::cluster,
+        crate::http::ca::init,
+        crate::http::ca::issue,
+        crate::http::ca::self_certificate,
+        crate::http::ca::bundle,
+        crate::http::ca::crl,
     ),
     modifiers(&AdminToken),
 )]
@@ -626,7 +631,12 @@ mod tests {
                     assert!(has(s), "{method} {path} does not list {s}");
                 }
             }
-            if path.starts_with("/v1/") && path != "/v1/forward-auth" {
+            // The CA's public material is served like a JWKS: no credential.
+            let public = matches!(
+                path.as_str(),
+                "/v1/forward-auth" | "/v1/ca/bundle" | "/v1/ca/crl"
+            );
+            if path.starts_with("/v1/") && !public {
                 assert!(admin || consumer, "{method} {path} names no credential");
             }
         }
