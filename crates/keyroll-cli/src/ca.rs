@@ -1,5 +1,5 @@
 //! `keyroll ca …` (the certificate authority: init, bundle) and `keyroll cert …` (workload
-//! certificates: issue). `cert issue --out DIR` writes `cert.pem` (leaf then intermediate),
+//! certificates: issue, revoke, list, show). `cert issue --out DIR` writes `cert.pem` (leaf then intermediate),
 //! `key.pem` (mode 0600 from its creation, never over an existing file; absent with `--csr`,
 //! whose key stays where it was made) and `ca.pem` (the roots to trust). The private key is
 //! written to its file and never printed, in JSON output neither.
@@ -66,6 +66,36 @@ pub enum CertCmd {
         /// are ignored) and no key.pem is written.
         #[arg(long, value_name = "FILE")]
         csr: Option<PathBuf>,
+    },
+    /// Revoke a certificate (SERIAL), or every live certificate of ENV/SERVICE (which may then
+    /// no longer renew itself). The new CRL is in the bundle at once.
+    Revoke {
+        /// A serial (32 hex digits) or ENV/SERVICE.
+        target: String,
+        /// unspecified, key-compromise, ca-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Issued certificates (never their keys).
+    List {
+        /// Only ENV/SERVICE's.
+        #[arg(long)]
+        identity: Option<String>,
+        /// live, expired or revoked.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only those this authority (ca_…) signed.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// One issued certificate.
+    Show {
+        /// Its serial (32 hex digits).
+        serial: String,
     },
 }
 
@@ -238,6 +268,128 @@ pub async fn run_cert(
                 Ok(())
             })?;
         }
+        CertCmd::Revoke { target, reason } => {
+            keyroll_ca::RevocationReason::parse(&reason)
+                .context("--reason")
+                .or_usage()?;
+            let req = if target.contains('/') {
+                ConsumerRef::parse(&target)
+                    .with_context(|| format!("{target:?}: expected a serial or ENV/SERVICE"))
+                    .or_usage()?;
+                wire::RevokeCert {
+                    serial: None,
+                    identity: Some(target),
+                    reason: Some(reason),
+                }
+            } else {
+                keyroll_ca::Serial::parse(&target)
+                    .with_context(|| format!("{target:?}: expected a serial or ENV/SERVICE"))
+                    .or_usage()?;
+                wire::RevokeCert {
+                    serial: Some(target),
+                    identity: None,
+                    reason: Some(reason),
+                }
+            };
+            let a = admin()?.revoke_certs(&req).await?;
+            out.json_or(&a.json, || {
+                let b = &a.body;
+                if b.revoked.is_empty() {
+                    say!("No live certificate to revoke.")?;
+                } else {
+                    say!("Revoked {} certificate(s):", b.revoked.len())?;
+                    for s in &b.revoked {
+                        say!("  {s}")?;
+                    }
+                }
+                if b.identity_blocked {
+                    say!("The identity may no longer renew its own certificate.")?;
+                }
+                say!("Bundle version {}.", b.bundle_version)
+            })?;
+        }
+        CertCmd::List {
+            identity,
+            state,
+            issuer,
+            limit,
+        } => {
+            let a = admin()?
+                .list_certs(&keyroll_client::CertFilter {
+                    identity,
+                    state,
+                    issuer,
+                    after: None,
+                    limit: Some(limit),
+                })
+                .await?;
+            out.json_or(&a.json, || print_certs(&a.body.certificates))?;
+        }
+        CertCmd::Show { serial } => {
+            keyroll_ca::Serial::parse(&serial).or_usage()?;
+            let a = admin()?.get_cert(&serial).await?;
+            out.json_or(&a.json, || print_cert(&a.body))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_certs(certs: &[wire::CertInfo]) -> crate::output::Printed {
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            vec![
+                c.serial.clone(),
+                c.identity.clone(),
+                c.state.clone(),
+                c.not_after.clone(),
+                if c.server_auth {
+                    "client+server"
+                } else {
+                    "client"
+                }
+                .to_owned(),
+                c.requested_by.clone(),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "SERIAL",
+            "IDENTITY",
+            "STATE",
+            "NOT AFTER",
+            "USAGE",
+            "REQUESTED BY",
+        ],
+        &rows,
+    )
+}
+
+fn print_cert(c: &wire::CertInfo) -> crate::output::Printed {
+    say!("Certificate {}", c.serial)?;
+    say!("  identity       {}", c.identity)?;
+    say!("  state          {}", c.state)?;
+    say!("  issuer         {}", c.issuer_id)?;
+    say!("  valid          {} to {}", c.not_before, c.not_after)?;
+    say!("  fingerprint    {}", c.fingerprint)?;
+    say!(
+        "  usage          {}",
+        if c.server_auth {
+            "clientAuth, serverAuth"
+        } else {
+            "clientAuth"
+        }
+    )?;
+    say!("  requested by   {}", c.requested_by)?;
+    if let Some(s) = &c.superseded_by {
+        say!("  superseded by  {s}")?;
+    }
+    if let Some(at) = &c.revoked_at {
+        say!(
+            "  revoked        {at} ({})",
+            c.revocation_reason.as_deref().unwrap_or("unspecified")
+        )?;
     }
     Ok(())
 }

@@ -15,6 +15,21 @@ pub struct PemAnswer {
     pub bundle_version: u64,
 }
 
+/// Which certificates [`Client::list_certs`] asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CertFilter {
+    /// Only `ENV/SERVICE`'s.
+    pub identity: Option<String>,
+    /// `live`, `expired` or `revoked`.
+    pub state: Option<String>,
+    /// Only those this authority signed.
+    pub issuer: Option<String>,
+    /// The `next_after` of the previous page.
+    pub after: Option<String>,
+    /// At most this many (1 to 1000).
+    pub limit: Option<u32>,
+}
+
 impl Client {
     /// `POST /v1/ca/init`.
     pub async fn ca_init(
@@ -47,6 +62,43 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `POST /v1/certs/revoke`.
+    pub async fn revoke_certs(
+        &self,
+        req: &wire::RevokeCert,
+    ) -> Result<Answer<wire::CertsRevoked>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/certs/revoke", Some(req), None)
+            .await
+    }
+
+    /// `GET /v1/certs` with the filters of `q`.
+    pub async fn list_certs(&self, q: &CertFilter) -> Result<Answer<wire::CertList>, ClientError> {
+        let limit = q.limit.map(|n| n.to_string());
+        let params = [
+            ("identity", q.identity.as_deref()),
+            ("state", q.state.as_deref()),
+            ("issuer", q.issuer.as_deref()),
+            ("after", q.after.as_deref()),
+            ("limit", limit.as_deref()),
+        ];
+        let query: Vec<String> = params
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(v))))
+            .collect();
+        let path = if query.is_empty() {
+            "/v1/certs".to_owned()
+        } else {
+            format!("/v1/certs?{}", query.join("&"))
+        };
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `GET /v1/certs/{serial}`.
+    pub async fn get_cert(&self, serial: &str) -> Result<Answer<wire::CertInfo>, ClientError> {
+        let path = format!("/v1/certs/{}", urlencode(serial));
+        self.call(reqwest::Method::GET, &path, None, None).await
     }
 
     /// `GET /v1/ca/bundle?format=json`.

@@ -549,3 +549,175 @@ fn self_certificate_with_the_consumer_key_and_with_the_client_certificate() {
         audit.stdout
     );
 }
+
+/// `keyroll cert revoke` by serial and by identity: the new CRL is in the bundle at once
+/// (`openssl crl -text` lists the serial, `openssl verify -crl_check` refuses the certificate),
+/// the bundle version grows, the identity may no longer renew itself; list and show.
+#[test]
+fn revoke_by_serial_and_identity_list_and_show() {
+    if !harness::require_program("openssl", "apt-get install openssl") {
+        return;
+    }
+    let s = harness::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let http = harness::http();
+    assert_eq!(
+        s.cli(&["ca", "init", "--trust-domain", "example.org"]).code,
+        0
+    );
+    assert_eq!(s.cli(&["env", "create", "prod"]).code, 0);
+    let key = s.consumer("prod/api", &[]);
+    let issue = |identity: &str, dir: &str| -> String {
+        let r = s.cli(&[
+            "cert",
+            "issue",
+            identity,
+            "--out",
+            w.join(dir).to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["serial"].as_str().unwrap().to_owned()
+    };
+    let a = issue("prod/api", "a");
+    let b = issue("prod/api", "b");
+    let c = issue("prod/web", "c");
+
+    // Bad input: exit 2 with the field named; unknown serial: 404.
+    let r = s.cli(&["cert", "revoke", &a, "--reason", "because"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("reason"), "{}", r.stderr);
+    let token = s.token();
+    let r = http
+        .post(format!("{}/v1/certs/revoke", s.url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"serial": a, "identity": "prod/api"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s.cli(&["cert", "revoke", "4aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+
+    let r = s.cli(&["cert", "revoke", &a, "--reason", "key-compromise"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&a), "{}", r.stdout);
+    let resp = http
+        .get(format!("{}/v1/ca/bundle", s.url()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["x-keyroll-bundle-version"], "2");
+    std::fs::write(w.join("bundle.pem"), resp.text().unwrap()).unwrap();
+    let crl = http
+        .get(format!("{}/v1/ca/crl", s.url()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    std::fs::write(w.join("crl.pem"), crl).unwrap();
+    // The intermediate's CRL is the second block; openssl crl reads the first, so split.
+    let text: String = std::fs::read_to_string(w.join("crl.pem"))
+        .unwrap()
+        .split_inclusive("-----END X509 CRL-----\n")
+        .enumerate()
+        .map(|(i, block)| {
+            let f = w.join(format!("crl{i}.pem"));
+            std::fs::write(&f, block).unwrap();
+            openssl_ok(w, &["crl", "-in", f.to_str().unwrap(), "-noout", "-text"])
+        })
+        .collect();
+    assert!(text.contains(&a.to_uppercase()), "{text}");
+    assert!(text.contains("Key Compromise"), "{text}");
+    assert!(!text.contains(&b.to_uppercase()), "{text}");
+    let (ok, out) = openssl(
+        w,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "a/cert.pem",
+            "a/cert.pem",
+        ],
+    );
+    assert!(!ok && out.contains("revoked"), "{out}");
+    let out = openssl_ok(
+        w,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "bundle.pem",
+            "-untrusted",
+            "b/cert.pem",
+            "b/cert.pem",
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+
+    // show and list.
+    let r = s.cli(&["cert", "show", &a]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("revoked") && r.stdout.contains("key-compromise"),
+        "{}",
+        r.stdout
+    );
+    let r = s.cli(&["cert", "list", "--state", "live", "--output", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut live: Vec<&str> = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap())
+        .collect();
+    live.sort_unstable();
+    let mut want = vec![b.as_str(), c.as_str()];
+    want.sort_unstable();
+    assert_eq!(live, want);
+    let r = s.cli(&["cert", "list", "--identity", "prod/api"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&a) && r.stdout.contains(&b) && !r.stdout.contains(&c),
+        "{}",
+        r.stdout
+    );
+
+    // By identity: every live certificate of it; it may no longer renew itself.
+    let r = s.cli(&[
+        "cert",
+        "revoke",
+        "prod/api",
+        "--reason",
+        "cessation-of-operation",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["revoked"], serde_json::json!([b]));
+    assert_eq!(v["identity_blocked"], true);
+    assert_eq!(v["bundle_version"], 3);
+    ec_csr(w, "api");
+    let csr = std::fs::read_to_string(w.join("api.csr")).unwrap();
+    let r = http
+        .post(format!("{}/v1/self/certificate", s.url()))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"csr": csr}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["code"], "identity_revoked", "{body}");
+    // An operator can still issue one.
+    issue("prod/api", "d");
+    let revoked = s.events_at_least("cert.revoked", 2);
+    assert!(
+        revoked.iter().any(|e| e["reason"] == "key-compromise"),
+        "{revoked:?}"
+    );
+}

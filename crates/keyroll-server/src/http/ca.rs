@@ -349,3 +349,164 @@ pub async fn crl(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Respons
     };
     Ok(pem_response(text, b.bundle_version))
 }
+
+/// `live`, `expired` or `revoked` at `now`.
+fn cert_state(c: &keyroll_store::IssuedCertRecord, now: keyroll_core::Timestamp) -> &'static str {
+    if c.revoked_at.is_some() {
+        "revoked"
+    } else if c.not_after <= now {
+        "expired"
+    } else {
+        "live"
+    }
+}
+
+/// A certificate as listed.
+pub fn cert_info(
+    c: &keyroll_store::IssuedCertRecord,
+    now: keyroll_core::Timestamp,
+) -> wire::CertInfo {
+    wire::CertInfo {
+        serial: c.serial.clone(),
+        identity: c.identity.to_string(),
+        issuer_id: c.issuer_id.clone(),
+        not_before: rfc3339(c.not_before),
+        not_after: rfc3339(c.not_after),
+        fingerprint: c.fingerprint.clone(),
+        server_auth: c.server_auth,
+        requested_by: c.requested_by.clone(),
+        superseded_by: c.superseded_by.clone(),
+        revoked_at: c.revoked_at.map(rfc3339),
+        revocation_reason: c.revocation_reason.clone(),
+        state: cert_state(c, now).to_owned(),
+    }
+}
+
+/// `POST /v1/certs/revoke`: one certificate by serial, or every live certificate of an identity
+/// (which may then no longer renew itself).
+#[utoipa::path(post, path = "/v1/certs/revoke", tag = "ca", request_body = wire::RevokeCert,
+    responses((status = 200, body = wire::CertsRevoked),
+        (status = 400, body = keyroll_proto::Problem, description = "not exactly one of serial and identity, or a bad serial, identity or reason"),
+        (status = 404, body = keyroll_proto::Problem, description = "`no_ca`, or no certificate with that serial")),
+    security(("admin_token" = ["certs:write"])))]
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: ApiJson<wire::RevokeCert>,
+) -> Result<Json<wire::CertsRevoked>, ApiError> {
+    caller.admin.require("certs:write")?;
+    let b = body.value;
+    let reason = match b.reason.as_deref() {
+        None => keyroll_ca::RevocationReason::Unspecified,
+        Some(r) => keyroll_ca::RevocationReason::parse(r)
+            .map_err(|e| ApiError::bad_request(format!("reason: {e}")))?,
+    };
+    let target = match (b.serial.as_deref(), b.identity.as_deref()) {
+        (Some(s), None) => ca::RevokeTarget::Serial(
+            keyroll_ca::Serial::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("serial: {e}")))?,
+        ),
+        (None, Some(i)) => {
+            ca::RevokeTarget::Identity(ConsumerRef::parse(i).map_err(|e| {
+                ApiError::bad_request(format!("identity: {e} (expected ENV/SERVICE)"))
+            })?)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of serial (one certificate) and identity (every live certificate of ENV/SERVICE)",
+            ));
+        }
+    };
+    let done = ca::revoke(&state, &actor(&caller.admin), target, reason).await?;
+    Ok(Json(wire::CertsRevoked {
+        revoked: done.revoked,
+        identity_blocked: done.identity_blocked,
+        bundle_version: done.bundle_version,
+    }))
+}
+
+/// The largest page of `GET /v1/certs`.
+const MAX_LIST: u32 = 1000;
+
+/// `GET /v1/certs`: issued certificates by serial, filtered.
+#[utoipa::path(get, path = "/v1/certs", tag = "ca",
+    params(("identity" = Option<String>, Query, description = "only ENV/SERVICE's"),
+        ("state" = Option<String>, Query, description = "live, expired or revoked"),
+        ("issuer" = Option<String>, Query, description = "only those this authority signed"),
+        ("after" = Option<String>, Query, description = "the next_after of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (default 100)")),
+    responses((status = 200, body = wire::CertList), (status = 400, body = keyroll_proto::Problem)),
+    security(("admin_token" = ["certs:read"])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    admin: crate::http::auth::Admin,
+    uri: Uri,
+) -> Result<Json<wire::CertList>, ApiError> {
+    admin.require("certs:read")?;
+    let now = state.clock.now();
+    let mut q = keyroll_store::CertQuery {
+        identity: None,
+        issuer: None,
+        state: None,
+        at: now,
+        after: None,
+        limit: 100,
+    };
+    for (k, v) in query(&uri, &["identity", "state", "issuer", "after", "limit"])? {
+        match k.as_str() {
+            "identity" => {
+                q.identity = Some(ConsumerRef::parse(&v).map_err(|e| {
+                    ApiError::bad_request(format!("identity: {e} (expected ENV/SERVICE)"))
+                })?);
+            }
+            "state" => {
+                q.state = Some(keyroll_store::CertFilter::parse(&v).ok_or_else(|| {
+                    ApiError::bad_request("state: expected live, expired or revoked")
+                })?);
+            }
+            "issuer" => q.issuer = Some(v),
+            "after" => {
+                keyroll_ca::Serial::parse(&v)
+                    .map_err(|e| ApiError::bad_request(format!("after: {e}")))?;
+                q.after = Some(v.to_ascii_lowercase());
+            }
+            _ => {
+                q.limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST).contains(n))
+                    .ok_or_else(|| ApiError::bad_request("limit: expected 1 to 1000"))?;
+            }
+        }
+    }
+    let page = state.store.list_certificates(&q).await?;
+    let next_after = (page.len() == q.limit as usize)
+        .then(|| page.last().map(|c| c.serial.clone()))
+        .flatten();
+    Ok(Json(wire::CertList {
+        certificates: page.iter().map(|c| cert_info(c, now)).collect(),
+        next_after,
+    }))
+}
+
+/// `GET /v1/certs/{serial}`.
+#[utoipa::path(get, path = "/v1/certs/{serial}", tag = "ca",
+    params(("serial" = String, Path, description = "32 hex digits")),
+    responses((status = 200, body = wire::CertInfo), (status = 400, body = keyroll_proto::Problem),
+        (status = 404, body = keyroll_proto::Problem)),
+    security(("admin_token" = ["certs:read"])))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    admin: crate::http::auth::Admin,
+    crate::http::ApiPath(serial): crate::http::ApiPath<String>,
+) -> Result<Json<wire::CertInfo>, ApiError> {
+    admin.require("certs:read")?;
+    let s = keyroll_ca::Serial::parse(&serial)
+        .map_err(|e| ApiError::bad_request(format!("serial: {e}")))?;
+    match state.store.get_certificate(&s.to_string()).await? {
+        Some(c) => Ok(Json(cert_info(&c, state.clock.now()))),
+        None => Err(ApiError::not_found(format!(
+            "no certificate with serial {s}; see `keyroll cert list`"
+        ))),
+    }
+}

@@ -74,6 +74,9 @@ use crate::http::{admin, forward_auth};
         crate::http::ca::self_certificate,
         crate::http::ca::bundle,
         crate::http::ca::crl,
+        crate::http::ca::revoke,
+        crate::http::ca::list,
+        crate::http::ca::get,
     ),
     modifiers(&AdminToken),
 )]

@@ -643,3 +643,353 @@ pub async fn bundle(state: &AppState) -> Result<Bundle, CaServiceError> {
         crls,
     })
 }
+
+/// How many times a bundle-guarded change is recomputed after losing a race.
+const CA_ATTEMPTS: usize = 5;
+
+/// Every certificate matching `query` (all pages).
+async fn all_certificates(
+    state: &AppState,
+    mut query: keyroll_store::CertQuery,
+) -> Result<Vec<keyroll_store::IssuedCertRecord>, CaServiceError> {
+    query.limit = 1000;
+    let mut out = Vec::new();
+    loop {
+        let page = state.store.list_certificates(&query).await?;
+        let full = page.len() == query.limit as usize;
+        query.after = page.last().map(|c| c.serial.clone());
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// The next CRL of `issuer` at `now`: every certificate it issued that is revoked (those in
+/// the store, and `adding`), number one above its current CRL's.
+async fn next_crl(
+    state: &AppState,
+    ca: &keyroll_store::CaState,
+    issuer: &AuthorityRecord,
+    adding: &[(String, Timestamp, keyroll_ca::RevocationReason)],
+    now: Timestamp,
+) -> Result<CrlRecord, CaServiceError> {
+    let revoked = all_certificates(
+        state,
+        keyroll_store::CertQuery {
+            identity: None,
+            issuer: Some(issuer.id.clone()),
+            state: Some(keyroll_store::CertFilter::Revoked),
+            at: now,
+            after: None,
+            limit: 1000,
+        },
+    )
+    .await?;
+    let mut entries: Vec<keyroll_ca::RevokedEntry> = Vec::new();
+    for c in &revoked {
+        let (Ok(serial), Some(at)) = (Serial::parse(&c.serial), c.revoked_at) else {
+            continue;
+        };
+        let reason = c
+            .revocation_reason
+            .as_deref()
+            .and_then(|r| keyroll_ca::RevocationReason::parse(r).ok())
+            .unwrap_or(keyroll_ca::RevocationReason::Unspecified);
+        entries.push(keyroll_ca::RevokedEntry {
+            serial,
+            revoked_at: at,
+            reason,
+        });
+    }
+    for (serial, at, reason) in adding {
+        let serial = Serial::parse(serial).map_err(ca_error)?;
+        if !entries.iter().any(|e| e.serial == serial) {
+            entries.push(keyroll_ca::RevokedEntry {
+                serial,
+                revoked_at: *at,
+                reason: *reason,
+            });
+        }
+    }
+    let number = ca
+        .crls
+        .iter()
+        .find(|c| c.issuer_id == issuer.id)
+        .map_or(1, |c| c.number + 1);
+    let next_update = now.saturating_add(CRL_VALIDITY);
+    let der = keyroll_ca::crl(&signer(state, issuer)?, number, now, next_update, &entries)
+        .map_err(ca_error)?;
+    Ok(CrlRecord {
+        issuer_id: issuer.id.clone(),
+        number,
+        this_update: now,
+        next_update,
+        der,
+    })
+}
+
+/// What `POST /v1/certs/revoke` revokes.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    /// One certificate.
+    Serial(Serial),
+    /// Every live certificate of the identity, and its self-renewal.
+    Identity(keyroll_core::ConsumerRef),
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The serials revoked now (already revoked ones are not repeated).
+    pub revoked: Vec<String>,
+    /// The identity may no longer renew itself.
+    pub identity_blocked: bool,
+    /// The bundle version after it.
+    pub bundle_version: u64,
+}
+
+/// Revokes a certificate, or every live certificate of an identity (which may then no longer
+/// renew itself). One write guarded by the bundle version: the revocations, each issuer's new
+/// CRL, the blocked identity, the audit entry and the events; then the trust store is rebuilt,
+/// so the listener refuses the certificates at once.
+pub async fn revoke(
+    state: &AppState,
+    actor: &Actor,
+    target: RevokeTarget,
+    reason: keyroll_ca::RevocationReason,
+) -> Result<Revoked, CaServiceError> {
+    for _ in 0..CA_ATTEMPTS {
+        match revoke_once(state, actor, &target, reason).await {
+            Err(CaServiceError::Service(ServiceError::Store(
+                keyroll_store::StoreError::Conflict(_),
+            ))) => continue,
+            other => return other,
+        }
+    }
+    Err(CaServiceError::Service(ServiceError::Busy(
+        "the CA".to_owned(),
+    )))
+}
+
+async fn revoke_once(
+    state: &AppState,
+    actor: &Actor,
+    target: &RevokeTarget,
+    reason: keyroll_ca::RevocationReason,
+) -> Result<Revoked, CaServiceError> {
+    let now = state.clock.now();
+    let ca = state.store.ca_state().await?;
+    if ca.authorities.is_empty() {
+        return Err(CaServiceError::NoCa);
+    }
+    let (certs, identity) = match target {
+        RevokeTarget::Serial(s) => {
+            let serial = s.to_string();
+            let Some(c) = state.store.get_certificate(&serial).await? else {
+                return Err(CaServiceError::NotFound(format!(
+                    "no certificate with serial {serial}; see `keyroll cert list`"
+                )));
+            };
+            (vec![c], None)
+        }
+        RevokeTarget::Identity(r) => {
+            let live = all_certificates(
+                state,
+                keyroll_store::CertQuery {
+                    identity: Some(r.clone()),
+                    issuer: None,
+                    state: Some(keyroll_store::CertFilter::Live),
+                    at: now,
+                    after: None,
+                    limit: 1000,
+                },
+            )
+            .await?;
+            (live, Some(r.clone()))
+        }
+    };
+    let fresh: Vec<&keyroll_store::IssuedCertRecord> =
+        certs.iter().filter(|c| c.revoked_at.is_none()).collect();
+    let revocations: Vec<keyroll_store::CertRevocation> = fresh
+        .iter()
+        .map(|c| keyroll_store::CertRevocation {
+            serial: c.serial.clone(),
+            at: now,
+            reason: reason.as_str().to_owned(),
+        })
+        .collect();
+    let mut crls = Vec::new();
+    for issuer_id in fresh
+        .iter()
+        .map(|c| c.issuer_id.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let Some(issuer) = ca.authorities.iter().find(|a| a.id == issuer_id) else {
+            continue;
+        };
+        // An issuer out of the bundle no longer publishes a CRL: nothing chains to it.
+        if !crate::ca::in_bundle(issuer, now) {
+            continue;
+        }
+        let adding: Vec<_> = fresh
+            .iter()
+            .filter(|c| c.issuer_id == issuer_id)
+            .map(|c| (c.serial.clone(), now, reason))
+            .collect();
+        crls.push(next_crl(state, &ca, issuer, &adding, now).await?);
+    }
+    let blocked = identity
+        .as_ref()
+        .map(|r| keyroll_store::RevokedIdentityRecord {
+            identity: r.clone(),
+            revoked_at: now,
+            reason: reason.as_str().to_owned(),
+            revoked_by: actor.id.clone(),
+        });
+    let serials: Vec<String> = fresh.iter().map(|c| c.serial.clone()).collect();
+    let target_text = match target {
+        RevokeTarget::Serial(s) => format!("cert {s}"),
+        RevokeTarget::Identity(r) => format!("identity {r}"),
+    };
+    let detail = json!({
+        "revoked": serials,
+        "identity": identity.as_ref().map(ToString::to_string),
+        "reason": reason.as_str(),
+        "crls": crls.iter().map(|c| json!({"issuer_id": c.issuer_id, "number": c.number})).collect::<Vec<_>>(),
+    });
+    let audit = [actor.audit(now, "cert.revoked", target_text, &detail)];
+    let mut events: Vec<EventRecord> = fresh
+        .iter()
+        .map(|c| EventRecord {
+            seq: 0,
+            at: now,
+            kind: "cert.revoked".to_owned(),
+            consumer: c.identity.to_string(),
+            version: None,
+            detail: json!({"serial": c.serial, "identity": c.identity.to_string(), "issuer_id": c.issuer_id, "reason": reason.as_str()}).to_string(),
+        })
+        .collect();
+    if let Some(r) = &identity {
+        events.push(EventRecord {
+            seq: 0,
+            at: now,
+            kind: "cert.identity_revoked".to_owned(),
+            consumer: r.to_string(),
+            version: None,
+            detail:
+                json!({"identity": r.to_string(), "reason": reason.as_str(), "revoked": serials})
+                    .to_string(),
+        });
+    }
+    if revocations.is_empty() && blocked.is_none() {
+        return Ok(Revoked {
+            revoked: Vec::new(),
+            identity_blocked: false,
+            bundle_version: ca.bundle_version,
+        });
+    }
+    let commit = state
+        .store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(ca.bundle_version),
+            bump_bundle: !crls.is_empty(),
+            revocations: &revocations,
+            revoke_identity: blocked.as_ref(),
+            crls: &crls,
+            audit: &audit,
+            events: &events,
+            ..CaWrite::default()
+        })
+        .await?;
+    if let Some(seq) = commit.change_seq {
+        state.cluster.note_local(seq);
+    }
+    state.reload_ca().await?;
+    state.webhook_wake.notify_one();
+    tracing::info!(
+        event = "cert.revoked",
+        revoked = ?serials,
+        identity = identity.as_ref().map(ToString::to_string),
+        reason = reason.as_str(),
+        bundle_version = commit.bundle_version,
+        request_id = actor.request_id.as_str(),
+        "revoked {} certificate(s){}",
+        serials.len(),
+        identity.as_ref().map(|r| format!(" of {r}; it may no longer renew itself")).unwrap_or_default()
+    );
+    Ok(Revoked {
+        revoked: serials,
+        identity_blocked: identity.is_some(),
+        bundle_version: commit.bundle_version,
+    })
+}
+
+/// The CRL refresh (leader-only job): every issuer in the bundle whose CRL is past half of
+/// [`CRL_VALIDITY`] gets a new one (same entries, number + 1), all in one write guarded by the
+/// bundle version (another node's concurrent refresh makes this one a no-op). Returns how many
+/// CRLs were renewed.
+pub async fn refresh_crls(state: &AppState) -> Result<usize, CaServiceError> {
+    let now = state.clock.now();
+    let ca = state.store.ca_state().await?;
+    let mut crls = Vec::new();
+    for issuer in ca
+        .authorities
+        .iter()
+        .filter(|a| crate::ca::in_bundle(a, now))
+    {
+        let due = match ca.crls.iter().find(|c| c.issuer_id == issuer.id) {
+            None => true,
+            Some(c) => now >= c.this_update.saturating_add(CRL_VALIDITY / 2),
+        };
+        if due {
+            crls.push(next_crl(state, &ca, issuer, &[], now).await?);
+        }
+    }
+    if crls.is_empty() {
+        return Ok(0);
+    }
+    let detail = json!({
+        "crls": crls.iter().map(|c| json!({"issuer_id": c.issuer_id, "number": c.number, "next_update": keyroll_core::rfc3339(c.next_update)})).collect::<Vec<_>>(),
+    });
+    let actor = Actor::system(crate::request_id::new_request_id());
+    let audit = [actor.audit(now, "ca.crl_refreshed", "ca crl".to_owned(), &detail)];
+    let events = [EventRecord {
+        seq: 0,
+        at: now,
+        kind: "ca.crl_refreshed".to_owned(),
+        consumer: String::new(),
+        version: None,
+        detail: detail.to_string(),
+    }];
+    let commit = match state
+        .store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(ca.bundle_version),
+            bump_bundle: true,
+            crls: &crls,
+            audit: &audit,
+            events: &events,
+            ..CaWrite::default()
+        })
+        .await
+    {
+        Ok(c) => c,
+        // Someone else changed the bundle meanwhile (a revocation, another node's refresh):
+        // the next tick looks again.
+        Err(keyroll_store::StoreError::Conflict(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(seq) = commit.change_seq {
+        state.cluster.note_local(seq);
+    }
+    state.reload_ca().await?;
+    tracing::info!(
+        event = "ca.crl_refreshed",
+        count = crls.len(),
+        bundle_version = commit.bundle_version,
+        "refreshed {} CRL(s)",
+        crls.len()
+    );
+    Ok(crls.len())
+}
