@@ -192,3 +192,126 @@ pub struct CertsRevoked {
     /// The bundle version with the new CRL.
     pub bundle_version: u64,
 }
+
+/// A live certificate an authority's removal waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DependentCert {
+    /// `ENV/SERVICE`.
+    pub identity: String,
+    /// Its serial.
+    pub serial: String,
+    /// Its notAfter.
+    pub not_after: String,
+}
+
+/// Handshakes that chained to a root within its `idle`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DependentHandshake {
+    /// `ENV/SERVICE` of the client certificate.
+    pub identity: String,
+    /// The peer's address, `""` when unknown.
+    pub peer: String,
+    /// The latest certificate's serial.
+    pub serial: String,
+    /// The latest handshake.
+    pub last_at: String,
+    /// Handshakes counted.
+    pub count: u64,
+}
+
+/// An agent whose reported bundle does not hold the authority's successor.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DependentAgent {
+    /// `ENV/NAME`.
+    pub consumer: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The bundle version it reported.
+    pub bundle_version: u64,
+}
+
+/// What an authority's removal from the bundle waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq, Default)]
+pub struct Depends {
+    /// Certificates it (or, for a root, its intermediates) signed that are still valid.
+    pub live_certificates: Vec<DependentCert>,
+    /// Handshakes that chained to it (roots) within its `idle`.
+    pub recent_handshakes: Vec<DependentHandshake>,
+    /// Agents whose bundle is older than the one its successor entered with.
+    pub agents_on_old_bundle: Vec<DependentAgent>,
+}
+
+/// One root or intermediate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Authority {
+    /// `ca_…`.
+    pub id: String,
+    /// `root` or `intermediate`.
+    pub kind: String,
+    /// 1, then +1 with each rotation.
+    pub generation: u32,
+    /// The root above an intermediate.
+    pub parent_id: Option<String>,
+    /// `next`, `bundled`, `active`, `retiring` or `removed`.
+    pub state: String,
+    /// The certificate's subject.
+    pub subject: String,
+    /// Its serial.
+    pub serial: String,
+    /// `sha256:…` of its DER.
+    pub fingerprint: String,
+    /// notBefore.
+    pub not_before: String,
+    /// notAfter.
+    pub not_after: String,
+    /// When it enters (entered) the bundle.
+    pub enters_bundle_at: String,
+    /// When it signs (signed) from.
+    pub signs_from: String,
+    /// When it left the bundle.
+    pub removed_at: Option<String>,
+    /// What its removal waits for.
+    pub depends: Depends,
+}
+
+/// The timeline's next step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct NextStep {
+    /// `prune`, `enter_bundle`, `switch_signing`, `retire` or `start_rotation`.
+    pub kind: String,
+    /// The authority it concerns (none for `start_rotation`).
+    pub authority: Option<String>,
+    /// When it is due (now or later).
+    pub at: String,
+}
+
+/// `GET /v1/ca/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CaStatus {
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The bundle version.
+    pub bundle_version: u64,
+    /// Every authority, oldest first.
+    pub authorities: Vec<Authority>,
+    /// What the timeline does next, if anything is foreseeable.
+    pub next_step: Option<NextStep>,
+}
+
+/// `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CaRotate {
+    /// Rotate the root as well (a new root and a new intermediate under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<bool>,
+    /// When the new CA enters the bundle (RFC 3339; default at half the current one's life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enters_bundle_at: Option<String>,
+    /// When it starts signing (RFC 3339; default at five sixths of the current one's life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signs_from: Option<String>,
+    /// How long no handshake may have chained to the old CA before it leaves (default `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}

@@ -178,6 +178,18 @@ pub async fn ca_timeline(state: Arc<AppState>, stop: watch::Receiver<bool>) {
 
 /// One round of [`ca_timeline`] (also what tests run on a manual clock).
 pub async fn ca_step(state: &AppState) {
+    // One step per transaction, as many as are due (a timeline that passed while the server
+    // was down catches up), bounded so a step that keeps failing cannot spin.
+    for _ in 0..16 {
+        match crate::service::ca::timeline_step(state).await {
+            Ok(keyroll_core::ca_timeline::Step::Nothing) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(event = "ca.timeline_failed", error = %e, "could not carry out the CA timeline's next step (retried next round): {e}");
+                break;
+            }
+        }
+    }
     if let Err(e) = crate::service::ca::refresh_crls(state).await {
         tracing::warn!(event = "ca.crl_refresh_failed", error = %e, "could not refresh the CRLs (the current ones stay until their nextUpdate): {e}");
     }

@@ -348,3 +348,224 @@ async fn the_crl_refresh_renews_each_crl_at_half_its_validity_in_one_write() {
         1
     );
 }
+
+/// A root rotation on the manual clock: the next CA enters the bundle first, signs later, and
+/// the old one leaves only once its last live certificate expired and no handshake chained to
+/// it for `idle`; an expired anchor is pruned.
+#[tokio::test]
+async fn a_root_rotation_follows_the_timeline_and_the_removal_gate() {
+    use keyroll_server::service::ca::{RotateRequest, issue, rotate, signing_intermediate};
+    use keyroll_store::AuthorityState as S;
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let state = with_ca(&dir).await;
+    let actor = Actor::system("rq_test".into());
+    let step = || keyroll_server::jobs::ca_step(&state);
+    // Root then intermediate of each generation (the store orders by creation only).
+    let ordered = |ca: &keyroll_store::CaState| {
+        let mut a = ca.authorities.clone();
+        a.sort_by_key(|a| (a.generation, a.kind != AuthorityKind::Root));
+        a
+    };
+    let states =
+        |ca: &keyroll_store::CaState| ordered(ca).iter().map(|a| a.state).collect::<Vec<_>>();
+    let before = ordered(&state.store.ca_state().await.unwrap());
+    let old_root = before[0].clone();
+    let old_int = before[1].clone();
+    let old_cert = issue(&state, &actor, issue_req("prod/billing"), None)
+        .await
+        .unwrap();
+
+    let t = state.clock.now();
+    rotate(
+        &state,
+        &actor,
+        RotateRequest {
+            root: true,
+            enters_bundle_at: Some(t.saturating_add(HOUR)),
+            signs_from: Some(t.saturating_add(2 * HOUR)),
+            idle: Some(HOUR),
+        },
+    )
+    .await
+    .unwrap();
+    // A second rotation while one is under way is refused.
+    assert!(
+        rotate(&state, &actor, RotateRequest::default())
+            .await
+            .is_err()
+    );
+    step().await;
+    let ca = state.store.ca_state().await.unwrap();
+    assert_eq!(states(&ca), vec![S::Active, S::Active, S::Next, S::Next]);
+    assert_eq!(ca.bundle_version, 1, "nothing entered yet");
+
+    // Enters the bundle (root and intermediate, each with its CRL), does not sign yet.
+    state.clock.advance(HOUR);
+    step().await;
+    let ca = state.store.ca_state().await.unwrap();
+    assert_eq!(
+        states(&ca),
+        vec![S::Active, S::Active, S::Bundled, S::Bundled]
+    );
+    assert_eq!(ca.bundle_version, 3, "one step per write");
+    assert_eq!(ca.crls.len(), 4);
+    assert_eq!(
+        state
+            .ca
+            .trust()
+            .borrow()
+            .as_ref()
+            .unwrap()
+            .anchors()
+            .count(),
+        2
+    );
+    let b = keyroll_server::service::ca::bundle(&state).await.unwrap();
+    assert_eq!(b.roots_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    let still = issue(&state, &actor, issue_req("prod/billing"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        still.record.issuer_id, old_int.id,
+        "not signing before signs_from"
+    );
+
+    // Signs from signs_from; the old pair retires.
+    state.clock.advance(HOUR);
+    step().await;
+    let ca = state.store.ca_state().await.unwrap();
+    assert_eq!(
+        states(&ca),
+        vec![S::Retiring, S::Retiring, S::Active, S::Active]
+    );
+    let new_int = signing_intermediate(&ca, state.clock.now())
+        .unwrap()
+        .id
+        .clone();
+    assert_ne!(new_int, old_int.id);
+    let fresh = issue(&state, &actor, issue_req("prod/billing"), None)
+        .await
+        .unwrap();
+    assert_eq!(fresh.record.issuer_id, new_int);
+
+    // A handshake chained to the old root keeps it (and so its intermediate's certificates
+    // expire first anyway) in the bundle.
+    let anchor = keyroll_ca::AnchorId(keyroll_ca::Fingerprint::of(&old_root.cert_der));
+    let serial = keyroll_ca::Serial::parse(&still.record.serial).unwrap();
+    state
+        .ca
+        .record_handshake(&anchor, "prod/billing", &serial, None, state.clock.now());
+    keyroll_server::jobs::flush_handshakes(&state).await;
+    let (ca, deps, _) = keyroll_server::service::ca::status(&state).await.unwrap();
+    let i = ca
+        .authorities
+        .iter()
+        .position(|a| a.id == old_root.id)
+        .unwrap();
+    assert_eq!(
+        deps[i].live_certificates.len(),
+        2,
+        "the old root's live certificates"
+    );
+    assert_eq!(deps[i].recent_handshakes.len(), 1);
+
+    // The old certificates expire (24h); until then nothing leaves.
+    state.clock.advance(22 * HOUR);
+    step().await;
+    assert_eq!(
+        states(&state.store.ca_state().await.unwrap())[..2],
+        [S::Retiring, S::Retiring]
+    );
+    // Past the last expiry: the intermediate (no handshakes are counted against it) leaves;
+    // the root waits for `idle` after its last handshake.
+    state.clock.advance(2 * HOUR);
+    state
+        .ca
+        .record_handshake(&anchor, "prod/billing", &serial, None, state.clock.now());
+    keyroll_server::jobs::flush_handshakes(&state).await;
+    step().await;
+    let ca = state.store.ca_state().await.unwrap();
+    assert_eq!(
+        states(&ca),
+        vec![S::Retiring, S::Removed, S::Active, S::Active]
+    );
+    state.clock.advance(HOUR / 2);
+    step().await;
+    assert_eq!(
+        states(&state.store.ca_state().await.unwrap())[0],
+        S::Retiring,
+        "handshake within idle"
+    );
+    state.clock.advance(HOUR);
+    step().await;
+    let ca = state.store.ca_state().await.unwrap();
+    assert_eq!(
+        states(&ca),
+        vec![S::Removed, S::Removed, S::Active, S::Active]
+    );
+    let trust = state.ca.trust().borrow().clone().unwrap();
+    assert_eq!(trust.anchors().count(), 1, "the old root left the bundle");
+    let b = keyroll_server::service::ca::bundle(&state).await.unwrap();
+    assert_eq!(b.roots_pem.matches("BEGIN CERTIFICATE").count(), 1);
+    assert_eq!(b.crls.len(), 2);
+    assert!(old_cert.record.not_after <= state.clock.now());
+    let audit = state.store.list_audit(100).await.unwrap();
+    for action in [
+        "ca.rotation_started",
+        "ca.authority_bundled",
+        "ca.signing_switched",
+        "ca.authority_removed",
+    ] {
+        assert!(
+            audit.iter().any(|a| a.action == action),
+            "{action}: {audit:?}"
+        );
+    }
+}
+
+/// An authority past its notAfter is pruned from the bundle by the timeline, even unreplaced.
+#[tokio::test]
+async fn an_expired_intermediate_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(&dir).await;
+    let actor = Actor::system("rq_test".into());
+    init(
+        &state,
+        &actor,
+        InitRequest {
+            trust_domain: td(),
+            root_ttl: None,
+            intermediate_ttl: Some(std::time::Duration::from_secs(48 * 3600)),
+        },
+    )
+    .await
+    .unwrap();
+    // At half life the timeline starts the intermediate's rotation on its own.
+    state
+        .clock
+        .advance(std::time::Duration::from_secs(24 * 3600));
+    keyroll_server::jobs::ca_step(&state).await;
+    let ca = state.store.ca_state().await.unwrap();
+    assert_eq!(ca.authorities.len(), 3, "{:?}", ca.authorities);
+    assert!(
+        ca.authorities
+            .iter()
+            .any(|a| a.generation == 2 && a.kind == AuthorityKind::Intermediate)
+    );
+    // Past the old intermediate's notAfter it is out, whatever else.
+    state
+        .clock
+        .advance(std::time::Duration::from_secs(25 * 3600));
+    keyroll_server::jobs::ca_step(&state).await;
+    let ca = state.store.ca_state().await.unwrap();
+    let int = |g: u32| {
+        ca.authorities
+            .iter()
+            .find(|a| a.generation == g && a.kind == AuthorityKind::Intermediate)
+            .unwrap()
+            .state
+    };
+    assert_eq!(int(1), AuthorityState::Removed);
+    assert_eq!(int(2), AuthorityState::Active);
+}

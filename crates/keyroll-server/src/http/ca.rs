@@ -510,3 +510,126 @@ pub async fn get(
         ))),
     }
 }
+
+/// The status body (also the 202 of a rotation).
+async fn status_body(state: &AppState) -> Result<wire::CaStatus, ApiError> {
+    let (ca, deps, next) = ca::status(state).await?;
+    let trust_domain = ca
+        .authorities
+        .last()
+        .map(|a| a.trust_domain.clone())
+        .unwrap_or_default();
+    let authorities = ca
+        .authorities
+        .iter()
+        .zip(deps)
+        .map(|(a, d)| wire::Authority {
+            id: a.id.clone(),
+            kind: a.kind.as_str().to_owned(),
+            generation: a.generation,
+            parent_id: a.parent_id.clone(),
+            state: a.state.as_str().to_owned(),
+            subject: a.subject.clone(),
+            serial: a.serial.clone(),
+            fingerprint: a.fingerprint.clone(),
+            not_before: rfc3339(a.not_before),
+            not_after: rfc3339(a.not_after),
+            enters_bundle_at: rfc3339(a.enters_bundle_at),
+            signs_from: rfc3339(a.signs_from),
+            removed_at: a.removed_at.map(rfc3339),
+            depends: wire::Depends {
+                live_certificates: d
+                    .live_certificates
+                    .iter()
+                    .map(|c| wire::DependentCert {
+                        identity: c.identity.to_string(),
+                        serial: c.serial.clone(),
+                        not_after: rfc3339(c.not_after),
+                    })
+                    .collect(),
+                recent_handshakes: d
+                    .recent_handshakes
+                    .iter()
+                    .map(|h| wire::DependentHandshake {
+                        identity: h.identity.clone(),
+                        peer: h.peer.clone(),
+                        serial: h.serial.clone(),
+                        last_at: rfc3339(h.last_at),
+                        count: h.count,
+                    })
+                    .collect(),
+                agents_on_old_bundle: d
+                    .agents_on_old_bundle
+                    .iter()
+                    .map(|g| wire::DependentAgent {
+                        consumer: g.consumer.to_string(),
+                        agent_id: g.agent_id.clone(),
+                        bundle_version: g.bundle_version.unwrap_or(0),
+                    })
+                    .collect(),
+            },
+        })
+        .collect();
+    Ok(wire::CaStatus {
+        trust_domain,
+        bundle_version: ca.bundle_version,
+        authorities,
+        next_step: next.map(|(kind, authority, at)| wire::NextStep {
+            kind: kind.to_owned(),
+            authority,
+            at: rfc3339(at),
+        }),
+    })
+}
+
+/// `GET /v1/ca/status`: every authority, what its removal waits for, the timeline's next step.
+#[utoipa::path(get, path = "/v1/ca/status", tag = "ca",
+    responses((status = 200, body = wire::CaStatus),
+        (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`")),
+    security(("admin_token" = ["ca:read"])))]
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    admin: crate::http::auth::Admin,
+) -> Result<Json<wire::CaStatus>, ApiError> {
+    admin.require("ca:read")?;
+    Ok(Json(status_body(&state).await?))
+}
+
+/// `POST /v1/ca/rotate`: start a rotation (the timeline job carries it out).
+#[utoipa::path(post, path = "/v1/ca/rotate", tag = "ca", request_body = wire::CaRotate,
+    responses((status = 202, body = wire::CaStatus),
+        (status = 400, body = keyroll_proto::Problem),
+        (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`"),
+        (status = 409, body = keyroll_proto::Problem, description = "`already_exists`: a rotation is under way")),
+    security(("admin_token" = ["ca:write"])))]
+pub async fn rotate(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: ApiJson<wire::CaRotate>,
+) -> Result<Response, ApiError> {
+    caller.admin.require("ca:write")?;
+    let b = body.value;
+    let time =
+        |field: &str, v: Option<&str>| -> Result<Option<keyroll_core::Timestamp>, ApiError> {
+            v.map(|t| {
+                keyroll_core::parse_rfc3339(t).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{field}: expected an RFC 3339 time such as 2026-12-24T00:00:00Z"
+                    ))
+                })
+            })
+            .transpose()
+        };
+    let req = ca::RotateRequest {
+        root: b.root.unwrap_or(false),
+        enters_bundle_at: time("enters_bundle_at", b.enters_bundle_at.as_deref())?,
+        signs_from: time("signs_from", b.signs_from.as_deref())?,
+        idle: duration_field("idle", b.idle.as_deref())?,
+    };
+    ca::rotate(&state, &actor(&caller.admin), req).await?;
+    // What is due now (a rotation entering the bundle at once) happens before the answer.
+    if state.is_leader() {
+        crate::jobs::ca_step(&state).await;
+    }
+    Ok((StatusCode::ACCEPTED, Json(status_body(&state).await?)).into_response())
+}

@@ -93,6 +93,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/schedule", get(schedule::schedule))
         .route("/v1/ca/init", post(ca::init))
+        .route("/v1/ca/status", get(ca::status))
+        .route("/v1/ca/rotate", post(ca::rotate))
         .route("/v1/ca/bundle", get(ca::bundle))
         .route("/v1/ca/crl", get(ca::crl))
         .route("/v1/certs", post(ca::issue).get(ca::list))

@@ -77,6 +77,8 @@ use crate::http::{admin, forward_auth};
         crate::http::ca::revoke,
         crate::http::ca::list,
         crate::http::ca::get,
+        crate::http::ca::status,
+        crate::http::ca::rotate,
     ),
     modifiers(&AdminToken),
 )]

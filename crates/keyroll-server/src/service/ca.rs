@@ -993,3 +993,517 @@ pub async fn refresh_crls(state: &AppState) -> Result<usize, CaServiceError> {
     );
     Ok(crls.len())
 }
+
+/// `POST /v1/ca/rotate`.
+#[derive(Debug, Clone, Default)]
+pub struct RotateRequest {
+    /// A new root too (and a new intermediate under it).
+    pub root: bool,
+    /// When the new CA enters the bundle (default: half the current one's life).
+    pub enters_bundle_at: Option<Timestamp>,
+    /// When it starts signing (default: five sixths of the current one's life).
+    pub signs_from: Option<Timestamp>,
+    /// The old CA's quiet period before it may leave (default [`DEFAULT_IDLE`]).
+    pub idle: Option<Duration>,
+}
+
+fn facts(a: &AuthorityRecord) -> keyroll_core::ca_timeline::AuthorityFacts {
+    use keyroll_core::ca_timeline::{AuthorityFacts, AuthorityRole, Phase};
+    AuthorityFacts {
+        id: a.id.clone(),
+        role: match a.kind {
+            AuthorityKind::Root => AuthorityRole::Root,
+            AuthorityKind::Intermediate => AuthorityRole::Intermediate,
+        },
+        parent: a.parent_id.clone(),
+        not_before: a.not_before,
+        not_after: a.not_after,
+        enters_bundle_at: a.enters_bundle_at,
+        signs_from: a.signs_from,
+        idle: a.idle,
+        phase: match a.state {
+            AuthorityState::Next => Phase::Next,
+            AuthorityState::Bundled => Phase::Bundled,
+            AuthorityState::Active => Phase::Active,
+            AuthorityState::Retiring => Phase::Retiring,
+            AuthorityState::Removed => Phase::Removed,
+        },
+    }
+}
+
+fn active(ca: &keyroll_store::CaState, kind: AuthorityKind) -> Option<&AuthorityRecord> {
+    ca.authorities
+        .iter()
+        .rev()
+        .find(|a| a.kind == kind && a.state == AuthorityState::Active)
+}
+
+fn conflict_is_busy(e: keyroll_store::StoreError) -> CaServiceError {
+    match e {
+        keyroll_store::StoreError::Conflict(_) => {
+            CaServiceError::Service(ServiceError::Busy("the CA".to_owned()))
+        }
+        e => e.into(),
+    }
+}
+
+/// Starts a rotation: a next intermediate (with `root`, a next root and an intermediate under
+/// it), made now, entering the bundle and signing on the timeline. Nothing changes in the
+/// bundle yet: the timeline job carries the rest out. One write guarded by the bundle version.
+pub async fn rotate(
+    state: &AppState,
+    actor: &Actor,
+    req: RotateRequest,
+) -> Result<(), CaServiceError> {
+    let now = state.clock.now();
+    let ca = state.store.ca_state().await?;
+    if ca.authorities.is_empty() {
+        return Err(CaServiceError::NoCa);
+    }
+    if let Some(p) = ca
+        .authorities
+        .iter()
+        .find(|a| matches!(a.state, AuthorityState::Next | AuthorityState::Bundled))
+    {
+        return Err(CaServiceError::Service(ServiceError::AlreadyExists(
+            format!(
+                "a rotation is under way ({} {} is {}); see `keyroll ca status`",
+                p.kind.as_str(),
+                p.id,
+                p.state.as_str()
+            ),
+        )));
+    }
+    let (Some(cur_root), Some(cur_int)) = (
+        active(&ca, AuthorityKind::Root),
+        active(&ca, AuthorityKind::Intermediate),
+    ) else {
+        return Err(CaServiceError::Service(ServiceError::Invalid(
+            "no active root and intermediate to rotate; see `keyroll ca status`".to_owned(),
+        )));
+    };
+    let basis = if req.root { cur_root } else { cur_int };
+    let (def_enter, def_sign) = keyroll_core::ca_timeline::default_schedule(&facts(basis), now);
+    let enters = req.enters_bundle_at.unwrap_or(def_enter).max(now);
+    let signs = req.signs_from.unwrap_or(def_sign.max(enters));
+    if signs < enters {
+        return Err(bad(
+            "signs_from",
+            format!(
+                "{} is before enters_bundle_at {}: a CA must be trusted before it signs",
+                keyroll_core::rfc3339(signs),
+                keyroll_core::rfc3339(enters)
+            ),
+        ));
+    }
+    let idle = req.idle.unwrap_or(DEFAULT_IDLE);
+    let td = TrustDomain::parse(&cur_int.trust_domain).map_err(ca_error)?;
+    let int_life = cur_int.not_after.duration_since(cur_int.not_before);
+    let mut made = Vec::new();
+    let (parent_signer, parent_id) = if req.root {
+        let life = cur_root.not_after.duration_since(cur_root.not_before);
+        let gen_ = cur_root.generation + 1;
+        let root =
+            keyroll_ca::new_root(&td, gen_, now, life, new_serial(state)?).map_err(ca_error)?;
+        let id = super::webhooks::new_id(state, "ca_")?;
+        let s = Signer::from_parts(&root.cert_der, &root.key_pkcs8_der).map_err(ca_error)?;
+        let mut r = record(state, &id, AuthorityKind::Root, None, &td, &root, now)?;
+        r.generation = gen_;
+        made.push(r);
+        (s, id)
+    } else {
+        (signer(state, cur_root)?, cur_root.id.clone())
+    };
+    let gen_ = cur_int.generation + 1;
+    let int =
+        keyroll_ca::new_intermediate(&parent_signer, &td, gen_, now, int_life, new_serial(state)?)
+            .map_err(ca_error)?;
+    let int_id = super::webhooks::new_id(state, "ca_")?;
+    let mut r = record(
+        state,
+        &int_id,
+        AuthorityKind::Intermediate,
+        Some(&parent_id),
+        &td,
+        &int,
+        now,
+    )?;
+    r.generation = gen_;
+    made.push(r);
+    for a in &mut made {
+        a.state = AuthorityState::Next;
+        a.enters_bundle_at = enters;
+        a.signs_from = signs;
+        a.idle = idle;
+        a.entered_version = None;
+    }
+    // `idle` is the removal gate of the CAs being replaced: written on them in the same write.
+    let mut replaced = vec![cur_int.clone()];
+    if req.root {
+        replaced.push(cur_root.clone());
+    }
+    for a in &mut replaced {
+        a.idle = idle;
+    }
+    let replaced_ids: Vec<String> = replaced.iter().map(|a| a.id.clone()).collect();
+    let detail = json!({
+        "root": req.root,
+        "authorities": made.iter().map(|a| json!({"id": a.id, "kind": a.kind.as_str(), "generation": a.generation, "serial": a.serial, "not_after": keyroll_core::rfc3339(a.not_after)})).collect::<Vec<_>>(),
+        "enters_bundle_at": keyroll_core::rfc3339(enters),
+        "signs_from": keyroll_core::rfc3339(signs),
+        "idle": keyroll_core::format_duration(idle),
+        "replaces": replaced_ids,
+    });
+    made.extend(replaced);
+    let audit = [actor.audit(now, "ca.rotation_started", format!("ca {td}"), &detail)];
+    let events = [EventRecord {
+        seq: 0,
+        at: now,
+        kind: "ca.rotation_started".to_owned(),
+        consumer: String::new(),
+        version: None,
+        detail: detail.to_string(),
+    }];
+    state
+        .store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(ca.bundle_version),
+            authorities: &made,
+            audit: &audit,
+            events: &events,
+            ..CaWrite::default()
+        })
+        .await
+        .map_err(conflict_is_busy)?;
+    state.webhook_wake.notify_one();
+    tracing::info!(event = "ca.rotation_started", root = req.root, enters_bundle_at = %keyroll_core::rfc3339(enters), signs_from = %keyroll_core::rfc3339(signs), request_id = actor.request_id.as_str(), "CA rotation started: the new {} enters the bundle at {}, signs from {}", if req.root { "root and intermediate" } else { "intermediate" }, keyroll_core::rfc3339(enters), keyroll_core::rfc3339(signs));
+    Ok(())
+}
+
+/// What the removal gate of each retiring authority measured at `now`.
+async fn gates(
+    state: &AppState,
+    ca: &keyroll_store::CaState,
+    now: Timestamp,
+) -> Result<Vec<(String, keyroll_core::ca_timeline::GateFacts)>, CaServiceError> {
+    let mut out = Vec::new();
+    for a in ca
+        .authorities
+        .iter()
+        .filter(|a| a.state == AuthorityState::Retiring)
+    {
+        let d = depends(state, ca, a, now).await?;
+        out.push((
+            a.id.clone(),
+            keyroll_core::ca_timeline::GateFacts {
+                live_certificates: d.live_certificates.len() as u64,
+                last_handshake: d.recent_handshakes.iter().map(|h| h.last_at).max(),
+                agents_on_older_bundle: d.agents_on_old_bundle.len() as u64,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// What an authority's removal waits for, measured at `now`.
+#[derive(Debug, Clone, Default)]
+pub struct Dependents {
+    /// Live certificates it (a root: its intermediates) signed.
+    pub live_certificates: Vec<keyroll_store::IssuedCertRecord>,
+    /// Handshakes that chained to it (a root) within its `idle`.
+    pub recent_handshakes: Vec<keyroll_store::HandshakeUse>,
+    /// Agents (heard from within `idle`) whose bundle is older than its successor's entry.
+    pub agents_on_old_bundle: Vec<keyroll_store::AgentRecord>,
+}
+
+/// [`Dependents`] of `a`.
+pub async fn depends(
+    state: &AppState,
+    ca: &keyroll_store::CaState,
+    a: &AuthorityRecord,
+    now: Timestamp,
+) -> Result<Dependents, CaServiceError> {
+    let mut d = Dependents::default();
+    if a.state == AuthorityState::Removed {
+        return Ok(d);
+    }
+    let issuers: Vec<&str> = match a.kind {
+        AuthorityKind::Intermediate => vec![a.id.as_str()],
+        AuthorityKind::Root => ca
+            .authorities
+            .iter()
+            .filter(|i| i.parent_id.as_deref() == Some(a.id.as_str()))
+            .map(|i| i.id.as_str())
+            .collect(),
+    };
+    for issuer in issuers {
+        d.live_certificates.extend(
+            all_certificates(
+                state,
+                keyroll_store::CertQuery {
+                    identity: None,
+                    issuer: Some(issuer.to_owned()),
+                    state: Some(keyroll_store::CertFilter::Live),
+                    at: now,
+                    after: None,
+                    limit: 1000,
+                },
+            )
+            .await?,
+        );
+    }
+    let since = now.saturating_sub(a.idle);
+    if a.kind == AuthorityKind::Root {
+        d.recent_handshakes = state
+            .store
+            .list_handshakes(since)
+            .await?
+            .into_iter()
+            .filter(|h| h.anchor_id == a.fingerprint)
+            .collect();
+    }
+    // Its successor: the newest authority of its kind that entered the bundle after it.
+    let successor = ca
+        .authorities
+        .iter()
+        .filter(|s| s.kind == a.kind && s.generation > a.generation)
+        .filter_map(|s| s.entered_version)
+        .min();
+    if let Some(entered) = successor {
+        d.agents_on_old_bundle = state
+            .store
+            .list_agents(None)
+            .await?
+            .into_iter()
+            .filter(|g| g.last_contact >= since)
+            .filter(|g| g.bundle_version.is_some_and(|v| v < entered))
+            .collect();
+    }
+    Ok(d)
+}
+
+/// Carries out the timeline's next step at `now` (one write guarded by the bundle version);
+/// returns it (`Step::Nothing` when nothing is due). The leader's job calls it until nothing is
+/// due, so a timeline that passed while the server was down catches up step by step.
+pub async fn timeline_step(
+    state: &AppState,
+) -> Result<keyroll_core::ca_timeline::Step, CaServiceError> {
+    use keyroll_core::ca_timeline::Step;
+    let now = state.clock.now();
+    let ca = state.store.ca_state().await?;
+    if ca.authorities.is_empty() {
+        return Ok(Step::Nothing);
+    }
+    let all: Vec<_> = ca.authorities.iter().map(facts).collect();
+    let gates = gates(state, &ca, now).await?;
+    let step = keyroll_core::ca_timeline::next_step(&all, &gates, now);
+    let find = |id: &str| ca.authorities.iter().find(|a| a.id == id).cloned();
+    let mut changed: Vec<AuthorityRecord> = Vec::new();
+    let mut crls = Vec::new();
+    let mut bump = true;
+    let (kind, detail) = match &step {
+        Step::Nothing => return Ok(step),
+        Step::StartRotation { root } => {
+            let actor = Actor {
+                id: "ca-timeline".to_owned(),
+                request_id: crate::request_id::new_request_id(),
+                remote_addr: None,
+            };
+            rotate(
+                state,
+                &actor,
+                RotateRequest {
+                    root: *root,
+                    ..RotateRequest::default()
+                },
+            )
+            .await?;
+            return Ok(step);
+        }
+        Step::Prune(id) | Step::Retire(id) => {
+            let Some(mut a) = find(id) else {
+                return Ok(Step::Nothing);
+            };
+            a.state = AuthorityState::Removed;
+            a.removed_at = Some(now);
+            let kind = if matches!(step, Step::Prune(_)) {
+                "ca.authority_pruned"
+            } else {
+                "ca.authority_removed"
+            };
+            let d = json!({"id": a.id, "kind": a.kind.as_str(), "generation": a.generation, "serial": a.serial, "not_after": keyroll_core::rfc3339(a.not_after)});
+            changed.push(a);
+            (kind, d)
+        }
+        Step::EnterBundle(id) => {
+            let Some(mut a) = find(id) else {
+                return Ok(Step::Nothing);
+            };
+            a.state = AuthorityState::Bundled;
+            a.entered_version = Some(ca.bundle_version + 1);
+            // Its CRL enters with it: a relying party that checks CRLs fails every
+            // certificate of an issuer without one.
+            let next_update = now.saturating_add(CRL_VALIDITY);
+            crls.push(CrlRecord {
+                issuer_id: a.id.clone(),
+                number: 1,
+                this_update: now,
+                next_update,
+                der: keyroll_ca::crl(&signer(state, &a)?, 1, now, next_update, &[])
+                    .map_err(ca_error)?,
+            });
+            let d = json!({"id": a.id, "kind": a.kind.as_str(), "generation": a.generation, "serial": a.serial, "bundle_version": ca.bundle_version + 1});
+            changed.push(a);
+            ("ca.authority_bundled", d)
+        }
+        Step::SwitchSigning { from, to } => {
+            let Some(mut new) = find(to) else {
+                return Ok(Step::Nothing);
+            };
+            new.state = AuthorityState::Active;
+            let old = from.as_deref().and_then(find);
+            let new_parent = new.parent_id.clone();
+            if let Some(mut o) = old.clone() {
+                o.state = AuthorityState::Retiring;
+                // A new root above the new intermediate: the old root retires, the new one is
+                // the active root.
+                if o.parent_id != new_parent {
+                    if let Some(mut r) = o.parent_id.as_deref().and_then(find) {
+                        r.state = AuthorityState::Retiring;
+                        changed.push(r);
+                    }
+                    if let Some(mut r) = new_parent.as_deref().and_then(find) {
+                        r.state = AuthorityState::Active;
+                        changed.push(r);
+                    }
+                }
+                changed.push(o);
+            }
+            let d = json!({"from": from, "to": new.id, "generation": new.generation});
+            changed.push(new);
+            // The bundle's content is the same: who signs is read from the store.
+            bump = false;
+            ("ca.signing_switched", d)
+        }
+    };
+    let actor = Actor {
+        id: "ca-timeline".to_owned(),
+        request_id: crate::request_id::new_request_id(),
+        remote_addr: None,
+    };
+    let audit = [actor.audit(
+        now,
+        kind,
+        format!("ca {}", changed.last().map(|a| a.id.as_str()).unwrap_or("")),
+        &detail,
+    )];
+    let events = [EventRecord {
+        seq: 0,
+        at: now,
+        kind: kind.to_owned(),
+        consumer: String::new(),
+        version: None,
+        detail: detail.to_string(),
+    }];
+    let commit = match state
+        .store
+        .write_ca(CaWrite {
+            expected_bundle_version: Some(ca.bundle_version),
+            bump_bundle: bump,
+            authorities: &changed,
+            crls: &crls,
+            audit: &audit,
+            events: &events,
+            ..CaWrite::default()
+        })
+        .await
+    {
+        Ok(c) => c,
+        // Another writer changed the bundle: the next round recomputes from fresh state.
+        Err(keyroll_store::StoreError::Conflict(_)) => return Ok(Step::Nothing),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(seq) = commit.change_seq {
+        state.cluster.note_local(seq);
+    }
+    state.reload_ca().await?;
+    state.webhook_wake.notify_one();
+    tracing::info!(event = kind, step = ?step, bundle_version = commit.bundle_version, "CA timeline: {kind}");
+    Ok(step)
+}
+
+/// The timeline's next step as `GET /v1/ca/status` shows it: what is due now, else the
+/// earliest foreseeable one (a retirement waits on its gate, so it has no date).
+pub fn foreseen_step(
+    ca: &keyroll_store::CaState,
+    gates: &[(String, keyroll_core::ca_timeline::GateFacts)],
+    now: Timestamp,
+) -> Option<(&'static str, Option<String>, Timestamp)> {
+    use keyroll_core::ca_timeline::Step;
+    let all: Vec<_> = ca.authorities.iter().map(facts).collect();
+    match keyroll_core::ca_timeline::next_step(&all, gates, now) {
+        Step::Prune(id) => return Some(("prune", Some(id), now)),
+        Step::EnterBundle(id) => return Some(("enter_bundle", Some(id), now)),
+        Step::SwitchSigning { to, .. } => return Some(("switch_signing", Some(to), now)),
+        Step::Retire(id) => return Some(("retire", Some(id), now)),
+        Step::StartRotation { .. } => return Some(("start_rotation", None, now)),
+        Step::Nothing => {}
+    }
+    let mut future: Vec<(&'static str, Option<String>, Timestamp)> = Vec::new();
+    for a in ca
+        .authorities
+        .iter()
+        .filter(|a| a.state != AuthorityState::Removed)
+    {
+        match a.state {
+            AuthorityState::Next => {
+                future.push(("enter_bundle", Some(a.id.clone()), a.enters_bundle_at))
+            }
+            AuthorityState::Bundled if a.kind == AuthorityKind::Intermediate => {
+                future.push(("switch_signing", Some(a.id.clone()), a.signs_from));
+            }
+            _ => {}
+        }
+        future.push(("prune", Some(a.id.clone()), a.not_after));
+    }
+    let pending = ca
+        .authorities
+        .iter()
+        .any(|a| matches!(a.state, AuthorityState::Next | AuthorityState::Bundled));
+    if !pending {
+        for kind in [AuthorityKind::Root, AuthorityKind::Intermediate] {
+            if let Some(a) = active(ca, kind) {
+                let half = a
+                    .not_before
+                    .saturating_add(a.not_after.duration_since(a.not_before) / 2);
+                future.push(("start_rotation", None, half));
+            }
+        }
+    }
+    future.into_iter().min_by_key(|f| f.2)
+}
+
+/// Everything `GET /v1/ca/status` shows: the stored CA, each authority's dependents, the gates.
+pub async fn status(
+    state: &AppState,
+) -> Result<
+    (
+        keyroll_store::CaState,
+        Vec<Dependents>,
+        Option<(&'static str, Option<String>, Timestamp)>,
+    ),
+    CaServiceError,
+> {
+    let now = state.clock.now();
+    let ca = state.store.ca_state().await?;
+    if ca.authorities.is_empty() {
+        return Err(CaServiceError::NoCa);
+    }
+    let mut deps = Vec::new();
+    for a in &ca.authorities {
+        deps.push(depends(state, &ca, a, now).await?);
+    }
+    let gates = gates(state, &ca, now).await?;
+    let next = foreseen_step(&ca, &gates, now);
+    Ok((ca, deps, next))
+}
