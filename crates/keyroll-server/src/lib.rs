@@ -114,27 +114,6 @@ impl Server {
             clock::Randomness::os(),
             master_key,
         );
-        let mut tls = tls;
-        if let Some(t) = &mut tls {
-            let (log_state, clock_state) = (Arc::clone(&state), Arc::clone(&state));
-            let sink = Arc::new(
-                move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
-                    let record = decided::CertDecisionRecord {
-                        decision: d,
-                        edge: decided::CertEdge::TlsHandshake,
-                        peer,
-                        request_id: None,
-                        now: log_state.clock.now(),
-                    };
-                    log_state
-                        .observer
-                        .cert_decision(&record, log_state.config.log_allowed_at_info);
-                },
-            );
-            let now = Arc::new(move || clock_state.clock.now());
-            t.client = tls::client_verification(&t.settings, sink, now)
-                .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
-        }
         service::ca::check_sealed_keys(&state)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -146,6 +125,21 @@ impl Server {
             millis = started.elapsed().as_millis() as u64,
             "loaded {loaded} key versions into memory"
         );
+        // After the load: without tls.client_ca_file the listener verifies against the CA's
+        // trust store, which the load installed.
+        let mut tls = tls;
+        if let Some(t) = &mut tls {
+            t.client = tls::client_verification(
+                &t.settings,
+                &state.ca,
+                handshake_sink(&state),
+                {
+                    let clock_state = Arc::clone(&state);
+                    Arc::new(move || clock_state.clock.now())
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
+        }
         let listen = state.config.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -217,6 +211,15 @@ impl Server {
                 }
             }
         };
+        let trust_follower = self.tls.as_ref().and_then(|t| t.client.as_ref()).and_then(|c| {
+            c.ca_trust.clone().map(|rx| {
+                tokio::spawn(tls::follow_ca_trust(
+                    Arc::clone(&c.verifier),
+                    rx,
+                    stop_rx.clone(),
+                ))
+            })
+        });
         let tls_watch = self
             .tls
             .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));
@@ -230,6 +233,9 @@ impl Server {
         let _ = sweeper.await;
         if let Some(w) = tls_watch {
             let _ = w.await;
+        }
+        if let Some(f) = trust_follower {
+            let _ = f.await;
         }
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
@@ -248,6 +254,34 @@ impl Server {
         tracing::info!(event = "server.stopped", "keyroll stopped");
         Ok(())
     }
+}
+
+/// Where the listener's handshake decisions go: the observer (the `cert.decision` line, the
+/// metric) and, for a valid certificate, the CA's handshake uses (the removal gate's "no
+/// handshake chained to it for `idle`").
+pub fn handshake_sink(state: &Arc<AppState>) -> keyroll_ca::DecisionSink {
+    let state = Arc::clone(state);
+    Arc::new(move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
+        let now = state.clock.now();
+        let record = decided::CertDecisionRecord {
+            decision: d,
+            edge: decided::CertEdge::TlsHandshake,
+            peer,
+            client: peer.map(client_addr::ClientAddr::Peer),
+            request_id: None,
+            now,
+        };
+        state
+            .observer
+            .cert_decision(&record, state.config.log_allowed_at_info);
+        if d.allowed()
+            && let (Some(anchor), Some(identity), Some(serial)) = (&d.anchor, &d.identity, &d.serial)
+        {
+            state
+                .ca
+                .record_handshake(anchor, identity, serial, peer, now);
+        }
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, forward_auth};
+use crate::http::{admin, forward_auth, forward_auth_cert};
 
 /// The API description served at `/openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -24,6 +24,7 @@ use crate::http::{admin, forward_auth};
     paths(
         forward_auth::forward_auth,
         forward_auth::verify_json,
+        forward_auth_cert::forward_auth_cert,
         admin::health::healthz,
         admin::health::readyz,
         admin::environments::create_environment,
@@ -185,7 +186,7 @@ fn complete(doc: &mut Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        if path == "/v1/forward-auth" {
+        if path == "/v1/forward-auth" || path == "/v1/forward-auth-cert" {
             every_method(item);
         }
         links(path, item);
@@ -626,7 +627,8 @@ mod tests {
                     assert!(has(s), "{method} {path} does not list {s}");
                 }
             }
-            if path.starts_with("/v1/") && path != "/v1/forward-auth" {
+            // Forward-auth judges the credential it is asked about: it needs none of its own.
+            if path.starts_with("/v1/") && !path.starts_with("/v1/forward-auth") {
                 assert!(admin || consumer, "{method} {path} names no credential");
             }
         }

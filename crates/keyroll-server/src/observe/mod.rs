@@ -337,6 +337,7 @@ mod tests {
             decision: &decision,
             edge: crate::decided::CertEdge::TlsHandshake,
             peer: None,
+            client: None,
             request_id: None,
             now: Timestamp::EPOCH,
         };
