@@ -437,3 +437,137 @@ async fn no_header_content_makes_it_fail_with_a_server_error() {
     .await;
     assert_eq!(header(&twice, "x-keyroll-reason"), "cert_malformed");
 }
+
+/// The listener without `tls.client_ca_file`: its verifier starts from the CA's trust store, and
+/// a revocation (a new CRL installed by the CA) reaches the next handshake without a restart.
+#[tokio::test]
+async fn the_listener_verifies_against_the_ca_and_follows_its_changes() {
+    use keyroll_server::config::{ClientAuth, TlsSettings, TlsSource};
+    use keyroll_server::tls;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    // The handshake checks validity at the server's clock; webpki on the client side uses the
+    // real one, so the CA is made at the real now.
+    let dir = tempfile::tempdir().unwrap();
+    let real_now = keyroll_server::clock::system_now();
+    let state = state_at(&dir, Clock::manual(real_now)).await;
+    let (server_leaf, int) = issue(&state, "ops/keyroll", true).await;
+    let (alice, _) = issue(&state, "ops/alice", false).await;
+    let settings = TlsSettings {
+        source: TlsSource::Files {
+            cert: "unused.pem".into(),
+            key: "unused.pem".into(),
+        },
+        client_auth: ClientAuth::Optional,
+        admin_identities: vec![],
+        client_ca_file: None,
+        trust_domain: None,
+        watch_interval: Duration::from_secs(1),
+    };
+    let codes: Arc<parking_lot::Mutex<Vec<CertCode>>> = Arc::default();
+    let sink_codes = Arc::clone(&codes);
+    let observed = keyroll_server::handshake_sink(&state);
+    let sink: keyroll_ca::DecisionSink = Arc::new(move |d, peer| {
+        sink_codes.lock().push(d.code);
+        observed(d, peer);
+    });
+    let clock_state = Arc::clone(&state);
+    let client = tls::client_verification(
+        &settings,
+        &state.ca,
+        sink,
+        Arc::new(move || clock_state.clock.now()),
+    )
+    .unwrap()
+    .expect("client certificates are asked for");
+    // A trust domain other than the CA's is refused.
+    let mut other = settings.clone();
+    other.trust_domain = Some("other.org".into());
+    let err = tls::client_verification(&other, &state.ca, Arc::new(|_, _| {}), Arc::new(t0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other.org") && err.contains("example.org"), "{err}");
+
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tls::follow_ca_trust(
+        Arc::clone(&client.verifier),
+        client.ca_trust.clone().expect("follows the CA"),
+        stop_rx,
+    ));
+    let base = tls::server_config(
+        vec![
+            CertificateDer::from(server_leaf.cert_der.clone()),
+            CertificateDer::from(int.clone()),
+        ],
+        PrivateKeyDer::Pkcs8(
+            server_leaf
+                .key_pkcs8_der
+                .as_ref()
+                .unwrap()
+                .as_bytes()
+                .to_vec()
+                .into(),
+        ),
+    )
+    .unwrap();
+    let (_cfg_tx, cfg_rx) = tokio::sync::watch::channel(base);
+    let acceptor = tls::Acceptor::new(cfg_rx, ClientAuth::Optional, Duration::from_secs(5))
+        .with_client_verification(client);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let outcome = match acceptor.accept(stream, peer).await {
+                Ok((mut tls, info)) => {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tls, b"x").await;
+                    Ok(info.peer_certificate.map(|p| p.serial))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = results_tx.send(outcome);
+        }
+    });
+    let trust = state.ca.current().unwrap();
+    let connect = || {
+        let config = keyroll_ca::client_config(
+            &trust,
+            Some((
+                vec![alice.cert_der.clone(), int.clone()],
+                alice.key_pkcs8_der.as_ref().unwrap(),
+            )),
+        )
+        .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            if let Ok(mut tls) = connector.connect(name, tcp).await {
+                let mut b = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut b).await;
+            }
+        }
+    };
+    connect().await;
+    assert_eq!(results.recv().await.unwrap(), Ok(Some(alice.serial)));
+    let uses = state.ca.take_handshakes();
+    assert_eq!(uses.len(), 1, "the valid handshake is a use of the root");
+    assert_eq!(uses[0].identity, "ops/alice");
+
+    revoke(&state, alice.serial).await;
+    // The follower runs on another task: give it the change, then handshake again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        connect().await;
+        if results.recv().await.unwrap().is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation never reached the listener"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(codes.lock().last(), Some(&CertCode::CertRevoked));
+}
