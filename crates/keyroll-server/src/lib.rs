@@ -129,15 +129,10 @@ impl Server {
         // trust store, which the load installed.
         let mut tls = tls;
         if let Some(t) = &mut tls {
-            t.client = tls::client_verification(
-                &t.settings,
-                &state.ca,
-                handshake_sink(&state),
-                {
-                    let clock_state = Arc::clone(&state);
-                    Arc::new(move || clock_state.clock.now())
-                },
-            )
+            t.client = tls::client_verification(&t.settings, &state.ca, handshake_sink(&state), {
+                let clock_state = Arc::clone(&state);
+                Arc::new(move || clock_state.clock.now())
+            })
             .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
         }
         let listen = state.config.listen;
@@ -211,15 +206,19 @@ impl Server {
                 }
             }
         };
-        let trust_follower = self.tls.as_ref().and_then(|t| t.client.as_ref()).and_then(|c| {
-            c.ca_trust.clone().map(|rx| {
-                tokio::spawn(tls::follow_ca_trust(
-                    Arc::clone(&c.verifier),
-                    rx,
-                    stop_rx.clone(),
-                ))
-            })
-        });
+        let trust_follower = self
+            .tls
+            .as_ref()
+            .and_then(|t| t.client.as_ref())
+            .and_then(|c| {
+                c.ca_trust.clone().map(|rx| {
+                    tokio::spawn(tls::follow_ca_trust(
+                        Arc::clone(&c.verifier),
+                        rx,
+                        stop_rx.clone(),
+                    ))
+                })
+            });
         let tls_watch = self
             .tls
             .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));
@@ -261,27 +260,30 @@ impl Server {
 /// handshake chained to it for `idle`").
 pub fn handshake_sink(state: &Arc<AppState>) -> keyroll_ca::DecisionSink {
     let state = Arc::clone(state);
-    Arc::new(move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
-        let now = state.clock.now();
-        let record = decided::CertDecisionRecord {
-            decision: d,
-            edge: decided::CertEdge::TlsHandshake,
-            peer,
-            client: peer.map(client_addr::ClientAddr::Peer),
-            request_id: None,
-            now,
-        };
-        state
-            .observer
-            .cert_decision(&record, state.config.log_allowed_at_info);
-        if d.allowed()
-            && let (Some(anchor), Some(identity), Some(serial)) = (&d.anchor, &d.identity, &d.serial)
-        {
+    Arc::new(
+        move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
+            let now = state.clock.now();
+            let record = decided::CertDecisionRecord {
+                decision: d,
+                edge: decided::CertEdge::TlsHandshake,
+                peer,
+                client: peer.map(client_addr::ClientAddr::Peer),
+                request_id: None,
+                now,
+            };
             state
-                .ca
-                .record_handshake(anchor, identity, serial, peer, now);
-        }
-    })
+                .observer
+                .cert_decision(&record, state.config.log_allowed_at_info);
+            if d.allowed()
+                && let (Some(anchor), Some(identity), Some(serial)) =
+                    (&d.anchor, &d.identity, &d.serial)
+            {
+                state
+                    .ca
+                    .record_handshake(anchor, identity, serial, peer, now);
+            }
+        },
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the

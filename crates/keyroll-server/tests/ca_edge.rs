@@ -286,7 +286,11 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
         &[("x-client-cert", value(&cert)), policy("Prod/Billing")],
     )
     .await;
-    assert_eq!(bad_policy.status().as_u16(), 403, "an invalid policy allows nobody");
+    assert_eq!(
+        bad_policy.status().as_u16(),
+        403,
+        "an invalid policy allows nobody"
+    );
 
     // No certificate; one from a peer that is not a trusted proxy.
     let missing = ask(&state, PROXY, url, &[]).await;
@@ -313,7 +317,10 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
     let revoked = ask(&state, PROXY, url, &[("x-client-cert", value(&cert))]).await;
     assert_eq!(revoked.status().as_u16(), 401);
     assert_eq!(header(&revoked, "x-keyroll-reason"), "cert_revoked");
-    assert_eq!(header(&revoked, "x-keyroll-serial"), billing.serial.to_string());
+    assert_eq!(
+        header(&revoked, "x-keyroll-serial"),
+        billing.serial.to_string()
+    );
 
     // Expired: at the server clock's now.
     clock.advance(2 * DAY);
@@ -327,6 +334,67 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
     assert_eq!(expired.status().as_u16(), 401);
     assert_eq!(header(&expired, "x-keyroll-reason"), "cert_expired");
 
+    // The decision history holds them beside the key decisions, filterable.
+    let token = keyroll_server::create_first_admin_token(state.store.as_ref())
+        .await
+        .unwrap();
+    let bearer = value(&format!("Bearer {token}"));
+    let key_rejection = ask(&state, PROXY, "/v1/forward-auth", &[]).await;
+    assert_eq!(key_rejection.status().as_u16(), 401);
+    let list = |q: &'static str| {
+        let (state, bearer) = (Arc::clone(&state), bearer.clone());
+        async move {
+            let r = ask(&state, PROXY, q, &[("authorization", bearer)]).await;
+            assert_eq!(r.status().as_u16(), 200, "{q}");
+            body_json(r).await
+        }
+    };
+    let revoked = list("/v1/decisions?kind=cert&code=cert_revoked").await;
+    assert_eq!(revoked["matched"], 1, "{revoked}");
+    let entry = &revoked["items"][0];
+    assert_eq!(entry["kind"], "cert");
+    assert_eq!(entry["identity"], "prod/billing");
+    assert_eq!(entry["spiffe_id"], "spiffe://example.org/prod/billing");
+    assert_eq!(entry["serial"], billing.serial.to_string());
+    assert_eq!(entry["edge"], "forward_auth_cert");
+    assert_eq!(entry["environment"], "prod");
+    assert!(entry["detail"].as_str().unwrap().contains("CRL"), "{entry}");
+    let by_serial = list(Box::leak(
+        format!("/v1/decisions?serial={}", billing.serial).into_boxed_str(),
+    ))
+    .await;
+    // Three valid (PEM, leaf only, DER), allowed by prod/*, the invalid policy, revoked.
+    assert_eq!(by_serial["matched"], 6, "{by_serial}");
+    let by_identity = list("/v1/decisions?identity=staging/api&code=cert_wrong_identity").await;
+    assert_eq!(
+        by_identity["matched"], 2,
+        "header policy and environment: {by_identity}"
+    );
+    let keys = list("/v1/decisions?kind=key").await;
+    assert_eq!(keys["matched"], 1);
+    assert_eq!(keys["items"][0]["kind"], "key");
+    assert_eq!(keys["items"][0]["code"], "missing_credential");
+    assert!(
+        keys["items"][0].get("identity").is_none(),
+        "key entries unchanged"
+    );
+    let everything = list("/v1/decisions?limit=100000").await;
+    let items = everything["items"].as_array().unwrap();
+    assert_eq!(items.len() as u64, everything["matched"].as_u64().unwrap());
+    assert_eq!(
+        items[0]["code"], "missing_credential",
+        "newest first across both kinds"
+    );
+    assert_eq!(items[1]["code"], "cert_expired");
+    let bad = ask(
+        &state,
+        PROXY,
+        "/v1/decisions?serial=nothex",
+        &[("authorization", bearer.clone())],
+    )
+    .await;
+    assert_eq!(bad.status().as_u16(), 400);
+
     // Every decision is counted under its code and edge.
     let metrics = state.observer.render(&state.index, clock.now());
     for code in [
@@ -336,9 +404,8 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
         "cert_revoked",
         "cert_expired",
     ] {
-        let series = format!(
-            "keyroll_cert_decisions_total{{code=\"{code}\",edge=\"forward_auth_cert\"}}"
-        );
+        let series =
+            format!("keyroll_cert_decisions_total{{code=\"{code}\",edge=\"forward_auth_cert\"}}");
         assert!(metrics.contains(&series), "{series} in {metrics}");
     }
 }
@@ -365,10 +432,7 @@ async fn no_header_content_makes_it_fail_with_a_server_error() {
             "private key".into(),
             value(&good.replace("CERTIFICATE", "PRIVATE%20KEY")),
         ),
-        (
-            "truncated".into(),
-            value(&good[..good.len() / 2]),
-        ),
+        ("truncated".into(), value(&good[..good.len() / 2])),
         (
             "huge".into(),
             value(&"A".repeat(keyroll_server::http::forward_auth_cert::MAX_CERT_HEADER + 1)),
@@ -412,10 +476,7 @@ async fn no_header_content_makes_it_fail_with_a_server_error() {
         )
         .await;
         let status = r.status().as_u16();
-        assert!(
-            matches!(status, 200 | 401 | 403),
-            "{name}: {status}"
-        );
+        assert!(matches!(status, 200 | 401 | 403), "{name}: {status}");
         let reason = header(&r, "x-keyroll-reason").to_owned();
         assert!(CertCode::parse(&reason).is_some(), "{name}: {reason:?}");
         if status != 200 {
@@ -432,7 +493,10 @@ async fn no_header_content_makes_it_fail_with_a_server_error() {
         &state,
         PROXY,
         "/v1/forward-auth-cert",
-        &[("x-client-cert", value(&good)), ("x-client-cert", value(&good))],
+        &[
+            ("x-client-cert", value(&good)),
+            ("x-client-cert", value(&good)),
+        ],
     )
     .await;
     assert_eq!(header(&twice, "x-keyroll-reason"), "cert_malformed");
@@ -486,7 +550,10 @@ async fn the_listener_verifies_against_the_ca_and_follows_its_changes() {
     let err = tls::client_verification(&other, &state.ca, Arc::new(|_, _| {}), Arc::new(t0))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("other.org") && err.contains("example.org"), "{err}");
+    assert!(
+        err.contains("other.org") && err.contains("example.org"),
+        "{err}"
+    );
 
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tls::follow_ca_trust(

@@ -177,7 +177,9 @@ fn judge(
     let missing = || {
         decision_without_certificate(
             CertCode::CertMissing,
-            format!("no client certificate was forwarded (the {CLIENT_CERT_HEADER} header is absent or empty)"),
+            format!(
+                "no client certificate was forwarded (the {CLIENT_CERT_HEADER} header is absent or empty)"
+            ),
             None,
         )
     };
@@ -229,8 +231,7 @@ fn judge(
             );
         }
     };
-    let (Some(trust), Some(td)) = (state.ca.current(), state.ca.trust_domain())
-    else {
+    let (Some(trust), Some(td)) = (state.ca.current(), state.ca.trust_domain()) else {
         return decision_without_certificate(
             CertCode::CertUnknownIssuer,
             "keyroll has no CA yet (run `keyroll ca init`), so no certificate chains to a trusted anchor".to_owned(),
@@ -243,7 +244,9 @@ fn judge(
             Ok(policy) => (policy, None),
             Err(e) => (
                 IdentityPolicy::any(td),
-                Some(format!("the gateway's identity policy is not valid ({e}), so no identity is allowed")),
+                Some(format!(
+                    "the gateway's identity policy is not valid ({e}), so no identity is allowed"
+                )),
             ),
         },
         Err(reason) => (
@@ -312,7 +315,13 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 fn header_safe(text: &str) -> String {
     text.chars()
         .take(400)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

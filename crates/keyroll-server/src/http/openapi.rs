@@ -410,15 +410,34 @@ fn param_rules(path: &str, p: &mut Value) {
         }
         ("query", "since" | "wait") => json!({ "type": "string", "pattern": DURATION }),
         ("query", "code") => {
-            let codes: Vec<&str> = DecisionCode::ALL
+            let mut codes: Vec<&str> = DecisionCode::ALL
                 .iter()
                 .map(DecisionCode::as_str)
                 .chain(["invalid_key"])
                 .collect();
+            // `/v1/decisions` also holds certificate decisions (`valid` is already there).
+            if path == "/v1/decisions" {
+                codes.extend(
+                    keyroll_ca::CertCode::ALL
+                        .iter()
+                        .filter(|c| !c.allowed())
+                        .map(|c| c.as_str()),
+                );
+            }
             let one = codes.join("|");
             // The server skips empty items and trims each (`code=`, `a, b,`).
             let item = format!(r"\s*({one})?\s*");
             json!({ "type": "string", "pattern": format!("^{item}(,{item})*$") })
+        }
+        ("query", "kind") if path == "/v1/decisions" => {
+            json!({ "type": "string", "enum": ["key", "cert"] })
+        }
+        ("query", "identity") if path == "/v1/decisions" => json!({
+            "type": "string",
+            "pattern": "^(spiffe://[a-z0-9-]{1,63}(\\.[a-z0-9-]{1,63}){0,3}/)?[a-z][a-z0-9]{0,15}/[a-z][a-z0-9-]{0,62}$",
+        }),
+        ("query", "serial") if path == "/v1/decisions" => {
+            json!({ "type": "string", "pattern": "^[0-9a-fA-F]{32}$" })
         }
         ("query", "limit") => {
             let max = if path == "/v1/decisions" {
