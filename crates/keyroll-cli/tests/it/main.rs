@@ -24,6 +24,7 @@ mod harness;
 mod incident;
 mod mtls;
 mod nginx;
+mod nginx_mtls;
 mod nodes;
 mod observe;
 mod pg;

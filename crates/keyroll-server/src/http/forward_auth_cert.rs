@@ -311,16 +311,16 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Makes text safe for a header value.
+/// Makes text safe for a header value and for a JSON string a gateway builds from it (the
+/// shipped nginx config puts `X-Keyroll-Detail` into a problem body as it is).
 fn header_safe(text: &str) -> String {
     text.chars()
         .take(400)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
         })
         .collect()
 }
@@ -497,6 +497,14 @@ mod tests {
             ("x-keyroll-environment", "ops"),
         ]);
         assert!(asked_policy(&twice, &bare).is_err());
+    }
+
+    #[test]
+    fn details_are_safe_in_headers_and_json_strings() {
+        assert_eq!(
+            header_safe("issuer \"CN=a\\b\"\n\u{e9}"),
+            "issuer 'CN=a/b'??"
+        );
     }
 
     #[test]
