@@ -12,6 +12,7 @@ mod agent;
 mod agent_chaos;
 mod audit;
 mod bad_input;
+mod ca;
 mod ci_examples;
 mod cli_errors;
 mod cluster;

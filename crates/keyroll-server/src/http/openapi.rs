@@ -70,6 +70,11 @@ use crate::http::{admin, forward_auth, forward_auth_cert};
         crate::http::self_service::request_rotation,
         crate::http::self_service::list_agents,
         crate::http::cluster::cluster,
+        crate::http::ca::init,
+        crate::http::ca::issue,
+        crate::http::ca::self_certificate,
+        crate::http::ca::bundle,
+        crate::http::ca::crl,
     ),
     modifiers(&AdminToken),
 )]
@@ -646,8 +651,11 @@ mod tests {
                     assert!(has(s), "{method} {path} does not list {s}");
                 }
             }
-            // Forward-auth judges the credential it is asked about: it needs none of its own.
-            if path.starts_with("/v1/") && !path.starts_with("/v1/forward-auth") {
+            // Forward-auth judges the credential it is asked about; the CA's public material is
+            // served like a JWKS: no credential of their own.
+            let public = path.starts_with("/v1/forward-auth")
+                || matches!(path.as_str(), "/v1/ca/bundle" | "/v1/ca/crl");
+            if path.starts_with("/v1/") && !public {
                 assert!(admin || consumer, "{method} {path} names no credential");
             }
         }
