@@ -24,6 +24,7 @@ mod forward_auth;
 mod harness;
 mod incident;
 mod mtls;
+mod mtls_ca;
 mod nginx;
 mod nginx_mtls;
 mod nodes;
