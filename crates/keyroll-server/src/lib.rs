@@ -24,6 +24,7 @@ pub mod service;
 pub mod state;
 pub mod sweeper;
 pub mod tls;
+pub mod tls_issue;
 pub mod ui;
 pub mod usage;
 pub mod webhooks;
@@ -57,6 +58,8 @@ struct TlsListener {
     config: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
     settings: config::TlsSettings,
     client: Option<tls::ClientVerification>,
+    /// With `tls.issue`: what to issue and the certificate in use, for the renewal task.
+    issued: Option<(tls_issue::IssueSpec, keyroll_store::IssuedCertRecord)>,
 }
 
 impl Server {
@@ -64,17 +67,24 @@ impl Server {
     /// index and binds the listener.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         keyroll_ca::tls::install_provider();
-        // A bad certificate refuses start before anything is opened or created.
-        let tls = match &config.tls {
+        // A bad certificate file refuses start before anything is opened or created; a
+        // certificate from the CA (`tls.issue`) is issued once the store is loaded.
+        let issue_spec = match &config.tls {
+            Some(settings) => tls_issue::IssueSpec::of(&settings.source)
+                .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?,
             None => None,
-            Some(settings) => Some(TlsListener {
+        };
+        let tls = match &config.tls {
+            Some(settings) if issue_spec.is_none() => Some(TlsListener {
                 config: tokio::sync::watch::Sender::new(
                     tls::initial_config(settings)
                         .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?,
                 ),
                 settings: settings.clone(),
                 client: None,
+                issued: None,
             }),
+            _ => None,
         };
         let (store, earlier, installation, _) = open_checked(&config, false).await?;
         if store.count_admin_tokens().await? == 0 {
@@ -128,6 +138,18 @@ impl Server {
         // After the load: without tls.client_ca_file the listener verifies against the CA's
         // trust store, which the load installed.
         let mut tls = tls;
+        if let (Some(spec), Some(settings)) = (&issue_spec, &state.config.tls) {
+            let (config, record) = tls_issue::issue_config(&state, spec, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?;
+            tracing::info!(event = "tls.loaded", identity = %spec.identity, serial = record.serial.as_str(), "serving TLS with certificate {} for {} from keyroll's CA (renewed at half its life)", record.serial, spec.identity);
+            tls = Some(TlsListener {
+                config: tokio::sync::watch::Sender::new(config),
+                settings: settings.clone(),
+                client: None,
+                issued: Some((spec.clone(), record)),
+            });
+        }
         if let Some(t) = &mut tls {
             t.client = tls::client_verification(&t.settings, &state.ca, handshake_sink(&state), {
                 let clock_state = Arc::clone(&state);
@@ -219,9 +241,17 @@ impl Server {
                     ))
                 })
             });
-        let tls_watch = self
-            .tls
-            .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));
+        let tls_watch = self.tls.map(|t| match t.issued {
+            Some((spec, record)) => tokio::spawn(tls_issue::renew(
+                Arc::clone(&state),
+                spec,
+                record,
+                t.settings.watch_interval,
+                t.config,
+                stop_rx.clone(),
+            )),
+            None => tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())),
+        });
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         tracing::info!(event = "server.listening", addr = %addr, scheme, store = state.store.backend(), node_id = %state.cluster.node_id, leader = state.is_leader(), "keyroll listening on {scheme}://{addr}");

@@ -143,9 +143,10 @@ pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsEr
             tracing::info!(event = "tls.loaded", cert_file = %cert.display(), serial = serial.as_str(), "serving TLS with the certificate in {} (serial {serial})", cert.display());
             Ok(config)
         }
-        TlsSource::Issue { .. } => Err(TlsError::Config(
-            "tls.issue needs keyroll's CA, which this build does not have yet; use tls.cert_file and tls.key_file".into(),
-        )),
+        // Issued once the store is loaded (`tls_issue`), not from files.
+        TlsSource::Issue { identity, .. } => Err(TlsError::Config(format!(
+            "tls.issue ({identity}) is issued by keyroll's CA at start, not read from files"
+        ))),
     }
 }
 

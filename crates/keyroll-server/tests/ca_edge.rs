@@ -638,3 +638,101 @@ async fn the_listener_verifies_against_the_ca_and_follows_its_changes() {
     }
     assert_eq!(codes.lock().last(), Some(&CertCode::CertRevoked));
 }
+
+/// `tls.issue`: the listener's certificate comes from the CA (an audited issuance), and at half
+/// its life a new one is published on the listener's watch, superseding the first; a new
+/// handshake is served the new serial.
+#[tokio::test]
+async fn the_listener_certificate_is_issued_by_the_ca_and_renewed_at_half_life() {
+    use keyroll_server::tls_issue::{IssueSpec, issue_config, renew};
+
+    // The client checks the served certificates at the real clock: the first is issued 13 hours
+    // ago (by the server's manual clock), so that its half life has passed at the real now.
+    let dir = tempfile::tempdir().unwrap();
+    let real_now = keyroll_server::clock::system_now();
+    let state = state_at(
+        &dir,
+        Clock::manual(real_now.saturating_sub(13 * 3600 * Duration::from_secs(1))),
+    )
+    .await;
+    let actor = Actor::system("rq_test".into());
+    keyroll_server::service::create_environment(
+        &state,
+        &actor,
+        keyroll_core::Environment::parse("ops").unwrap(),
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let spec = IssueSpec {
+        identity: keyroll_core::ConsumerRef::parse("ops/keyroll").unwrap(),
+        dns: vec!["localhost".into()],
+        ip: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let (config, first) = issue_config(&state, &spec, None).await.unwrap();
+    let trust = state.ca.current().unwrap();
+    // The serial a new handshake is served, read by a client that trusts only the CA.
+    let served = |config: Arc<rustls::ServerConfig>| {
+        let trust = Arc::clone(&trust);
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let _ = tokio_rustls::TlsAcceptor::from(config).accept(stream).await;
+            });
+            let client = keyroll_ca::client_config(&trust, None).unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            keyroll_ca::inspect(&leaf)
+                .unwrap()
+                .serial
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(served(Arc::clone(&config)).await, first.serial);
+    assert_eq!(first.identity.to_string(), "ops/keyroll");
+    assert!(first.server_auth);
+
+    let (tx, mut rx) = tokio::sync::watch::channel(config);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(renew(
+        Arc::clone(&state),
+        spec,
+        first.clone(),
+        Duration::from_millis(20),
+        tx,
+        stop_rx,
+    ));
+    // Not before half its life...
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!rx.has_changed().unwrap(), "renewed too early");
+    // ...and soon after it.
+    state.clock.set(real_now);
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("renewed at half life")
+        .unwrap();
+    let second = served(rx.borrow_and_update().clone()).await;
+    assert_ne!(second, first.serial);
+    let old = state
+        .store
+        .get_certificate(&first.serial)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.superseded_by.as_deref(), Some(second.as_str()));
+    let audit = state.store.list_audit(20).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|a| a.action == "cert.issued").count(),
+        2,
+        "both issuances are audited"
+    );
+}

@@ -191,8 +191,16 @@ fn complete(doc: &mut Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        if path == "/v1/forward-auth" || path == "/v1/forward-auth-cert" {
-            every_method(item);
+        if path == "/v1/forward-auth" {
+            every_method(item, &["post", "put", "patch", "delete", "options"]);
+        }
+        if path == "/v1/forward-auth-cert" {
+            // TRACE too: it is answered like the others (a 401 without a certificate), which
+            // schemathesis checks against the methods documented.
+            every_method(
+                item,
+                &["post", "put", "patch", "delete", "options", "trace"],
+            );
         }
         links(path, item);
         for method in METHODS {
@@ -267,12 +275,12 @@ fn links(path: &str, item: &mut Map<String, Value>) {
 }
 
 /// Forward-auth answers every method (a gateway forwards the client's), so it is documented
-/// under each with the same responses.
-fn every_method(item: &mut Map<String, Value>) {
+/// under each of `methods` with the responses of its GET.
+fn every_method(item: &mut Map<String, Value>, methods: &[&str]) {
     let Some(get) = item.get("get").cloned() else {
         return;
     };
-    for method in ["post", "put", "patch", "delete", "options"] {
+    for &method in methods {
         let mut op = get.clone();
         if let Some(id) = op.get("operationId").and_then(Value::as_str) {
             op["operationId"] = Value::String(format!("{id}_{method}"));
