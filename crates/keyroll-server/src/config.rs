@@ -79,8 +79,8 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of `cert_file`'s leaf, watched with it.
     pub key_file: Option<PathBuf>,
-    /// Have keyroll's own CA issue the listener's certificate (renewed at half its life)
-    /// instead of reading files.
+    /// Have keyroll's own CA issue the listener's certificate (at start, once the CA exists;
+    /// renewed at half its life, checked every `watch_interval`) instead of reading files.
     pub issue: Option<TlsIssueConfig>,
     /// Client certificates: `off` (never asked for), `optional` (verified when sent) or
     /// `require_admin` (the admin API needs a verified identity in `admin_identities`).

@@ -194,3 +194,69 @@ fn the_listener_verifies_client_certificates_against_keyroll_ca() {
         "{list}"
     );
 }
+
+/// `[tls] issue`: the listener serves a certificate from keyroll's own CA, which a client
+/// trusting only the CA's bundle accepts, and which `keyroll cert list` would show (audited).
+#[test]
+fn the_listener_serves_a_certificate_issued_by_keyroll_ca() {
+    if !harness::require_program("curl", "apt-get install -y curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let s = harness::start_in(&data);
+    for args in [
+        &["ca", "init", "--trust-domain", "example.org"][..],
+        &["env", "create", "ops"],
+    ] {
+        let r = s.cli(args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    }
+    let bundle = d.join("ca.pem");
+    let r = s.cli(&["ca", "bundle", "--out", bundle.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(s.terminate(), Some(0));
+    let config = d.join("keyroll.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nissue = { identity = \"ops/keyroll\", dns = [\"localhost\"], ip = [\"127.0.0.1\"] }\n",
+    )
+    .unwrap();
+    let s = harness::start_in_with(&data, &["-c", config.to_str().unwrap()]);
+    let loaded = s.events_at_least("tls.loaded", 1);
+    assert_eq!(loaded[0]["identity"], "ops/keyroll", "{:?}", loaded[0]);
+    let serial = loaded[0]["serial"].as_str().unwrap().to_owned();
+    let port = s.addr.rsplit(':').next().unwrap().to_owned();
+    let (code, body, err) = curl(&[
+        "--cacert",
+        bundle.to_str().unwrap(),
+        &format!("https://localhost:{port}/healthz"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.contains("ok"), "{body}");
+    // The served certificate is the one the log named, and an audited issuance of the CA.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+            bundle.display()
+        ))
+        .output()
+        .unwrap();
+    let served = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(served.contains(&serial), "{served} vs {serial}");
+    let token = s.token();
+    let (code, audit, err) = curl(&[
+        "--cacert",
+        bundle.to_str().unwrap(),
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("https://localhost:{port}/v1/audit?limit=50"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        audit.contains("cert.issued") && audit.contains(&serial),
+        "{audit}"
+    );
+}
