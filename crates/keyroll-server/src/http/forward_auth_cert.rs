@@ -331,7 +331,6 @@ fn header_safe(text: &str) -> String {
     path = "/v1/forward-auth-cert",
     tag = "verification",
     params(
-        ("X-Client-Cert" = Option<String>, Header, description = "the client certificate the proxy verified: URL-encoded PEM, leaf first (nginx `$ssl_client_escaped_cert`), or base64 DER; honoured only from a peer in usage.trusted_proxies"),
         ("X-Keyroll-Identity-Policy" = Option<String>, Header, description = "allowed identities, ENV/SERVICE patterns (`prod/*`), comma separated"),
         ("X-Keyroll-Environment" = Option<String>, Header, description = "allowed environment (the same as the pattern ENV/*)"),
         ("identity" = Option<Vec<String>>, Query, description = "allowed identities when no policy header is sent"),

@@ -172,6 +172,12 @@ fn complete(doc: &mut Value) {
             "bearerFormat": "kr_<env>_<kid>_<secret>",
             "description": "a consumer's own key: the agent's credential for /v1/self (its own consumer only)",
         });
+        schemes["client_cert"] = json!({
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Client-Cert",
+            "description": "the client certificate a TLS-terminating proxy verified: URL-encoded PEM, leaf first (nginx `$ssl_client_escaped_cert`), or base64 DER; honoured only from a peer in usage.trusted_proxies",
+        });
     }
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -318,6 +324,9 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>, schemas: &Map<Str
         .is_some_and(|s| s.iter().any(|r| r.get("consumer_key").is_some()));
     if path == "/v1/forward-auth" {
         op.insert("security".into(), json!([{ "api_key": [] }, {}]));
+    }
+    if path == "/v1/forward-auth-cert" {
+        op.insert("security".into(), json!([{ "client_cert": [] }, {}]));
     }
     let body = op.contains_key("requestBody");
     if let Some(request) = op.get_mut("requestBody") {
@@ -681,7 +690,11 @@ mod tests {
             let op = &doc["paths"]["/v1/forward-auth"][method];
             assert_eq!(op["security"][0], json!({ "api_key": [] }), "{method}");
             assert!(op["responses"]["401"].is_object(), "{method}");
+            let op = &doc["paths"]["/v1/forward-auth-cert"][method];
+            assert_eq!(op["security"][0], json!({ "client_cert": [] }), "{method}");
+            assert!(op["responses"]["403"].is_object(), "{method}");
         }
+        assert_eq!(schemes["client_cert"]["name"], "X-Client-Cert");
     }
 
     #[test]
