@@ -26,6 +26,16 @@ pub struct DecisionsArgs {
     /// Only this fingerprint (fp_…; `keyroll fingerprint KEY` computes one).
     #[arg(long)]
     fingerprint: Option<String>,
+    /// Only `key` or only `cert` decisions (certificate decisions: TLS handshakes and
+    /// certificate forward-auth).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only certificates of this identity (ENV/SERVICE or spiffe://…).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Only the certificate with this serial (32 hex digits).
+    #[arg(long)]
+    serial: Option<String>,
     /// Only the last DURATION (humantime: 10m, 1h).
     #[arg(long)]
     since: Option<String>,
@@ -47,9 +57,22 @@ impl DecisionsArgs {
                 .with_context(|| format!("--consumer {c:?}"))
                 .or_usage()?;
         }
+        if let Some(k) = &self.kind
+            && k != "key"
+            && k != "cert"
+        {
+            return Err(usage(format!("--kind {k:?}: expected key or cert")));
+        }
         for c in &self.code {
-            if c != "invalid_key" && DecisionCode::parse(c).is_none() {
-                let known: Vec<&str> = DecisionCode::ALL.iter().map(DecisionCode::as_str).collect();
+            if c != "invalid_key"
+                && DecisionCode::parse(c).is_none()
+                && keyroll_ca::CertCode::parse(c).is_none()
+            {
+                let known: Vec<&str> = DecisionCode::ALL
+                    .iter()
+                    .map(DecisionCode::as_str)
+                    .chain(keyroll_ca::CertCode::ALL.iter().skip(1).map(|c| c.as_str()))
+                    .collect();
                 return Err(usage(format!(
                     "--code {c:?}: expected one of {}, or invalid_key",
                     known.join(", ")
@@ -75,6 +98,9 @@ impl DecisionsArgs {
             code: (!self.code.is_empty()).then(|| self.code.join(",")),
             fingerprint: self.fingerprint,
             since: self.since,
+            kind: self.kind,
+            identity: self.identity,
+            serial: self.serial,
             limit: Some(self.limit),
         })
     }
@@ -114,7 +140,8 @@ pub fn print_decisions(list: &proto::DecisionList) -> Printed {
                     d.ts.clone(),
                     d.code.clone(),
                     dash(d.kid.as_deref()),
-                    dash(d.consumer.as_deref()),
+                    // A certificate decision names its identity where a key names its consumer.
+                    dash(d.consumer.as_deref().or(d.identity.as_deref())),
                     d.version.map_or_else(|| "-".into(), |n| format!("v{n}")),
                     dash(d.fingerprint.as_deref()),
                     dash(d.remote_addr.as_deref()),

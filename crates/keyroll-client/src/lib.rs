@@ -785,6 +785,9 @@ impl Client {
             ("code", q.code.as_deref()),
             ("fingerprint", q.fingerprint.as_deref()),
             ("since", q.since.as_deref()),
+            ("kind", q.kind.as_deref()),
+            ("identity", q.identity.as_deref()),
+            ("serial", q.serial.as_deref()),
             ("limit", limit.as_deref()),
         ];
         let query: Vec<String> = params

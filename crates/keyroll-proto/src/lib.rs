@@ -815,10 +815,20 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
+fn key_kind() -> String {
+    "key".to_owned()
+}
+
 /// One decision remembered by the server (`GET /v1/decisions`). Codes are the precise internal
-/// ones (`unknown_key`, `invalid_secret`): this is for operators, not for callers.
+/// ones (`unknown_key`, `invalid_secret`): this is for operators, not for callers. A key
+/// decision (`kind` `key`) fills the key fields; a certificate decision (`kind` `cert`: a TLS
+/// handshake or a forwarded certificate) fills `identity`, `spiffe_id`, `serial`, `issuer`,
+/// `not_after`, `anchor` and `edge`, and its `fingerprint` is the certificate's SHA-256.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct DecisionRecord {
+    /// `key` or `cert`.
+    #[serde(default = "key_kind")]
+    pub kind: String,
     /// When it was made (RFC 3339, milliseconds).
     pub ts: String,
     /// `allowed` or `rejected`.
@@ -846,11 +856,32 @@ pub struct DecisionRecord {
     /// The version's state then, when the secret matched.
     #[serde(default)]
     pub state: Option<String>,
-    /// The request id, as in the log line and `X-Request-Id`.
+    /// The request id, as in the log line and `X-Request-Id` (empty for a TLS handshake).
     pub request_id: String,
     /// The TCP peer.
     #[serde(default)]
     pub remote_addr: Option<String>,
+    /// A certificate's identity, `ENV/SERVICE`, when it is a SPIFFE id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// A certificate's URI SAN as presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// A certificate's serial (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// A certificate's issuer (RFC 4514).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// A certificate's notAfter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// The trust anchor a certificate's chain ended at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    /// Where a certificate was judged: `tls_handshake` or `forward_auth_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
 }
 
 /// `GET /v1/decisions`: matching decisions, newest first.
@@ -875,9 +906,19 @@ pub struct DecisionQuery {
     /// This consumer, `ENV/NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
-    /// These codes, comma-separated (`invalid_key` means `unknown_key,invalid_secret`).
+    /// These codes, comma-separated (`invalid_key` means `unknown_key,invalid_secret`; the
+    /// `cert_…` codes are certificate decisions, `valid` both kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Only `key` or only `cert` decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// This certificate identity, `ENV/SERVICE` or `spiffe://…` (certificate decisions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// This certificate serial, hex (certificate decisions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// This fingerprint (`fp_…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,

@@ -79,8 +79,8 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1) of `cert_file`'s leaf, watched with it.
     pub key_file: Option<PathBuf>,
-    /// Have keyroll's own CA issue the listener's certificate (renewed at half its life)
-    /// instead of reading files.
+    /// Have keyroll's own CA issue the listener's certificate (at start, once the CA exists;
+    /// renewed at half its life, checked every `watch_interval`) instead of reading files.
     pub issue: Option<TlsIssueConfig>,
     /// Client certificates: `off` (never asked for), `optional` (verified when sent) or
     /// `require_admin` (the admin API needs a verified identity in `admin_identities`).
@@ -89,9 +89,11 @@ pub struct TlsConfig {
     /// `client_auth = "require_admin"`.
     pub admin_identities: Vec<String>,
     /// The trust bundle client certificates are verified against (PEM: keyroll's `ca.pem`,
-    /// anchors, intermediates and one CRL per issuer), with its trust domain.
+    /// anchors, intermediates and one CRL per issuer), with its trust domain. Without it the
+    /// listener verifies against keyroll's own CA, following its bundle and CRLs as they change.
     pub client_ca_file: Option<PathBuf>,
-    /// The trust domain client identities must belong to (`example.org`).
+    /// The trust domain client identities must belong to (`example.org`); with keyroll's own CA
+    /// it is the CA's (and must match it when given).
     pub trust_domain: Option<String>,
     /// How often the certificate files are looked at for changes (default `1s`).
     pub watch_interval: String,
@@ -1059,13 +1061,17 @@ fn resolve_tls(
             "client_auth = \"require_admin\" needs at least one allowed identity, like [\"ops/*\"]",
         ));
     }
-    if client_auth != ClientAuth::Off
-        && (raw.client_ca_file.is_none() || raw.trust_domain.is_none())
+    // Without a file the listener verifies against keyroll's own CA (checked at start, once
+    // the store is open: a server without a CA and without a file refuses to start).
+    if client_auth != ClientAuth::Off && raw.client_ca_file.is_some() && raw.trust_domain.is_none()
     {
         return Err(invalid(
-            "tls.client_auth",
-            &raw.client_auth,
-            "needs tls.client_ca_file (keyroll's ca.pem) and tls.trust_domain to verify client certificates against",
+            "tls.client_ca_file",
+            &raw.client_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            "needs tls.trust_domain, the trust domain client identities must belong to",
         ));
     }
     Ok(Some(TlsSettings {
@@ -1194,8 +1200,21 @@ mod tests {
             t.cert_file = Some("c.pem".into());
             t.key_file = Some("k.pem".into());
             t.client_auth = "optional".into();
+            t.client_ca_file = Some("ca.pem".into());
         });
-        assert!(e.contains("tls.client_ca_file"), "{e}");
+        assert!(
+            e.contains("tls.client_ca_file") && e.contains("tls.trust_domain"),
+            "{e}"
+        );
+        // Neither a file nor a trust domain: the CA's trust store (checked at start).
+        let from_ca = with(&|t| {
+            t.cert_file = Some("c.pem".into());
+            t.key_file = Some("k.pem".into());
+            t.client_auth = "optional".into();
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(from_ca.client_ca_file, None);
         let e = err(&|t| {
             t.cert_file = Some("c.pem".into());
             t.key_file = Some("k.pem".into());

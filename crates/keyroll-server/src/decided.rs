@@ -152,8 +152,11 @@ pub struct CertDecisionRecord<'a> {
     pub decision: &'a keyroll_ca::CertDecision,
     /// The edge that decided.
     pub edge: CertEdge,
-    /// The TCP peer.
+    /// The TCP peer (the proxy, for a forwarded certificate).
     pub peer: Option<SocketAddr>,
+    /// The client after the trusted-proxy rule: the TCP peer of a handshake, the address a
+    /// trusted proxy forwarded for a forwarded certificate.
+    pub client: Option<ClientAddr>,
     /// The request id (forward-auth; a handshake has none).
     pub request_id: Option<&'a str>,
     /// When.

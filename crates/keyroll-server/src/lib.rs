@@ -24,6 +24,7 @@ pub mod service;
 pub mod state;
 pub mod sweeper;
 pub mod tls;
+pub mod tls_issue;
 pub mod ui;
 pub mod usage;
 pub mod webhooks;
@@ -57,6 +58,8 @@ struct TlsListener {
     config: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
     settings: config::TlsSettings,
     client: Option<tls::ClientVerification>,
+    /// With `tls.issue`: what to issue and the certificate in use, for the renewal task.
+    issued: Option<(tls_issue::IssueSpec, keyroll_store::IssuedCertRecord)>,
 }
 
 impl Server {
@@ -64,17 +67,24 @@ impl Server {
     /// index and binds the listener.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         keyroll_ca::tls::install_provider();
-        // A bad certificate refuses start before anything is opened or created.
-        let tls = match &config.tls {
+        // A bad certificate file refuses start before anything is opened or created; a
+        // certificate from the CA (`tls.issue`) is issued once the store is loaded.
+        let issue_spec = match &config.tls {
+            Some(settings) => tls_issue::IssueSpec::of(&settings.source)
+                .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?,
             None => None,
-            Some(settings) => Some(TlsListener {
+        };
+        let tls = match &config.tls {
+            Some(settings) if issue_spec.is_none() => Some(TlsListener {
                 config: tokio::sync::watch::Sender::new(
                     tls::initial_config(settings)
                         .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?,
                 ),
                 settings: settings.clone(),
                 client: None,
+                issued: None,
             }),
+            _ => None,
         };
         let (store, earlier, installation, _) = open_checked(&config, false).await?;
         if store.count_admin_tokens().await? == 0 {
@@ -114,27 +124,6 @@ impl Server {
             clock::Randomness::os(),
             master_key,
         );
-        let mut tls = tls;
-        if let Some(t) = &mut tls {
-            let (log_state, clock_state) = (Arc::clone(&state), Arc::clone(&state));
-            let sink = Arc::new(
-                move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
-                    let record = decided::CertDecisionRecord {
-                        decision: d,
-                        edge: decided::CertEdge::TlsHandshake,
-                        peer,
-                        request_id: None,
-                        now: log_state.clock.now(),
-                    };
-                    log_state
-                        .observer
-                        .cert_decision(&record, log_state.config.log_allowed_at_info);
-                },
-            );
-            let now = Arc::new(move || clock_state.clock.now());
-            t.client = tls::client_verification(&t.settings, sink, now)
-                .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
-        }
         service::ca::check_sealed_keys(&state)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -146,6 +135,28 @@ impl Server {
             millis = started.elapsed().as_millis() as u64,
             "loaded {loaded} key versions into memory"
         );
+        // After the load: without tls.client_ca_file the listener verifies against the CA's
+        // trust store, which the load installed.
+        let mut tls = tls;
+        if let (Some(spec), Some(settings)) = (&issue_spec, &state.config.tls) {
+            let (config, record) = tls_issue::issue_config(&state, spec, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve TLS: {e}"))?;
+            tracing::info!(event = "tls.loaded", identity = %spec.identity, serial = record.serial.as_str(), "serving TLS with certificate {} for {} from keyroll's CA (renewed at half its life)", record.serial, spec.identity);
+            tls = Some(TlsListener {
+                config: tokio::sync::watch::Sender::new(config),
+                settings: settings.clone(),
+                client: None,
+                issued: Some((spec.clone(), record)),
+            });
+        }
+        if let Some(t) = &mut tls {
+            t.client = tls::client_verification(&t.settings, &state.ca, handshake_sink(&state), {
+                let clock_state = Arc::clone(&state);
+                Arc::new(move || clock_state.clock.now())
+            })
+            .map_err(|e| anyhow::anyhow!("cannot verify client certificates: {e}"))?;
+        }
         let listen = state.config.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -218,9 +229,30 @@ impl Server {
                 }
             }
         };
-        let tls_watch = self
+        let trust_follower = self
             .tls
-            .map(|t| tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())));
+            .as_ref()
+            .and_then(|t| t.client.as_ref())
+            .and_then(|c| {
+                c.ca_trust.clone().map(|rx| {
+                    tokio::spawn(tls::follow_ca_trust(
+                        Arc::clone(&c.verifier),
+                        rx,
+                        stop_rx.clone(),
+                    ))
+                })
+            });
+        let tls_watch = self.tls.map(|t| match t.issued {
+            Some((spec, record)) => tokio::spawn(tls_issue::renew(
+                Arc::clone(&state),
+                spec,
+                record,
+                t.settings.watch_interval,
+                t.config,
+                stop_rx.clone(),
+            )),
+            None => tokio::spawn(tls::refresh(t.settings, t.config, stop_rx.clone())),
+        });
         let sweeper = tokio::spawn(jobs::sweeper(Arc::clone(&state), stop_rx));
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         tracing::info!(event = "server.listening", addr = %addr, scheme, store = state.store.backend(), node_id = %state.cluster.node_id, leader = state.is_leader(), "keyroll listening on {scheme}://{addr}");
@@ -231,6 +263,9 @@ impl Server {
         let _ = sweeper.await;
         if let Some(w) = tls_watch {
             let _ = w.await;
+        }
+        if let Some(f) = trust_follower {
+            let _ = f.await;
         }
         if let Some(scheduler) = scheduler {
             let _ = scheduler.await;
@@ -250,6 +285,37 @@ impl Server {
         tracing::info!(event = "server.stopped", "keyroll stopped");
         Ok(())
     }
+}
+
+/// Where the listener's handshake decisions go: the observer (the `cert.decision` line, the
+/// metric) and, for a valid certificate, the CA's handshake uses (the removal gate's "no
+/// handshake chained to it for `idle`").
+pub fn handshake_sink(state: &Arc<AppState>) -> keyroll_ca::DecisionSink {
+    let state = Arc::clone(state);
+    Arc::new(
+        move |d: &keyroll_ca::CertDecision, peer: Option<SocketAddr>| {
+            let now = state.clock.now();
+            let record = decided::CertDecisionRecord {
+                decision: d,
+                edge: decided::CertEdge::TlsHandshake,
+                peer,
+                client: peer.map(client_addr::ClientAddr::Peer),
+                request_id: None,
+                now,
+            };
+            state
+                .observer
+                .cert_decision(&record, state.config.log_allowed_at_info);
+            if d.allowed()
+                && let (Some(anchor), Some(identity), Some(serial)) =
+                    (&d.anchor, &d.identity, &d.serial)
+            {
+                state
+                    .ca
+                    .record_handshake(anchor, identity, serial, peer, now);
+            }
+        },
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the

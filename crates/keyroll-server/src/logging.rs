@@ -237,6 +237,7 @@ pub fn cert_decision(record: &CertDecisionRecord<'_>, allowed_at_info: bool) {
     let not_before = d.not_before.map(keyroll_core::rfc3339);
     let not_after = d.not_after.map(keyroll_core::rfc3339);
     let peer = record.peer.map(|p| p.to_string());
+    let remote = record.client.map(|c| c.to_string());
     macro_rules! emit {
         ($lvl:expr) => {
             tracing::event!(
@@ -255,7 +256,7 @@ pub fn cert_decision(record: &CertDecisionRecord<'_>, allowed_at_info: bool) {
                 anchor = anchor.as_deref(),
                 fingerprint = fingerprint.as_deref(),
                 peer = peer.as_deref(),
-                remote_addr = peer.as_deref(),
+                remote_addr = remote.as_deref().or(peer.as_deref()),
                 request_id = record.request_id,
                 "{}", d.detail
             )

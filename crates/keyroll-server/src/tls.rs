@@ -143,39 +143,69 @@ pub fn initial_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsEr
             tracing::info!(event = "tls.loaded", cert_file = %cert.display(), serial = serial.as_str(), "serving TLS with the certificate in {} (serial {serial})", cert.display());
             Ok(config)
         }
-        TlsSource::Issue { .. } => Err(TlsError::Config(
-            "tls.issue needs keyroll's CA, which this build does not have yet; use tls.cert_file and tls.key_file".into(),
-        )),
+        // Issued once the store is loaded (`tls_issue`), not from files.
+        TlsSource::Issue { identity, .. } => Err(TlsError::Config(format!(
+            "tls.issue ({identity}) is issued by keyroll's CA at start, not read from files"
+        ))),
     }
 }
 
 /// The client-certificate verification of `settings` (`None` with `client_auth = "off"`): the
-/// trust store read from `tls.client_ca_file`, identities of `tls.trust_domain`, every decision
-/// handed to `sink` (log line, metrics) and the valid ones kept for their connection.
+/// trust store read from `tls.client_ca_file` with `tls.trust_domain`, or — without a file —
+/// keyroll's own CA's (`ca`), followed as it changes ([`follow_ca_trust`]). Every decision is
+/// handed to `sink` (log line, metrics, handshake uses) and the valid ones kept for their
+/// connection. Neither a file nor a CA refuses start.
 pub fn client_verification(
     settings: &TlsSettings,
+    ca: &crate::ca::CaRuntime,
     sink: keyroll_ca::DecisionSink,
     now: Arc<dyn Fn() -> keyroll_core::Timestamp + Send + Sync>,
 ) -> Result<Option<ClientVerification>, TlsError> {
-    let (Some(path), Some(td)) = (&settings.client_ca_file, &settings.trust_domain) else {
-        return Ok(None);
-    };
     if settings.client_auth == ClientAuth::Off {
         return Ok(None);
     }
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let bad = |reason: String| TlsError::Certificate {
-        path: path.clone(),
-        reason,
+    let (trust, td, ca_trust) = match &settings.client_ca_file {
+        Some(path) => {
+            let Some(td) = &settings.trust_domain else {
+                return Err(TlsError::Config(
+                    "tls.client_ca_file needs tls.trust_domain".into(),
+                ));
+            };
+            let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let mut trust = keyroll_ca::TrustStore::from_bundle_pem(&pem).map_err(|e| {
+                TlsError::Certificate {
+                    path: path.clone(),
+                    reason: format!("not a usable trust bundle: {e}"),
+                }
+            })?;
+            trust.prune_expired(now());
+            let td = keyroll_ca::TrustDomain::parse(td)
+                .map_err(|e| TlsError::Config(format!("tls.trust_domain = {td:?}: {e}")))?;
+            (trust, td, None)
+        }
+        None => {
+            // Subscribed before the current store is read: a change in between is not missed.
+            let mut rx = ca.trust();
+            let current = rx.borrow_and_update().clone();
+            let (Some(trust), Some(td)) = (current, ca.trust_domain()) else {
+                return Err(TlsError::Config(format!(
+                    "tls.client_auth = \"{}\" needs a trust bundle: set tls.client_ca_file, or create keyroll's CA first (`keyroll ca init`, with client_auth = \"off\")",
+                    settings.client_auth.as_str()
+                )));
+            };
+            if let Some(named) = &settings.trust_domain
+                && named != td.as_str()
+            {
+                return Err(TlsError::Config(format!(
+                    "tls.trust_domain = {named:?} is not the trust domain of keyroll's CA ({td}); leave it out or set tls.client_ca_file"
+                )));
+            }
+            ((*trust).clone(), td, Some(rx))
+        }
     };
-    let mut trust = keyroll_ca::TrustStore::from_bundle_pem(&pem)
-        .map_err(|e| bad(format!("not a usable trust bundle: {e}")))?;
-    trust.prune_expired(now());
-    let td = keyroll_ca::TrustDomain::parse(td)
-        .map_err(|e| TlsError::Config(format!("tls.trust_domain = {td:?}: {e}")))?;
     let slots = Arc::new(PeerSlots::default());
     let sink_slots = Arc::clone(&slots);
     let sink: keyroll_ca::DecisionSink = Arc::new(move |d, peer| {
@@ -195,7 +225,41 @@ pub fn client_verification(
     Ok(Some(ClientVerification {
         verifier: Arc::new(verifier),
         slots,
+        ca_trust,
     }))
+}
+
+/// Swaps the CA's trust store into the listener's verifier every time the CA publishes a new
+/// one (a revocation's CRL, a rotation's new anchor), until `stop`: the next handshake is
+/// verified against it, without a restart. Open connections keep what their handshake proved.
+pub async fn follow_ca_trust(
+    verifier: Arc<keyroll_ca::ReasonedClientVerifier>,
+    mut trust: watch::Receiver<Option<Arc<keyroll_ca::TrustStore>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = trust.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        // A CA is never removed once made: `None` (not expected) keeps the last store.
+        let Some(next) = trust.borrow_and_update().clone() else {
+            continue;
+        };
+        let anchors = next.anchors().count();
+        let crls = next.crl_ders().count();
+        verifier.replace_trust((*next).clone());
+        tracing::info!(
+            event = "tls.client_trust_updated",
+            anchors,
+            crls,
+            "the listener verifies client certificates against the CA's new trust bundle ({anchors} anchors, {crls} CRLs) from the next handshake on"
+        );
+    }
 }
 
 /// Keeps the published config current until `stop`: the files polled, or (with `tls.issue`)
@@ -382,6 +446,9 @@ pub struct ClientVerification {
     pub verifier: Arc<keyroll_ca::ReasonedClientVerifier>,
     /// Filled by the verifier's sink with [`PeerSlots::put`].
     pub slots: Arc<PeerSlots>,
+    /// With keyroll's own CA as the trust source: its published trust store, which
+    /// [`follow_ca_trust`] swaps into the verifier on every change.
+    pub ca_trust: Option<watch::Receiver<Option<Arc<keyroll_ca::TrustStore>>>>,
 }
 
 /// The verifier without CA-name hints in the CertificateRequest. keyroll-ca's hints are the
@@ -620,6 +687,7 @@ mod tests {
             .with_client_verification(ClientVerification {
                 verifier: Arc::new(verifier),
                 slots,
+                ca_trust: None,
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -51,6 +51,11 @@ pub fn start_in_with_env(data: &Path, env: &[(&str, &str)]) -> Server {
     spawn(tempfile::tempdir().unwrap(), data.to_owned(), &[], env)
 }
 
+/// A server on an existing data dir with extra `serve` arguments (a restart with a config).
+pub fn start_in_with(data: &Path, extra: &[&str]) -> Server {
+    spawn(tempfile::tempdir().unwrap(), data.to_owned(), extra, &[])
+}
+
 /// A server on an existing data dir (restarts).
 pub fn start_in(data: &Path) -> Server {
     spawn(tempfile::tempdir().unwrap(), data.to_owned(), &[], &[])

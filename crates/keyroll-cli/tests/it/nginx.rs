@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::harness;
 
 /// An upstream that answers 200 and remembers the headers of every request it got.
-fn upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn upstream() -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -50,7 +50,7 @@ fn serve_one(stream: TcpStream, seen: &Mutex<Vec<String>>) {
     }
 }
 
-struct Nginx(Child);
+pub(crate) struct Nginx(pub(crate) Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
@@ -59,7 +59,7 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -63,6 +63,11 @@ impl CaRuntime {
         self.trust.subscribe()
     }
 
+    /// The trust store installed now (`None` before `ca init`), for a single verification.
+    pub fn current(&self) -> Option<Arc<TrustStore>> {
+        self.trust.borrow().clone()
+    }
+
     /// The version of the bundle installed (0 before `ca init`).
     pub fn bundle_version(&self) -> u64 {
         self.bundle_version.load(Ordering::Acquire)

@@ -12,6 +12,7 @@ pub mod ca;
 pub mod cluster;
 pub mod decision_http;
 pub mod forward_auth;
+pub mod forward_auth_cert;
 pub mod keys;
 pub mod observe;
 pub mod openapi;
@@ -158,6 +159,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/forward-auth", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/{*rest}", any(forward_auth::forward_auth))
+        .route(
+            "/v1/forward-auth-cert",
+            any(forward_auth_cert::forward_auth_cert),
+        )
+        .route(
+            "/v1/forward-auth-cert/",
+            any(forward_auth_cert::forward_auth_cert),
+        )
+        .route(
+            "/v1/forward-auth-cert/{*rest}",
+            any(forward_auth_cert::forward_auth_cert),
+        )
         .route("/healthz", get(admin::health::healthz))
         .route("/metrics", get(observe::metrics))
         .merge(admin)

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{admin, forward_auth};
+use crate::http::{admin, forward_auth, forward_auth_cert};
 
 /// The API description served at `/openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -24,6 +24,7 @@ use crate::http::{admin, forward_auth};
     paths(
         forward_auth::forward_auth,
         forward_auth::verify_json,
+        forward_auth_cert::forward_auth_cert,
         admin::health::healthz,
         admin::health::readyz,
         admin::environments::create_environment,
@@ -186,6 +187,12 @@ fn complete(doc: &mut Value) {
             "bearerFormat": "kr_<env>_<kid>_<secret>",
             "description": "a consumer's own key: the agent's credential for /v1/self (its own consumer only)",
         });
+        schemes["client_cert"] = json!({
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Client-Cert",
+            "description": "the client certificate a TLS-terminating proxy verified: URL-encoded PEM, leaf first (nginx `$ssl_client_escaped_cert`), or base64 DER; honoured only from a peer in usage.trusted_proxies",
+        });
     }
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -206,7 +213,15 @@ fn complete(doc: &mut Value) {
             continue;
         };
         if path == "/v1/forward-auth" {
-            every_method(item);
+            every_method(item, &["post", "put", "patch", "delete", "options"]);
+        }
+        if path == "/v1/forward-auth-cert" {
+            // TRACE too: it is answered like the others (a 401 without a certificate), which
+            // schemathesis checks against the methods documented.
+            every_method(
+                item,
+                &["post", "put", "patch", "delete", "options", "trace"],
+            );
         }
         links(path, item);
         for method in METHODS {
@@ -281,12 +296,12 @@ fn links(path: &str, item: &mut Map<String, Value>) {
 }
 
 /// Forward-auth answers every method (a gateway forwards the client's), so it is documented
-/// under each with the same responses.
-fn every_method(item: &mut Map<String, Value>) {
+/// under each of `methods` with the responses of its GET.
+fn every_method(item: &mut Map<String, Value>, methods: &[&str]) {
     let Some(get) = item.get("get").cloned() else {
         return;
     };
-    for method in ["post", "put", "patch", "delete", "options"] {
+    for &method in methods {
         let mut op = get.clone();
         if let Some(id) = op.get("operationId").and_then(Value::as_str) {
             op["operationId"] = Value::String(format!("{id}_{method}"));
@@ -324,6 +339,9 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>, schemas: &Map<Str
         .is_some_and(|s| s.iter().any(|r| r.get("consumer_key").is_some()));
     if path == "/v1/forward-auth" {
         op.insert("security".into(), json!([{ "api_key": [] }, {}]));
+    }
+    if path == "/v1/forward-auth-cert" {
+        op.insert("security".into(), json!([{ "client_cert": [] }, {}]));
     }
     let body = op.contains_key("requestBody");
     if let Some(request) = op.get_mut("requestBody") {
@@ -441,15 +459,34 @@ fn param_rules(path: &str, p: &mut Value) {
         }
         ("query", "since" | "wait") => json!({ "type": "string", "pattern": DURATION }),
         ("query", "code") => {
-            let codes: Vec<&str> = DecisionCode::ALL
+            let mut codes: Vec<&str> = DecisionCode::ALL
                 .iter()
                 .map(DecisionCode::as_str)
                 .chain(["invalid_key"])
                 .collect();
+            // `/v1/decisions` also holds certificate decisions (`valid` is already there).
+            if path == "/v1/decisions" {
+                codes.extend(
+                    keyroll_ca::CertCode::ALL
+                        .iter()
+                        .filter(|c| !c.allowed())
+                        .map(|c| c.as_str()),
+                );
+            }
             let one = codes.join("|");
             // The server skips empty items and trims each (`code=`, `a, b,`).
             let item = format!(r"\s*({one})?\s*");
             json!({ "type": "string", "pattern": format!("^{item}(,{item})*$") })
+        }
+        ("query", "kind") if path == "/v1/decisions" => {
+            json!({ "type": "string", "enum": ["key", "cert"] })
+        }
+        ("query", "identity") if path == "/v1/decisions" => json!({
+            "type": "string",
+            "pattern": "^(spiffe://[a-z0-9-]{1,63}(\\.[a-z0-9-]{1,63}){0,3}/)?[a-z][a-z0-9]{0,15}/[a-z][a-z0-9-]{0,62}$",
+        }),
+        ("query", "serial") if path == "/v1/decisions" => {
+            json!({ "type": "string", "pattern": "^[0-9a-fA-F]{32}$" })
         }
         ("query", "limit") => {
             let max = if path == "/v1/decisions" {
@@ -687,11 +724,10 @@ mod tests {
                     assert!(has(s), "{method} {path} does not list {s}");
                 }
             }
-            // The CA's public material is served like a JWKS: no credential.
-            let public = matches!(
-                path.as_str(),
-                "/v1/forward-auth" | "/v1/ca/bundle" | "/v1/ca/crl"
-            );
+            // Forward-auth judges the credential it is asked about; the CA's public material is
+            // served like a JWKS: no credential of their own.
+            let public = path.starts_with("/v1/forward-auth")
+                || matches!(path.as_str(), "/v1/ca/bundle" | "/v1/ca/crl");
             if path.starts_with("/v1/") && !public {
                 assert!(admin || consumer, "{method} {path} names no credential");
             }
@@ -710,7 +746,11 @@ mod tests {
             let op = &doc["paths"]["/v1/forward-auth"][method];
             assert_eq!(op["security"][0], json!({ "api_key": [] }), "{method}");
             assert!(op["responses"]["401"].is_object(), "{method}");
+            let op = &doc["paths"]["/v1/forward-auth-cert"][method];
+            assert_eq!(op["security"][0], json!({ "client_cert": [] }), "{method}");
+            assert!(op["responses"]["403"].is_object(), "{method}");
         }
+        assert_eq!(schemes["client_cert"]["name"], "X-Client-Cert");
     }
 
     #[test]

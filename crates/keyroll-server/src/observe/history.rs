@@ -267,7 +267,8 @@ pub struct History {
     keeps_rejections: bool,
 }
 
-fn monotonic_ns() -> u64 {
+/// Nanoseconds on the monotonic clock since the first call: the order of every history entry.
+pub(crate) fn monotonic_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)

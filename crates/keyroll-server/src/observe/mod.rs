@@ -5,6 +5,7 @@
 //! allowed key: a few atomic operations for the metrics, one shard lock and no allocation for
 //! the history, and nothing for the log unless allowed decisions are logged.
 
+pub mod cert_history;
 pub mod flood;
 pub mod history;
 pub mod metrics;
@@ -20,6 +21,7 @@ use crate::decided::{CertDecisionRecord, DecisionRecord};
 use crate::logging;
 use keyroll_verify::index::Index;
 
+use self::cert_history::CertHistory;
 use self::flood::{Admit, FloodGate, FloodKey, Subject, Summary};
 use self::history::History;
 use self::metrics::{Metrics, Trust};
@@ -84,6 +86,7 @@ impl ObserverConfig {
 pub struct Observer {
     metrics: Metrics,
     history: History,
+    cert_history: CertHistory,
     flood: FloodGate,
     window_s: u64,
     default_environment: Option<Box<str>>,
@@ -112,6 +115,7 @@ impl Observer {
         Observer {
             metrics: Metrics::new(),
             history: History::new(c.history_size),
+            cert_history: CertHistory::new(c.history_size),
             flood: FloodGate::new(c.flood_limit, window_ms),
             window_s: c.flood_window.as_secs(),
             default_environment: c.default_environment.map(String::into_boxed_str),
@@ -121,6 +125,11 @@ impl Observer {
     /// The decision history.
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The certificate decision history.
+    pub fn cert_history(&self) -> &CertHistory {
+        &self.cert_history
     }
 
     /// Counts a rotation outcome (`rotated`, `retired_idle`, `retired_deadline`, `stalled`,
@@ -221,12 +230,13 @@ impl Observer {
         self.metrics.cert_issued(edge);
     }
 
-    /// Records one certificate decision (a handshake or a forwarded certificate): its metric
-    /// and its `cert.decision` log line.
+    /// Records one certificate decision (a handshake or a forwarded certificate): its metric,
+    /// its `cert.decision` log line and its history entry.
     pub fn cert_decision(&self, record: &CertDecisionRecord<'_>, allowed_at_info: bool) {
         self.metrics
             .cert_decision(record.decision.code.as_str(), record.edge.as_str());
         logging::cert_decision(record, allowed_at_info);
+        self.cert_history.record(record);
     }
 
     /// The periodic work due at `now`, tick number `n` (one every [`TICK_EVERY`]): the
@@ -342,6 +352,7 @@ mod tests {
             decision: &decision,
             edge: crate::decided::CertEdge::TlsHandshake,
             peer: None,
+            client: None,
             request_id: None,
             now: Timestamp::EPOCH,
         };
