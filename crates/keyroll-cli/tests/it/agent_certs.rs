@@ -456,6 +456,59 @@ fn renewal_replaces_the_whole_set_and_runs_the_reload_command() {
 }
 
 #[test]
+fn a_restarted_agent_keeps_its_valid_certificate_and_drops_a_half_written_set() {
+    let s = harness::start();
+    let keys = consumers(&s, &["api"]);
+    ca_init(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let api = cert_agent(&s, d, "api", &keys[0], &[]);
+    let first = api.wait_for("agent.cert_issued", 1, Duration::from_secs(20));
+    let cd = d.join("api");
+    let before: Vec<Vec<u8>> = ["cert.pem", "key.pem", "ca.pem"]
+        .iter()
+        .map(|f| std::fs::read(cd.join(f)).unwrap())
+        .collect();
+    api.kill9();
+    // What a kill during a write before its commit point leaves: new files beside the old
+    // ones, no marker.
+    std::fs::write(cd.join("cert.pem.next"), "half").unwrap();
+    std::fs::write(cd.join("key.pem.next"), "half").unwrap();
+    let again = cert_agent(&s, d, "api", &keys[0], &[]);
+    again.wait_for("agent.started", 1, Duration::from_secs(20));
+    let v = server_bundle_version(&s);
+    wait_until(
+        "the restarted agent's report",
+        Duration::from_secs(15),
+        || {
+            agents_of(&s, "prod/api")
+                .iter()
+                .any(|a| a["bundle_version"].as_u64() == Some(v))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        again.events("agent.cert_issued").is_empty(),
+        "a valid certificate is kept across a restart:\n{}",
+        again.text()
+    );
+    assert!(again.events("agent.cert_recovered").is_empty());
+    let after: Vec<Vec<u8>> = ["cert.pem", "key.pem", "ca.pem"]
+        .iter()
+        .map(|f| std::fs::read(cd.join(f)).unwrap())
+        .collect();
+    assert_eq!(after, before, "the old set, whole");
+    assert!(!cd.join("cert.pem.next").exists() && !cd.join("key.pem.next").exists());
+    // The renewal point survived the restart (it is drawn once per certificate).
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("api.key.keyroll/cert.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["renew_at"], first[0]["renew_at"]);
+    assert_eq!(state["bundle_version"], v);
+}
+
+#[test]
 fn a_bundle_change_reaches_ca_pem_and_the_report() {
     let s = harness::start();
     let keys = consumers(&s, &["api", "other"]);
