@@ -615,3 +615,185 @@ impl CertKeeper {
         Ok(changed.then_some(Changed::Bundle(b.bundle_version)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use keyroll_ca::{KeySource, LeafRequest, Serial, Signer, new_intermediate, new_root, pem};
+
+    use super::*;
+
+    /// A set for `identity` issued by a throwaway CA, valid from about now for a day.
+    fn set_for(identity: &str, serial_byte: u8) -> (String, String, String) {
+        let now = super::super::now();
+        let td = TrustDomain::parse("example.test").unwrap();
+        let root = new_root(
+            &td,
+            1,
+            now,
+            Duration::from_secs(864_000),
+            Serial::from_random([1; 16]),
+        )
+        .unwrap();
+        let rs = Signer::from_parts(&root.cert_der, &root.key_pkcs8_der).unwrap();
+        let int = new_intermediate(
+            &rs,
+            &td,
+            1,
+            now,
+            Duration::from_secs(86_400 * 5),
+            Serial::from_random([2; 16]),
+        )
+        .unwrap();
+        let is = Signer::from_parts(&int.cert_der, &int.key_pkcs8_der).unwrap();
+        let id = SpiffeId::parse(&format!("spiffe://example.test/{identity}")).unwrap();
+        let pair = keyroll_ca::new_csr(&id).unwrap();
+        let leaf = keyroll_ca::issue_leaf(
+            &is,
+            &LeafRequest {
+                identity: id,
+                lifetime: Duration::from_secs(86_400),
+                server_auth: false,
+                dns_names: vec![],
+                ip_addresses: vec![],
+                serial: Serial::from_random([serial_byte; 16]),
+            },
+            KeySource::Csr(&pair.csr_der),
+            now,
+        )
+        .unwrap();
+        let cert = pem("CERTIFICATE", &leaf.cert_der) + &pem("CERTIFICATE", &int.cert_der);
+        (cert, pair.key_pem(), pem("CERTIFICATE", &root.cert_der))
+    }
+
+    fn spec(dir: &Path) -> CertSpec {
+        CertSpec {
+            dir: dir.to_owned(),
+            ttl: None,
+            server_auth: false,
+            renew_at: 0.5,
+        }
+    }
+
+    fn consumer() -> ConsumerRef {
+        ConsumerRef::parse("prod/api").unwrap()
+    }
+
+    fn write(dir: &Path, set: &(String, String, String)) {
+        certfiles::write_set(
+            dir,
+            &CertSet {
+                cert: &set.0,
+                key: &set.1,
+                ca: &set.2,
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_empty_directory_holds_nothing_and_waits_for_the_ca() {
+        let t = tempfile::tempdir().unwrap();
+        let cd = t.path().join("tls/api");
+        let k = CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        assert!(cd.is_dir(), "made when missing");
+        assert_eq!(k.held, None);
+        assert_eq!(k.known_bundle(), Some(0), "ca init wakes the long-poll");
+        assert_eq!(k.next_wake(), None);
+        assert_eq!(k.bundle_version(), None);
+        assert!(!k.reload_pending());
+        let saved = load(t.path()).unwrap().unwrap();
+        assert_eq!(saved.cert_dir, cd);
+        assert_eq!(saved.serial, None);
+    }
+
+    #[test]
+    fn a_held_certificate_is_read_back_and_its_state_believed_only_for_its_serial() {
+        let t = tempfile::tempdir().unwrap();
+        let cd = t.path().join("tls");
+        fs::create_dir(&cd).unwrap();
+        write(&cd, &set_for("prod/api", 7));
+        // No cert.json: the window is read from the file, the bundle version is unknown.
+        let k = CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        let held = k.held.unwrap();
+        assert_eq!(held.bundle_version, None);
+        let state = load(t.path()).unwrap().unwrap();
+        let nb = parse_rfc3339(state.not_before.as_deref().unwrap()).unwrap();
+        let na = parse_rfc3339(state.not_after.as_deref().unwrap()).unwrap();
+        let life = na.duration_since(nb).as_millis() as i64;
+        let offset = held.renew_at.unix_millis() - nb.unix_millis();
+        assert!(
+            (life * 45 / 100..=life * 55 / 100).contains(&offset),
+            "{offset} of {life}"
+        );
+        assert_eq!(k.trust_domain.as_deref(), Some("example.test"));
+        assert_eq!(
+            decide::cert_step(k.held.as_ref(), 3, super::super::now()),
+            CertStep::RefreshBundle,
+            "an unknown bundle is fetched"
+        );
+        drop(k);
+        // The state names this serial: its renewal point and bundle version are kept.
+        let mut s = load(t.path()).unwrap().unwrap();
+        s.renew_at = Some("2030-01-01T00:00:00Z".into());
+        s.bundle_version = Some(4);
+        save(t.path(), &s).unwrap();
+        let k = CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        let held = k.held.unwrap();
+        assert_eq!(
+            held.renew_at,
+            parse_rfc3339("2030-01-01T00:00:00Z").unwrap()
+        );
+        assert_eq!(held.bundle_version, Some(4));
+        assert_eq!(k.known_bundle(), Some(4));
+        drop(k);
+        // Another certificate in the files: the state is not believed.
+        write(&cd, &set_for("prod/api", 8));
+        let k = CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        assert_eq!(k.held.unwrap().bundle_version, None);
+        assert_ne!(
+            k.held.unwrap().renew_at,
+            parse_rfc3339("2030-01-01T00:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn another_identitys_certificate_is_not_held() {
+        let t = tempfile::tempdir().unwrap();
+        let cd = t.path().join("tls");
+        fs::create_dir(&cd).unwrap();
+        write(&cd, &set_for("prod/web", 9));
+        let k = CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        assert_eq!(k.held, None, "renewed at the first step");
+        assert_eq!(
+            decide::cert_step(k.held.as_ref(), 1, super::super::now()),
+            CertStep::Renew("missing")
+        );
+    }
+
+    #[test]
+    fn a_committed_set_is_finished_at_start_and_the_reload_is_pending() {
+        let t = tempfile::tempdir().unwrap();
+        let cd = t.path().join("tls");
+        fs::create_dir(&cd).unwrap();
+        let set = set_for("prod/api", 10);
+        // What a kill after the commit point leaves: the .next files and the marker.
+        for (name, text) in [
+            ("cert.pem", &set.0),
+            ("key.pem", &set.1),
+            ("ca.pem", &set.2),
+        ] {
+            fs::write(cd.join(format!("{name}.next")), text).unwrap();
+        }
+        fs::write(cd.join(".set-pending"), "").unwrap();
+        let mut k =
+            CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        assert!(k.reload_pending());
+        assert!(k.held.is_some());
+        assert_eq!(fs::read_to_string(cd.join("cert.pem")).unwrap(), set.0);
+        assert!(!cd.join(".set-pending").exists());
+        k.reloaded();
+        assert!(!load(t.path()).unwrap().unwrap().reload_pending);
+    }
+}
