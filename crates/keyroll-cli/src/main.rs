@@ -4,6 +4,7 @@
 
 mod agent;
 mod audit;
+mod ca;
 mod cluster;
 mod decisions;
 mod exit;
@@ -262,6 +263,12 @@ enum Cmd {
     /// Keep a consumer's key current in a file and rotate it by itself (`keyroll agent status`:
     /// its health). Authenticates with the consumer's own key.
     Agent(agent::AgentArgs),
+    /// The certificate authority: init, bundle.
+    #[command(subcommand)]
+    Ca(ca::CaCmd),
+    /// Workload certificates (SPIFFE X.509): issue.
+    #[command(subcommand)]
+    Cert(ca::CertCmd),
     /// Run a command with the consumer's key in its environment (KEYROLL_KEY), restarting it
     /// gracefully on a new key; exits with the command's exit code.
     Run(agent::run::RunArgs),
@@ -650,6 +657,15 @@ fn client(global: &Global) -> anyhow::Result<Client> {
     Ok(Client::with_tls(
         &global.server,
         Some(token),
+        &tls(global)?,
+    )?)
+}
+
+/// A client for public endpoints (the CA bundle): the admin token when there is one.
+fn public_client(global: &Global) -> anyhow::Result<Client> {
+    Ok(Client::with_tls(
+        &global.server,
+        token(global).ok(),
         &tls(global)?,
     )?)
 }
@@ -1108,6 +1124,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Token(cmd) => token::run(cmd, &client(&cli.global)?, out).await?,
         Cmd::Webhook(cmd) => webhook::run(cmd, &client(&cli.global)?, out).await?,
         Cmd::Cluster(cmd) => cluster::run(cmd, &client(&cli.global)?, out).await?,
+        Cmd::Ca(cmd) => {
+            let global = &cli.global;
+            ca::run_ca(cmd, || client(global), || public_client(global), out).await?;
+        }
+        Cmd::Cert(cmd) => ca::run_cert(cmd, || client(&cli.global), out).await?,
         Cmd::Policy(cmd) => return policy::check(cmd, out),
         Cmd::Plan(args) => {
             let global = &cli.global;

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyroll_proto as proto;
+
+mod ca;
+pub use ca::{CertFilter, PemAnswer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;

@@ -167,6 +167,34 @@ pub async fn flush_handshakes(state: &AppState) {
     }
 }
 
+/// The CA's periodic work, on the leader only (one writer, like the sweeper): each issuer's CRL
+/// renewed at half of its validity; with a rotation under way, the timeline's next step.
+pub async fn ca_timeline(state: Arc<AppState>, stop: watch::Receiver<bool>) {
+    every_as_leader(&state, state.config.sweep_interval, stop, || async {
+        ca_step(&state).await;
+    })
+    .await;
+}
+
+/// One round of [`ca_timeline`] (also what tests run on a manual clock).
+pub async fn ca_step(state: &AppState) {
+    // One step per transaction, as many as are due (a timeline that passed while the server
+    // was down catches up), bounded so a step that keeps failing cannot spin.
+    for _ in 0..16 {
+        match crate::service::ca::timeline_step(state).await {
+            Ok(keyroll_core::ca_timeline::Step::Nothing) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(event = "ca.timeline_failed", error = %e, "could not carry out the CA timeline's next step (retried next round): {e}");
+                break;
+            }
+        }
+    }
+    if let Err(e) = crate::service::ca::refresh_crls(state).await {
+        tracing::warn!(event = "ca.crl_refresh_failed", error = %e, "could not refresh the CRLs (the current ones stay until their nextUpdate): {e}");
+    }
+}
+
 /// The webhook sender: one [`crate::webhooks::sender::Sender::tick`] every `[webhooks]
 /// interval`, and at once when a write appended events (`AppState::webhook_wake`), until `stop`.
 pub async fn webhooks(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {

@@ -193,6 +193,7 @@ impl Server {
         let pruner = tokio::spawn(jobs::prune(Arc::clone(&state), stop_rx.clone()));
         let flusher = tokio::spawn(jobs::usage(Arc::clone(&state), stop_rx.clone()));
         let ca = tokio::spawn(jobs::ca(Arc::clone(&state), stop_rx.clone()));
+        let ca_timeline = tokio::spawn(jobs::ca_timeline(Arc::clone(&state), stop_rx.clone()));
         let observer = tokio::spawn(jobs::observer(Arc::clone(&state), stop_rx.clone()));
         let scheduler = state
             .config
@@ -239,6 +240,7 @@ impl Server {
         }
         let _ = flusher.await;
         let _ = ca.await;
+        let _ = ca_timeline.await;
         let _ = pruner.await;
         let _ = applier.await;
         // The leader's jobs have stopped: give the lease up, then leave.

@@ -13,6 +13,7 @@ mod agent_certs;
 mod agent_chaos;
 mod audit;
 mod bad_input;
+mod ca;
 mod ci_examples;
 mod cli_errors;
 mod cluster;

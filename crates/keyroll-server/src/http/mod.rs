@@ -8,6 +8,7 @@ pub mod admin;
 pub mod adoption;
 pub mod audit;
 pub mod auth;
+pub mod ca;
 pub mod cluster;
 pub mod decision_http;
 pub mod forward_auth;
@@ -91,6 +92,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(adoption::adoption),
         )
         .route("/v1/schedule", get(schedule::schedule))
+        .route("/v1/ca/init", post(ca::init))
+        .route("/v1/ca/status", get(ca::status))
+        .route("/v1/ca/rotate", post(ca::rotate))
+        .route("/v1/ca/bundle", get(ca::bundle))
+        .route("/v1/ca/crl", get(ca::crl))
+        .route("/v1/certs", post(ca::issue).get(ca::list))
+        .route("/v1/certs/revoke", post(ca::revoke))
+        .route("/v1/certs/{serial}", get(ca::get))
+        .route("/v1/self/certificate", post(ca::self_certificate))
         .route("/v1/self", get(self_service::self_state))
         .route("/v1/self/rotate", post(self_service::self_rotate))
         .route("/v1/self/handover", post(self_service::self_handover))

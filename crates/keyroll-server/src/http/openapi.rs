@@ -69,6 +69,16 @@ use crate::http::{admin, forward_auth};
         crate::http::self_service::request_rotation,
         crate::http::self_service::list_agents,
         crate::http::cluster::cluster,
+        crate::http::ca::init,
+        crate::http::ca::issue,
+        crate::http::ca::self_certificate,
+        crate::http::ca::bundle,
+        crate::http::ca::crl,
+        crate::http::ca::revoke,
+        crate::http::ca::list,
+        crate::http::ca::get,
+        crate::http::ca::status,
+        crate::http::ca::rotate,
     ),
     modifiers(&AdminToken),
 )]
@@ -626,7 +636,12 @@ mod tests {
                     assert!(has(s), "{method} {path} does not list {s}");
                 }
             }
-            if path.starts_with("/v1/") && path != "/v1/forward-auth" {
+            // The CA's public material is served like a JWKS: no credential.
+            let public = matches!(
+                path.as_str(),
+                "/v1/forward-auth" | "/v1/ca/bundle" | "/v1/ca/crl"
+            );
+            if path.starts_with("/v1/") && !public {
                 assert!(admin || consumer, "{method} {path} names no credential");
             }
         }
