@@ -15,9 +15,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
-mod self_cert;
-pub use self_cert::{CaBundle, IssuedCertificate, SelfCertificateRequest};
-
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

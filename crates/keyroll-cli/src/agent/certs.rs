@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyroll_ca::{SpiffeId, TrustDomain};
-use keyroll_client::{Client, ClientError, SelfCertificateRequest};
+use keyroll_client::{Client, ClientError};
 use keyroll_core::{ConsumerRef, Timestamp, parse_rfc3339, rfc3339};
+use keyroll_proto::ca::SelfCertRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -470,10 +471,10 @@ impl CertKeeper {
         .map_err(|e| Trouble::Failed(e.to_string()))?;
         let pair = keyroll_ca::new_csr(&id)
             .map_err(|e| Trouble::Local(format!("cannot make a key pair and CSR: {e}")))?;
-        let req = SelfCertificateRequest {
+        let req = SelfCertRequest {
             csr: pair.csr_pem(),
             ttl: self.spec.ttl.map(keyroll_core::format_duration),
-            server_auth: self.spec.server_auth,
+            server_auth: self.spec.server_auth.then_some(true),
         };
         let issued = client
             .self_certificate(&req)

@@ -148,6 +148,9 @@ fn s_server(addr: &str, dir: &Path) -> SServer {
         ])
         .arg("-cert")
         .arg(dir.join("cert.pem"))
+        // -cert reads the leaf only; the intermediate after it is sent from -cert_chain.
+        .arg("-cert_chain")
+        .arg(dir.join("cert.pem"))
         .arg("-key")
         .arg(dir.join("key.pem"))
         .arg("-CAfile")
@@ -193,6 +196,8 @@ fn s_client(addr: &str, ca_dir: &Path, cert_dir: Option<&Path>) -> harness::Run 
     .arg(ca_dir.join("ca.pem"));
     if let Some(d) = cert_dir {
         cmd.arg("-cert")
+            .arg(d.join("cert.pem"))
+            .arg("-cert_chain")
             .arg(d.join("cert.pem"))
             .arg("-key")
             .arg(d.join("key.pem"));
