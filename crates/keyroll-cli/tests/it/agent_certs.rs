@@ -574,6 +574,112 @@ fn a_bundle_change_reaches_ca_pem_and_the_report() {
 }
 
 #[test]
+fn a_ca_rotation_reaches_ca_pem_reloads_the_app_and_is_reported() {
+    let s = harness::start();
+    let keys = consumers(&s, &["api"]);
+    ca_init(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reloads = d.join("reloads");
+    let on_change = format!(
+        "echo \"$KEYROLL_CHANGED $KEYROLL_BUNDLE_VERSION\" >> {}",
+        reloads.display()
+    );
+    let api = cert_agent(&s, d, "api", &keys[0], &["--on-change", &on_change]);
+    api.wait_for("agent.cert_issued", 1, Duration::from_secs(20));
+    api.wait_for("agent.cert_reload", 1, Duration::from_secs(10));
+    let cd = d.join("api");
+    let roots = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .matches("BEGIN CERTIFICATE")
+            .count()
+    };
+    assert_eq!(roots(&cd.join("ca.pem")), 1);
+    let v1 = server_bundle_version(&s);
+    // A new root (and its intermediate) entering the bundle now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let now = keyroll_core::rfc3339(keyroll_core::Timestamp::from_unix_millis(
+        i64::try_from(now.as_millis()).unwrap(),
+    ));
+    let r = harness::http()
+        .post(format!("{}/v1/ca/rotate", s.url()))
+        .bearer_auth(s.token())
+        .json(&json!({"root": true, "enters_bundle_at": now}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().unwrap());
+    let refreshed = api.wait_for("agent.bundle_refreshed", 1, Duration::from_secs(20));
+    let v2 = refreshed[0]["bundle_version"].as_u64().unwrap();
+    assert!(v2 > v1, "{v2} after {v1}");
+    assert_eq!(refreshed[0]["rewritten"], true, "{}", refreshed[0]);
+    assert_eq!(roots(&cd.join("ca.pem")), 2, "the old root and the new one");
+    let bundle: Value = harness::http()
+        .get(format!("{}/v1/ca/bundle?format=json", s.url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cd.join("ca.pem")).unwrap(),
+        bundle["roots_pem"].as_str().unwrap()
+    );
+    // The certificate was not renewed for it: only ca.pem changed, and the app was told so.
+    assert_eq!(api.events("agent.cert_issued").len(), 1);
+    api.wait_for("agent.cert_reload", 2, Duration::from_secs(10));
+    let lines = std::fs::read_to_string(&reloads).unwrap();
+    assert_eq!(lines.lines().last().unwrap(), format!("ca {v2}"), "{lines}");
+    ok(sh(&format!(
+        "openssl verify -CAfile {0}/ca.pem -untrusted {0}/cert.pem {0}/cert.pem",
+        cd.display()
+    )));
+    // The timeline enters the new root and its intermediate one step (one bundle version)
+    // at a time; once both are in, the agent's report catches up with the last one, and the
+    // rotation no longer waits for this agent.
+    let status = || -> Value {
+        harness::http()
+            .get(format!("{}/v1/ca/status", s.url()))
+            .bearer_auth(s.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    wait_until("the new CA in the bundle", Duration::from_secs(20), || {
+        status()["authorities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["state"] != "next")
+    });
+    let last = server_bundle_version(&s);
+    wait_until(
+        "the report of the rotated bundle, and no agent on an old one",
+        Duration::from_secs(15),
+        || {
+            agents_of(&s, "prod/api")
+                .iter()
+                .any(|a| a["bundle_version"].as_u64() == Some(last))
+                && status()["authorities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|a| a["depends"]["agents_on_old_bundle"] == json!([]))
+        },
+    );
+    // ca.pem was rewritten once, for the new root; the reload ran once for it.
+    let rewrites = api
+        .events("agent.bundle_refreshed")
+        .iter()
+        .filter(|e| e["rewritten"] == true)
+        .count();
+    assert_eq!(rewrites, 1, "{}", api.text());
+    assert_eq!(api.events("agent.cert_reload").len(), 2);
+}
+
+#[test]
 fn a_revoked_identity_is_logged_as_such_and_not_hammered() {
     let s = harness::start();
     let keys = consumers(&s, &["api"]);
