@@ -787,6 +787,67 @@ fn self_state_carries_the_bundle_version_and_its_long_poll_wakes_on_ca_init() {
 }
 
 #[test]
+fn one_agent_config_keeps_the_certificates_of_several_consumers() {
+    let s = harness::start();
+    let keys = consumers(&s, &["api", "web"]);
+    ca_init(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_key(&d.join("api.key"), &keys[0]);
+    write_key(&d.join("web.key"), &keys[1]);
+    let config = d.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{}\"\n\n[[consumer]]\nconsumer = \"prod/api\"\nkey_file = \"api.key\"\ncert_dir = \"tls/api\"\ncert_server_auth = true\ncert_ttl = \"1h\"\n\n[[consumer]]\nconsumer = \"prod/web\"\nkey_file = \"web.key\"\ncert_dir = \"tls/web\"\n",
+            s.url()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["agent", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(&FAST);
+    let agent = Agent::spawn(&s.url(), &args);
+    let issued = agent.wait_for("agent.cert_issued", 2, Duration::from_secs(20));
+    let mut by: Vec<(String, Value)> = issued
+        .iter()
+        .map(|e| (e["consumer"].as_str().unwrap().to_owned(), e.clone()))
+        .collect();
+    by.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(by[0].0, "prod/api");
+    assert_eq!(by[0].1["server_auth"], true);
+    assert_eq!(by[1].0, "prod/web");
+    assert_eq!(by[1].1["server_auth"], false);
+    // The asked-for lifetime: an hour.
+    let nb = keyroll_core::parse_rfc3339(by[0].1["not_before"].as_str().unwrap()).unwrap();
+    let na = keyroll_core::parse_rfc3339(by[0].1["not_after"].as_str().unwrap()).unwrap();
+    assert_eq!(na.duration_since(nb), Duration::from_secs(3600 + 60));
+    for name in ["api", "web"] {
+        let cd = d.join("tls").join(name);
+        assert!(
+            cd.join("cert.pem").exists() && cd.join("ca.pem").exists(),
+            "{name}"
+        );
+        let mode = std::fs::metadata(cd.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let st = harness::cli_offline(
+        &["agent", "status", "--config", config.to_str().unwrap()],
+        Path::new("/"),
+    );
+    assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
+    assert_eq!(
+        st.stdout.matches("certificate   ").count(),
+        2,
+        "{}",
+        st.stdout
+    );
+}
+
+#[test]
 fn bad_certificate_settings_are_refused_with_the_flag_named() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("k");
