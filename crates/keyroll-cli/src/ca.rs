@@ -1,4 +1,4 @@
-//! `keyroll ca …` (the certificate authority: init, bundle) and `keyroll cert …` (workload
+//! `keyroll ca …` (the certificate authority: init, bundle, status, rotate) and `keyroll cert …` (workload
 //! certificates: issue, revoke, list, show). `cert issue --out DIR` writes `cert.pem` (leaf then intermediate),
 //! `key.pem` (mode 0600 from its creation, never over an existing file; absent with `--csr`,
 //! whose key stays where it was made) and `ca.pem` (the roots to trust). The private key is
@@ -32,6 +32,28 @@ pub enum CaCmd {
         /// The intermediate's lifetime [default: 8760h, one year].
         #[arg(long, value_name = "DURATION")]
         intermediate_ttl: Option<String>,
+    },
+    /// Every authority on the rotation timeline, what its removal waits for, the next step.
+    Status {
+        /// Print the API's JSON (the same as `--output json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a rotation: a new intermediate (with --root, a new root and intermediate) that
+    /// enters the bundle first and signs later; the old one leaves once nothing depends on it.
+    Rotate {
+        /// Rotate the root as well.
+        #[arg(long)]
+        root: bool,
+        /// When the new CA enters the bundle (RFC 3339) [default: half the current one's life].
+        #[arg(long, value_name = "RFC3339")]
+        enters_bundle_at: Option<String>,
+        /// When it starts signing (RFC 3339) [default: five sixths of the current one's life].
+        #[arg(long, value_name = "RFC3339")]
+        signs_from: Option<String>,
+        /// How long no handshake may have chained to the old CA before it leaves [default: 24h].
+        #[arg(long, value_name = "DURATION")]
+        idle: Option<String>,
     },
     /// The trust bundle (roots, intermediates, CRLs) as PEM; public, no token needed.
     Bundle {
@@ -140,6 +162,53 @@ pub async fn run_ca(
                     b.intermediate.not_after
                 )?;
                 say!("Bundle version {}.", b.bundle_version)
+            })?;
+        }
+        CaCmd::Status { json } => {
+            let a = admin()?.ca_status().await?;
+            let out = Output {
+                json: out.json || json,
+            };
+            out.json_or(&a.json, || print_status(&a.body))?;
+        }
+        CaCmd::Rotate {
+            root,
+            enters_bundle_at,
+            signs_from,
+            idle,
+        } => {
+            for (flag, v) in [
+                ("enters-bundle-at", &enters_bundle_at),
+                ("signs-from", &signs_from),
+            ] {
+                if let Some(t) = v
+                    && keyroll_core::parse_rfc3339(t).is_none()
+                {
+                    return Err(usage(format!(
+                        "--{flag} {t:?}: expected an RFC 3339 time such as 2026-12-24T00:00:00Z"
+                    )));
+                }
+            }
+            check_duration("idle", idle.as_deref())?;
+            let a = admin()?
+                .ca_rotate(&wire::CaRotate {
+                    root: root.then_some(true),
+                    enters_bundle_at,
+                    signs_from,
+                    idle,
+                })
+                .await?;
+            out.json_or(&a.json, || {
+                say!(
+                    "Rotation started ({}).",
+                    if root {
+                        "root and intermediate"
+                    } else {
+                        "intermediate"
+                    }
+                )?;
+                say!()?;
+                print_status(&a.body)
             })?;
         }
         CaCmd::Bundle { out: file } => {
@@ -332,6 +401,66 @@ pub async fn run_cert(
         }
     }
     Ok(())
+}
+
+fn print_status(s: &wire::CaStatus) -> crate::output::Printed {
+    say!(
+        "Trust domain {}, bundle version {}.",
+        s.trust_domain,
+        s.bundle_version
+    )?;
+    say!()?;
+    let rows: Vec<Vec<String>> = s
+        .authorities
+        .iter()
+        .map(|a| {
+            let d = &a.depends;
+            let waits = if a.state == "removed" {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{} certs, {} handshakes, {} agents",
+                    d.live_certificates.len(),
+                    d.recent_handshakes.len(),
+                    d.agents_on_old_bundle.len()
+                )
+            };
+            vec![
+                a.id.clone(),
+                format!("{} g{}", a.kind, a.generation),
+                a.state.clone(),
+                a.enters_bundle_at.clone(),
+                a.signs_from.clone(),
+                a.not_after.clone(),
+                waits,
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "ID",
+            "KIND",
+            "STATE",
+            "ENTERS BUNDLE",
+            "SIGNS FROM",
+            "NOT AFTER",
+            "DEPENDS ON IT",
+        ],
+        &rows,
+    )?;
+    say!()?;
+    match &s.next_step {
+        Some(n) => say!(
+            "Next step: {}{} at {}.",
+            n.kind,
+            n.authority
+                .as_deref()
+                .map(|a| format!(" {a}"))
+                .unwrap_or_default(),
+            n.at
+        ),
+        None => say!("Next step: none foreseen (a retiring CA waits for what depends on it)."),
+    }
 }
 
 fn print_certs(certs: &[wire::CertInfo]) -> crate::output::Printed {

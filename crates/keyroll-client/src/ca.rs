@@ -40,6 +40,21 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/ca/status`.
+    pub async fn ca_status(&self) -> Result<Answer<wire::CaStatus>, ClientError> {
+        self.call(reqwest::Method::GET, "/v1/ca/status", None, None)
+            .await
+    }
+
+    /// `POST /v1/ca/rotate`: the status after the rotation started.
+    pub async fn ca_rotate(
+        &self,
+        req: &wire::CaRotate,
+    ) -> Result<Answer<wire::CaStatus>, ClientError> {
+        self.call(reqwest::Method::POST, "/v1/ca/rotate", Some(req), None)
+            .await
+    }
+
     /// `POST /v1/certs`: the answer carries `key_pem` (once) when no CSR was given.
     pub async fn issue_cert(
         &self,

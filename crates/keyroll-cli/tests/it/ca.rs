@@ -721,3 +721,80 @@ fn revoke_by_serial_and_identity_list_and_show() {
         "{revoked:?}"
     );
 }
+
+/// `keyroll ca rotate` and `keyroll ca status`: a new intermediate entering the bundle at once
+/// (its CRL with it) without signing yet; a second rotation is refused while one is under way.
+#[test]
+fn rotate_and_status() {
+    let s = harness::start();
+    let http = harness::http();
+    let r = s.cli(&["ca", "status"]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(r.stderr.contains("no CA"), "{}", r.stderr);
+    assert_eq!(
+        s.cli(&["ca", "init", "--trust-domain", "example.org"]).code,
+        0
+    );
+    let r = s.cli(&["ca", "status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("bundle version 1") && r.stdout.contains("root g1"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Next step: start_rotation"),
+        "{}",
+        r.stdout
+    );
+    let r = s.cli(&["ca", "rotate", "--signs-from", "yesterday"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = s.cli(&[
+        "ca",
+        "rotate",
+        "--enters-bundle-at",
+        "2000-01-01T00:00:00Z",
+        "--idle",
+        "1h",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("intermediate g2"), "{}", r.stdout);
+    let r = s.cli(&["ca", "status", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let states: Vec<(&str, u64, &str)> = v["authorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap(),
+                a["generation"].as_u64().unwrap(),
+                a["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&("intermediate", 2, "bundled")),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("intermediate", 1, "active")),
+        "{states:?}"
+    );
+    assert_eq!(v["bundle_version"], 2, "{v}");
+    assert_eq!(v["next_step"]["kind"], "switch_signing", "{v}");
+    let resp = http
+        .get(format!("{}/v1/ca/bundle", s.url()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.headers()["x-keyroll-bundle-version"], "2");
+    let bundle = resp.text().unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 3, "{bundle}");
+    assert_eq!(bundle.matches("BEGIN X509 CRL").count(), 3, "{bundle}");
+    let r = s.cli(&["ca", "rotate"]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("under way"), "{}", r.stderr);
+    let started = s.events_at_least("ca.rotation_started", 1);
+    assert_eq!(started.len(), 1);
+}
