@@ -5,12 +5,13 @@
 //!
 //! Modules, in the order data flows: [`ids`] (trust domains, SPIFFE ids, serials, fingerprints),
 //! [`authority`] (roots and intermediates, the [`Signer`]), [`issue`] (workload certificates),
-//! [`crl`] (revocation lists), [`pem`], [`inspect`] (what a certificate says), [`trust`]
+//! [`crl`] (revocation lists), [`csr`] (a workload's key pair and request), [`pem`], [`inspect`] (what a certificate says), [`trust`]
 //! (verification with a reason code), [`verifier`] (the rustls integration), [`tls`] (the one
 //! crypto provider).
 
 pub mod authority;
 pub mod crl;
+pub mod csr;
 pub mod error;
 pub mod ids;
 pub mod inspect;
@@ -24,6 +25,7 @@ mod time_conv;
 
 pub use authority::{NewAuthority, SecretDer, Signer, new_intermediate, new_root};
 pub use crl::{RevocationReason, RevokedEntry, crl};
+pub use csr::{CsrKeyPair, new_csr};
 pub use error::CaError;
 pub use ids::{AnchorId, Fingerprint, Serial, SpiffeId, TrustDomain};
 pub use inspect::{CertInfo, inspect};

@@ -890,10 +890,13 @@ impl Client {
 impl Client {
     /// `GET /v1/self`: the caller's consumer as its agent needs it. With `wait`, the server
     /// holds the answer until the consumer's revision differs from `known` or `wait` passes.
+    /// With `known_bundle` (the CA bundle version the agent's `ca.pem` holds), a change of the
+    /// server's bundle also ends the wait.
     pub async fn self_state(
         &self,
         wait: Option<Duration>,
         known: Option<i64>,
+        known_bundle: Option<u64>,
     ) -> Result<Answer<proto::SelfState>, ClientError> {
         let mut query = Vec::new();
         if let Some(w) = wait {
@@ -901,6 +904,9 @@ impl Client {
         }
         if let Some(k) = known {
             query.push(format!("known={k}"));
+        }
+        if let Some(b) = known_bundle {
+            query.push(format!("known_bundle={b}"));
         }
         let path = if query.is_empty() {
             "/v1/self".to_owned()

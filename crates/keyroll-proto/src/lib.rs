@@ -1096,6 +1096,11 @@ pub struct SelfState {
     pub delivery: String,
     /// Changes with every change to the consumer: pass it back as `known` to long-poll.
     pub revision: i64,
+    /// The version of the CA's trust bundle on the server (0 before `keyroll ca init`). An
+    /// agent whose `ca.pem` holds another version fetches `GET /v1/ca/bundle`; pass it back as
+    /// `known_bundle` so that the long-poll also answers when the bundle changes.
+    #[serde(default)]
+    pub bundle_version: u64,
 }
 
 /// `POST /v1/self/rotate`: issue the next version to this agent. Answered with [`Rotated`]

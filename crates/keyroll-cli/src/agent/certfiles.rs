@@ -11,10 +11,6 @@
 //! reached its commit point). So after a crash and a restart the directory holds the old set or
 //! the new one, never a mix. The app is told to reload only once the whole set is in place.
 
-// The certificate loop that calls these (CSR, /v1/self/certificate, renewal) lands with the CA's
-// self-service endpoint; until then only the tests use them.
-#![allow(dead_code)]
-
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -70,6 +66,7 @@ pub fn write_ca(dir: &Path, ca: &str) -> io::Result<()> {
 }
 
 /// [`write_set`], stopping after `steps` durable steps (tests kill it at every one).
+#[cfg_attr(not(test), allow(dead_code))]
 fn write_set_steps(dir: &Path, set: &CertSet<'_>, steps: usize) -> io::Result<()> {
     let mut done = 0usize;
     let mut step = || {

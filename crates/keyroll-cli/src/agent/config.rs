@@ -12,6 +12,10 @@
 //! on_change = "systemctl reload billing"  # or signal = "HUP" with pid_file = "…"
 //! keep_previous = false
 //! reload_timeout = "30s"
+//! cert_dir = "/etc/billing/tls"           # optional: also keep cert.pem, key.pem, ca.pem there
+//! cert_ttl = "24h"                        # optional: the lifetime asked for (at least 5m)
+//! cert_server_auth = true                 # optional: serverAuth as well as clientAuth
+//! cert_renew_at = 0.5                     # optional: renewal point, fraction of the lifetime
 //! ```
 
 use std::ops::Range;
@@ -37,6 +41,63 @@ pub struct ConsumerSpec {
     pub reloader: Reloader,
     /// Keep the replaced key in `KEY_FILE.previous`.
     pub keep_previous: bool,
+    /// The certificate set this consumer's agent keeps, if any.
+    pub certs: Option<CertSpec>,
+}
+
+/// The certificate set the agent keeps for a consumer (`--cert-dir`, `cert_dir = …`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertSpec {
+    /// Where `cert.pem`, `key.pem` and `ca.pem` are kept.
+    pub dir: PathBuf,
+    /// The lifetime asked for (`None`: the server's default, 24h).
+    pub ttl: Option<Duration>,
+    /// Ask for serverAuth as well as clientAuth.
+    pub server_auth: bool,
+    /// The renewal point, as a fraction of the lifetime (±10 % jitter around it).
+    pub renew_at: f64,
+}
+
+impl CertSpec {
+    /// Checks the settings; `what` names them in an error (`--cert-ttl` or `cert_ttl`).
+    pub fn new(
+        dir: PathBuf,
+        ttl: Option<&str>,
+        server_auth: bool,
+        renew_at: Option<f64>,
+        name: impl Fn(&str) -> String,
+    ) -> Result<CertSpec, String> {
+        if dir.as_os_str().is_empty() {
+            return Err(format!("{} is empty", name("dir")));
+        }
+        let ttl = match ttl {
+            None => None,
+            Some(t) => {
+                let d = parse_duration(t).map_err(|e| format!("{}: {e}", name("ttl")))?;
+                if d < keyroll_ca::MIN_LEAF_LIFETIME {
+                    return Err(format!(
+                        "{} {} is below the CA's minimum lifetime of 5m",
+                        name("ttl"),
+                        t.trim()
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let renew_at = renew_at.unwrap_or(super::decide::DEFAULT_RENEW_AT);
+        if !(super::decide::RENEW_AT_MIN..=super::decide::RENEW_AT_MAX).contains(&renew_at) {
+            return Err(format!(
+                "{} {renew_at} is outside 0.1..0.9 (the fraction of the certificate's lifetime after which it is renewed; default 0.5)",
+                name("renew_at")
+            ));
+        }
+        Ok(CertSpec {
+            dir,
+            ttl,
+            server_auth,
+            renew_at,
+        })
+    }
 }
 
 /// The whole file, resolved.
@@ -72,6 +133,11 @@ struct RawConsumer {
     keep_previous: bool,
     reload_timeout: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    cert_dir: Option<Spanned<String>>,
+    cert_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    cert_server_auth: bool,
+    cert_renew_at: Option<Spanned<f64>>,
 }
 
 /// The default `--reload-timeout`.
@@ -173,6 +239,46 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
                 .join(consumer.name.as_str()),
             (None, None) => super::state::default_dir(&key_file),
         };
+        let certs = match &c.cert_dir {
+            Some(d) => {
+                let spec = CertSpec::new(
+                    resolve(d.get_ref()),
+                    c.cert_ttl.as_ref().map(|t| t.get_ref().as_str()),
+                    c.cert_server_auth,
+                    c.cert_renew_at.as_ref().map(|r| *r.get_ref()),
+                    |f| format!("cert_{f}"),
+                );
+                let span = |msg: &str| {
+                    if msg.starts_with("cert_ttl") {
+                        c.cert_ttl.as_ref().map(Spanned::span)
+                    } else if msg.starts_with("cert_renew_at") {
+                        c.cert_renew_at.as_ref().map(Spanned::span)
+                    } else {
+                        Some(d.span())
+                    }
+                };
+                Some(spec.map_err(|e| at(span(&e), &e))?)
+            }
+            None => {
+                let stray = [
+                    ("cert_ttl", c.cert_ttl.as_ref().map(Spanned::span)),
+                    ("cert_renew_at", c.cert_renew_at.as_ref().map(Spanned::span)),
+                ];
+                if let Some((name, span)) = stray.into_iter().find(|(_, s)| s.is_some()) {
+                    return Err(at(
+                        span,
+                        &format!("{name} needs cert_dir (where the certificate set is kept)"),
+                    ));
+                }
+                if c.cert_server_auth {
+                    return Err(at(
+                        Some(entry.span()),
+                        "cert_server_auth needs cert_dir (where the certificate set is kept)",
+                    ));
+                }
+                None
+            }
+        };
         let line = line_of(text, entry.span().start);
         for (other, other_line) in &consumers {
             if other.key_file == key_file {
@@ -181,6 +287,17 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
                     &format!(
                         "key_file {} is also the key file of the consumer at line {other_line}",
                         key_file.display()
+                    ),
+                ));
+            }
+            if let (Some(a), Some(b)) = (&other.certs, &certs)
+                && a.dir == b.dir
+            {
+                return Err(at(
+                    c.cert_dir.as_ref().map(Spanned::span),
+                    &format!(
+                        "cert_dir {} is also the cert_dir of the consumer at line {other_line}",
+                        b.dir.display()
                     ),
                 ));
             }
@@ -205,6 +322,7 @@ pub fn parse(file: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
                     timeout,
                 },
                 keep_previous: c.keep_previous,
+                certs,
             },
             line,
         ));
@@ -246,6 +364,10 @@ signal = "HUP"
 pid_file = "/run/search.pid"
 keep_previous = true
 reload_timeout = "5s"
+cert_dir = "tls/search"
+cert_ttl = "1h"
+cert_server_auth = true
+cert_renew_at = 0.25
 "#;
         let c = parse(Path::new("/etc/keyroll/agent.toml"), text).unwrap();
         assert_eq!(c.server.as_deref(), Some("http://127.0.0.1:7878"));
@@ -265,6 +387,16 @@ reload_timeout = "5s"
         );
         assert_eq!(b.reloader.timeout, Duration::from_secs(5));
         assert!(b.keep_previous);
+        assert_eq!(a.certs, None);
+        assert_eq!(
+            b.certs,
+            Some(CertSpec {
+                dir: "/etc/keyroll/tls/search".into(),
+                ttl: Some(Duration::from_secs(3600)),
+                server_auth: true,
+                renew_at: 0.25,
+            })
+        );
         // Without a top-level state_dir each key file has its own.
         let c = parse(
             Path::new("/a/agent.toml"),
@@ -316,6 +448,22 @@ reload_timeout = "5s"
                 "/etc/agent.toml:3: invalid type",
             ),
             ("[[consumer]\n", "/etc/agent.toml:1:"),
+            (
+                "[[consumer]]\nconsumer = \"a/b\"\nkey_file = \"k\"\ncert_dir = \"t\"\ncert_ttl = \"1m\"\n",
+                "/etc/agent.toml:5: cert_ttl 1m is below the CA's minimum lifetime of 5m",
+            ),
+            (
+                "[[consumer]]\nconsumer = \"a/b\"\nkey_file = \"k\"\ncert_dir = \"t\"\ncert_renew_at = 0.95\n",
+                "/etc/agent.toml:5: cert_renew_at 0.95 is outside 0.1..0.9",
+            ),
+            (
+                "[[consumer]]\nconsumer = \"a/b\"\nkey_file = \"k\"\ncert_ttl = \"1h\"\n",
+                "/etc/agent.toml:4: cert_ttl needs cert_dir",
+            ),
+            (
+                "[[consumer]]\nconsumer = \"a/b\"\nkey_file = \"k\"\ncert_dir = \"t\"\n\n[[consumer]]\nconsumer = \"a/c\"\nkey_file = \"k2\"\ncert_dir = \"t\"\n",
+                "/etc/agent.toml:9: cert_dir /etc/t is also the cert_dir of the consumer at line 1",
+            ),
         ];
         for (text, want) in cases {
             let got = err(text);

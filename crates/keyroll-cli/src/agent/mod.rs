@@ -4,9 +4,12 @@
 //!
 //! The pieces: `decide.rs` (pure: what to do after a poll, backoff, restart jitter),
 //! `keyfile.rs` (atomic 0600 writes), `state.rs` (`agent.json`), `reload.rs` (command and
-//! signal), `certfiles.rs` (the certificate set, replaced as one), `config.rs` (several consumers), `log.rs` (JSON lines), `worker.rs` (the loop).
+//! signal), `certfiles.rs` (the certificate set, replaced as one), `certs.rs` (keeping that set
+//! current: CSR, renewal, the trust bundle), `config.rs` (several consumers), `log.rs` (JSON
+//! lines), `worker.rs` (the loop).
 
 pub mod certfiles;
+pub mod certs;
 pub mod config;
 pub mod decide;
 pub mod keyfile;
@@ -146,7 +149,44 @@ impl ConsumerFlags {
                 timeout,
             },
             keep_previous: self.keep_previous,
+            certs: None,
         })
+    }
+}
+
+/// The flags of the certificate set `keyroll agent` keeps beside the key (SPEC §9).
+#[derive(Debug, Args)]
+pub struct CertFlags {
+    /// Also keep a certificate for the consumer's identity in DIR: cert.pem (leaf, then
+    /// intermediate), key.pem (0600, made here: the key never leaves the host) and ca.pem
+    /// (the trust bundle), renewed at half the lifetime and replaced as one set.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// The certificate lifetime asked for (at least 5m) [default: the server's, 24h].
+    #[arg(long, value_name = "DUR", requires = "cert_dir")]
+    pub cert_ttl: Option<String>,
+    /// Ask for serverAuth as well as clientAuth (a certificate the service can listen with).
+    #[arg(long, requires = "cert_dir")]
+    pub cert_server_auth: bool,
+    /// When to renew, as a fraction of the lifetime, 0.1 to 0.9 (±10 % jitter around it).
+    #[arg(long, value_name = "FRACTION", requires = "cert_dir", default_value_t = decide::DEFAULT_RENEW_AT)]
+    pub cert_renew_at: f64,
+}
+
+impl CertFlags {
+    fn resolve(&self) -> anyhow::Result<Option<config::CertSpec>> {
+        let Some(dir) = &self.cert_dir else {
+            return Ok(None);
+        };
+        config::CertSpec::new(
+            dir.clone(),
+            self.cert_ttl.as_deref(),
+            self.cert_server_auth,
+            Some(self.cert_renew_at),
+            |f| format!("--cert-{}", f.replace('_', "-")),
+        )
+        .map(Some)
+        .map_err(usage)
     }
 }
 
@@ -159,8 +199,10 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub one: ConsumerFlags,
     /// Several consumers from a TOML file ([[consumer]] consumer, key_file, on_change, …).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["consumer", "key_file", "on_change", "signal", "pid_file", "keep_previous", "state_dir"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["consumer", "key_file", "on_change", "signal", "pid_file", "keep_previous", "state_dir", "cert_dir"])]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub certs: CertFlags,
     #[command(flatten)]
     pub timing: TimingFlags,
 }
@@ -225,7 +267,11 @@ pub async fn agent(
                 tls,
             )
         }
-        None => (server.to_owned(), vec![args.one.resolve("agent")?], tls),
+        None => {
+            let mut spec = args.one.resolve("agent")?;
+            spec.certs = args.certs.resolve()?;
+            (server.to_owned(), vec![spec], tls)
+        }
     };
     // Every consumer is checked (key file, state) before any of them runs.
     let workers = specs
@@ -240,6 +286,36 @@ pub async fn agent(
         done.map_err(|e| anyhow::anyhow!("an agent task failed: {e}"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `agent status` finds wrong with an agent's certificate set at `now`.
+fn cert_problems(c: &certs::CertState, now: Timestamp) -> Vec<String> {
+    let mut p = Vec::new();
+    let dir = c.cert_dir.display();
+    if c.identity_revoked {
+        p.push(format!(
+            "the server refuses to renew the certificate in {dir} (identity_revoked)"
+        ));
+    }
+    match c.not_after.as_deref().and_then(keyroll_core::parse_rfc3339) {
+        Some(t) if t <= now => p.push(format!(
+            "the certificate in {dir} expired at {}{}",
+            keyroll_core::rfc3339(t),
+            c.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )),
+        None => p.push(format!(
+            "no certificate in {dir} yet{}",
+            c.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )),
+        Some(_) => {}
+    }
+    p
 }
 
 /// What `agent status` finds wrong with one agent (empty: healthy).
@@ -290,6 +366,28 @@ fn status_json(s: &AgentState, problems: &[String]) -> serde_json::Value {
     v["healthy"] = problems.is_empty().into();
     v["problems"] = problems.into();
     v
+}
+
+fn print_cert(c: &certs::CertState) -> crate::output::Printed {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    match &c.serial {
+        Some(serial) => say!(
+            "certificate   {}: serial {serial}, valid until {}, renewal at {}",
+            c.cert_dir.display(),
+            dash(&c.not_after),
+            dash(&c.renew_at)
+        )?,
+        None => say!("certificate   {}: none yet", c.cert_dir.display())?,
+    }
+    say!(
+        "trust bundle  {}",
+        c.bundle_version
+            .map_or("not known".to_owned(), |v| format!("version {v} in ca.pem"))
+    )?;
+    if let Some(e) = &c.last_error {
+        say!("cert error    {e}")?;
+    }
+    Ok(())
 }
 
 fn print_status(s: &AgentState, problems: &[String]) -> crate::output::Printed {
@@ -380,15 +478,26 @@ fn status(
             )
             .into());
         };
-        let p = problems(&s, process_alive(s.pid));
+        let cert = certs::load(dir)?;
+        let mut p = problems(&s, process_alive(s.pid));
+        if let Some(c) = &cert {
+            p.extend(cert_problems(c, now()));
+        }
         healthy &= p.is_empty();
         if out.json {
-            docs.push(status_json(&s, &p));
+            let mut doc = status_json(&s, &p);
+            if let Some(c) = &cert {
+                doc["certificate"] = serde_json::to_value(c).unwrap_or_default();
+            }
+            docs.push(doc);
         } else {
             if i > 0 {
                 say!()?;
             }
             print_status(&s, &p)?;
+            if let Some(c) = &cert {
+                print_cert(c)?;
+            }
         }
     }
     if out.json {
@@ -453,6 +562,39 @@ mod tests {
         });
         assert!(problems(&s, true)[0].contains("reload failed"));
         assert!(problems(&state(), false)[0].contains("not running"));
+    }
+
+    #[test]
+    fn a_certificate_is_a_problem_when_expired_missing_or_refused() {
+        let now = keyroll_core::parse_rfc3339("2026-12-06T12:00:00Z").unwrap();
+        let good = certs::CertState {
+            cert_dir: "/tls".into(),
+            serial: Some("ab".into()),
+            not_after: Some("2026-12-07T00:00:00Z".into()),
+            bundle_version: Some(2),
+            ..certs::CertState::default()
+        };
+        assert!(cert_problems(&good, now).is_empty());
+        let expired = certs::CertState {
+            not_after: Some("2026-12-06T11:00:00Z".into()),
+            last_error: Some("connection refused".into()),
+            ..good.clone()
+        };
+        let p = cert_problems(&expired, now);
+        assert_eq!(
+            p,
+            ["the certificate in /tls expired at 2026-12-06T11:00:00Z: connection refused"]
+        );
+        let none = certs::CertState {
+            cert_dir: "/tls".into(),
+            ..certs::CertState::default()
+        };
+        assert!(cert_problems(&none, now)[0].starts_with("no certificate in /tls yet"));
+        let revoked = certs::CertState {
+            identity_revoked: true,
+            ..good
+        };
+        assert!(cert_problems(&revoked, now)[0].contains("identity_revoked"));
     }
 
     #[test]

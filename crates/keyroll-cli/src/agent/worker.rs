@@ -12,6 +12,11 @@
 //! Restarted after any step, the agent retries the intent with the same Idempotency-Key (the
 //! server replays the key, or the file already holds it: unchanged), runs a pending reload, and
 //! otherwise follows the server's `handover` / `rotate: superseded`.
+//!
+//! With a certificate directory, each answer of the poll is also handed to the
+//! [`CertKeeper`] (renewal, bundle refresh); the poll is cut short for the certificate's
+//! renewal instant, passes the bundle version held as `known_bundle` so that a new CA bundle
+//! ends the wait, and every report names the bundle version `ca.pem` holds.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use keyroll_proto as proto;
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::certs::{CertKeeper, Changed};
 use super::config::ConsumerSpec;
 use super::decide::{REJECTED_RETRY, Step, backoff, next_step, poll_wait};
 use super::keyfile::{self, Written};
@@ -136,6 +142,8 @@ pub struct Worker {
     grace: Option<Duration>,
     host: Option<String>,
     updates: Option<watch::Sender<Option<KeyUpdate>>>,
+    /// The certificate set, with `--cert-dir`.
+    certs: Option<CertKeeper>,
 }
 
 fn local(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> Trouble {
@@ -210,6 +218,15 @@ impl Worker {
         };
         state.key_file = path.clone();
         state.pid = std::process::id();
+        let certs = match &spec.certs {
+            Some(c) => Some(CertKeeper::open(
+                c.clone(),
+                spec.consumer.clone(),
+                &spec.state_dir,
+                Log::new(&consumer),
+            )?),
+            None => None,
+        };
         let client = Client::with_tls(server, Some(key.clone()), tls)?;
         let host = nix::unistd::gethostname()
             .ok()
@@ -233,6 +250,7 @@ impl Worker {
             grace: None,
             host,
             updates,
+            certs,
         };
         w.save().map_err(|t| anyhow::anyhow!("{}", describe(&t)))?;
         Ok(w)
@@ -260,6 +278,7 @@ impl Worker {
                 "server": keyroll_core::redact_url(&self.server),
                 "mode": self.mode,
                 "pending_intent": self.recovering,
+                "cert_dir": self.certs.as_ref().map(|c| c.dir().display().to_string()),
             }),
         );
         if let Some(v) = self.state.reload_pending {
@@ -270,6 +289,9 @@ impl Worker {
                 json!({"step": "reload"}),
             );
             self.reload(v).await;
+        }
+        if self.certs.as_ref().is_some_and(CertKeeper::reload_pending) {
+            self.reload_certs(Changed::Recovered).await;
         }
         loop {
             self.pick_up_file_key();
@@ -329,13 +351,17 @@ impl Worker {
         if let Some(intent) = self.state.intent.clone() {
             self.settle_intent(intent).await?;
         }
-        let until = self.last_report.map_or(Duration::ZERO, |t| {
+        let mut until = self.last_report.map_or(Duration::ZERO, |t| {
             self.timing.heartbeat.saturating_sub(t.elapsed())
         });
+        if let Some(at) = self.certs.as_ref().and_then(CertKeeper::next_wake) {
+            until = until.min(at.duration_since(super::now()));
+        }
         let wait = poll_wait(self.timing.wait, until);
+        let known_bundle = self.certs.as_ref().and_then(CertKeeper::known_bundle);
         let s = self
             .client
-            .self_state(Some(wait), self.known)
+            .self_state(Some(wait), self.known, known_bundle)
             .await
             .map_err(|e| classify(&e))?
             .body;
@@ -347,6 +373,16 @@ impl Worker {
                 reason,
             } => self.rotate(expect_active, reason).await?,
             Step::Wait => self.known = Some(s.revision),
+        }
+        let changed = match self.certs.as_mut() {
+            Some(k) => k.step(&self.client, s.bundle_version, super::now()).await,
+            None => None,
+        };
+        if let Some(c) = changed {
+            self.reload_certs(c).await;
+            // At once, so the server sees the bundle the agent now holds.
+            self.report().await;
+            return Ok(());
         }
         let due = self
             .last_report
@@ -656,6 +692,7 @@ impl Worker {
                 ("KEYROLL_KEY_FILE", self.spec.key_file.display().to_string()),
                 ("KEYROLL_CONSUMER", self.spec.consumer.to_string()),
                 ("KEYROLL_VERSION", version.to_string()),
+                ("KEYROLL_CHANGED", "key".to_owned()),
             ];
             let o = r.run(&env).await;
             let fields = json!({
@@ -685,6 +722,65 @@ impl Worker {
         self.save_or_log();
     }
 
+    /// Tells the app that the certificate set (or only `ca.pem`) changed: the same reload
+    /// command or signal as for a new key, with `KEYROLL_CHANGED=cert` or `ca`.
+    async fn reload_certs(&mut self, changed: Changed) {
+        let Some(dir) = self.certs.as_ref().map(|c| c.dir().display().to_string()) else {
+            return;
+        };
+        let r = &self.spec.reloader;
+        if r.is_some() {
+            let (what, detail) = match &changed {
+                Changed::Set(serial) => ("cert", format!("a new certificate ({serial})")),
+                Changed::Bundle(v) => ("ca", format!("a new trust bundle (version {v})")),
+                Changed::Recovered => (
+                    "cert",
+                    "the certificate set written before the agent stopped".to_owned(),
+                ),
+            };
+            let mut env = vec![
+                ("KEYROLL_CERT_DIR", dir.clone()),
+                ("KEYROLL_CONSUMER", self.spec.consumer.to_string()),
+                ("KEYROLL_CHANGED", what.to_owned()),
+            ];
+            if let Changed::Set(serial) = &changed {
+                env.push(("KEYROLL_CERT_SERIAL", serial.clone()));
+            }
+            if let Some(v) = self.certs.as_ref().and_then(CertKeeper::bundle_version) {
+                env.push(("KEYROLL_BUNDLE_VERSION", v.to_string()));
+            }
+            let o = r.run(&env).await;
+            let fields = json!({
+                "changed": what,
+                "cert_dir": dir,
+                "exit_code": o.reload.exit_code,
+                "ok": o.reload.ok,
+                "duration_ms": o.duration.as_millis() as u64,
+                "detail": o.reload.detail,
+            });
+            if o.reload.ok {
+                self.log.info(
+                    "agent.cert_reload",
+                    None,
+                    &format!("the app was told of {detail}"),
+                    fields,
+                );
+            } else {
+                self.log.error(
+                    "agent.cert_reload",
+                    None,
+                    &format!("reloading the app for {detail} failed: {}", o.reload.detail),
+                    fields,
+                );
+            }
+            self.state.health.last_reload = Some(o.reload);
+            self.save_or_log();
+        }
+        if let Some(k) = self.certs.as_mut() {
+            k.reloaded();
+        }
+    }
+
     async fn report(&mut self) {
         self.last_report = Some(Instant::now());
         let degraded = self.state.health.last_reload.as_ref().filter(|r| !r.ok);
@@ -694,8 +790,8 @@ impl Worker {
             mode: Some(self.mode.to_owned()),
             health: Some(if degraded.is_some() { "degraded" } else { "ok" }.to_owned()),
             detail: degraded.map(|r| r.detail.clone()),
-            // Set once the agent delivers certificates (the bundle it wrote to ca.pem).
-            bundle_version: None,
+            // The bundle ca.pem holds (none without --cert-dir).
+            bundle_version: self.certs.as_ref().and_then(CertKeeper::bundle_version),
         };
         if let Err(e) = self.client.self_report(&req).await {
             self.log.warn(

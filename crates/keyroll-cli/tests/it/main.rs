@@ -9,6 +9,7 @@
 
 mod admin_semantics;
 mod agent;
+mod agent_certs;
 mod agent_chaos;
 mod audit;
 mod bad_input;

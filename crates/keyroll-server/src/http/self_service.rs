@@ -143,20 +143,35 @@ impl SelfCaller {
     }
 }
 
-fn wait_params(uri: &Uri) -> Result<(Option<Duration>, Option<i64>), ApiError> {
-    let mut wait = None;
-    let mut known = None;
+/// The long-poll's query: `wait`, `known` (the consumer revision seen) and `known_bundle` (the
+/// CA bundle version the agent holds).
+#[derive(Debug, Default)]
+struct WaitParams {
+    wait: Option<Duration>,
+    known: Option<i64>,
+    known_bundle: Option<u64>,
+}
+
+fn wait_params(uri: &Uri) -> Result<WaitParams, ApiError> {
+    let mut p = WaitParams::default();
     for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
         match &*k {
             "wait" => {
                 let d = keyroll_core::parse_duration(&v).map_err(|e| {
                     ApiError::bad_request(format!("wait: {e} (a duration such as 25s)"))
                 })?;
-                wait = Some(d.min(MAX_WAIT));
+                p.wait = Some(d.min(MAX_WAIT));
             }
             "known" => {
-                known = Some(v.parse::<i64>().map_err(|_| {
+                p.known = Some(v.parse::<i64>().map_err(|_| {
                     ApiError::bad_request("known: expected the revision of an earlier answer")
+                })?);
+            }
+            "known_bundle" => {
+                p.known_bundle = Some(v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "known_bundle: expected the bundle_version of an earlier answer (0 or more)",
+                    )
                 })?);
             }
             other => {
@@ -166,13 +181,14 @@ fn wait_params(uri: &Uri) -> Result<(Option<Duration>, Option<i64>), ApiError> {
             }
         }
     }
-    Ok((wait, known))
+    Ok(p)
 }
 
-/// `GET /v1/self[?wait=25s&known=REVISION]`.
+/// `GET /v1/self[?wait=25s&known=REVISION&known_bundle=N]`.
 #[utoipa::path(get, path = "/v1/self", tag = "agent",
     params(("wait" = Option<String>, Query, description = "hold the answer until the consumer changes or this long passes (at most 60s)"),
-        ("known" = Option<i64>, Query, description = "the revision of the caller's last answer")),
+        ("known" = Option<i64>, Query, description = "the revision of the caller's last answer"),
+        ("known_bundle" = Option<u64>, Query, description = "the CA bundle version the caller holds: the held answer is also released when the server's differs")),
     responses((status = 200, body = proto::SelfState), (status = 400, body = proto::Problem),
         (status = 401, body = proto::Problem, description = "the key is not valid: the code says why (key_retired, key_revoked, …)")),
     security(("consumer_key" = [])))]
@@ -181,14 +197,23 @@ pub async fn self_state(
     caller: SelfCaller,
     uri: Uri,
 ) -> Result<Json<proto::SelfState>, ApiError> {
-    let (wait, known) = wait_params(&uri)?;
+    let WaitParams {
+        wait,
+        known,
+        known_bundle,
+    } = wait_params(&uri)?;
     let mut changes = state.changes.subscribe();
+    // Every install of the CA's trust store (a write here, another node's change applied)
+    // replaces the watched value: a long-poll waiting for a new bundle wakes on it.
+    let mut bundle = state.ca.trust();
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     loop {
         changes.borrow_and_update();
+        bundle.borrow_and_update();
         let (answer, revision) =
             delivery::self_state(&state, &caller.caller, state.clock.now()).await?;
-        let changed = known.is_none_or(|k| k != revision);
+        let changed = known.is_none_or(|k| k != revision)
+            || known_bundle.is_some_and(|b| b != answer.bundle_version);
         let Some(deadline) = deadline else {
             return Ok(Json(answer));
         };
@@ -197,11 +222,18 @@ pub async fn self_state(
         }
         // Time alone can make a rotation due: look again at least every few seconds.
         let next = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
-        match tokio::time::timeout_at(next, changes.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return Ok(Json(answer)),
-            Err(_) if tokio::time::Instant::now() >= deadline => return Ok(Json(answer)),
-            Err(_) => continue,
+        let woke = tokio::select! {
+            r = changes.changed() => r.is_ok(),
+            r = bundle.changed() => r.is_ok(),
+            () = tokio::time::sleep_until(next) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(Json(answer));
+                }
+                true
+            }
+        };
+        if !woke {
+            return Ok(Json(answer));
         }
     }
 }

@@ -245,6 +245,7 @@ pub async fn self_state(
             grace: keyroll_core::format_duration(grace),
             delivery: c.schedule.delivery.as_str().into(),
             revision: stored.revision,
+            bundle_version: state.ca.bundle_version(),
         },
         stored.revision,
     ))
