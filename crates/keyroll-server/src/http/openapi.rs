@@ -440,6 +440,10 @@ fn param_rules(path: &str, p: &mut Value) {
         }
         ("query", "endpoint") => json!({ "type": "string", "pattern": WEBHOOK_ID }),
         ("path", "serial") => serial_schema(),
+        ("query", "identity") if path == "/v1/decisions" => json!({
+            "type": "string",
+            "pattern": "^(spiffe://[a-z0-9-]{1,63}(\\.[a-z0-9-]{1,63}){0,3}/)?[a-z][a-z0-9]{0,15}/[a-z][a-z0-9-]{0,62}$",
+        }),
         ("query", "identity") => json!({ "type": "string", "pattern": CONSUMER_REF }),
         ("query", "state") if path == "/v1/certs" => {
             json!({ "type": "string", "enum": ["live", "expired", "revoked"] })
@@ -481,10 +485,6 @@ fn param_rules(path: &str, p: &mut Value) {
         ("query", "kind") if path == "/v1/decisions" => {
             json!({ "type": "string", "enum": ["key", "cert"] })
         }
-        ("query", "identity") if path == "/v1/decisions" => json!({
-            "type": "string",
-            "pattern": "^(spiffe://[a-z0-9-]{1,63}(\\.[a-z0-9-]{1,63}){0,3}/)?[a-z][a-z0-9]{0,15}/[a-z][a-z0-9-]{0,62}$",
-        }),
         ("query", "serial") if path == "/v1/decisions" => {
             json!({ "type": "string", "pattern": "^[0-9a-fA-F]{32}$" })
         }
