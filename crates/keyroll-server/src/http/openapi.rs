@@ -616,8 +616,12 @@ fn body_rules(schemas: &mut Map<String, Value>) {
         ("IssueCert", "dns", dns),
         ("IssueCert", "ip", ip),
         ("SelfCertRequest", "ttl", nullable(LEAF_TTL)),
-        ("RevokeCert", "serial", serial_schema()),
-        ("RevokeCert", "identity", string(CONSUMER_REF)),
+        (
+            "RevokeCert",
+            "serial",
+            json!({ "type": ["string", "null"], "minLength": 32, "maxLength": 32, "pattern": SERIAL }),
+        ),
+        ("RevokeCert", "identity", nullable(CONSUMER_REF)),
         ("RevokeCert", "reason", reason),
         ("CaRotate", "enters_bundle_at", nullable(RFC3339_TIME)),
         ("CaRotate", "signs_from", nullable(RFC3339_TIME)),
@@ -625,7 +629,11 @@ fn body_rules(schemas: &mut Map<String, Value>) {
     ];
     // Exactly one of serial and identity.
     if let Some(s) = schemas.get_mut("RevokeCert") {
-        s["oneOf"] = json!([{ "required": ["serial"] }, { "required": ["identity"] }]);
+        // A null member counts as absent, as the server reads it.
+        s["oneOf"] = json!([
+            { "required": ["serial"], "properties": { "serial": { "type": "string" } } },
+            { "required": ["identity"], "properties": { "identity": { "type": "string" } } },
+        ]);
     }
     for (schema, field, rule) in rules
         .into_iter()
