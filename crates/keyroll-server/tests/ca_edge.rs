@@ -341,15 +341,15 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
     let bearer = value(&format!("Bearer {token}"));
     let key_rejection = ask(&state, PROXY, "/v1/forward-auth", &[]).await;
     assert_eq!(key_rejection.status().as_u16(), 401);
-    let list = |q: &'static str| {
+    let list = |q: String| {
         let (state, bearer) = (Arc::clone(&state), bearer.clone());
         async move {
-            let r = ask(&state, PROXY, q, &[("authorization", bearer)]).await;
+            let r = ask(&state, PROXY, &q, &[("authorization", bearer)]).await;
             assert_eq!(r.status().as_u16(), 200, "{q}");
             body_json(r).await
         }
     };
-    let revoked = list("/v1/decisions?kind=cert&code=cert_revoked").await;
+    let revoked = list("/v1/decisions?kind=cert&code=cert_revoked".to_owned()).await;
     assert_eq!(revoked["matched"], 1, "{revoked}");
     let entry = &revoked["items"][0];
     assert_eq!(entry["kind"], "cert");
@@ -359,18 +359,16 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
     assert_eq!(entry["edge"], "forward_auth_cert");
     assert_eq!(entry["environment"], "prod");
     assert!(entry["detail"].as_str().unwrap().contains("CRL"), "{entry}");
-    let by_serial = list(Box::leak(
-        format!("/v1/decisions?serial={}", billing.serial).into_boxed_str(),
-    ))
-    .await;
+    let by_serial = list(format!("/v1/decisions?serial={}", billing.serial)).await;
     // Three valid (PEM, leaf only, DER), allowed by prod/*, the invalid policy, revoked.
     assert_eq!(by_serial["matched"], 6, "{by_serial}");
-    let by_identity = list("/v1/decisions?identity=staging/api&code=cert_wrong_identity").await;
+    let by_identity =
+        list("/v1/decisions?identity=staging/api&code=cert_wrong_identity".to_owned()).await;
     assert_eq!(
         by_identity["matched"], 2,
         "header policy and environment: {by_identity}"
     );
-    let keys = list("/v1/decisions?kind=key").await;
+    let keys = list("/v1/decisions?kind=key".to_owned()).await;
     assert_eq!(keys["matched"], 1);
     assert_eq!(keys["items"][0]["kind"], "key");
     assert_eq!(keys["items"][0]["code"], "missing_credential");
@@ -378,7 +376,7 @@ async fn forwarded_certificates_are_judged_with_their_reason() {
         keys["items"][0].get("identity").is_none(),
         "key entries unchanged"
     );
-    let everything = list("/v1/decisions?limit=100000").await;
+    let everything = list("/v1/decisions?limit=100000".to_owned()).await;
     let items = everything["items"].as_array().unwrap();
     assert_eq!(items.len() as u64, everything["matched"].as_u64().unwrap());
     assert_eq!(
