@@ -61,6 +61,16 @@ include-path-regex = "^/v1/(certs|self/certificate)$"
 include-method = "POST"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "428", "429", "5xx"]
+# Forward-auth's \`?body=none\` (documented) answers a rejection with no body at all, for gateways
+# that would pass the body to the end user; the reason stays in the X-Keyroll-* headers. No
+# OpenAPI response can say "problem+json, or nothing", so the body checks are off for those
+# operations only (status codes, headers and every other check still run).
+[[operations]]
+include-path-regex = "^/v1/forward-auth"
+[operations.checks.content_type_conformance]
+enabled = false
+[operations.checks.response_schema_conformance]
+enabled = false
 TOML
 
 # The token operations run apart, each with a token of its own: schemathesis finds the id of the
