@@ -374,13 +374,17 @@ impl Worker {
             } => self.rotate(expect_active, reason).await?,
             Step::Wait => self.known = Some(s.revision),
         }
+        let held_bundle = self.certs.as_ref().and_then(CertKeeper::bundle_version);
         let changed = match self.certs.as_mut() {
             Some(k) => k.step(&self.client, s.bundle_version, super::now()).await,
             None => None,
         };
         if let Some(c) = changed {
             self.reload_certs(c).await;
-            // At once, so the server sees the bundle the agent now holds.
+        }
+        if self.certs.as_ref().and_then(CertKeeper::bundle_version) != held_bundle {
+            // At once (not at the next heartbeat): a CA rotation waits for every agent to
+            // report the bundle with the new CA before the old one may leave it.
             self.report().await;
             return Ok(());
         }
