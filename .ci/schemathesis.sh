@@ -54,6 +54,13 @@ max-examples = $MAX_EXAMPLES
 # used before for another body: history). The list is schemathesis's default plus 422 and 428.
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "428", "429", "5xx"]
+# A CSR is a signed PKCS#10 request in PEM, which no JSON Schema can state: a generated string is
+# rightly a 400 naming \`csr\` (the CA's contract: a bad CSR is a 400, an RSA key too).
+[[operations]]
+include-path-regex = "^/v1/(certs|self/certificate)$"
+include-method = "POST"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "428", "429", "5xx"]
 TOML
 
 # The token operations run apart, each with a token of its own: schemathesis finds the id of the

@@ -408,6 +408,16 @@ fn ca_init_issue_and_bundle_verify_with_openssl() {
     let audit = s.cli(&["audit", "list", "--output", "json"]);
     assert!(audit.stdout.contains("cert.issued"), "{}", audit.stdout);
     assert!(!audit.stdout.contains("PRIVATE KEY"));
+    let metrics = http
+        .get(format!("{}/metrics", s.url()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("keyroll_certs_issued_total{edge=\"admin\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// A workload renews its own certificate from a CSR: with its consumer key, and over TLS with
@@ -459,6 +469,16 @@ fn self_certificate_with_the_consumer_key_and_with_the_client_certificate() {
     std::fs::write(w.join("api.pem"), body["cert_pem"].as_str().unwrap()).unwrap();
     let audit = s.cli(&["audit", "list", "--output", "json"]);
     assert!(audit.stdout.contains("agent:prod/api"), "{}", audit.stdout);
+    let metrics = http
+        .get(format!("{}/metrics", s.url()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("keyroll_certs_issued_total{edge=\"self_key\"} 1"),
+        "{metrics}"
+    );
 
     // A server certificate for the listener, from the same CA, and the bundle it trusts.
     let srv = w.join("srv");

@@ -91,7 +91,8 @@ fn issued_json(i: &ca::Issued, renew: bool) -> wire::CertIssued {
 #[utoipa::path(post, path = "/v1/ca/init", tag = "ca", request_body = wire::CaInit,
     responses((status = 201, body = wire::CaInitialized),
         (status = 400, body = keyroll_proto::Problem, description = "a field is wrong; the message names it"),
-        (status = 409, body = keyroll_proto::Problem, description = "`already_exists`: there is a CA")),
+        (status = 409, body = keyroll_proto::Problem, description = "`already_exists`: there is a CA"),
+        (status = 422, body = keyroll_proto::Problem, description = "a lifetime too short to make a CA of")),
     security(("admin_token" = ["ca:write"])))]
 pub async fn init(
     State(state): State<Arc<AppState>>,
@@ -104,16 +105,6 @@ pub async fn init(
         .map_err(|e| ApiError::bad_request(format!("trust_domain: {e}")))?;
     let root_ttl = duration_field("root_ttl", b.root_ttl.as_deref())?;
     let intermediate_ttl = duration_field("intermediate_ttl", b.intermediate_ttl.as_deref())?;
-    for (field, ttl) in [
-        ("root_ttl", root_ttl),
-        ("intermediate_ttl", intermediate_ttl),
-    ] {
-        if ttl.is_some_and(|t| t < Duration::from_secs(3600)) {
-            return Err(ApiError::bad_request(format!(
-                "{field}: a CA must live at least 1h"
-            )));
-        }
-    }
     let made = ca::init(
         &state,
         &actor(&caller.admin),
@@ -145,7 +136,8 @@ pub async fn init(
 #[utoipa::path(post, path = "/v1/certs", tag = "ca", request_body = wire::IssueCert,
     responses((status = 201, body = wire::CertIssued, description = "the certificate; `key_pem` (shown once) only without a CSR"),
         (status = 400, body = keyroll_proto::Problem, description = "a field is wrong (identity, ttl, csr, dns, ip); the message names it"),
-        (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`, or the environment does not exist")),
+        (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`, or the environment does not exist"),
+        (status = 422, body = keyroll_proto::Problem, description = "dns or ip without server_auth, or no intermediate can sign now")),
     security(("admin_token" = ["certs:write"])))]
 pub async fn issue(
     State(state): State<Arc<AppState>>,
@@ -235,7 +227,8 @@ impl FromRequestParts<Arc<AppState>> for CertCaller {
     responses((status = 201, body = wire::CertIssued, description = "the certificate (no key: it stays with the workload) and `renew_after`"),
         (status = 400, body = keyroll_proto::Problem), (status = 401, body = keyroll_proto::Problem),
         (status = 403, body = keyroll_proto::Problem, description = "`identity_revoked`: the identity may no longer renew itself; `cert_refused`: a client certificate this CA did not issue"),
-        (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`")),
+        (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`"),
+        (status = 422, body = keyroll_proto::Problem, description = "no intermediate can sign now")),
     security(("consumer_key" = []), ()))]
 pub async fn self_certificate(
     State(state): State<Arc<AppState>>,
@@ -280,7 +273,8 @@ fn pem_response(body: String, bundle_version: u64) -> Response {
 /// one CRL per issuer.
 #[utoipa::path(get, path = "/v1/ca/bundle", tag = "ca",
     params(("format" = Option<String>, Query, description = "`pem` (default) or `json`")),
-    responses((status = 200, content_type = "text/plain", body = String, description = "PEM: roots, intermediates, CRLs; header X-Keyroll-Bundle-Version"),
+    responses((status = 200, description = "PEM (roots, intermediates, CRLs), or with `?format=json` the same as JSON; header X-Keyroll-Bundle-Version",
+            content((String = "text/plain"), (wire::CaBundle = "application/json"))),
         (status = 400, body = keyroll_proto::Problem),
         (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`")),
     security(()))]
@@ -600,7 +594,8 @@ pub async fn status(
     responses((status = 202, body = wire::CaStatus),
         (status = 400, body = keyroll_proto::Problem),
         (status = 404, body = keyroll_proto::Problem, description = "`no_ca` before `ca init`"),
-        (status = 409, body = keyroll_proto::Problem, description = "`already_exists`: a rotation is under way")),
+        (status = 409, body = keyroll_proto::Problem, description = "`already_exists`: a rotation is under way"),
+        (status = 422, body = keyroll_proto::Problem, description = "signs_from before enters_bundle_at, or no active CA to rotate")),
     security(("admin_token" = ["ca:write"])))]
 pub async fn rotate(
     State(state): State<Arc<AppState>>,

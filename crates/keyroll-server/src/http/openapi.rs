@@ -140,6 +140,16 @@ const NOT_WHITESPACE: &str = r"[^\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u
 /// 1 to 64 characters without control characters, the first not whitespace (a name is not
 /// only whitespace).
 const TOKEN_NAME: &str = r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]{0,63}$";
+/// A SPIFFE trust domain (keyroll_ca::TrustDomain): `[a-z0-9-]` labels joined by single dots.
+const TRUST_DOMAIN: &str = r"^[a-z0-9-]+(\.[a-z0-9-]+)*$";
+/// A workload certificate's lifetime: a duration of at least 5 minutes (MIN_LEAF_LIFETIME).
+const LEAF_TTL: &str =
+    "^(([5-9]|[1-9][0-9]{1,3})m|[1-9][0-9]{0,3}(h|d)|([3-9][0-9]{2}|[1-9][0-9]{3})s)$";
+/// A certificate serial: 32 hex digits, not all zero (the length is in [`serial_schema`]).
+const SERIAL: &str = "^[0-9a-f]*[1-9a-f][0-9a-f]*$";
+/// An RFC 3339 UTC time (days up to 28, so that every match is a real date).
+const RFC3339_TIME: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z$";
+
 /// Free text without control characters (`char::is_control`).
 const NO_CONTROL: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
 
@@ -385,6 +395,11 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>, schemas: &Map<Str
     }
 }
 
+/// A certificate serial.
+fn serial_schema() -> Value {
+    json!({ "type": "string", "minLength": 32, "maxLength": 32, "pattern": SERIAL })
+}
+
 /// The schema of a parameter, from the rule the handler enforces on it.
 fn param_rules(path: &str, p: &mut Value) {
     let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -406,6 +421,13 @@ fn param_rules(path: &str, p: &mut Value) {
             json!({ "type": "string", "pattern": DELIVERY_ID })
         }
         ("query", "endpoint") => json!({ "type": "string", "pattern": WEBHOOK_ID }),
+        ("path", "serial") => serial_schema(),
+        ("query", "identity") => json!({ "type": "string", "pattern": CONSUMER_REF }),
+        ("query", "state") if path == "/v1/certs" => {
+            json!({ "type": "string", "enum": ["live", "expired", "revoked"] })
+        }
+        ("query", "after") if path == "/v1/certs" => serial_schema(),
+        ("query", "format") => json!({ "type": "string", "enum": ["pem", "json"] }),
         ("query", "state") if path == "/v1/webhook-deliveries" => {
             json!({ "type": "string", "enum": ["pending", "delivered", "failed", "disabled"] })
         }
@@ -540,11 +562,48 @@ fn body_rules(schemas: &mut Map<String, Value>) {
         ),
         ("RotateWebhookSecret", "overlap", nullable(DURATION)),
     ];
+    let dns = json!({ "type": "array", "items": { "type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", "maxLength": 253 } });
+    // IPv6 is accepted too; the schema names the form a generator can produce reliably.
+    let ip = json!({ "type": "array", "items": { "type": "string", "pattern": r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])$" } });
+    let reason = json!({ "type": ["string", "null"], "enum": ["unspecified", "key-compromise", "ca-compromise", "affiliation-changed", "superseded", "cessation-of-operation", null] });
+    let ca: [(&str, &str, Value); 14] = [
+        (
+            "CaInit",
+            "trust_domain",
+            json!({ "type": "string", "pattern": TRUST_DOMAIN, "maxLength": 255 }),
+        ),
+        ("CaInit", "root_ttl", nullable(POSITIVE_DURATION)),
+        ("CaInit", "intermediate_ttl", nullable(POSITIVE_DURATION)),
+        ("IssueCert", "identity", string(CONSUMER_REF)),
+        ("IssueCert", "ttl", nullable(LEAF_TTL)),
+        ("IssueCert", "dns", dns),
+        ("IssueCert", "ip", ip),
+        ("SelfCertRequest", "ttl", nullable(LEAF_TTL)),
+        (
+            "RevokeCert",
+            "serial",
+            json!({ "type": ["string", "null"], "minLength": 32, "maxLength": 32, "pattern": SERIAL }),
+        ),
+        ("RevokeCert", "identity", nullable(CONSUMER_REF)),
+        ("RevokeCert", "reason", reason),
+        ("CaRotate", "enters_bundle_at", nullable(RFC3339_TIME)),
+        ("CaRotate", "signs_from", nullable(RFC3339_TIME)),
+        ("CaRotate", "idle", nullable(POSITIVE_DURATION)),
+    ];
+    // Exactly one of serial and identity.
+    if let Some(s) = schemas.get_mut("RevokeCert") {
+        // A null member counts as absent, as the server reads it.
+        s["oneOf"] = json!([
+            { "required": ["serial"], "properties": { "serial": { "type": "string" } } },
+            { "required": ["identity"], "properties": { "identity": { "type": "string" } } },
+        ]);
+    }
     for (schema, field, rule) in rules
         .into_iter()
         .chain(more)
         .chain(schedule)
         .chain(webhooks)
+        .chain(ca)
     {
         if let Some(prop) = schemas
             .get_mut(schema)

@@ -49,6 +49,7 @@ const CLUSTER_APPLIED: &str = "keyroll_cluster_applied_seq";
 const CLUSTER_LAG: &str = "keyroll_cluster_lag_changes";
 const CLUSTER_LEADER: &str = "keyroll_cluster_leader";
 const CERT_DECISIONS: &str = "keyroll_cert_decisions_total";
+const CERTS_ISSUED: &str = "keyroll_certs_issued_total";
 
 /// A usage flush is one store transaction: milliseconds, seconds when the store struggles.
 const FLUSH_BUCKETS: [f64; 12] = [
@@ -108,6 +109,7 @@ pub struct Metrics {
     rotations: Mutex<RotationCounters>,
     /// Certificate decisions by (code, edge): at most 11 codes × 2 edges.
     cert_decisions: Mutex<Vec<((&'static str, &'static str), Counter)>>,
+    certs_issued: Mutex<Vec<(&'static str, Counter)>>,
     retiring_in_use: Mutex<Vec<(Box<str>, Gauge)>>,
     key_versions: Mutex<StateGauges>,
     flush_duration: Histogram,
@@ -164,6 +166,7 @@ impl Metrics {
             verify_duration: LatencyHistogram::default(),
             rotations: Mutex::new(Vec::new()),
             cert_decisions: Mutex::new(Vec::new()),
+            certs_issued: Mutex::new(Vec::new()),
             retiring_in_use: Mutex::new(Vec::new()),
             key_versions: Mutex::new(Vec::new()),
             flush_duration: recorder.register_histogram(&plain(FLUSH_DURATION), &METADATA),
@@ -281,6 +284,19 @@ impl Metrics {
         let c = self.recorder.register_counter(&key, &METADATA);
         c.increment(1);
         all.push(((environment.into(), outcome.into()), c));
+    }
+
+    /// Counts one workload certificate issued through `edge` (`admin`, `self_key`, `self_cert`).
+    pub fn cert_issued(&self, edge: &'static str) {
+        let mut all = self.certs_issued.lock();
+        if let Some((_, c)) = all.iter().find(|(k, _)| *k == edge) {
+            c.increment(1);
+            return;
+        }
+        let key = Key::from_parts(CERTS_ISSUED, vec![Label::new("edge", edge)]);
+        let c = self.recorder.register_counter(&key, &METADATA);
+        c.increment(1);
+        all.push((edge, c));
     }
 
     /// Counts a certificate decision. Labels are static strings (the code and the edge), so the
@@ -411,6 +427,12 @@ fn describe(r: &PrometheusRecorder) {
         d(KEY_VERSIONS),
         None,
         "Key versions in the index by environment and state now.".into(),
+    );
+    r.describe_counter(
+        d(CERTS_ISSUED),
+        None,
+        "Workload certificates issued, by edge (admin: POST /v1/certs; self_key and self_cert: a workload's own renewal with its consumer key or its client certificate)."
+            .into(),
     );
     r.describe_counter(
         d(CERT_DECISIONS),

@@ -216,6 +216,11 @@ impl Observer {
         }
     }
 
+    /// Counts a workload certificate issued through `edge` (`keyroll_certs_issued_total`).
+    pub fn cert_issued(&self, edge: &'static str) {
+        self.metrics.cert_issued(edge);
+    }
+
     /// Records one certificate decision (a handshake or a forwarded certificate): its metric
     /// and its `cert.decision` log line.
     pub fn cert_decision(&self, record: &CertDecisionRecord<'_>, allowed_at_info: bool) {

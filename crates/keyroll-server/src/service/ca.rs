@@ -367,7 +367,12 @@ fn leaf_error(e: keyroll_ca::CaError) -> CaServiceError {
         E::CsrMalformed(_) | E::CsrBadSignature | E::CsrUnsupportedKey(_) => {
             bad("csr", e.to_string())
         }
-        E::SansWithoutServerAuth | E::InvalidDnsName(_) => bad("dns", e.to_string()),
+        E::InvalidDnsName(_) => bad("dns", e.to_string()),
+        // Two fields together (dns or ip without server_auth): 422, like the service's other
+        // rules across fields.
+        E::SansWithoutServerAuth => {
+            CaServiceError::Service(ServiceError::Invalid(format!("dns, ip: {e}")))
+        }
         e => CaServiceError::Service(ca_error(e)),
     }
 }
@@ -474,6 +479,14 @@ pub async fn issue(
         })
         .await?;
     state.webhook_wake.notify_one();
+    let edge = if actor.id.starts_with("agent:") {
+        "self_key"
+    } else if actor.id.starts_with("cert:") {
+        "self_cert"
+    } else {
+        "admin"
+    };
+    state.observer.cert_issued(edge);
     tracing::info!(
         event = "cert.issued",
         serial = record.serial.as_str(),
@@ -1087,14 +1100,11 @@ pub async fn rotate(
     let enters = req.enters_bundle_at.unwrap_or(def_enter).max(now);
     let signs = req.signs_from.unwrap_or(def_sign.max(enters));
     if signs < enters {
-        return Err(bad(
-            "signs_from",
-            format!(
-                "{} is before enters_bundle_at {}: a CA must be trusted before it signs",
-                keyroll_core::rfc3339(signs),
-                keyroll_core::rfc3339(enters)
-            ),
-        ));
+        return Err(CaServiceError::Service(ServiceError::Invalid(format!(
+            "signs_from: {} is before enters_bundle_at {}: a CA must be trusted before it signs",
+            keyroll_core::rfc3339(signs),
+            keyroll_core::rfc3339(enters)
+        ))));
     }
     let idle = req.idle.unwrap_or(DEFAULT_IDLE);
     let td = TrustDomain::parse(&cur_int.trust_domain).map_err(ca_error)?;
