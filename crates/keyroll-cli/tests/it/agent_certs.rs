@@ -364,6 +364,26 @@ fn two_services_get_certificates_through_their_agents_and_talk_mtls() {
         "{}",
         st.stdout
     );
+    let st = harness::cli_offline(
+        &[
+            "agent",
+            "status",
+            "--key-file",
+            d.join("web.key").to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        Path::new("/"),
+    );
+    assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
+    let v: Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["healthy"], true, "{v}");
+    let c = &v["certificate"];
+    assert_eq!(c["spiffe_id"], "spiffe://example.test/prod/web", "{v}");
+    assert_eq!(c["serial"].as_str().unwrap(), serial(&d.join("web")));
+    assert_eq!(c["bundle_version"], version);
+    assert_eq!(c["reload_pending"], false);
+    assert!(!st.stdout.contains("PRIVATE KEY"));
 }
 
 #[test]
