@@ -1,7 +1,8 @@
 //! `keyroll agent --cert-dir` against a real server, as real processes: two services get
 //! certificates through their agents (one of them started before `keyroll ca init`, so it
 //! learns of the CA through the long-poll) and an mTLS exchange between them succeeds with
-//! `openssl s_server -Verify` and `openssl s_client`; a renewal replaces the whole set (new
+//! `openssl s_server -Verify` and `openssl s_client`, and with a rustls server on keyroll's own
+//! `ReasonedClientVerifier` (which refuses a valid certificate of the wrong identity); a renewal replaces the whole set (new
 //! serial, new key) and runs the reload command; a bundle change reaches ca.pem and the
 //! agent's report; a revoked identity is logged as such and not retried in a loop; bad
 //! settings are refused with the flag named.
