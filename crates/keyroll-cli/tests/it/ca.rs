@@ -755,6 +755,16 @@ fn rotate_and_status() {
         s.cli(&["ca", "init", "--trust-domain", "example.org"]).code,
         0
     );
+    // An agent that holds bundle 1 (from before the rotation).
+    assert_eq!(s.cli(&["env", "create", "prod"]).code, 0);
+    let key = s.consumer("prod/api", &[]);
+    let r = http
+        .post(format!("{}/v1/self/report", s.url()))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"agent": "agt_one", "bundle_version": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     let r = s.cli(&["ca", "status"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -804,6 +814,19 @@ fn rotate_and_status() {
     );
     assert_eq!(v["bundle_version"], 2, "{v}");
     assert_eq!(v["next_step"]["kind"], "switch_signing", "{v}");
+    // The old intermediate's successor entered with bundle 2: the agent on bundle 1 is one of
+    // what its removal waits for.
+    let old = v["authorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "intermediate" && a["generation"] == 1)
+        .unwrap();
+    assert_eq!(
+        old["depends"]["agents_on_old_bundle"],
+        serde_json::json!([{"consumer": "prod/api", "agent_id": "agt_one", "bundle_version": 1}]),
+        "{old}"
+    );
     let resp = http
         .get(format!("{}/v1/ca/bundle", s.url()))
         .send()
