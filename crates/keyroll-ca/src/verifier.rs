@@ -48,7 +48,10 @@ fn hints_of(trust: &TrustStore) -> Arc<Vec<DistinguishedName>> {
         trust
             .anchors
             .iter()
-            .map(|a| DistinguishedName::from(a.ta.subject.as_ref().to_vec()))
+            // webpki keeps a subject's contents without the Name's outer SEQUENCE; the hint
+            // on the wire is the whole Name (OpenSSL clients refuse the contents alone with
+            // "parse_ca_names: wrong tag").
+            .map(|a| DistinguishedName::in_sequence(a.ta.subject.as_ref()))
             .collect(),
     )
 }

@@ -369,8 +369,12 @@ impl CertKeeper {
         server_bundle: u64,
         now: Timestamp,
     ) -> Option<Changed> {
-        if self.retry_at.is_some_and(|r| now < r) {
-            return None;
+        match self.retry_at {
+            Some(r) if now < r => return None,
+            // Due: cleared whatever the step turns out to be, so that a retry that finds
+            // nothing to do does not leave the long-poll cut short and deaf to the bundle.
+            Some(_) => self.retry_at = None,
+            None => {}
         }
         let result = match decide::cert_step(self.held.as_ref(), server_bundle, now) {
             CertStep::Wait(_) => return None,
@@ -421,18 +425,21 @@ impl CertKeeper {
             "failures": self.failures,
             "retry_in_ms": pause.as_millis() as u64,
         });
+        // The state first, then the line: `agent status` run on seeing the line agrees with it.
+        if matches!(t, Trouble::Revoked(_)) {
+            self.state.identity_revoked = true;
+        }
+        self.state.last_error = Some(msg.clone());
+        self.save_or_log();
         match &t {
-            Trouble::Revoked(_) => {
-                self.state.identity_revoked = true;
-                self.log.error(
-                    "agent.identity_revoked",
-                    None,
-                    &format!(
-                        "{msg}; the files keep the last certificate (until it expires); an operator must lift the revocation or give the service a new identity"
-                    ),
-                    fields,
-                );
-            }
+            Trouble::Revoked(_) => self.log.error(
+                "agent.identity_revoked",
+                None,
+                &format!(
+                    "{msg}; the files keep the last certificate (until it expires); an operator must lift the revocation or give the service a new identity"
+                ),
+                fields,
+            ),
             _ => self.log.warn(
                 "agent.cert_failed",
                 None,
@@ -440,8 +447,6 @@ impl CertKeeper {
                 fields,
             ),
         }
-        self.state.last_error = Some(msg);
-        self.save_or_log();
     }
 
     async fn renew(
@@ -757,6 +762,40 @@ mod tests {
             k.held.unwrap().renew_at,
             parse_rfc3339("2030-01-01T00:00:00Z").unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn a_due_retry_that_finds_nothing_to_do_is_cleared() {
+        let t = tempfile::tempdir().unwrap();
+        let cd = t.path().join("tls");
+        fs::create_dir(&cd).unwrap();
+        write(&cd, &set_for("prod/api", 11));
+        let mut k =
+            CertKeeper::open(spec(&cd), consumer(), t.path(), Log::new("prod/api")).unwrap();
+        let now = super::super::now();
+        if let Some(h) = k.held.as_mut() {
+            h.bundle_version = Some(4);
+        }
+        // Backing off: the long-poll is not woken by the bundle, and no request is made.
+        k.retry_at = Some(now.saturating_add(Duration::from_secs(60)));
+        assert_eq!(k.known_bundle(), None);
+        // Nothing listens there: any request would fail and set a new retry.
+        let client = Client::new("http://127.0.0.1:9", Some("kr_x".into())).unwrap();
+        assert_eq!(k.step(&client, 5, now).await, None);
+        assert_eq!(
+            k.retry_at,
+            Some(now.saturating_add(Duration::from_secs(60)))
+        );
+        // Due, with nothing to do (the server's bundle is the one held): cleared.
+        let later = now.saturating_add(Duration::from_secs(61));
+        assert_eq!(k.step(&client, 4, later).await, None);
+        assert_eq!(k.retry_at, None);
+        assert_eq!(k.known_bundle(), Some(4));
+        assert_eq!(k.next_wake(), k.held.map(|h| h.renew_at));
+        // Due, with a refresh to make against a server that is not there: a new retry.
+        assert_eq!(k.step(&client, 5, later).await, None);
+        assert!(k.retry_at.is_some_and(|r| r > later));
+        assert!(load(t.path()).unwrap().unwrap().last_error.is_some());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::certs::{CertKeeper, Changed};
 use super::config::ConsumerSpec;
 use super::decide::{REJECTED_RETRY, Step, backoff, next_step, poll_wait};
 use super::keyfile::{self, Written};
-use super::log::Log;
+use super::log::{Level, Log};
 use super::state::{self, AgentState, Health, Intent};
 use crate::exit::{Exit, Failure};
 
@@ -374,13 +374,17 @@ impl Worker {
             } => self.rotate(expect_active, reason).await?,
             Step::Wait => self.known = Some(s.revision),
         }
+        let held_bundle = self.certs.as_ref().and_then(CertKeeper::bundle_version);
         let changed = match self.certs.as_mut() {
             Some(k) => k.step(&self.client, s.bundle_version, super::now()).await,
             None => None,
         };
         if let Some(c) = changed {
             self.reload_certs(c).await;
-            // At once, so the server sees the bundle the agent now holds.
+        }
+        if self.certs.as_ref().and_then(CertKeeper::bundle_version) != held_bundle {
+            // At once (not at the next heartbeat): a CA rotation waits for every agent to
+            // report the bundle with the new CA before the old one may leave it.
             self.report().await;
             return Ok(());
         }
@@ -431,23 +435,25 @@ impl Worker {
         let now = super::now_rfc3339();
         let version = self.state.version;
         let h = &mut self.state.health;
-        let pause = match &t {
+        // The line is written after the state: whoever reads the line (a person, a test) and
+        // then runs `agent status` sees the state that goes with it.
+        let (pause, level, event, message, fields) = match &t {
             Trouble::Rejected { code, detail } => {
                 h.server_reachable = Some(true);
                 h.key_rejected = Some(code.clone());
                 h.last_error = Some(format!("{detail} ({code})"));
                 let pause = REJECTED_RETRY.mul_f64(0.5 + fastrand::f64() / 2.0);
-                self.log.error(
+                (
+                    pause,
+                    Level::Error,
                     "agent.key_rejected",
-                    version,
-                    &format!(
+                    format!(
                         "the server rejects the key in {} ({code}: {detail}); the agent cannot rotate with it. Bootstrap a new key: `keyroll rotate {}` (or `keyroll consumer create`) and write it to that file; the agent picks it up by itself and keeps retrying meanwhile",
                         self.spec.key_file.display(),
                         self.spec.consumer
                     ),
                     json!({"code": code, "retry_in_ms": pause.as_millis() as u64}),
-                );
-                pause
+                )
             }
             Trouble::Unreachable(msg) | Trouble::Other(msg) | Trouble::Local(msg) => {
                 self.failures = self.failures.saturating_add(1);
@@ -461,20 +467,21 @@ impl Worker {
                     Trouble::Local(_) => ("agent.local_error", "a local file could not be written"),
                     _ => ("agent.poll_failed", "no usable answer from the server"),
                 };
-                self.log.warn(
+                (
+                    pause,
+                    Level::Warn,
                     event,
-                    version,
-                    &format!("{what}: {msg}; the key file keeps the last good key; retrying"),
+                    format!("{what}: {msg}; the key file keeps the last good key; retrying"),
                     json!({
                         "error": msg,
                         "failures": self.failures,
                         "retry_in_ms": pause.as_millis() as u64,
                     }),
-                );
-                pause
+                )
             }
         };
         self.save_or_log();
+        self.log.emit(level, event, version, &message, fields);
         pause
     }
 

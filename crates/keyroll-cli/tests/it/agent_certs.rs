@@ -1,7 +1,8 @@
 //! `keyroll agent --cert-dir` against a real server, as real processes: two services get
 //! certificates through their agents (one of them started before `keyroll ca init`, so it
 //! learns of the CA through the long-poll) and an mTLS exchange between them succeeds with
-//! `openssl s_server -Verify` and `openssl s_client`; a renewal replaces the whole set (new
+//! `openssl s_server -Verify` and `openssl s_client`, and with a rustls server on keyroll's own
+//! `ReasonedClientVerifier` (which refuses a valid certificate of the wrong identity); a renewal replaces the whole set (new
 //! serial, new key) and runs the reload command; a bundle change reaches ca.pem and the
 //! agent's report; a revoked identity is logged as such and not retried in a loop; bad
 //! settings are refused with the flag named.
@@ -363,6 +364,165 @@ fn two_services_get_certificates_through_their_agents_and_talk_mtls() {
         st.stdout.contains(&format!("version {version} in ca.pem")),
         "{}",
         st.stdout
+    );
+    let st = harness::cli_offline(
+        &[
+            "agent",
+            "status",
+            "--key-file",
+            d.join("web.key").to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        Path::new("/"),
+    );
+    assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
+    let v: Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(v["healthy"], true, "{v}");
+    let c = &v["certificate"];
+    assert_eq!(c["spiffe_id"], "spiffe://example.test/prod/web", "{v}");
+    assert_eq!(c["serial"].as_str().unwrap(), serial(&d.join("web")));
+    assert_eq!(c["bundle_version"], version);
+    assert_eq!(c["reload_pending"], false);
+    assert!(!st.stdout.contains("PRIVATE KEY"));
+}
+
+/// A rustls server on `listener` with the certificate set of `dir`, verifying clients with
+/// keyroll's `ReasonedClientVerifier` over `bundle_pem` (roots, intermediates, CRLs) for
+/// `allowed` identities; every decision goes to the returned list. Serves each connection one
+/// line of HTTP naming the peer.
+fn rustls_server(
+    listener: std::net::TcpListener,
+    dir: &Path,
+    bundle_pem: &[u8],
+    allowed: &[&str],
+) -> Arc<Mutex<Vec<keyroll_ca::CertDecision>>> {
+    keyroll_ca::tls::install_provider();
+    let chain = keyroll_ca::parse_pem_certs(&std::fs::read(dir.join("cert.pem")).unwrap()).unwrap();
+    let key =
+        keyroll_ca::parse_pem_private_key(&std::fs::read(dir.join("key.pem")).unwrap()).unwrap();
+    let trust = keyroll_ca::TrustStore::from_bundle_pem(bundle_pem).unwrap();
+    let td = keyroll_ca::TrustDomain::parse("example.test").unwrap();
+    let policy = keyroll_ca::IdentityPolicy::new(td, allowed).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink_seen = Arc::clone(&seen);
+    let sink: keyroll_ca::DecisionSink = Arc::new(move |d, _peer| {
+        sink_seen.lock().unwrap().push(d.clone());
+    });
+    let now: Arc<dyn Fn() -> keyroll_core::Timestamp + Send + Sync> = Arc::new(|| {
+        #[allow(clippy::disallowed_methods)] // rustls and openssl use the wall clock too
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        keyroll_core::Timestamp::from_unix_millis(i64::try_from(t.as_millis()).unwrap())
+    });
+    let verifier = keyroll_ca::ReasonedClientVerifier::new(
+        Arc::new(parking_lot::RwLock::new(Arc::new(trust))),
+        policy,
+        true,
+        sink,
+        now,
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut tcp) = stream else { continue };
+            let peer = tcp.peer_addr().unwrap();
+            let config =
+                keyroll_ca::server_config(chain.clone(), &key, Some(verifier.for_peer(peer)))
+                    .unwrap();
+            let mut conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+            let mut line = String::new();
+            let mut reader = BufReader::new(&mut tls);
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let who = seen_identity(&reader.get_ref().conn.peer_certificates());
+            let _ = write!(tls, "HTTP/1.0 200 OK\r\n\r\nhello {who}\n");
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    seen
+}
+
+fn seen_identity(chain: &Option<&[rustls::pki_types::CertificateDer<'static>]>) -> String {
+    chain
+        .and_then(|c| c.first())
+        .and_then(|leaf| keyroll_ca::inspect(leaf).ok())
+        .and_then(|i| i.uri_sans.first().cloned())
+        .unwrap_or_else(|| "nobody".to_owned())
+}
+
+#[test]
+fn keyrolls_own_verifier_accepts_the_agents_certificate_by_identity() {
+    if !harness::require_program("openssl", "apt-get install openssl") {
+        return;
+    }
+    let s = harness::start();
+    let keys = consumers(&s, &["api", "web", "batch"]);
+    ca_init(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let agents: Vec<Agent> = [
+        ("api", &keys[0], true),
+        ("web", &keys[1], false),
+        ("batch", &keys[2], false),
+    ]
+    .into_iter()
+    .map(|(name, key, server)| {
+        cert_agent(
+            &s,
+            d,
+            name,
+            key,
+            if server { &["--cert-server-auth"] } else { &[] },
+        )
+    })
+    .collect();
+    for a in &agents {
+        a.wait_for("agent.cert_issued", 1, Duration::from_secs(20));
+    }
+    // A relying party of its own checks revocation too: it takes the whole bundle (roots,
+    // intermediates, CRLs), not only the roots in ca.pem.
+    let bundle = harness::http()
+        .get(format!("{}/v1/ca/bundle", s.url()))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = rustls_server(listener, &d.join("api"), &bundle, &["prod/web"]);
+
+    let web = s_client(&addr, &d.join("web"), Some(&d.join("web")));
+    assert!(
+        web.stdout.contains("Verify return code: 0 (ok)")
+            && web.stdout.contains("hello spiffe://example.test/prod/web"),
+        "{}\n{}",
+        web.stdout,
+        web.stderr
+    );
+    // batch's certificate is valid, but not an identity this server accepts.
+    let batch = s_client(&addr, &d.join("batch"), Some(&d.join("batch")));
+    assert!(!batch.stdout.contains("hello"), "{}", batch.stdout);
+    wait_until("both decisions", Duration::from_secs(5), || {
+        seen.lock().unwrap().len() >= 2
+    });
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0].code.as_str(), "valid", "{seen:?}");
+    assert_eq!(
+        seen[0].identity.as_deref(),
+        Some("spiffe://example.test/prod/web")
+    );
+    assert_eq!(
+        seen[0].serial.map(|s| s.to_string()),
+        Some(serial(&d.join("web")))
+    );
+    assert_eq!(seen[1].code.as_str(), "cert_wrong_identity", "{seen:?}");
+    assert_eq!(
+        seen[1].identity.as_deref(),
+        Some("spiffe://example.test/prod/batch")
     );
 }
 
