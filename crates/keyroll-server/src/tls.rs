@@ -451,10 +451,12 @@ pub struct ClientVerification {
     pub ca_trust: Option<watch::Receiver<Option<Arc<keyroll_ca::TrustStore>>>>,
 }
 
-/// The verifier without CA-name hints in the CertificateRequest. keyroll-ca's hints are the
-/// anchors' subject contents without their outer SEQUENCE, which OpenSSL clients (curl, s_client)
-/// refuse to parse ("parse_ca_names: wrong tag"); an empty list is valid TLS (the client may
-/// send any certificate) and keeps working whether or not those hints get fixed.
+/// The verifier without CA-name hints in the CertificateRequest. An empty list is valid TLS and
+/// means "send whatever certificate you have": a client whose certificate chains to an anchor
+/// the hints do not name yet (mid-rotation, or a foreign CA) still sends it, and the verifier
+/// then logs the exact reason instead of the client silently sending none (`cert_missing`).
+/// (keyroll-ca's hints were once malformed for OpenSSL clients; they are fixed, but the reason
+/// above stands.)
 #[derive(Debug)]
 struct NoHints(Arc<dyn rustls::server::danger::ClientCertVerifier>);
 
