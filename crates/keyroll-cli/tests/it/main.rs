@@ -14,6 +14,7 @@ mod agent_chaos;
 mod audit;
 mod bad_input;
 mod ca;
+mod ca_rotation;
 mod ci_examples;
 mod cli_errors;
 mod cluster;
