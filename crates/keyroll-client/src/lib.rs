@@ -191,6 +191,22 @@ impl Tls {
         Ok(self)
     }
 
+    /// Also trusts these PEM certificates, beside the `--ca-file` ones: the agent adds the
+    /// `ca.pem` it keeps, so a server whose own certificate comes from keyroll's CA stays
+    /// trusted across a root rotation. Without a `--ca-file` (the public web roots) nothing is
+    /// added: a private anchor is only ever trusted next to another private one.
+    pub fn also_trusting_pem(&self, pem: &[u8]) -> Result<Tls, ClientError> {
+        let mut tls = self.clone();
+        if let Some(ca) = &mut tls.ca {
+            for c in certificates(pem, Path::new("the kept CA bundle"))? {
+                if !ca.contains(&c) {
+                    ca.push(c);
+                }
+            }
+        }
+        Ok(tls)
+    }
+
     /// Presents this PEM chain and key (in memory).
     pub fn with_identity_pem(mut self, cert: &[u8], key: &[u8]) -> Result<Tls, ClientError> {
         let chain = certificates(cert, Path::new("the client certificate"))?;

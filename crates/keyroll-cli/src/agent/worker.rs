@@ -115,6 +115,21 @@ enum How {
     Recovered,
 }
 
+/// How the server's HTTPS is trusted: `--ca-file`, plus the `ca.pem` this agent keeps when it
+/// keeps certificates. A server whose own certificate comes from keyroll's CA moves to the new
+/// root in a root rotation; the kept bundle holds that root before the server switches (the
+/// rotation waits for every agent to report it), so the agent is never cut off. A kept bundle
+/// that cannot be read or parsed is left out (the `--ca-file` still applies).
+fn server_trust(tls: &keyroll_client::Tls, certs: Option<&CertKeeper>) -> keyroll_client::Tls {
+    let Some(keeper) = certs else {
+        return tls.clone();
+    };
+    match std::fs::read(keeper.dir().join("ca.pem")) {
+        Ok(pem) => tls.also_trusting_pem(&pem).unwrap_or_else(|_| tls.clone()),
+        Err(_) => tls.clone(),
+    }
+}
+
 /// One consumer's agent.
 #[derive(Debug)]
 pub struct Worker {
@@ -227,7 +242,11 @@ impl Worker {
             )?),
             None => None,
         };
-        let client = Client::with_tls(server, Some(key.clone()), tls)?;
+        let client = Client::with_tls(
+            server,
+            Some(key.clone()),
+            &server_trust(tls, certs.as_ref()),
+        )?;
         let host = nix::unistd::gethostname()
             .ok()
             .map(|h| h.to_string_lossy().into_owned());
@@ -323,6 +342,11 @@ impl Worker {
         }
     }
 
+    /// The trust for the server right now (see [`server_trust`]).
+    fn server_trust(&self) -> keyroll_client::Tls {
+        server_trust(&self.tls, self.certs.as_ref())
+    }
+
     /// Adopts a key someone else wrote into the file (a new bootstrap after a rejection).
     fn pick_up_file_key(&mut self) {
         let Ok(Some(k)) = keyfile::read(&self.spec.key_file) else {
@@ -331,7 +355,7 @@ impl Worker {
         if k == self.key || check_key(&k, &self.spec).is_err() {
             return;
         }
-        match Client::with_tls(&self.server, Some(k.clone()), &self.tls) {
+        match Client::with_tls(&self.server, Some(k.clone()), &self.server_trust()) {
             Ok(c) => self.client = c,
             Err(_) => return,
         }
@@ -381,6 +405,12 @@ impl Worker {
         };
         if let Some(c) = changed {
             self.reload_certs(c).await;
+            // ca.pem may hold a new root: the server's own certificate may move to it.
+            if let Ok(client) =
+                Client::with_tls(&self.server, Some(self.key.clone()), &self.server_trust())
+            {
+                self.client = client;
+            }
         }
         if self.certs.as_ref().and_then(CertKeeper::bundle_version) != held_bundle {
             // At once (not at the next heartbeat): a CA rotation waits for every agent to
@@ -654,7 +684,7 @@ impl Worker {
                 json!({"kid": kid}),
             ),
         }
-        let client = Client::with_tls(&self.server, Some(key.clone()), &self.tls)
+        let client = Client::with_tls(&self.server, Some(key.clone()), &self.server_trust())
             .map_err(|e| Trouble::Other(e.to_string()))?;
         self.client = client;
         self.key = key.clone();

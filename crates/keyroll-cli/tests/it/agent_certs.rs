@@ -1042,3 +1042,158 @@ fn bad_certificate_settings_are_refused_with_the_flag_named() {
         "nothing made for a refused setting"
     );
 }
+
+/// A server whose own certificate comes from keyroll's CA (`[tls] issue`) moves to the new root
+/// in a root rotation (here: at its restart after signing switched). An agent started with only
+/// the old root as `--ca-file` stays connected, because it also trusts the `ca.pem` it keeps,
+/// which held the new root before the server switched.
+#[test]
+fn an_agent_follows_the_servers_own_certificate_to_a_new_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let addr = harness::free_addr();
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    let s = harness::start_at(&data, &addr);
+    let keys = consumers(&s, &["api"]);
+    ca_init(&s);
+    ok(s.cli(&["env", "create", "ops"]));
+    let old_root = d.join("old-root.pem");
+    ok(s.cli(&["ca", "bundle", "--out", old_root.to_str().unwrap()]));
+    assert_eq!(s.terminate(), Some(0));
+    let config = d.join("keyroll.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nissue = { identity = \"ops/keyroll\", dns = [\"localhost\"], ip = [\"127.0.0.1\"] }\n",
+    )
+    .unwrap();
+    let s = harness::start_at_with(&data, &addr, &["-c", config.to_str().unwrap()]);
+    let url = format!("https://localhost:{port}");
+    let token = s.token();
+    let curl = |ca: &Path, path: &str, extra: &[&str]| -> harness::Run {
+        let mut cmd = format!(
+            "curl -sS --max-time 10 --cacert {} -H 'Authorization: Bearer {token}'",
+            ca.display()
+        );
+        for e in extra {
+            cmd.push_str(&format!(" '{e}'"));
+        }
+        sh(&format!("{cmd} {url}{path}"))
+    };
+    ok(curl(&old_root, "/healthz", &[]));
+
+    let key_file = d.join("api.key");
+    write_key(&key_file, &keys[0]);
+    let cert_dir = d.join("api");
+    let mut args = vec![
+        "agent",
+        "--consumer",
+        "prod/api",
+        "--key-file",
+        key_file.to_str().unwrap(),
+        "--cert-dir",
+        cert_dir.to_str().unwrap(),
+        "--ca-file",
+        old_root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&FAST);
+    let api = Agent::spawn(&url, &args);
+    api.wait_for("agent.cert_issued", 1, Duration::from_secs(20));
+
+    // A root rotation: the new root enters the bundle now and signs 3 s later.
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let at = |ms: u128| {
+        keyroll_core::rfc3339(keyroll_core::Timestamp::from_unix_millis(
+            i64::try_from(ms).unwrap(),
+        ))
+    };
+    let body = json!({
+        "root": true,
+        "enters_bundle_at": at(now.as_millis()),
+        "signs_from": at(now.as_millis() + 3_000),
+    })
+    .to_string();
+    let r = ok(curl(
+        &old_root,
+        "/v1/ca/rotate",
+        &["-H", "content-type: application/json", "-d", &body],
+    ));
+    assert!(r.stdout.contains("authorities"), "{}", r.stdout);
+    // The agent's kept bundle gains the new root.
+    wait_until("the new root in ca.pem", Duration::from_secs(30), || {
+        std::fs::read_to_string(cert_dir.join("ca.pem"))
+            .map(|p| p.matches("BEGIN CERTIFICATE").count() >= 2)
+            .unwrap_or(false)
+    });
+    let both = cert_dir.join("ca.pem");
+    // Signing switches to the new intermediate.
+    wait_until(
+        "the new intermediate signing",
+        Duration::from_secs(30),
+        || {
+            let r = curl(&both, "/v1/ca/status", &[]);
+            let v: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+            v["authorities"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["kind"] == "intermediate" && x["generation"] == 2 && x["state"] == "active"
+                })
+            })
+        },
+    );
+    // The server restarts and issues its own certificate from the new intermediate: the old
+    // root alone no longer trusts it.
+    assert_eq!(s.terminate(), Some(0));
+    let s = harness::start_at_with(&data, &addr, &["-c", config.to_str().unwrap()]);
+    let restarted = Instant::now();
+    let r = curl(&old_root, "/healthz", &[]);
+    assert_eq!(
+        r.code, 60,
+        "the old root must not verify the new certificate: {}",
+        r.stderr
+    );
+    ok(curl(&both, "/healthz", &[]));
+    // The agent, told only the old root with --ca-file, still reaches the server: its next
+    // report arrives after the restart.
+    wait_until(
+        "the agent's report after the restart",
+        Duration::from_secs(30),
+        || {
+            let r = curl(&both, "/v1/agents", &[]);
+            let v: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+            restarted.elapsed() > Duration::from_secs(1)
+                && v["items"].as_array().is_some_and(|a| {
+                    a.iter().any(|x| {
+                        x["consumer"] == "prod/api"
+                            && x["last_contact"].as_str().is_some_and(|t| {
+                                keyroll_core::parse_rfc3339(t).is_some_and(|t| {
+                                    #[allow(clippy::disallowed_methods)]
+                                    let wall = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .unwrap();
+                                    let age =
+                                        i64::try_from(wall.as_millis()).unwrap() - t.unix_millis();
+                                    age >= 0
+                                        && u128::try_from(age).unwrap()
+                                            < restarted.elapsed().as_millis()
+                                })
+                            })
+                    })
+                })
+        },
+    );
+    let tls_failures: Vec<_> = api
+        .events_all()
+        .into_iter()
+        .filter(|e| {
+            e.to_string().contains("tls_failed") || e.to_string().contains("certificate verify")
+        })
+        .collect();
+    drop(s);
+    assert!(
+        tls_failures.len() <= 2,
+        "the agent kept failing TLS after the restart: {tls_failures:?}"
+    );
+}

@@ -73,6 +73,18 @@ pub fn start_at(data: &Path, listen: &str) -> Server {
     )
 }
 
+/// A server on `data` listening on `listen` with extra `serve` arguments (a restart with a
+/// config where its clients look).
+pub fn start_at_with(data: &Path, listen: &str, extra: &[&str]) -> Server {
+    spawn_on(
+        tempfile::tempdir().unwrap(),
+        data.to_owned(),
+        listen,
+        extra,
+        &[],
+    )
+}
+
 /// A free loopback address (bound and released; good enough for one test's restarts).
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
