@@ -1,9 +1,11 @@
 //! `[tls] issue = { identity, dns, ip }`: the listener's own certificate issued by keyroll's CA
 //! (through the service layer's one write path, so it is audited and listed like any other),
-//! and renewed at half its life: the new config is published through the listener's `watch`,
+//! and renewed at half its life, or at once when signing moves to another intermediate (a CA
+//! rotation: the old root must not wait for this certificate to expire): the new config is published through the listener's `watch`,
 //! so new handshakes get the new certificate while open connections keep theirs.
 //!
-//! When to renew is [`due`], a pure function of the certificate and `now`; the loop only runs
+//! When to renew is [`due`] and [`issuer_replaced`], pure functions of the certificate, `now`
+//! and the CA's authorities; the loop only runs
 //! it, re-checking every `tls.watch_interval` so that a clock that jumps (or a test's manual
 //! clock) is followed without a long sleep.
 
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyroll_core::{ConsumerRef, Timestamp};
-use keyroll_store::IssuedCertRecord;
+use keyroll_store::{AuthorityKind, AuthorityRecord, AuthorityState, IssuedCertRecord};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -54,6 +56,16 @@ impl IssueSpec {
 /// Whether the listener's certificate is due for renewal at `now`: from its half life on.
 pub fn due(cert: &IssuedCertRecord, now: Timestamp) -> bool {
     now >= renew_after(cert.not_before, cert.not_after)
+}
+
+/// Whether the certificate's issuer no longer signs: signing moved to another intermediate
+/// (a rotation), so the certificate keeps its old root needed until it expires. The listener
+/// then renews at once, onto the CA that signs now, instead of at half its life.
+pub fn issuer_replaced(cert: &IssuedCertRecord, authorities: &[AuthorityRecord]) -> bool {
+    authorities
+        .iter()
+        .find(|a| a.kind == AuthorityKind::Intermediate && a.state == AuthorityState::Active)
+        .is_some_and(|signing| signing.id != cert.issuer_id)
 }
 
 /// Issues the listener's certificate and makes it a config: one audited write
@@ -105,12 +117,27 @@ pub async fn renew(
 ) {
     let mut tick = tokio::time::interval(check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether signing moved away from this certificate's issuer is read from the store when
+    // the bundle version moves and every 30 checks otherwise (switching signing changes no
+    // bundle, so no version): one small read per 30 s at the default interval.
+    let recheck = check_every.saturating_mul(30);
+    let mut seen_bundle = state.ca.bundle_version();
+    let mut last_read = std::time::Instant::now();
+    let mut moved = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if !due(&current, state.clock.now()) {
+        let bundle = state.ca.bundle_version();
+        if (bundle != seen_bundle || last_read.elapsed() >= recheck)
+            && let Ok(ca) = state.store.ca_state().await
+        {
+            seen_bundle = bundle;
+            last_read = std::time::Instant::now();
+            moved = moved || issuer_replaced(&current, &ca.authorities);
+        }
+        if !moved && !due(&current, state.clock.now()) {
             continue;
         }
         match issue_config(&state, &spec, Some(&current.serial)).await {
@@ -128,6 +155,7 @@ pub async fn renew(
                     current.serial
                 );
                 current = record;
+                moved = false;
             }
             Err(e) => {
                 tracing::error!(

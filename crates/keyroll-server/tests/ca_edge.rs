@@ -734,3 +734,93 @@ async fn the_listener_certificate_is_issued_by_the_ca_and_renewed_at_half_life()
         "both issuances are audited"
     );
 }
+
+/// A rotation moves signing to a new intermediate: the listener's certificate from the old one
+/// is renewed at once (not at half its life), onto the CA that signs now, so the old root is not
+/// held in the bundle by the listener itself.
+#[tokio::test]
+async fn the_listener_certificate_follows_signing_to_a_new_intermediate_at_once() {
+    use keyroll_server::service::ca::{RotateRequest, rotate};
+    use keyroll_server::tls_issue::{IssueSpec, issue_config, renew};
+    use keyroll_store::AuthorityState;
+
+    let dir = tempfile::tempdir().unwrap();
+    let now = keyroll_server::clock::system_now();
+    let state = state_at(&dir, Clock::manual(now)).await;
+    let actor = Actor::system("rq_test".into());
+    keyroll_server::service::create_environment(
+        &state,
+        &actor,
+        keyroll_core::Environment::parse("ops").unwrap(),
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let spec = IssueSpec {
+        identity: keyroll_core::ConsumerRef::parse("ops/keyroll").unwrap(),
+        dns: vec!["localhost".into()],
+        ip: vec![],
+    };
+    let (config, first) = issue_config(&state, &spec, None).await.unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(config);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(renew(
+        Arc::clone(&state),
+        spec,
+        first.clone(),
+        Duration::from_millis(20),
+        tx,
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!rx.has_changed().unwrap(), "renewed with nothing due");
+
+    // A root rotation that enters and signs now; the timeline's steps carry it out.
+    rotate(
+        &state,
+        &actor,
+        RotateRequest {
+            root: true,
+            enters_bundle_at: Some(now),
+            signs_from: Some(now.saturating_add(Duration::from_millis(1))),
+            idle: Some(Duration::from_secs(60)),
+        },
+    )
+    .await
+    .unwrap();
+    state.clock.set(now.saturating_add(Duration::from_secs(1)));
+    keyroll_server::jobs::ca_step(&state).await;
+    let ca = state.store.ca_state().await.unwrap();
+    let signing = ca
+        .authorities
+        .iter()
+        .find(|a| a.kind == AuthorityKind::Intermediate && a.state == AuthorityState::Active)
+        .expect("an intermediate signs")
+        .id
+        .clone();
+    assert_ne!(signing, first.issuer_id, "signing moved");
+
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("renewed when its issuer stopped signing")
+        .unwrap();
+    let renewed = state
+        .store
+        .get_certificate(&first.serial)
+        .await
+        .unwrap()
+        .unwrap()
+        .superseded_by
+        .expect("the first certificate is superseded");
+    let second = state
+        .store
+        .get_certificate(&renewed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.issuer_id, signing, "renewed onto the signing CA");
+    // Once renewed, nothing more is due: no renewal loop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!rx.has_changed().unwrap(), "renewed again with nothing due");
+}
